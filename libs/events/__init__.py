@@ -1,0 +1,44 @@
+"""The event contract of the pipeline and the NATS JetStream plumbing every service shares."""
+
+from libs.events.broker import (
+    STREAM_NAME,
+    ConsumerSettings,
+    Publisher,
+    StreamSettings,
+    ensure_consumer,
+    ensure_kv,
+    ensure_stream,
+)
+from libs.events.catalog import EVENTS, REGISTRY, UNKNOWN_CLUSTER_ID
+from libs.events.consumer import Backoff, Consumer, Handler, utc_now
+from libs.events.envelope import Envelope, EventModel, Payload, cluster_id_of
+from libs.events.errors import InvalidEvent, PermanentError, Problem, TransientError
+from libs.events.metrics import EventMetrics
+from libs.events.registry import Registry
+
+__all__ = [
+    "EVENTS",
+    "REGISTRY",
+    "STREAM_NAME",
+    "UNKNOWN_CLUSTER_ID",
+    "Backoff",
+    "Consumer",
+    "ConsumerSettings",
+    "Envelope",
+    "EventMetrics",
+    "EventModel",
+    "Handler",
+    "InvalidEvent",
+    "Payload",
+    "PermanentError",
+    "Problem",
+    "Publisher",
+    "Registry",
+    "StreamSettings",
+    "TransientError",
+    "cluster_id_of",
+    "ensure_consumer",
+    "ensure_kv",
+    "ensure_stream",
+    "utc_now",
+]

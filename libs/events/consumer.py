@@ -1,0 +1,218 @@
+"""The one consumer wrapper every service uses: decode -> validate -> handle -> publish -> ack.
+
+- an invalid message is terminated and answered with `cluster.rejected` (for a request) or
+  `cluster.failed`, so it is neither redelivered forever nor able to stop the consumer;
+- TransientError (and any unexpected exception) naks with exponential backoff until the
+  consumer's max_deliver, then it is handled as permanent;
+- PermanentError terminates the message and publishes `cluster.failed`;
+- while a handler runs, in-progress acks keep the message from being redelivered;
+- each message ends in exactly one outcome log line and one metrics observation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import nats.errors
+import structlog
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+
+from libs.events.broker import STREAM_NAME, ConsumerSettings, Publisher, ensure_consumer
+from libs.events.catalog import UNKNOWN_CLUSTER_ID, ClusterFailed, ClusterRejected, ClusterRequested
+from libs.events.envelope import Envelope
+from libs.events.errors import InvalidEvent, PermanentError, TransientError
+from libs.events.metrics import EventMetrics
+from libs.events.registry import Registry
+
+Handler = Callable[[Envelope[Any]], Awaitable[Sequence[Envelope[Any]]]]
+Clock = Callable[[], datetime]
+
+log = structlog.get_logger(__name__)
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Delay before redelivery n (1-based) of a message that failed transiently."""
+
+    base_s: float = 1.0
+    max_s: float = 60.0
+
+    def delay(self, delivery: int) -> float:
+        return min(self.max_s, self.base_s * 2 ** max(0, delivery - 1))
+
+
+class Consumer:
+    def __init__(
+        self,
+        *,
+        service: str,
+        js: JetStreamContext,
+        publisher: Publisher,
+        registry: Registry,
+        settings: ConsumerSettings,
+        handlers: Mapping[str, Handler],
+        metrics: EventMetrics,
+        stream: str = STREAM_NAME,
+        concurrency: int = 1,
+        batch: int = 32,
+        backoff: Backoff = Backoff(),
+        clock: Clock = utc_now,
+    ):
+        unknown = [s for s in handlers if s not in registry.subjects()]
+        if unknown:
+            raise ValueError(f"handlers for unregistered subjects: {unknown}")
+        self._service = service
+        self._js = js
+        self._publisher = publisher
+        self._registry = registry
+        self._settings = settings
+        self._handlers = dict(handlers)
+        self._metrics = metrics
+        self._stream = stream
+        self._concurrency = concurrency
+        self._batch = batch
+        self._backoff = backoff
+        self._clock = clock
+        self._workers: list[asyncio.Task[None]] = []
+        self._stopping = asyncio.Event()
+        self._log = log.bind(service=service, consumer=settings.durable)
+
+    @property
+    def ready(self) -> bool:
+        return bool(self._workers) and all(not w.done() for w in self._workers)
+
+    async def start(self) -> None:
+        await ensure_consumer(self._js, self._stream, self._settings)
+        for index in range(self._concurrency):
+            sub = await self._js.pull_subscribe_bind(self._settings.durable, self._stream)
+            self._workers.append(asyncio.create_task(self._work(sub), name=f"{self._settings.durable}-{index}"))
+
+    async def stop(self) -> None:
+        """Finishes the messages in hand, then stops fetching."""
+        self._stopping.set()
+        if self._workers:
+            await asyncio.gather(*self._workers, return_exceptions=True)
+        self._workers.clear()
+
+    async def _work(self, sub: JetStreamContext.PullSubscription) -> None:
+        try:
+            while not self._stopping.is_set():
+                try:
+                    messages = await sub.fetch(self._batch, timeout=1.0)
+                except nats.errors.TimeoutError:
+                    continue
+                except (nats.errors.ConnectionClosedError, nats.errors.ConnectionDrainingError):
+                    return
+                for msg in messages:
+                    await self.handle_message(msg)
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+    async def handle_message(self, msg: Msg) -> None:
+        started = time.perf_counter()
+        delivery = msg.metadata.num_delivered
+        subject = msg.subject
+        if delivery > 1:
+            self._metrics.redeliveries.labels(subject).inc()
+        context: dict[str, Any] = {"subject": subject, "delivery": delivery}
+        outcome, details = "ack", {}
+        try:
+            envelope = self._registry.decode(subject, msg.data)
+        except InvalidEvent as invalid:
+            outcome, details = await self._reject(msg, invalid)
+        else:
+            context.update(envelope.log_context())
+            with structlog.contextvars.bound_contextvars(**envelope.log_context()):
+                outcome, details = await self._run(msg, envelope, delivery)
+        seconds = time.perf_counter() - started
+        self._metrics.settled(subject, outcome, seconds)
+        level = "info" if outcome == "ack" else "warning"
+        getattr(self._log, level)(
+            "Handled message", outcome=outcome, duration_ms=round(seconds * 1000, 2), **context, **details
+        )
+
+    async def _run(self, msg: Msg, envelope: Envelope[Any], delivery: int) -> tuple[str, dict[str, Any]]:
+        handler = self._handlers.get(envelope.type)
+        if handler is None:
+            # The filter let through a subject this service does not handle: nothing to do.
+            await msg.ack()
+            return "ack", {"skipped": True}
+        keepalive = asyncio.create_task(self._keep_alive(msg))
+        try:
+            results = await handler(envelope)
+            await self._publisher.publish_all(results)
+        except PermanentError as error:
+            outcome = await self._fail(msg, envelope, error.reason, str(error))
+            return outcome, {"reason": error.reason, "error": str(error)}
+        except Exception as error:  # noqa: BLE001 - every other failure is retried, boundedly
+            reason = error.reason if isinstance(error, TransientError) else type(error).__name__
+            if delivery >= self._settings.max_deliver:
+                message = f"gave up after {delivery} attempts: {error}"
+                outcome = await self._fail(msg, envelope, "RetriesExhausted", message)
+                return outcome, {"reason": "RetriesExhausted", "error": str(error)}
+            delay = error.delay if isinstance(error, TransientError) and error.delay is not None else None
+            delay = self._backoff.delay(delivery) if delay is None else delay
+            await msg.nak(delay=delay)
+            return "nak", {"reason": reason, "error": str(error), "retry_in_s": delay}
+        finally:
+            keepalive.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keepalive
+        await msg.ack()
+        return "ack", {"published": [r.type for r in results]} if results else {}
+
+    async def _keep_alive(self, msg: Msg) -> None:
+        interval = max(0.5, self._settings.ack_wait_s / 3)
+        while True:
+            await asyncio.sleep(interval)
+            await msg.in_progress()
+
+    async def _fail(self, msg: Msg, cause: Envelope[Any], reason: str, message: str) -> str:
+        generation = getattr(cause.data, "generation", None)
+        failure = ClusterFailed(
+            stage=self._service, reason=reason, message=message, failed_event=cause.type, generation=generation
+        )
+        return await self._publish_then_term(msg, cause.follow(failure, now=self._clock()))
+
+    async def _reject(self, msg: Msg, invalid: InvalidEvent) -> tuple[str, dict[str, Any]]:
+        cluster_id = invalid.cluster_id or UNKNOWN_CLUSTER_ID
+        problems = [str(p) for p in invalid.problems]
+        request_id = _header(msg, "Nats-Msg-Id")
+        now = self._clock()
+        if invalid.subject == ClusterRequested.subject:
+            payload: ClusterRejected | ClusterFailed = ClusterRejected(request_id=request_id, problems=problems)
+        else:
+            payload = ClusterFailed(
+                stage=self._service, reason="InvalidEvent", message="; ".join(problems), failed_event=invalid.subject
+            )
+        # Derived from the stream sequence: a redelivered bad message is rejected only once.
+        event_id = f"{payload.subject}-{self._stream}-{msg.metadata.sequence.stream}"
+        event = Envelope.new(payload, cluster_id=cluster_id, now=now, event_id=event_id)
+        outcome = await self._publish_then_term(msg, event)
+        return ("invalid" if outcome == "term" else outcome), {"problems": problems, "cluster_id": cluster_id}
+
+    async def _publish_then_term(self, msg: Msg, event: Envelope[Any]) -> str:
+        try:
+            await self._publisher.publish(event)
+        except Exception as error:  # noqa: BLE001 - without the failure event, let JetStream redeliver
+            self._log.error("Publishing failure event failed; leaving message for redelivery", error=str(error))
+            await msg.nak(delay=self._backoff.delay(msg.metadata.num_delivered))
+            return "nak"
+        await msg.term()
+        return "term"
+
+
+def _header(msg: Msg, name: str) -> str | None:
+    return (msg.headers or {}).get(name)

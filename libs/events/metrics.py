@@ -1,0 +1,44 @@
+"""Per-service event metrics, named `vk8s_<service>_...`."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+OUTCOMES = ("ack", "nak", "term", "invalid")
+
+
+class EventMetrics:
+    def __init__(self, service: str, registry: CollectorRegistry):
+        prefix = f"vk8s_{service}"
+        self.messages = Counter(
+            f"{prefix}_messages_total",
+            "Messages handled, by subject and outcome (ack, nak, term, invalid).",
+            ["subject", "outcome"],
+            registry=registry,
+        )
+        self.duration = Histogram(
+            f"{prefix}_message_handling_seconds",
+            "Time from receiving a message to settling it, by subject and outcome.",
+            ["subject", "outcome"],
+            registry=registry,
+            buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 15, 60, 300),
+        )
+        self.redeliveries = Counter(
+            f"{prefix}_redeliveries_total",
+            "Messages received more than once, by subject.",
+            ["subject"],
+            registry=registry,
+        )
+        self.published_events = Counter(
+            f"{prefix}_events_published_total",
+            "Events published, by subject; duplicates are those the broker dropped by Nats-Msg-Id.",
+            ["subject", "duplicate"],
+            registry=registry,
+        )
+
+    def settled(self, subject: str, outcome: str, seconds: float) -> None:
+        self.messages.labels(subject, outcome).inc()
+        self.duration.labels(subject, outcome).observe(seconds)
+
+    def published(self, subject: str, *, duplicate: bool) -> None:
+        self.published_events.labels(subject, "true" if duplicate else "false").inc()

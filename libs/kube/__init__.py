@@ -1,0 +1,29 @@
+"""Kubernetes adapter helpers shared by the services (official client, asyncio API)."""
+
+from libs.kube.client import ApiClient, kube_client
+from libs.kube.objects import (
+    FINALIZER,
+    GROUP,
+    KIND,
+    PLURAL,
+    VERSION,
+    conflict,
+    create_or_get,
+    not_found,
+)
+from libs.kube.watch import WatchEvent, watch_objects
+
+__all__ = [
+    "FINALIZER",
+    "GROUP",
+    "KIND",
+    "PLURAL",
+    "VERSION",
+    "ApiClient",
+    "WatchEvent",
+    "conflict",
+    "create_or_get",
+    "kube_client",
+    "not_found",
+    "watch_objects",
+]

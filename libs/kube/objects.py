@@ -1,0 +1,48 @@
+"""The Vk8s resource coordinates, and idempotent create for any object."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from kubernetes.aio.client.exceptions import ApiException
+
+GROUP = "vk8s.skt.co.kr"
+VERSION = "v1alpha1"
+PLURAL = "vk8s"
+KIND = "Vk8s"
+API_VERSION = f"{GROUP}/{VERSION}"
+FINALIZER = f"{GROUP}/cleanup"
+
+T = TypeVar("T")
+
+
+def not_found(error: BaseException) -> bool:
+    return isinstance(error, ApiException) and error.status == 404
+
+
+def conflict(error: BaseException) -> bool:
+    return isinstance(error, ApiException) and error.status == 409
+
+
+async def create_or_get(create: Callable[[], Awaitable[T]], get: Callable[[], Awaitable[T]]) -> tuple[T, bool]:
+    """Creates an object with a deterministic name; if it exists already (409), returns it.
+    The flag says whether this call created it."""
+    try:
+        return await create(), True
+    except ApiException as error:
+        if error.status != 409:
+            raise
+    return await get(), False
+
+
+def owner_reference(vk8s: dict[str, Any]) -> dict[str, Any]:
+    """Makes an object a dependent of a Vk8s, so deleting the Vk8s garbage-collects it."""
+    return {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "name": vk8s["metadata"]["name"],
+        "uid": vk8s["metadata"]["uid"],
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }

@@ -1,0 +1,163 @@
+"""Wiring shared by every service: NATS connection, stream, publisher, consumers, background
+tasks, the operator HTTP server, and a graceful shutdown that drains NATS."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import nats
+import structlog
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+from prometheus_client import CollectorRegistry
+
+from libs.events import (
+    REGISTRY,
+    Backoff,
+    Consumer,
+    ConsumerSettings,
+    EventMetrics,
+    Handler,
+    Publisher,
+    StreamSettings,
+    ensure_stream,
+)
+from libs.runtime.http import OperatorServer
+from libs.runtime.logging import configure_logging
+from libs.runtime.settings import ServiceSettings
+
+BackgroundTask = Callable[[], Awaitable[None]]
+
+
+async def connect_nats(settings: ServiceSettings, *, name: str) -> NATS:
+    options: dict[str, Any] = {"name": f"vk8s-{name}", "max_reconnect_attempts": -1, "connect_timeout": 5}
+    if settings.nats_creds_file:
+        options["user_credentials"] = settings.nats_creds_file
+    if settings.nats_user:
+        options["user"] = settings.nats_user
+        options["password"] = settings.nats_password.get_secret_value() if settings.nats_password else ""
+    return await nats.connect(settings.nats_url, **options)
+
+
+class Service:
+    """One running service. Use as `async with Service(...) as service:`, register consumers and
+    tasks, then `await service.run()` until SIGTERM/SIGINT (or `service.stop()`)."""
+
+    def __init__(self, name: str, settings: ServiceSettings, *, configure_logs: bool = True):
+        self.name = name
+        self.settings = settings
+        if configure_logs:
+            configure_logging(settings.log_level, settings.log_format, service=name)
+        self.log = structlog.get_logger(name).bind(service=name)
+        self.metrics_registry = CollectorRegistry()
+        self.event_metrics = EventMetrics(name, self.metrics_registry)
+        self.http = OperatorServer(self.metrics_registry, settings.http_host, settings.http_port)
+        self.nc: NATS | None = None
+        self._js: JetStreamContext | None = None
+        self._publisher: Publisher | None = None
+        self._consumers: list[Consumer] = []
+        self._tasks: list[tuple[str, BackgroundTask]] = []
+        self._running: list[asyncio.Task[None]] = []
+        self._stop = asyncio.Event()
+
+    @property
+    def js(self) -> JetStreamContext:
+        assert self._js is not None, "Service is not started"
+        return self._js
+
+    @property
+    def publisher(self) -> Publisher:
+        assert self._publisher is not None, "Service is not started"
+        return self._publisher
+
+    async def __aenter__(self) -> Service:
+        self.nc = await connect_nats(self.settings, name=self.name)
+        self._js = self.nc.jetstream()
+        await ensure_stream(
+            self._js,
+            StreamSettings(duplicate_window_s=self.settings.duplicate_window_s, replicas=self.settings.stream_replicas),
+        )
+        self._publisher = Publisher(self._js, self.event_metrics)
+        self.http.add_readiness_check("nats", lambda: self.nc is not None and self.nc.is_connected)
+        await self.http.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.shutdown()
+
+    def consume(
+        self, durable: str, handlers: Mapping[str, Handler], *, concurrency: int | None = None
+    ) -> Consumer:
+        consumer = Consumer(
+            service=self.name,
+            js=self.js,
+            publisher=self.publisher,
+            registry=REGISTRY,
+            settings=ConsumerSettings(
+                durable=durable,
+                filter_subjects=tuple(handlers),
+                ack_wait_s=self.settings.ack_wait_s,
+                max_deliver=self.settings.max_deliver,
+            ),
+            handlers=handlers,
+            metrics=self.event_metrics,
+            concurrency=concurrency or self.settings.consumer_concurrency,
+            backoff=Backoff(self.settings.backoff_base_s, self.settings.backoff_max_s),
+        )
+        self._consumers.append(consumer)
+        self.http.add_readiness_check(f"consumer:{durable}", lambda: consumer.ready)
+        return consumer
+
+    def add_task(self, name: str, task: BackgroundTask) -> None:
+        """A long-running loop (a watch, a periodic resync). If it ends or fails, the service stops,
+        so the orchestrator restarts it instead of it running half-alive."""
+        self._tasks.append((name, task))
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def start(self) -> None:
+        for consumer in self._consumers:
+            await consumer.start()
+        for name, task in self._tasks:
+            self._running.append(asyncio.create_task(self._supervise(name, task), name=name))
+        self.log.info("Started service", port=self.http.port, consumers=len(self._consumers), tasks=len(self._tasks))
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(signum, self.stop)
+        await self.start()
+        await self._stop.wait()
+
+    async def _supervise(self, name: str, task: BackgroundTask) -> None:
+        try:
+            await task()
+            if not self._stop.is_set():
+                self.log.error("Background task ended; stopping service", task=name)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            self.log.exception("Background task failed; stopping service", task=name)
+        self.stop()
+
+    async def shutdown(self) -> None:
+        self._stop.set()
+        self.log.info("Stopping service")
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.settings.shutdown_timeout_s):
+                await asyncio.gather(*(c.stop() for c in self._consumers), return_exceptions=True)
+        for task in self._running:
+            task.cancel()
+        await asyncio.gather(*self._running, return_exceptions=True)
+        self._running.clear()
+        if self.nc is not None and not self.nc.is_closed:
+            with contextlib.suppress(Exception):
+                await self.nc.drain()
+        await self.http.stop()
+        self.log.info("Stopped service")

@@ -1,0 +1,31 @@
+"""Settings every service shares; each service subclasses with its own env prefix (VK8S_<SERVICE>_)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ServiceSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="VK8S_", extra="ignore", frozen=True)
+
+    nats_url: str = "nats://127.0.0.1:4222"
+    nats_user: str | None = None
+    nats_password: SecretStr | None = None
+    nats_creds_file: str | None = Field(default=None, description="NATS .creds file (JWT + NKey).")
+
+    http_host: str = "0.0.0.0"
+    http_port: int = Field(default=8080, ge=0, le=65535)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["auto", "json", "console"] = "auto"
+
+    stream_replicas: int = Field(default=1, ge=1, le=5)
+    duplicate_window_s: float = Field(default=120.0, gt=0)
+    consumer_concurrency: int = Field(default=4, ge=1, le=64)
+    ack_wait_s: float = Field(default=30.0, gt=0)
+    max_deliver: int = Field(default=8, ge=1)
+    backoff_base_s: float = Field(default=1.0, gt=0)
+    backoff_max_s: float = Field(default=60.0, gt=0)
+    shutdown_timeout_s: float = Field(default=20.0, gt=0)

@@ -1,0 +1,279 @@
+"""The consumer wrapper and publisher against a real nats-server with JetStream."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any
+
+import pytest
+from nats.js import JetStreamContext
+from prometheus_client import CollectorRegistry
+
+from libs.events import (
+    REGISTRY,
+    STREAM_NAME,
+    Backoff,
+    Consumer,
+    ConsumerSettings,
+    Envelope,
+    EventMetrics,
+    PermanentError,
+    Publisher,
+    StreamSettings,
+    TransientError,
+    ensure_consumer,
+    ensure_stream,
+)
+from libs.events.catalog import ClusterAccepted, ClusterFailed, ClusterRejected, ClusterRequested
+from tests.support.events import NOW, cluster_requested
+
+Handler = Callable[[Envelope[Any]], Awaitable[Sequence[Envelope[Any]]]]
+
+
+@pytest.fixture
+async def stream(js: JetStreamContext) -> str:
+    await ensure_stream(js, StreamSettings())
+    return STREAM_NAME
+
+
+@pytest.fixture
+def registry() -> CollectorRegistry:
+    return CollectorRegistry()
+
+
+@pytest.fixture
+async def run_consumer(
+    js: JetStreamContext, stream: str, registry: CollectorRegistry
+) -> AsyncIterator[Callable[..., Awaitable[Consumer]]]:
+    started: list[Consumer] = []
+
+    async def start(handler: Handler, *, subjects: Sequence[str] = ("cluster.requested",), **settings: Any) -> Consumer:
+        metrics = EventMetrics("test", registry)
+        consumer = Consumer(
+            service="test",
+            js=js,
+            publisher=Publisher(js, metrics),
+            registry=REGISTRY,
+            settings=ConsumerSettings(durable="test", filter_subjects=tuple(subjects), **settings),
+            handlers={s: handler for s in subjects},
+            metrics=metrics,
+            backoff=Backoff(base_s=0.1, max_s=0.2),
+            clock=lambda: NOW,
+        )
+        await consumer.start()
+        started.append(consumer)
+        return consumer
+
+    yield start
+    for consumer in started:
+        await consumer.stop()
+
+
+async def next_event(js: JetStreamContext, subject: str, timeout: float = 10.0) -> Envelope[Any]:
+    sub = await js.subscribe(subject, ordered_consumer=True)
+    try:
+        msg = await sub.next_msg(timeout=timeout)
+        return REGISTRY.decode(msg.subject, msg.data)
+    finally:
+        await sub.unsubscribe()
+
+
+async def count(js: JetStreamContext, subject: str) -> int:
+    info = await js.stream_info(STREAM_NAME, subjects_filter=subject)
+    return sum((info.state.subjects or {}).values())
+
+
+def request_envelope(name: str = "team-a") -> Envelope[ClusterRequested]:
+    return Envelope.new(cluster_requested(name), cluster_id=f"default/{name}", now=NOW)
+
+
+async def test_provisioning_is_idempotent(js: JetStreamContext) -> None:
+    first = await ensure_stream(js, StreamSettings())
+    second = await ensure_stream(js, StreamSettings(duplicate_window_s=60))
+    assert first.config.name == second.config.name == STREAM_NAME
+    assert second.config.duplicate_window == 60
+    settings = ConsumerSettings(durable="twice", filter_subjects=("cluster.requested", "cluster.updated"))
+    await ensure_consumer(js, STREAM_NAME, settings)
+    info = await ensure_consumer(js, STREAM_NAME, settings)
+    assert info.config.filter_subjects == ["cluster.requested", "cluster.updated"]
+
+
+async def test_publish_dedupes_by_event_id(js: JetStreamContext, stream: str) -> None:
+    publisher = Publisher(js)
+    event = request_envelope()
+    first = await publisher.publish(event)
+    again = await publisher.publish(event)
+    assert not first.duplicate
+    assert again.duplicate
+    assert await count(js, "cluster.requested") == 1
+
+
+async def test_success_publishes_results_then_acks(js: JetStreamContext, run_consumer: Any) -> None:
+    handled: list[str] = []
+
+    async def accept(event: Envelope[ClusterRequested]) -> list[Envelope[Any]]:
+        handled.append(event.id)
+        accepted = ClusterAccepted(
+            name=event.data.name, namespace=event.data.namespace, spec=event.data.spec, uid="u-1", generation=1
+        )
+        return [event.follow(accepted, now=NOW)]
+
+    consumer = await run_consumer(accept)
+    request = request_envelope()
+    await Publisher(js).publish(request)
+    accepted = await next_event(js, "cluster.accepted")
+    assert accepted.causation_id == request.id
+    assert accepted.correlation_id == request.correlation_id
+    assert accepted.cluster_id == "default/team-a"
+    await wait_settled(js)
+    assert handled == [request.id]
+    assert consumer.ready
+
+
+async def wait_settled(js: JetStreamContext, durable: str = "test") -> None:
+    for _ in range(100):
+        info = await js.consumer_info(STREAM_NAME, durable)
+        if info.num_ack_pending == 0 and info.num_pending == 0 and info.num_redelivered == 0:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"consumer not settled: {info}")
+
+
+async def test_transient_error_naks_and_redelivers(js: JetStreamContext, run_consumer: Any) -> None:
+    deliveries: list[int] = []
+
+    async def flaky(event: Envelope[ClusterRequested]) -> list[Envelope[Any]]:
+        deliveries.append(len(deliveries) + 1)
+        if len(deliveries) < 3:
+            raise TransientError("apiserver busy", delay=0.1)
+        return []
+
+    await run_consumer(flaky)
+    await Publisher(js).publish(request_envelope())
+    for _ in range(100):
+        if len(deliveries) == 3:
+            break
+        await asyncio.sleep(0.05)
+    assert deliveries == [1, 2, 3]
+    assert await count(js, "cluster.failed") == 0
+
+
+async def test_permanent_error_terms_and_publishes_failure(js: JetStreamContext, run_consumer: Any) -> None:
+    calls = 0
+
+    async def broken(event: Envelope[ClusterRequested]) -> list[Envelope[Any]]:
+        nonlocal calls
+        calls += 1
+        raise PermanentError("node image has no kubeadm", reason="ImageUnsupported")
+
+    await run_consumer(broken, ack_wait_s=1.0)
+    request = request_envelope()
+    await Publisher(js).publish(request)
+    failed = await next_event(js, "cluster.failed")
+    assert isinstance(failed.data, ClusterFailed)
+    assert failed.data.reason == "ImageUnsupported"
+    assert failed.data.stage == "test"
+    assert failed.data.failed_event == "cluster.requested"
+    assert failed.causation_id == request.id
+    await asyncio.sleep(1.5)  # past ack_wait: a terminated message is not redelivered
+    assert calls == 1
+
+
+async def test_redelivery_is_bounded(js: JetStreamContext, run_consumer: Any) -> None:
+    calls = 0
+
+    async def always_down(event: Envelope[ClusterRequested]) -> list[Envelope[Any]]:
+        nonlocal calls
+        calls += 1
+        raise ConnectionError("apiserver unreachable")
+
+    await run_consumer(always_down, max_deliver=3)
+    await Publisher(js).publish(request_envelope())
+    failed = await next_event(js, "cluster.failed")
+    assert failed.data.reason == "RetriesExhausted"
+    assert "apiserver unreachable" in failed.data.message
+    assert calls == 3
+
+
+async def test_long_handler_is_kept_alive(js: JetStreamContext, run_consumer: Any) -> None:
+    calls = 0
+
+    async def slow(event: Envelope[ClusterRequested]) -> list[Envelope[Any]]:
+        nonlocal calls
+        calls += 1
+        await asyncio.sleep(3.5)  # over three ack_waits
+        return []
+
+    await run_consumer(slow, ack_wait_s=1.0)
+    await Publisher(js).publish(request_envelope())
+    await asyncio.sleep(4.5)
+    assert calls == 1
+    await wait_settled(js)
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (b"{not json", "not valid JSON"),
+        (b"[]", "must be a JSON object"),
+        (
+            json.dumps(
+                {
+                    "id": "r-1",
+                    "type": "cluster.requested",
+                    "schemaVersion": 1,
+                    "time": "2026-11-28T12:00:00Z",
+                    "clusterId": "default/team-b",
+                    "correlationId": "r-1",
+                    "data": {"name": "team-b", "spec": {"nodes": []}},
+                }
+            ).encode(),
+            "data.spec.nodes",
+        ),
+        (
+            json.dumps({"id": "r-2", "type": "cluster.requested", "schemaVersion": 7, "data": {}}).encode(),
+            "schemaVersion: must be 1",
+        ),
+    ],
+)
+async def test_malformed_request_is_rejected_and_consumer_goes_on(
+    js: JetStreamContext, run_consumer: Any, raw: bytes, expected: str
+) -> None:
+    handled: list[str] = []
+
+    async def record(event: Envelope[ClusterRequested]) -> list[Envelope[Any]]:
+        handled.append(event.data.name)
+        return []
+
+    await run_consumer(record)
+    await js.publish("cluster.requested", raw, headers={"Nats-Msg-Id": "bad-1"})
+    rejected = await next_event(js, "cluster.rejected")
+    assert isinstance(rejected.data, ClusterRejected)
+    assert rejected.data.request_id == "bad-1"
+    assert any(expected in problem for problem in rejected.data.problems), rejected.data.problems
+    # the bad message is terminated, and the next good one is handled
+    await Publisher(js).publish(request_envelope("team-c"))
+    for _ in range(100):
+        if handled:
+            break
+        await asyncio.sleep(0.05)
+    assert handled == ["team-c"]
+    await wait_settled(js)
+    assert await count(js, "cluster.rejected") == 1
+
+
+async def test_metrics_count_outcomes(js: JetStreamContext, run_consumer: Any, registry: CollectorRegistry) -> None:
+    async def ok(event: Envelope[ClusterRequested]) -> list[Envelope[Any]]:
+        return []
+
+    await run_consumer(ok)
+    await Publisher(js).publish(request_envelope())
+    await js.publish("cluster.requested", b"{}", headers={"Nats-Msg-Id": "bad-2"})
+    await next_event(js, "cluster.rejected")
+    await wait_settled(js)
+    labels = {"subject": "cluster.requested"}
+    assert registry.get_sample_value("vk8s_test_messages_total", {**labels, "outcome": "ack"}) == 1
+    assert registry.get_sample_value("vk8s_test_messages_total", {**labels, "outcome": "invalid"}) == 1
+    assert registry.get_sample_value("vk8s_test_events_published_total", {"subject": "cluster.rejected", "duplicate": "false"}) == 1
