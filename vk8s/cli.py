@@ -12,6 +12,7 @@ _COMMANDS = {
     "events": "events",
     "testbed": "testbed",
     "up": "up",
+    "down": "up",
     "create": "clusters",
     "get": "clusters",
     "delete": "clusters",

@@ -37,6 +37,12 @@ class LocalNatsServer:
             raise RuntimeError("nats-server is not running")
         return f"nats://127.0.0.1:{self.port}"
 
+    @property
+    def pid(self) -> int:
+        if self._process is None:
+            raise RuntimeError("nats-server is not running")
+        return self._process.pid
+
     def start(self, timeout_s: float = 15.0) -> LocalNatsServer:
         ports_dir = self.store_dir / "ports"
         ports_dir.mkdir(parents=True, exist_ok=True)
@@ -56,6 +62,8 @@ class LocalNatsServer:
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
+            # Its own process group: `vk8s up --detach` leaves it running, `vk8s down` stops it.
+            start_new_session=True,
         )
         log.close()
         deadline = time.monotonic() + timeout_s

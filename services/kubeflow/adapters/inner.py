@@ -1,0 +1,82 @@
+"""The virtual cluster's API server: server-side apply of any object, CRD establishment,
+Deployments, and the dex ConfigMap."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import yaml
+from kubernetes.aio import client, config
+from kubernetes.aio.dynamic import DynamicClient
+from kubernetes.aio.dynamic.exceptions import ResourceNotFoundError
+
+FIELD_MANAGER = "vk8s-kubeflow"
+
+
+class InnerCluster:
+    """Use as `async with InnerCluster(kubeconfig_text) as inner:`."""
+
+    def __init__(self, kubeconfig: str):
+        self._kubeconfig = yaml.safe_load(kubeconfig)
+        self._api: client.ApiClient | None = None
+        self._dynamic: DynamicClient | None = None
+
+    async def __aenter__(self) -> InnerCluster:
+        configuration = client.Configuration()
+        await config.load_kube_config_from_dict(self._kubeconfig, client_configuration=configuration)
+        self._api = client.ApiClient(configuration)
+        self._dynamic = await DynamicClient(self._api)
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._api is not None:
+            await self._api.close()
+
+    @property
+    def api(self) -> client.ApiClient:
+        assert self._api is not None
+        return self._api
+
+    async def apply(self, obj: Mapping[str, Any]) -> None:
+        """Server-side apply; a kind the server does not know yet (its CRD is not established)
+        is looked up again once after a discovery refresh."""
+        assert self._dynamic is not None
+        try:
+            resource = await self._dynamic.resources.get(api_version=obj["apiVersion"], kind=obj["kind"])
+        except ResourceNotFoundError:
+            await self._dynamic.resources.invalidate_cache()
+            resource = await self._dynamic.resources.get(api_version=obj["apiVersion"], kind=obj["kind"])
+        await self._dynamic.server_side_apply(resource, body=dict(obj), field_manager=FIELD_MANAGER, force_conflicts=True)
+
+    async def established(self, crd_names: list[str]) -> list[str]:
+        """The CRDs of `crd_names` that are not established yet."""
+        api = client.ApiextensionsV1Api(self.api)
+        pending = []
+        for name in crd_names:
+            try:
+                crd = await api.read_custom_resource_definition(name)
+            except client.ApiException as error:
+                if error.status == 404:
+                    pending.append(name)
+                    continue
+                raise
+            conditions = {c.type: c.status for c in (crd.status.conditions or [])} if crd.status else {}
+            if conditions.get("Established") != "True":
+                pending.append(name)
+        return pending
+
+    async def deployments(self) -> dict[tuple[str, str], dict[str, Any]]:
+        listing = await client.AppsV1Api(self.api).list_deployment_for_all_namespaces()
+        return {
+            (d.metadata.namespace, d.metadata.name): self.api.sanitize_for_serialization(d) for d in listing.items
+        }
+
+    async def config_map_data(self, namespace: str, name: str) -> dict[str, str] | None:
+        try:
+            config_map = await client.CoreV1Api(self.api).read_namespaced_config_map(name, namespace)
+        except client.ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+        return dict(config_map.data or {})

@@ -1,0 +1,96 @@
+"""cluster.kubernetes.ready -> install Kubeflow (when the cluster asks for it) -> cluster.ready."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+
+from libs.api import kubeflow_user_secret_name
+from libs.events import Envelope, PermanentError, Publisher
+from libs.events.catalog import ClusterKubernetesReady, ClusterReady, KubeflowProgressed
+from libs.events.consumer import Clock
+from services.kubeflow import logic, workflow
+from services.kubeflow.adapters import manifests
+from services.kubeflow.adapters.host import HostCluster
+from services.kubeflow.adapters.inner import InnerCluster
+from services.kubeflow.adapters.metrics import KubeflowMetrics
+from services.kubeflow.settings import KubeflowSettings, ManifestSources
+
+log = structlog.get_logger(__name__)
+
+KUBECONFIG_KEY = "kubeconfig"
+
+
+class KubeflowHandlers:
+    def __init__(
+        self,
+        host: HostCluster,
+        settings: KubeflowSettings,
+        sources: ManifestSources,
+        publisher: Publisher,
+        metrics: KubeflowMetrics,
+        clock: Clock,
+    ):
+        self._host = host
+        self._settings = settings
+        self._sources = sources
+        self._publisher = publisher
+        self._metrics = metrics
+        self._clock = clock
+
+    def handlers(self) -> dict[str, Any]:
+        return {ClusterKubernetesReady.subject: self.kubernetes_ready}
+
+    async def kubernetes_ready(self, event: Envelope[ClusterKubernetesReady]) -> list[Envelope[Any]]:
+        namespace, name = event.cluster_id.split("/", 1)
+        generation = event.data.generation
+        vk8s = await self._host.vk8s(namespace, name)
+        if vk8s is None:
+            log.info("Skipping Kubeflow: the cluster is gone")
+            return []
+        kubeflow = vk8s.spec.kubeflow
+        if kubeflow is None:
+            return [event.follow(ClusterReady(generation=generation), now=self._clock())]
+        release = vk8s.spec.kubeflow_version()
+        if release is None:
+            raise PermanentError(
+                f"no Kubeflow release is compatible with Kubernetes {vk8s.spec.kubernetes_version()}",
+                reason="NoCompatibleKubeflow",
+            )
+        source = self._sources.for_release(release)
+        if source is None:
+            raise PermanentError(f"no manifest source is configured for Kubeflow {release}", reason="NoManifestSource")
+
+        objects = await manifests.load(source, kubectl=self._settings.kubectl, cache_dir=self._settings.git_cache_dir)
+        ref = kubeflow.password_secret_ref
+        password = (
+            kubeflow.password.get_secret_value()
+            if kubeflow.password is not None and ref is None
+            else await self._host.secret_value(
+                namespace, ref.name if ref else kubeflow_user_secret_name(name), ref.key if ref else "password"
+            )
+        )
+        plan = workflow.InstallPlan(
+            objects=objects,
+            user=workflow.User(email=kubeflow.email, password=password, user_id=logic.user_id(kubeflow.email)),
+            ui_node_port=logic.ui_node_port(vk8s.spec.ports),
+            rounds=self._settings.apply_rounds,
+            round_delay_s=self._settings.round_delay_s,
+            ready_timeout_s=self._settings.ready_timeout_s,
+            poll_interval_s=self._settings.poll_interval_s,
+            bcrypt_rounds=self._settings.bcrypt_rounds,
+        )
+        kubeconfig = await self._host.secret_value(namespace, event.data.kubeconfig_secret, KUBECONFIG_KEY)
+
+        async def progress(step: str, ready: int, total: int, message: str) -> None:
+            update = KubeflowProgressed(
+                generation=generation, release=release, step=step, ready=ready, total=total, message=message
+            )
+            await self._publisher.publish(event.follow(update, now=self._clock(), key=f"{step}/{ready}/{total}/{message}"))
+
+        with self._metrics.install_seconds.labels(release).time():
+            async with InnerCluster(kubeconfig) as inner:
+                await workflow.install(inner, plan, progress)
+        self._metrics.installs.labels(release).inc()
+        return [event.follow(ClusterReady(generation=generation, kubeflow_release=release), now=self._clock())]

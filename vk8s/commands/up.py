@@ -1,0 +1,100 @@
+"""`vk8s up` / `vk8s down`: the whole product on this machine (local NATS, the testbed control
+plane, every service) with a demo cluster."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from libs.api import validate_document
+from libs.api.documents import load_documents
+from vk8s import client as vk8s_client
+from vk8s.commands.clusters import watch_until
+from vk8s.local import stack
+from vk8s.testbed.config import FleetSpec
+
+DEMO_FILE = Path(__file__).resolve().parents[2] / "examples" / "demo.yaml"
+
+
+def _next_steps(info: stack.StackInfo, detached: bool) -> str:
+    lines = [
+        "",
+        "Next:",
+        f"  export KUBECONFIG={info.kubeconfig} NATS_URL={info.nats_url}",
+        "  kubectl get vk8s -A                          # phases of every cluster",
+        "  vk8s create -f examples/sample3.yaml --wait  # the seed's sample: Kubernetes 1.20 + Kubeflow 1.3",
+        "  vk8s get demo -o yaml                        # status with its condition history",
+        "  vk8s delete demo --wait                      # frees vNodes, volumes, IPs and GPUs",
+        f"  logs: {stack.StackLayout().logs}",
+    ]
+    lines.append("  vk8s down                                    # stop everything" if detached else "Ctrl-C stops everything.")
+    return "\n".join(lines)
+
+
+async def _create_demo(endpoints: vk8s_client.Endpoints, timeout_s: float) -> str:
+    [document] = load_documents(DEMO_FILE.read_text())
+    vk8s = validate_document(document.content).vk8s
+    assert vk8s is not None, f"{DEMO_FILE} does not validate"
+    async with vk8s_client.connected(endpoints) as (nc, api):
+        existing = await vk8s_client.get_object(api, vk8s.metadata.name, "default")
+        if existing is not None:
+            return str((existing.get("status") or {}).get("phase", "Pending"))
+        started = time.monotonic()
+        await vk8s_client.ensure_password_secret(api, vk8s)
+        watcher = asyncio.create_task(watch_until(nc, vk8s.cluster_id, started, timeout_s, {"Running", "Failed"}))
+        await asyncio.sleep(0.2)
+        await vk8s_client.publish_request(nc, vk8s)
+        await vk8s_client.adopt_password_secret(api, vk8s)
+        result = await watcher
+        click.echo(f"vk8s/{vk8s.metadata.name}: {result} after {time.monotonic() - started:.1f}s")
+        return result
+
+
+@click.command("up")
+@click.option("--nodes", type=click.IntRange(1, 500), default=4, show_default=True, help="Simulated GPU host nodes.")
+@click.option("--gpus-per-node", type=click.IntRange(0, 64), default=8, show_default=True)
+@click.option("--demo/--no-demo", default=True, show_default=True, help="Create the demo cluster (examples/demo.yaml).")
+@click.option("--detach", is_flag=True, help="Return once ready; `vk8s down` stops everything.")
+@click.option("--timeout", "timeout_s", type=float, default=900.0, show_default=True, help="Seconds to wait for the demo.")
+def up_command(nodes: int, gpus_per_node: int, demo: bool, detach: bool, timeout_s: float) -> None:
+    """Start NATS, the testbed and every service; then create the demo cluster."""
+    layout = stack.StackLayout()
+    click.echo(f"Starting NATS, the testbed ({nodes} nodes x {gpus_per_node} GPUs) and {len(stack.SERVICES)} services...", err=True)
+    started = time.monotonic()
+    try:
+        info = stack.up(layout, FleetSpec(nodes=nodes, gpus_per_node=gpus_per_node))
+    except (RuntimeError, TimeoutError) as error:
+        raise click.ClickException(str(error)) from None
+    click.echo(f"Ready in {time.monotonic() - started:.1f}s: NATS {info.nats_url}, KUBECONFIG={info.kubeconfig}", err=True)
+    result = "Running"
+    if demo:
+        click.echo("Creating the demo cluster (examples/demo.yaml)...", err=True)
+        result = asyncio.run(_create_demo(vk8s_client.Endpoints(info.nats_url, info.kubeconfig), timeout_s))
+    click.echo(_next_steps(info, detach))
+    if detach:
+        sys.exit(0 if result == "Running" else 1)
+    stop = asyncio.Event()
+
+    async def wait_for_signal() -> None:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        await stop.wait()
+
+    try:
+        asyncio.run(wait_for_signal())
+    finally:
+        click.echo("Stopping...", err=True)
+        stack.down(layout)
+
+
+@click.command("down")
+def down_command() -> None:
+    """Stop what `vk8s up` started and remove the testbed's state."""
+    stopped = stack.down(stack.StackLayout())
+    click.echo("stopped" if stopped else "nothing was running")

@@ -1,0 +1,194 @@
+"""The whole product on one machine: a local NATS, the testbed control plane and every service as
+a subprocess. `vk8s up` starts it; `vk8s down` stops it; the CLI finds it through stack.json."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from vk8s.local.nats_server import LocalNatsServer
+from vk8s.testbed import lifecycle
+from vk8s.testbed.config import FleetSpec, StateLayout
+
+# Pipeline order; each runs as `python -m services.<name>`.
+SERVICES = ("gateway", "scheduler", "ipmanager", "vnode", "bootstrap", "kubeflow", "projector")
+
+
+def default_root() -> Path:
+    return Path(os.environ.get("VK8S_STATE_DIR", Path.home() / ".local/state/vk8s")).expanduser()
+
+
+@dataclass(frozen=True)
+class StackInfo:
+    nats_url: str
+    kubeconfig: str
+    nats_pid: int
+    service_pids: dict[str, int] = field(default_factory=dict)
+    service_ports: dict[str, int] = field(default_factory=dict)
+
+
+class StackLayout:
+    def __init__(self, root: Path | None = None):
+        self.root = (root or default_root()).absolute()
+        self.testbed = StateLayout(self.root / "testbed")
+        self.nats = self.root / "nats"
+        self.logs = self.root / "logs"
+        self.info_file = self.root / "stack.json"
+
+
+def read_info(layout: StackLayout) -> StackInfo | None:
+    try:
+        return StackInfo(**json.loads(layout.info_file.read_text()))
+    except (FileNotFoundError, ValueError, TypeError):
+        return None
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class ServiceEnvironment:
+    """The env each service gets in the local stack: NATS, the testbed kubeconfig, its own port."""
+
+    def __init__(self, nats_url: str, kubeconfig: str, extra: dict[str, str] | None = None):
+        self.nats_url = nats_url
+        self.kubeconfig = kubeconfig
+        self.extra = extra or {}
+
+    def for_service(self, name: str, port: int) -> dict[str, str]:
+        prefix = f"VK8S_{name.upper()}_"
+        env = dict(os.environ)
+        env.update(
+            {
+                "KUBECONFIG": self.kubeconfig,
+                f"{prefix}NATS_URL": self.nats_url,
+                f"{prefix}KUBECONFIG": self.kubeconfig,
+                f"{prefix}HTTP_HOST": "127.0.0.1",
+                f"{prefix}HTTP_PORT": str(port),
+                f"{prefix}LOG_FORMAT": "json",
+            }
+        )
+        env.update({k.replace("{SERVICE}", name.upper()): v for k, v in self.extra.items()})
+        return env
+
+
+def start_services(
+    environment: ServiceEnvironment, logs: Path, names: tuple[str, ...] = SERVICES
+) -> tuple[dict[str, int], dict[str, int]]:
+    logs.mkdir(parents=True, exist_ok=True)
+    pids: dict[str, int] = {}
+    ports: dict[str, int] = {}
+    for name in names:
+        port = _free_port()
+        with (logs / f"{name}.log").open("ab") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", f"services.{name}"],
+                env=environment.for_service(name, port),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        pids[name], ports[name] = process.pid, port
+    return pids, ports
+
+
+def wait_ready(ports: dict[str, int], pids: dict[str, int], logs: Path, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    waiting = dict(ports)
+    while waiting:
+        for name, port in list(waiting.items()):
+            if not _alive(pids[name]) or _reaped(pids[name]):
+                tail = (logs / f"{name}.log").read_text(errors="replace").splitlines()[-15:]
+                raise RuntimeError(f"service {name} exited during start-up:\n" + "\n".join(tail))
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as response:
+                    if response.status == 200:
+                        del waiting[name]
+            except OSError:
+                pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"services not ready after {timeout_s:.0f}s: {', '.join(waiting)} (logs in {logs})")
+        time.sleep(0.2)
+
+
+def _reaped(pid: int) -> bool:
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return False
+    return done == pid
+
+
+def stop_pids(pids: dict[str, int] | list[int], timeout_s: float = 20.0) -> None:
+    targets = list(pids.values()) if isinstance(pids, dict) else list(pids)
+    for pid in targets:
+        try:
+            os.killpg(pid, signal.SIGTERM)
+        except (ProcessLookupError, PermissionError):
+            pass
+    deadline = time.monotonic() + timeout_s
+    for pid in targets:
+        while _alive(pid) and not _reaped(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if _alive(pid) and not _reaped(pid):
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+
+def up(layout: StackLayout, fleet: FleetSpec, extra_env: dict[str, str] | None = None) -> StackInfo:
+    """Starts NATS, the testbed and the services (each detached) and records them in stack.json."""
+    existing = read_info(layout)
+    if existing and _alive(existing.nats_pid):
+        raise RuntimeError(f"a stack already runs from {layout.root}; `vk8s down` stops it")
+    layout.root.mkdir(parents=True, exist_ok=True)
+    bin_dir = lifecycle.ensure_binaries()
+    ready = lifecycle.read_ready(layout.testbed)
+    if ready is None or lifecycle.supervisor_pid(layout.testbed) is None:
+        ready = lifecycle.start_detached(layout.testbed, fleet, bin_dir)
+    nats = LocalNatsServer(layout.nats, log_file=layout.root / "nats-server.log")
+    nats.start()
+    environment = ServiceEnvironment(nats.url, ready.kubeconfig, extra_env)
+    pids, ports = start_services(environment, layout.logs)
+    info = StackInfo(nats.url, ready.kubeconfig, nats.pid, pids, ports)
+    layout.info_file.write_text(json.dumps(asdict(info), indent=2))
+    try:
+        wait_ready(ports, pids, layout.logs)
+    except Exception:
+        down(layout)
+        raise
+    return info
+
+
+def down(layout: StackLayout) -> bool:
+    """Stops the services, NATS and the testbed; keeps NATS data only until the next up."""
+    info = read_info(layout)
+    stopped = False
+    if info:
+        stop_pids(info.service_pids)
+        stop_pids([info.nats_pid])
+        stopped = True
+    stopped = lifecycle.stop(layout.testbed) or stopped
+    layout.info_file.unlink(missing_ok=True)
+    return stopped
