@@ -1,0 +1,45 @@
+"""The host cluster: the Vk8s object, and the Secret that carries the inner admin kubeconfig."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kubernetes.aio import client
+
+from libs.kube import GROUP, PLURAL, VERSION, not_found
+from libs.kube.objects import owner_reference
+
+KUBECONFIG_KEY = "kubeconfig"
+
+
+class HostCluster:
+    def __init__(self, api: client.ApiClient):
+        self._custom = client.CustomObjectsApi(api)
+        self._core = client.CoreV1Api(api)
+
+    async def vk8s(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return await self._custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+        except client.ApiException as error:
+            if not_found(error):
+                return None
+            raise
+
+    async def store_kubeconfig(self, vk8s: dict[str, Any], name: str, kubeconfig: str) -> None:
+        """Create or replace; owned by the Vk8s, so it goes when the cluster goes."""
+        namespace = vk8s["metadata"]["namespace"]
+        body = client.V1Secret(
+            metadata=client.V1ObjectMeta(
+                name=name,
+                labels={"app": "vk8s", "clusterName": vk8s["metadata"]["name"]},
+                owner_references=[owner_reference(vk8s)],
+            ),
+            string_data={KUBECONFIG_KEY: kubeconfig},
+            type="Opaque",
+        )
+        try:
+            await self._core.create_namespaced_secret(namespace, body)
+        except client.ApiException as error:
+            if error.status != 409:
+                raise
+            await self._core.replace_namespaced_secret(name, namespace, body)

@@ -1,0 +1,68 @@
+"""Commands inside vNode pods over the API server's `pods/exec` (websocket, v4.channel.k8s.io),
+with their exit code, stdout and stderr."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from dataclasses import dataclass
+
+from kubernetes.aio import client
+from kubernetes.aio.stream import WsApiClient
+
+STDOUT, STDERR, ERROR = 1, 2, 3
+
+
+@dataclass(frozen=True)
+class ExecResult:
+    exit_code: int
+    stdout: str
+    stderr: str
+
+    def summary(self) -> str:
+        text = (self.stderr.strip() or self.stdout.strip()).splitlines()
+        return text[-1][:300] if text else f"exit code {self.exit_code}"
+
+
+def exit_code(status: str) -> int:
+    """The exit code from the error channel's Status object."""
+    if not status:
+        return 0
+    data = json.loads(status)
+    if data.get("status") == "Success":
+        return 0
+    for cause in (data.get("details") or {}).get("causes") or []:
+        if cause.get("reason") == "ExitCode":
+            return int(cause["message"])
+    # Runtimes that only say it in the message (kwok: "... exit status 3").
+    if match := re.search(r"exit status (\d+)", data.get("message") or ""):
+        return int(match.group(1))
+    raise RuntimeError(data.get("message") or status)
+
+
+class NodeExec:
+    def __init__(self, api: client.ApiClient, container: str, timeout_s: float):
+        self._configuration = api.configuration
+        self._container = container
+        self._timeout_s = timeout_s
+
+    async def run(self, namespace: str, pod: str, argv: list[str]) -> ExecResult:
+        async with WsApiClient(configuration=self._configuration) as ws:
+            response = await client.CoreV1Api(ws).connect_get_namespaced_pod_exec_without_preload_content(
+                pod,
+                namespace,
+                container=self._container,
+                command=argv,
+                stdout=True,
+                stderr=True,
+                stdin=False,
+                tty=False,
+            )
+            channels: dict[int, list[str]] = {STDOUT: [], STDERR: [], ERROR: []}
+            async with asyncio.timeout(self._timeout_s), response as socket:
+                async for message in socket:
+                    data = message.data if isinstance(message.data, bytes) else str(message.data).encode()
+                    if len(data) > 1 and data[0] in channels:
+                        channels[data[0]].append(data[1:].decode(errors="replace"))
+        return ExecResult(exit_code("".join(channels[ERROR])), "".join(channels[STDOUT]), "".join(channels[STDERR]))

@@ -1,0 +1,105 @@
+"""cluster.vnodes.ready -> kubeadm init/join and addons over exec -> cluster.kubernetes.ready."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+
+from libs.api import Vk8s
+from libs.events import Envelope, PermanentError, Publisher
+from libs.events.catalog import ClusterKubernetesReady, ClusterVNodesReady, VNodeSetupProgressed
+from libs.events.consumer import Clock
+from services.bootstrap import logic, workflow
+from services.bootstrap.adapters.host import HostCluster
+from services.bootstrap.adapters.metrics import BootstrapMetrics
+from services.bootstrap.adapters.node_exec import NodeExec
+from services.bootstrap.settings import BootstrapSettings
+
+log = structlog.get_logger(__name__)
+
+
+def plan_for(vk8s: Vk8s, event: ClusterVNodesReady, namespace: str) -> workflow.ClusterPlan:
+    version = vk8s.spec.kubernetes_version()
+    if version is None:
+        raise PermanentError("the cluster names no Kubernetes version", reason="NoKubernetesVersion")
+    nodes = {node.name: node for node in vk8s.spec.nodes}
+
+    def target(ref: Any) -> workflow.VNodeTarget:
+        node = nodes.get(ref.vnode)
+        if node is None:
+            raise PermanentError(f"vNode {ref.vnode} is not in the spec", reason="UnknownVNode")
+        limits = {**node.resources.requests, **node.resources.limits}
+        return workflow.VNodeTarget(
+            vnode=ref.vnode,
+            role=ref.role,
+            namespace=namespace,
+            pod=ref.pod,
+            ip=ref.ip,
+            gpus=ref.gpus,
+            cpu_limit=str(limits.get("cpu", "1")),
+            memory_limit=str(limits.get("memory", "1Gi")),
+        )
+
+    masters = [ref for ref in event.vnodes if ref.role == "master"]
+    if len(masters) != 1:
+        raise PermanentError(f"expected one master vNode, got {len(masters)}", reason="NoMaster")
+    return workflow.ClusterPlan(
+        name=vk8s.metadata.name,
+        kubernetes_version=version,
+        master=target(masters[0]),
+        workers=tuple(target(ref) for ref in event.vnodes if ref.role != "master"),
+        pod_cidr=event.pod_cidr,
+        service_cidr=event.service_cidr,
+    )
+
+
+class BootstrapHandlers:
+    def __init__(
+        self,
+        host: HostCluster,
+        node_exec: NodeExec,
+        settings: BootstrapSettings,
+        publisher: Publisher,
+        metrics: BootstrapMetrics,
+        clock: Clock,
+    ):
+        self._host = host
+        self._exec = node_exec
+        self._settings = settings
+        self._publisher = publisher
+        self._metrics = metrics
+        self._clock = clock
+
+    def handlers(self) -> dict[str, Any]:
+        return {ClusterVNodesReady.subject: self.vnodes_ready}
+
+    async def vnodes_ready(self, event: Envelope[ClusterVNodesReady]) -> list[Envelope[Any]]:
+        namespace, name = event.cluster_id.split("/", 1)
+        obj = await self._host.vk8s(namespace, name)
+        if obj is None or obj["metadata"].get("deletionTimestamp"):
+            log.info("Skipping bootstrap: the cluster is gone or going")
+            return []
+        vk8s = Vk8s.model_validate(obj)
+        plan = plan_for(vk8s, event.data, namespace)
+        generation = event.data.generation
+
+        async def progress(vnode: str, step: str, status: str, message: str, attempt: int) -> None:
+            update = VNodeSetupProgressed(
+                generation=generation, vnode=vnode, step=step, status=status, message=message, attempt=attempt  # type: ignore[arg-type]
+            )
+            self._metrics.steps.labels(step.split("-write")[0], status).inc()
+            await self._publisher.publish(event.follow(update, now=self._clock(), key=f"{vnode}/{step}/{status}/{attempt}"))
+
+        runner = workflow.StepRunner(self._exec, progress, self._settings.step_attempts, self._settings.step_backoff_s)
+        with self._metrics.bootstrap_seconds.time():
+            kubeconfig = await workflow.bootstrap(runner, plan)
+        secret = logic.kubeconfig_secret_name(name)
+        await self._host.store_kubeconfig(obj, secret, kubeconfig)
+        ready = ClusterKubernetesReady(
+            generation=generation,
+            kubernetes_version=plan.kubernetes_version,
+            kubeconfig_secret=secret,
+            nodes=[plan.master.vnode, *(w.vnode for w in plan.workers)],
+        )
+        return [event.follow(ready, now=self._clock())]

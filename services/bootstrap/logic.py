@@ -1,0 +1,182 @@
+"""Pure decisions of the bootstrap stage: the kubeadm config for a Kubernetes version, the
+manifests pinned per version, and which steps a vNode still needs. No I/O."""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from string import Template
+from typing import Any
+
+import yaml
+
+MANIFESTS = Path(__file__).with_name("manifests")
+API_SERVER_PORT = 6443
+CRI_SOCKET = "unix:///run/containerd/containerd.sock"
+# Checks that cannot pass inside a container and say nothing about a vNode's health.
+PREFLIGHT_IGNORED = ("SystemVerification", "Swap", "FileContent--proc-sys-net-bridge-bridge-nf-call-iptables")
+
+# Node-side paths, relative to the vNode's root (VK8S_ROOT in the testbed).
+KUBEADM_CONFIG = "etc/vk8s/kubeadm.yaml"
+CNI_MANIFEST = "etc/vk8s/manifests/cni.yaml"
+IP_MASQ_MANIFEST = "etc/vk8s/manifests/ip-masq-agent.yaml"
+DEVICE_PLUGIN_MANIFEST = "etc/vk8s/manifests/gpu-device-plugin.yaml"
+
+
+def minor(version: str) -> int:
+    """'1.20' / 'v1.20.15' -> 20"""
+    parts = version.lstrip("v").split(".")
+    if len(parts) < 2 or parts[0] != "1" or not parts[1].isdigit():
+        raise ValueError(f"not a Kubernetes 1.x version: {version!r}")
+    return int(parts[1])
+
+
+def kubeadm_api_version(version: str) -> str:
+    """The kubeadm config API the release reads: v1beta2 from 1.15, v1beta3 from 1.22, v1beta4 from 1.31."""
+    m = minor(version)
+    if m < 15:
+        raise ValueError(f"Kubernetes {version} predates kubeadm v1beta2 configs; the oldest supported is 1.15")
+    if m < 22:
+        return "kubeadm.k8s.io/v1beta2"
+    if m < 31:
+        return "kubeadm.k8s.io/v1beta3"
+    return "kubeadm.k8s.io/v1beta4"
+
+
+def _extra_args(api_version: str, args: dict[str, str]) -> Any:
+    # v1beta4 turned extraArgs maps into lists of {name, value}.
+    if api_version.endswith("v1beta4"):
+        return [{"name": k, "value": v} for k, v in args.items()]
+    return dict(args)
+
+
+@dataclass(frozen=True)
+class ClusterNetwork:
+    advertise_ip: str
+    pod_cidr: str
+    service_cidr: str
+
+
+def kubeadm_init_config(
+    *, kubeadm_version: str, node_name: str, network: ClusterNetwork, cluster_name: str, schedulable_master: bool
+) -> str:
+    """InitConfiguration + ClusterConfiguration for the kubeadm of the node image (`v1.36.3`):
+    its API version and its release as kubernetesVersion (so kubeadm never looks one up online).
+    The advertise address is the vNode's fixed IP, so the certificates survive pod restarts."""
+    api = kubeadm_api_version(kubeadm_version)
+    node_registration: dict[str, Any] = {
+        "name": node_name,
+        "criSocket": CRI_SOCKET,
+        "kubeletExtraArgs": _extra_args(api, {"node-ip": network.advertise_ip}),
+        "ignorePreflightErrors": list(PREFLIGHT_IGNORED),
+    }
+    if schedulable_master:
+        node_registration["taints"] = []
+    init = {
+        "apiVersion": api,
+        "kind": "InitConfiguration",
+        "localAPIEndpoint": {"advertiseAddress": network.advertise_ip, "bindPort": API_SERVER_PORT},
+        "nodeRegistration": node_registration,
+    }
+    cluster = {
+        "apiVersion": api,
+        "kind": "ClusterConfiguration",
+        "clusterName": cluster_name,
+        "kubernetesVersion": kubeadm_version,
+        "controlPlaneEndpoint": f"{network.advertise_ip}:{API_SERVER_PORT}",
+        "networking": {
+            "podSubnet": network.pod_cidr,
+            "serviceSubnet": network.service_cidr,
+            "dnsDomain": "cluster.local",
+        },
+        "apiServer": {"certSANs": [network.advertise_ip, node_name, "127.0.0.1", "localhost"]},
+    }
+    return yaml.safe_dump_all([init, cluster], sort_keys=False)
+
+
+@dataclass(frozen=True)
+class AddonImages:
+    flannel: str
+    flannel_cni_plugin: str
+    device_plugin: str
+
+
+def addon_images(kubernetes_version: str) -> AddonImages:
+    """Addon images pinned per Kubernetes range (a release's own manifests, never a branch URL)."""
+    m = minor(kubernetes_version)
+    if m < 22:
+        return AddonImages(
+            "docker.io/flannel/flannel:v0.17.0", "docker.io/flannel/flannel-cni-plugin:v1.0.1", "nvcr.io/nvidia/k8s-device-plugin:v0.12.3"
+        )
+    if m < 28:
+        return AddonImages(
+            "docker.io/flannel/flannel:v0.22.3", "docker.io/flannel/flannel-cni-plugin:v1.2.0", "nvcr.io/nvidia/k8s-device-plugin:v0.14.5"
+        )
+    return AddonImages(
+        "docker.io/flannel/flannel:v0.26.7", "docker.io/flannel/flannel-cni-plugin:v1.6.2-flannel1", "nvcr.io/nvidia/k8s-device-plugin:v0.17.1"
+    )
+
+
+def _render(template: str, **values: str) -> str:
+    return Template((MANIFESTS / template).read_text()).substitute(**values)
+
+
+def cni_manifest(kubernetes_version: str, pod_cidr: str) -> str:
+    images = addon_images(kubernetes_version)
+    return _render(
+        "flannel.yaml", POD_CIDR=pod_cidr, FLANNEL_IMAGE=images.flannel, FLANNEL_CNI_PLUGIN_IMAGE=images.flannel_cni_plugin
+    )
+
+
+def ip_masq_manifest(pod_cidr: str, service_cidr: str) -> str:
+    return _render("ip-masq-agent.yaml", POD_CIDR=pod_cidr, SERVICE_CIDR=service_cidr)
+
+
+def device_plugin_manifest(kubernetes_version: str) -> str:
+    return _render("gpu-device-plugin.yaml", DEVICE_PLUGIN_IMAGE=addon_images(kubernetes_version).device_plugin)
+
+
+@dataclass(frozen=True)
+class NodeState:
+    """What `vk8s-node state` reports."""
+
+    initialized: bool = False
+    joined: bool = False
+    kubelet_active: bool = False
+    prepared: bool = False
+    kubernetes_version: str = ""  # of the node image's kubeadm, e.g. v1.36.3
+
+    @classmethod
+    def parse(cls, output: str) -> NodeState:
+        data = json.loads(output.strip().splitlines()[-1])
+        return cls(
+            initialized=bool(data.get("initialized")),
+            joined=bool(data.get("joined")),
+            kubelet_active=bool(data.get("kubeletActive")),
+            prepared=bool(data.get("prepared")),
+            kubernetes_version=str(data.get("kubernetesVersion") or ""),
+        )
+
+
+def prepare_args(*, cpu_limit: str, memory_limit: str, gpus: int) -> list[str]:
+    return ["vk8s-node", "prepare", "--cpu-limit", cpu_limit, "--memory-limit", memory_limit, "--gpus", str(gpus)]
+
+
+def write_command(path: str, content: str) -> list[str]:
+    """Writes a file on the node without a stdin stream: base64 through an argument."""
+    encoded = base64.b64encode(content.encode()).decode()
+    return ["sh", "-c", f'printf %s "$1" | base64 -d | vk8s-node write {path}', "vk8s-write", encoded]
+
+
+def join_args(join_command: str) -> list[str]:
+    """`kubeadm join 10.0.0.2:6443 --token t --discovery-token-ca-cert-hash sha256:h` -> vk8s-node join -- ..."""
+    words = join_command.strip().splitlines()[-1].split()
+    if words[:2] != ["kubeadm", "join"]:
+        raise ValueError(f"not a kubeadm join command: {join_command.strip()[:120]!r}")
+    return ["vk8s-node", "join", "--", *words[2:], "--ignore-preflight-errors=" + ",".join(PREFLIGHT_IGNORED)]
+
+
+def kubeconfig_secret_name(cluster_name: str) -> str:
+    return f"{cluster_name}-kubeconfig"

@@ -1,0 +1,125 @@
+"""Bootstrapping one cluster: an idempotent sequence of steps per vNode, each run over exec,
+retried with backoff a bounded number of times, each outcome reported as an event."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from libs.events import PermanentError
+from services.bootstrap import logic
+from services.bootstrap.adapters.node_exec import ExecResult, NodeExec
+
+# vnode, step, status (Running|Success|Failed), message, attempt
+Progress = Callable[[str, str, str, str, int], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class VNodeTarget:
+    vnode: str
+    role: str
+    namespace: str
+    pod: str
+    ip: str
+    gpus: int
+    cpu_limit: str
+    memory_limit: str
+
+
+@dataclass(frozen=True)
+class ClusterPlan:
+    name: str
+    kubernetes_version: str
+    master: VNodeTarget
+    workers: tuple[VNodeTarget, ...]
+    pod_cidr: str
+    service_cidr: str
+
+
+class StepRunner:
+    def __init__(self, node_exec: NodeExec, progress: Progress, attempts: int, backoff_s: float):
+        self._exec = node_exec
+        self._progress = progress
+        self._attempts = attempts
+        self._backoff_s = backoff_s
+
+    async def run(self, target: VNodeTarget, step: str, argv: list[str]) -> ExecResult:
+        message = ""
+        for attempt in range(1, self._attempts + 1):
+            await self._progress(target.vnode, step, "Running", "", attempt)
+            try:
+                result = await self._exec.run(target.namespace, target.pod, argv)
+            except Exception as error:  # noqa: BLE001 - the transport failing is a failed try too
+                message = f"{type(error).__name__}: {error}"[:300]
+            else:
+                if result.exit_code == 0:
+                    await self._progress(target.vnode, step, "Success", "", attempt)
+                    return result
+                message = f"exit {result.exit_code}: {result.summary()}"
+            if attempt < self._attempts:
+                await asyncio.sleep(self._backoff_s * 2 ** (attempt - 1))
+        await self._progress(target.vnode, step, "Failed", message, self._attempts)
+        raise PermanentError(
+            f"{target.vnode}: step {step} failed after {self._attempts} attempts: {message}", reason="StepFailed"
+        )
+
+
+async def _prepare(runner: StepRunner, target: VNodeTarget) -> logic.NodeState:
+    await runner.run(
+        target, "prepare", logic.prepare_args(cpu_limit=target.cpu_limit, memory_limit=target.memory_limit, gpus=target.gpus)
+    )
+    return logic.NodeState.parse((await runner.run(target, "state", ["vk8s-node", "state"])).stdout)
+
+
+async def _apply(runner: StepRunner, target: VNodeTarget, step: str, path: str, manifest: str) -> None:
+    await runner.run(target, f"{step}-write", logic.write_command(path, manifest))
+    await runner.run(target, step, ["vk8s-node", "apply", path])
+
+
+async def bootstrap_master(runner: StepRunner, plan: ClusterPlan) -> str:
+    """Init (or restart after a pause) the control plane and install the addons; returns the
+    admin kubeconfig."""
+    master = plan.master
+    state = await _prepare(runner, master)
+    if state.initialized:
+        await runner.run(master, "start", ["vk8s-node", "start"])
+    else:
+        if not state.kubernetes_version:
+            raise PermanentError(f"{master.vnode}: the node image reports no kubeadm version", reason="NodeImageUnsupported")
+        config = logic.kubeadm_init_config(
+            kubeadm_version=state.kubernetes_version,
+            node_name=master.vnode,
+            network=logic.ClusterNetwork(master.ip, plan.pod_cidr, plan.service_cidr),
+            cluster_name=plan.name,
+            schedulable_master=not plan.workers,
+        )
+        await runner.run(master, "kubeadm-config", logic.write_command(logic.KUBEADM_CONFIG, config))
+        await runner.run(master, "kubeadm-init", ["vk8s-node", "init", logic.KUBEADM_CONFIG])
+    await _apply(runner, master, "cni", logic.CNI_MANIFEST, logic.cni_manifest(plan.kubernetes_version, plan.pod_cidr))
+    await _apply(runner, master, "ip-masq-agent", logic.IP_MASQ_MANIFEST, logic.ip_masq_manifest(plan.pod_cidr, plan.service_cidr))
+    await _apply(
+        runner, master, "gpu-device-plugin", logic.DEVICE_PLUGIN_MANIFEST, logic.device_plugin_manifest(plan.kubernetes_version)
+    )
+    return (await runner.run(master, "kubeconfig", ["vk8s-node", "kubeconfig"])).stdout
+
+
+async def join_worker(runner: StepRunner, plan: ClusterPlan, worker: VNodeTarget) -> None:
+    """Joins with a fresh token, so a worker added later joins the same way as the first ones."""
+    state = await _prepare(runner, worker)
+    if state.joined:
+        await runner.run(worker, "start", ["vk8s-node", "start"])
+        return
+    join = await runner.run(plan.master, f"join-command-{worker.vnode}", ["vk8s-node", "join-command"])
+    await runner.run(worker, "kubeadm-join", logic.join_args(join.stdout))
+
+
+async def bootstrap(runner: StepRunner, plan: ClusterPlan) -> str:
+    kubeconfig = await bootstrap_master(runner, plan)
+    try:
+        async with asyncio.TaskGroup() as group:
+            for worker in plan.workers:
+                group.create_task(join_worker(runner, plan, worker))
+    except* PermanentError as failed:
+        raise failed.exceptions[0] from None
+    return kubeconfig
