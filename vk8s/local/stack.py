@@ -19,6 +19,7 @@ from vk8s.testbed import lifecycle
 from vk8s.testbed.config import FleetSpec, StateLayout
 
 # Pipeline order; each runs as `python -m services.<name>`.
+REPO = Path(__file__).resolve().parents[2]
 SERVICES = ("gateway", "scheduler", "ipmanager", "vnode", "bootstrap", "kubeflow", "projector")
 
 
@@ -88,7 +89,7 @@ class ServiceEnvironment:
                 f"{prefix}LOG_FORMAT": "json",
             }
         )
-        env.update({k.replace("{SERVICE}", name.upper()): v for k, v in self.extra.items()})
+        env.update(self.extra)
         return env
 
 
@@ -157,6 +158,14 @@ def stop_pids(pids: dict[str, int] | list[int], timeout_s: float = 20.0) -> None
                 pass
 
 
+def _demo_settings(layout: StackLayout) -> dict[str, str]:
+    """This machine cannot reach the Kubeflow manifests repository: every release installs from
+    the minimal local mirror shipped in deploy/kubeflow/ (see its README)."""
+    sources = layout.root / "kubeflow-sources.yaml"
+    sources.write_text(json.dumps({"default": {"directory": str(REPO / "deploy/kubeflow/minimal")}}))
+    return {"VK8S_KUBEFLOW_SOURCES_FILE": str(sources)}
+
+
 def up(layout: StackLayout, fleet: FleetSpec, extra_env: dict[str, str] | None = None) -> StackInfo:
     """Starts NATS, the testbed and the services (each detached) and records them in stack.json."""
     existing = read_info(layout)
@@ -167,9 +176,10 @@ def up(layout: StackLayout, fleet: FleetSpec, extra_env: dict[str, str] | None =
     ready = lifecycle.read_ready(layout.testbed)
     if ready is None or lifecycle.supervisor_pid(layout.testbed) is None:
         ready = lifecycle.start_detached(layout.testbed, fleet, bin_dir)
+    extra = {**_demo_settings(layout), **(extra_env or {})}
     nats = LocalNatsServer(layout.nats, log_file=layout.root / "nats-server.log")
     nats.start()
-    environment = ServiceEnvironment(nats.url, ready.kubeconfig, extra_env)
+    environment = ServiceEnvironment(nats.url, ready.kubeconfig, extra)
     pids, ports = start_services(environment, layout.logs)
     info = StackInfo(nats.url, ready.kubeconfig, nats.pid, pids, ports)
     layout.info_file.write_text(json.dumps(asdict(info), indent=2))
