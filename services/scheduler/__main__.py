@@ -1,0 +1,81 @@
+"""Runs the scheduler: `python -m services.scheduler` (settings from VK8S_SCHEDULER_* variables)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+from collections.abc import AsyncIterator, Callable
+from datetime import datetime
+
+from libs.events import utc_now
+from libs.kube import kube_client
+from libs.runtime import Service
+from services.scheduler.adapters.inventory import KubeInventory
+from services.scheduler.adapters.ledger import Ledger
+from services.scheduler.adapters.metrics import SchedulerMetrics, StateCollector
+from services.scheduler.handlers import Handlers
+from services.scheduler.logic import Inventory
+from services.scheduler.scheduler import Scheduler
+from services.scheduler.settings import SchedulerSettings
+
+NAME = "scheduler"
+
+
+@contextlib.asynccontextmanager
+async def scheduler_service(
+    settings: SchedulerSettings, *, clock: Callable[[], datetime] = utc_now
+) -> AsyncIterator[Service]:
+    """The wired service, not started yet: `await service.run()` (or `start()` in tests)."""
+    # Entered first, closed last: the watches stop before their client does.
+    async with await kube_client(settings.kubeconfig) as api, Service(NAME, settings) as service:
+        capacity_grew = asyncio.Event()
+        inventory = Inventory()
+        metrics = SchedulerMetrics(service.metrics_registry)
+        ledger = await Ledger.open(
+            service.js,
+            settings.kv_bucket,
+            inventory,
+            replicas=settings.kv_replicas,
+            on_growth=capacity_grew.set,
+            on_conflict=lambda kind: metrics.ledger_conflicts.labels(kind).inc(),
+        )
+        kube = KubeInventory(api, inventory, node_selector=settings.node_selector, on_growth=capacity_grew.set)
+        synced = (kube.nodes_synced, kube.pods_synced, ledger.synced)
+        scheduler = Scheduler(
+            inventory,
+            ledger,
+            metrics,
+            synced=synced,
+            capacity_grew=capacity_grew,
+            hold_s=settings.hold_s,
+            commit_attempts=settings.commit_attempts,
+            sync_timeout_s=settings.sync_timeout_s,
+            clock=clock,
+        )
+        service.metrics_registry.register(StateCollector(inventory, ledger))
+        service.http.add_readiness_check("inventory", lambda: all(event.is_set() for event in synced))
+        service.consume(NAME, Handlers(scheduler, clock).subscriptions())
+        service.add_task("watch-nodes", kube.watch_nodes)
+        service.add_task("watch-pods", kube.watch_pods)
+        service.add_task("watch-ledger", ledger.watch)
+        service.add_task(
+            "retry-pending",
+            functools.partial(
+                scheduler.run_retries,
+                service.publisher.publish,
+                interval_s=settings.retry_interval_s,
+                debounce_s=settings.retry_debounce_s,
+            ),
+        )
+        service.add_task("sweep", functools.partial(scheduler.run_sweeps, interval_s=settings.sweep_interval_s))
+        yield service
+
+
+async def main() -> None:
+    async with scheduler_service(SchedulerSettings()) as service:
+        await service.run()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

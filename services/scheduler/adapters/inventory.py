@@ -1,0 +1,192 @@
+"""Host nodes and the pods bound to them, from the Kubernetes API into the Inventory.
+
+Every pod counts, not only vNode pods: whatever else runs on a host takes its resources too.
+Succeeded and Failed pods are left out by the field selector (the watch reports them as
+deleted when they finish), as are pods not bound to a node yet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Callable, Mapping
+from decimal import Decimal
+from typing import Any
+
+import structlog
+from kubernetes.aio import client
+
+from libs.api.models import GPU_RESOURCE
+from libs.api.quantity import QuantityError, parse_quantity
+from libs.events.envelope import cluster_id_of
+from libs.kube import ApiClient, watch_objects
+from services.scheduler.logic import HostNode, Inventory, PodUsage, Resources, Taint
+
+log = structlog.get_logger(__name__)
+
+GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
+ZONE_LABEL = "topology.kubernetes.io/zone"
+# The vNode stage labels vNode pods as the original controller did: app=vk8s, clusterName, vnode.
+VNODE_APP_LABEL = ("app", "vk8s")
+CLUSTER_NAME_LABEL = "clusterName"
+VNODE_LABEL = "vnode"
+# Bound pods that still hold resources (what kube-scheduler counts as assigned).
+ASSIGNED_PODS = "spec.nodeName!=,status.phase!=Succeeded,status.phase!=Failed"
+# The kubelet's default; a node that reports no pod capacity gets it.
+DEFAULT_MAX_PODS = 110
+
+
+def _amount(quantities: Mapping[str, Any] | None, resource: str) -> Decimal:
+    value = (quantities or {}).get(resource)
+    if value is None:
+        return Decimal(0)
+    try:
+        return parse_quantity(value)
+    except QuantityError:
+        log.warning("Ignoring a malformed quantity", resource=resource, value=str(value))
+        return Decimal(0)
+
+
+def host_node(node: client.V1Node) -> HostNode:
+    allocatable = node.status.allocatable if node.status is not None else None
+    labels = node.metadata.labels or {}
+    spec = node.spec
+    pods = _amount(allocatable, "pods")
+    return HostNode(
+        name=node.metadata.name,
+        # Rounded down: a fraction of a core or GPU that is not there cannot be handed out.
+        allocatable=Resources(
+            gpus=math.floor(_amount(allocatable, GPU_RESOURCE)),
+            cpu_millis=math.floor(_amount(allocatable, "cpu") * 1000),
+            memory_bytes=math.floor(_amount(allocatable, "memory")),
+            pods=math.floor(pods) if pods else DEFAULT_MAX_PODS,
+        ),
+        gpu_model=labels.get(GPU_PRODUCT_LABEL),
+        zone=labels.get(ZONE_LABEL),
+        taints=tuple(Taint(t.key, t.value or "", t.effect) for t in (spec.taints or ())) if spec else (),
+        cordoned=bool(spec and spec.unschedulable),
+    )
+
+
+def _container_requests(container: Any) -> Resources:
+    resources = container.resources
+    requests = (resources.requests if resources else None) or {}
+    limits = (resources.limits if resources else None) or {}
+
+    # A resource with only a limit is requested at its limit (the API defaults it so).
+    def amount(name: str) -> Decimal:
+        return _amount(requests, name) if name in requests else _amount(limits, name)
+
+    return Resources(
+        gpus=math.ceil(amount(GPU_RESOURCE)),
+        cpu_millis=math.ceil(amount("cpu") * 1000),
+        memory_bytes=math.ceil(amount("memory")),
+    )
+
+
+def _max(a: Resources, b: Resources) -> Resources:
+    return Resources(
+        max(a.gpus, b.gpus), max(a.cpu_millis, b.cpu_millis), max(a.memory_bytes, b.memory_bytes), max(a.pods, b.pods)
+    )
+
+
+def pod_requests(pod: client.V1Pod) -> Resources:
+    """The pod's effective requests as kube-scheduler computes them: containers plus sidecars,
+    or the largest init step if larger, plus the pod overhead."""
+    containers = Resources()
+    for container in pod.spec.containers or ():
+        containers = containers + _container_requests(container)
+    sidecars = Resources()
+    init_peak = Resources()
+    for container in pod.spec.init_containers or ():
+        requests = _container_requests(container)
+        if container.restart_policy == "Always":
+            sidecars = sidecars + requests
+            init_peak = _max(init_peak, sidecars)
+        else:
+            init_peak = _max(init_peak, sidecars + requests)
+    overhead = pod.spec.overhead or {}
+    return _max(containers + sidecars, init_peak) + Resources(
+        gpus=0,
+        cpu_millis=math.ceil(_amount(overhead, "cpu") * 1000),
+        memory_bytes=math.ceil(_amount(overhead, "memory")),
+        pods=1,
+    )
+
+
+def pod_usage(pod: client.V1Pod) -> PodUsage | None:
+    if not pod.spec.node_name or (pod.status is not None and pod.status.phase in ("Succeeded", "Failed")):
+        return None
+    labels = pod.metadata.labels or {}
+    vnode = None
+    if labels.get(VNODE_APP_LABEL[0]) == VNODE_APP_LABEL[1] and CLUSTER_NAME_LABEL in labels and VNODE_LABEL in labels:
+        vnode = (cluster_id_of(pod.metadata.namespace, labels[CLUSTER_NAME_LABEL]), labels[VNODE_LABEL])
+    return PodUsage(pod.spec.node_name, pod_requests(pod), vnode)
+
+
+def _pod_key(pod: client.V1Pod) -> str:
+    return f"{pod.metadata.namespace}/{pod.metadata.name}"
+
+
+class KubeInventory:
+    """Keeps an Inventory in step with the API: run `watch_nodes` and `watch_pods` as tasks."""
+
+    def __init__(
+        self,
+        api: ApiClient,
+        inventory: Inventory,
+        *,
+        node_selector: str = "",
+        on_growth: Callable[[], None],
+    ):
+        self._core = client.CoreV1Api(api)
+        self._inventory = inventory
+        self._node_selector = node_selector
+        self._on_growth = on_growth
+        self.nodes_synced = asyncio.Event()
+        self.pods_synced = asyncio.Event()
+
+    async def watch_nodes(self) -> None:
+        seen: set[str] = set()
+        async for event in watch_objects(self._core.list_node, label_selector=self._node_selector):
+            grew = False
+            if event.object is not None:
+                name = event.object.metadata.name
+                if event.type == "DELETED":
+                    self._inventory.remove_node(name)
+                else:
+                    grew = self._inventory.upsert_node(host_node(event.object))
+                if event.type == "SYNC":
+                    seen.add(name)
+            if event.synced:
+                # The end of a (re)list: nodes that went away while no watch was running.
+                for gone in self._inventory.node_names() - seen:
+                    self._inventory.remove_node(gone)
+                seen = set()
+                self._settle(self.nodes_synced, "nodes")
+            if grew:
+                self._on_growth()
+
+    async def watch_pods(self) -> None:
+        seen: set[str] = set()
+        async for event in watch_objects(self._core.list_pod_for_all_namespaces, field_selector=ASSIGNED_PODS):
+            grew = False
+            if event.object is not None:
+                key = _pod_key(event.object)
+                usage = None if event.type == "DELETED" else pod_usage(event.object)
+                grew = self._inventory.upsert_pod(key, usage)
+                if event.type == "SYNC":
+                    seen.add(key)
+            if event.synced:
+                for gone in self._inventory.pod_keys() - seen:
+                    grew |= self._inventory.upsert_pod(gone, None)
+                seen = set()
+                self._settle(self.pods_synced, "pods")
+            if grew:
+                self._on_growth()
+
+    @staticmethod
+    def _settle(synced: asyncio.Event, what: str) -> None:
+        if not synced.is_set():
+            log.info("Listed host inventory", what=what)
+        synced.set()

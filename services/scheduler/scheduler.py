@@ -1,0 +1,432 @@
+"""What each event does to a cluster's reservation: decide with logic.place, commit to the ledger.
+
+One lock serialises this replica's ledger changes (decisions then see each other's bookings);
+other replicas are kept apart by the ledger's compare-and-set writes. A placement is written as
+the reservation first, then as bookings node by node (in name order), each checked against the
+node's room at the revision written; if another request took the room first, the bookings made
+so far are put back and the placement is decided again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import structlog
+
+from libs.api.models import Vk8sSpec
+from libs.events import REGISTRY, Envelope, InvalidEvent, TransientError
+from libs.events.catalog import ClusterAccepted, ClusterUpdated
+from services.scheduler.adapters.ledger import Ledger
+from services.scheduler.adapters.metrics import SchedulerMetrics
+from services.scheduler.logic import (
+    BookingKey,
+    Inventory,
+    PendingCluster,
+    Placement,
+    Reservation,
+    ReservationState,
+    Unschedulable,
+    place,
+    plan,
+    reservation_for,
+    scheduled_event,
+    unschedulable_event,
+)
+
+log = structlog.get_logger(__name__)
+
+Clock = Callable[[], datetime]
+Publish = Callable[[Envelope[Any]], Awaitable[object]]
+
+
+@dataclass(frozen=True)
+class ClusterAsk:
+    """A cluster.accepted or cluster.updated asking for the vNodes of one generation."""
+
+    cluster_id: str
+    uid: str
+    generation: int
+    spec: Vk8sSpec
+    cause: Envelope[Any]
+
+    @classmethod
+    def from_event(cls, event: Envelope[ClusterAccepted] | Envelope[ClusterUpdated]) -> ClusterAsk:
+        data = event.data
+        return cls(event.cluster_id, data.uid, data.generation, data.spec, event)
+
+
+@dataclass(frozen=True)
+class Scheduled:
+    reservation: Reservation
+
+
+@dataclass(frozen=True)
+class Stale:
+    """The ask is older than what the ledger holds: nothing to do."""
+
+    detail: str
+
+
+Outcome = Scheduled | Unschedulable | Stale
+
+
+class Scheduler:
+    def __init__(
+        self,
+        inventory: Inventory,
+        ledger: Ledger,
+        metrics: SchedulerMetrics,
+        *,
+        synced: tuple[asyncio.Event, ...],
+        capacity_grew: asyncio.Event,
+        hold_s: float,
+        commit_attempts: int,
+        sync_timeout_s: float,
+        clock: Clock,
+    ):
+        self._inventory = inventory
+        self._ledger = ledger
+        self._metrics = metrics
+        self._synced = synced
+        self._capacity_grew = capacity_grew
+        self._hold = timedelta(seconds=hold_s)
+        self._attempts = commit_attempts
+        self._sync_timeout_s = sync_timeout_s
+        self._clock = clock
+        self._lock = asyncio.Lock()
+        self._suspects: set[tuple[str, str]] = set()
+
+    async def _wait_synced(self) -> None:
+        try:
+            async with asyncio.timeout(self._sync_timeout_s):
+                for event in self._synced:
+                    await event.wait()
+        except TimeoutError:
+            raise TransientError("the host inventory or the ledger is not loaded yet", reason="NotSynced") from None
+
+    # -- placing -----------------------------------------------------------------------------
+
+    async def schedule(self, ask: ClusterAsk, *, trigger: str = "event") -> Outcome:
+        """Places the cluster, or records why not and keeps it pending. A retry (trigger "retry")
+        leaves the pending entry for the caller to remove once cluster.scheduled is out; an event
+        can remove it at once, since a failed publish redelivers the event."""
+        await self._wait_synced()
+        async with self._lock:
+            for _ in range(self._attempts):
+                outcome = await self._try_schedule(ask, forget_pending=trigger == "event")
+                if isinstance(outcome, Scheduled):
+                    self._metrics.scheduled.labels(trigger).inc()
+                elif isinstance(outcome, Stale):
+                    log.info("Ignoring a request older than the ledger", detail=outcome.detail)
+                if outcome is not None:
+                    return outcome
+        raise TransientError(
+            f"other requests took the capacity {self._attempts} times in a row; trying again", reason="LostRaces"
+        )
+
+    async def _try_schedule(self, ask: ClusterAsk, *, forget_pending: bool) -> Outcome | None:
+        """One attempt; None when the ledger changed under it and it is worth another."""
+        pending = self._ledger.pending_for(ask.cluster_id)
+        if pending is not None and pending.uid == ask.uid and pending.generation > ask.generation:
+            return Stale(f"generation {pending.generation} is waiting for capacity")
+        current, revision = await self._ledger.reservation(ask.cluster_id)
+        if current is not None and current.uid != ask.uid:
+            if ask.cause.time <= current.placed_at:
+                return Stale(f"a later cluster of the same name ({current.uid}) holds the reservation")
+            # Left by an earlier object of the same name whose end never reached this service.
+            log.warning("Dropping the reservation of an earlier cluster of the same name", earlier_uid=current.uid)
+            await self._drop(current, revision)
+            return None
+        if current is not None and current.generation > ask.generation:
+            return Stale(f"the reservation is at generation {current.generation}")
+        if (
+            current is not None
+            and current.generation == ask.generation
+            and current.state is not ReservationState.PAUSED
+        ):
+            # Placed before (a redelivery, or another replica's retry): make sure it is all booked.
+            if await self._book(current, previous=None):
+                if forget_pending:
+                    await self._ledger.delete_pending(ask.cluster_id)
+                return Scheduled(current)
+            await self._drop(current, revision)
+            return None
+
+        request, kept = plan(ask.cluster_id, ask.spec, current, self._inventory)
+        started = time.perf_counter()
+        decision = place(request, self._inventory) if request.vnodes else Placement(())
+        self._metrics.placement_seconds.observe(time.perf_counter() - started)
+        now = self._clock()
+        if isinstance(decision, Unschedulable):
+            await self._remember(ask, decision, now)
+            return decision
+
+        reservation = reservation_for(
+            ask.cluster_id, ask.uid, ask.generation, ask.spec, kept, decision, now=now, hold=self._hold
+        )
+        written = await self._ledger.put_reservation(reservation, revision)
+        if written is None:
+            return None
+        if not await self._book(reservation, previous=current):
+            # Another request took some of that room first: put things back, decide again.
+            self._metrics.lost_races.inc()
+            if current is not None:
+                await self._ledger.put_reservation(current, written)
+            else:
+                await self._ledger.delete_reservation(ask.cluster_id, written)
+            return None
+        if forget_pending:
+            await self._ledger.delete_pending(ask.cluster_id)
+        log.info(
+            "Placed cluster",
+            generation=ask.generation,
+            hosts={v.vnode: v.host_node for v in reservation.vnodes},
+            kept=len(kept),
+        )
+        return Scheduled(reservation)
+
+    async def _book(self, reservation: Reservation, previous: Reservation | None) -> bool:
+        """Books the reservation's vNodes, replacing the bookings of `previous`; all or none."""
+        before = previous if previous is not None and previous.uid == reservation.uid else None
+        nodes = sorted(reservation.hosts() | (before.hosts() if before else set()))
+        done: list[str] = []
+        for node in nodes:
+            if not await self._ledger.replace_bookings(
+                node, reservation.uid, reservation.bookings_on(node), admit=True
+            ):
+                log.info("Lost the room on a host node to another request", node=node)
+                for undo in done:
+                    restored = before.bookings_on(undo) if before else {}
+                    await self._ledger.replace_bookings(undo, reservation.uid, restored, admit=False)
+                return False
+            done.append(node)
+        return True
+
+    async def _unbook(self, reservation: Reservation, keep: Reservation | None = None) -> None:
+        for node in sorted(reservation.hosts()):
+            remaining = keep.bookings_on(node) if keep is not None else {}
+            await self._ledger.replace_bookings(node, reservation.uid, remaining, admit=False)
+        self._capacity_grew.set()
+
+    async def _drop(self, reservation: Reservation, revision: int) -> bool:
+        await self._unbook(reservation)
+        return await self._ledger.delete_reservation(reservation.cluster_id, revision)
+
+    async def _remember(self, ask: ClusterAsk, decision: Unschedulable, now: datetime) -> None:
+        existing = self._ledger.pending_for(ask.cluster_id)
+        same_cluster = existing is not None and existing.uid == ask.uid
+        if same_cluster and existing.generation == ask.generation and existing.message == decision.message:
+            return
+        for reason in decision.reasons:
+            self._metrics.unschedulable.labels(reason.code).inc()
+        log.info("Cluster does not fit now; waiting for capacity", reasons={r.vnode: r.text for r in decision.reasons})
+        await self._ledger.put_pending(
+            PendingCluster(
+                cluster_id=ask.cluster_id,
+                uid=ask.uid,
+                generation=ask.generation,
+                since=existing.since if same_cluster and existing is not None else now,
+                message=decision.message,
+                subject=ask.cause.type,
+                event=ask.cause.to_json().decode(),
+            )
+        )
+
+    # -- the rest of a cluster's life --------------------------------------------------------
+
+    async def _change(
+        self,
+        cluster_id: str,
+        change: Callable[[Reservation, int], Awaitable[bool]],
+        *,
+        forget: Callable[[PendingCluster], bool] = lambda _: False,
+    ) -> None:
+        """Applies `change` to the cluster's reservation until it is not raced (False: raced).
+        First drops the cluster's pending entry if `forget` says so, under the same lock as the
+        retries, so a retry cannot place what this is about to stop."""
+        await self._wait_synced()
+        async with self._lock:
+            pending = self._ledger.pending_for(cluster_id)
+            if pending is not None and forget(pending):
+                await self._ledger.delete_pending(cluster_id)
+            for _ in range(self._attempts):
+                current, revision = await self._ledger.reservation(cluster_id)
+                if current is None or await change(current, revision):
+                    return
+        raise TransientError("the cluster's reservation kept changing; trying again", reason="LostRaces")
+
+    async def pause(self, cluster_id: str, generation: int, at: datetime) -> None:
+        """Releases the bookings and keeps the placements, to bring vNodes back where their disks are.
+        `at` is when the pause happened: a pause older than the placement (delivered again after
+        the cluster was resumed) is about an earlier placement."""
+
+        async def change(current: Reservation, revision: int) -> bool:
+            if current.state is ReservationState.PAUSED or current.generation > generation or at < current.placed_at:
+                return True
+            await self._unbook(current)
+            paused = current.model_copy(update={"state": ReservationState.PAUSED, "expires_at": None})
+            if await self._ledger.put_reservation(paused, revision) is None:
+                return False
+            log.info("Released the GPUs of a paused cluster", gpus=sum(v.gpus for v in current.vnodes))
+            return True
+
+        await self._change(cluster_id, change, forget=lambda pending: pending.generation <= generation)
+
+    async def confirm(self, cluster_id: str, generation: int, vnodes: list[str]) -> None:
+        async def change(current: Reservation, revision: int) -> bool:
+            if current.generation != generation or current.state is not ReservationState.HELD:
+                log.info(
+                    "Nothing to confirm", reservation_generation=current.generation, state=current.state.value
+                )
+                return True
+            confirmed = current.confirm(vnodes)
+            if await self._ledger.put_reservation(confirmed, revision) is None:
+                return False
+            log.info("Confirmed reservation", state=confirmed.state.value)
+            return True
+
+        await self._change(cluster_id, change)
+
+    async def fail(self, cluster_id: str, generation: int | None, at: datetime) -> None:
+        """A stage gave up on the cluster: its bookings go back (its pods, if any, still count)."""
+
+        async def change(current: Reservation, revision: int) -> bool:
+            if (generation is not None and generation < current.generation) or at < current.placed_at:
+                return True
+            if not await self._drop(current, revision):
+                return False
+            log.info("Released the reservation of a failed cluster", generation=current.generation)
+            return True
+
+        await self._change(
+            cluster_id, change, forget=lambda pending: generation is None or pending.generation <= generation
+        )
+
+    async def release(self, cluster_id: str, uid: str) -> None:
+        """The end of the delete chain: everything the cluster held goes back."""
+
+        async def change(current: Reservation, revision: int) -> bool:
+            if current.uid != uid:
+                return True
+            if not await self._drop(current, revision):
+                return False
+            log.info("Released the reservation of a deleted cluster")
+            return True
+
+        await self._change(cluster_id, change, forget=lambda pending: pending.uid == uid)
+
+    async def forget_unplaced(self, cluster_id: str, generation: int) -> None:
+        """A paused cluster stops waiting for capacity; what it holds goes back on cluster.paused."""
+
+        async def unchanged(current: Reservation, revision: int) -> bool:
+            return True
+
+        await self._change(cluster_id, unchanged, forget=lambda pending: pending.generation <= generation)
+
+    # -- background work ---------------------------------------------------------------------
+
+    async def run_retries(self, publish: Publish, *, interval_s: float, debounce_s: float) -> None:
+        """Places pending clusters again whenever capacity may have grown, and every interval_s."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(interval_s):
+                    await self._capacity_grew.wait()
+            self._capacity_grew.clear()
+            if not self._ledger.pending():
+                continue
+            await asyncio.sleep(debounce_s)
+            await self.retry_pending(publish)
+
+    async def retry_pending(self, publish: Publish) -> None:
+        for entry in sorted(self._ledger.pending(), key=lambda p: (p.since, p.cluster_id)):
+            with structlog.contextvars.bound_contextvars(cluster_id=entry.cluster_id, generation=entry.generation):
+                try:
+                    await self._retry(entry, publish)
+                except InvalidEvent as invalid:
+                    log.error("Dropping a pending cluster whose request no longer decodes", error=str(invalid))
+                    await self._ledger.delete_pending(entry.cluster_id)
+                except Exception:  # noqa: BLE001 - the next retry tries again; one cluster must not stop the rest
+                    log.exception("Retrying a pending cluster failed")
+
+    async def _retry(self, entry: PendingCluster, publish: Publish) -> None:
+        cause = REGISTRY.decode(entry.subject, entry.event.encode())
+        outcome = await self.schedule(ClusterAsk.from_event(cause), trigger="retry")
+        now = self._clock()
+        if isinstance(outcome, Scheduled):
+            await publish(scheduled_event(cause, outcome.reservation, now))
+            await self._ledger.delete_pending(entry.cluster_id)
+        elif isinstance(outcome, Unschedulable) and outcome.message != entry.message:
+            await publish(unschedulable_event(cause, entry.generation, outcome, now))
+        elif isinstance(outcome, Stale):  # a newer generation was placed meanwhile
+            await self._ledger.delete_pending(entry.cluster_id)
+
+    async def run_sweeps(self, *, interval_s: float) -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await self.sweep()
+            except Exception:  # noqa: BLE001 - a sweep that fails is simply done again next time
+                log.exception("Sweeping the ledger failed")
+
+    async def sweep(self) -> None:
+        """Releases holds past their expiry, and repairs bookings a crash left out of line."""
+        await self._wait_synced()
+        now = self._clock()
+        for reservation in self._ledger.reservations():
+            if reservation.expired(now):
+                with structlog.contextvars.bound_contextvars(cluster_id=reservation.cluster_id):
+                    await self._expire(reservation.cluster_id, now)
+        await self._repair()
+
+    async def _expire(self, cluster_id: str, now: datetime) -> None:
+        async def change(current: Reservation, revision: int) -> bool:
+            if not current.expired(now):
+                return True
+            remaining = current.without_unconfirmed()
+            await self._unbook(current, keep=remaining)
+            if remaining is None:
+                done = await self._ledger.delete_reservation(cluster_id, revision)
+            else:
+                done = await self._ledger.put_reservation(remaining, revision) is not None
+            if done:
+                self._metrics.expired.inc()
+                log.warning(
+                    "Released a reservation the vNode stage never confirmed",
+                    generation=current.generation,
+                    released=[v.vnode for v in current.vnodes if not v.confirmed],
+                )
+            return done
+
+        await self._change(cluster_id, change)
+
+    async def _repair(self) -> None:
+        """Bookings must be what their reservation lists. A difference seen in two sweeps in a row
+        is not a write in flight but a crash's leftover, and is fixed from a fresh read."""
+        expected: dict[tuple[str, str], dict[BookingKey, Any]] = {}
+        owners: dict[str, str] = {}
+        for reservation in self._ledger.reservations():
+            owners[reservation.uid] = reservation.cluster_id
+            for node in reservation.hosts():
+                expected[(node, reservation.uid)] = reservation.bookings_on(node)
+        actual: dict[tuple[str, str], dict[BookingKey, Any]] = {}
+        for node in self._inventory.booked_nodes():
+            for key, booking in self._inventory.bookings_on(node).items():
+                actual.setdefault((node, booking.uid), {})[key] = booking
+                owners.setdefault(booking.uid, booking.cluster_id)
+        differing = {k for k in expected.keys() | actual.keys() if expected.get(k) != actual.get(k)}
+        confirmed, self._suspects = differing & self._suspects, differing
+        if not confirmed:
+            return
+        async with self._lock:
+            for node, uid in sorted(confirmed):
+                reservation, _ = await self._ledger.reservation(owners[uid])
+                listed = reservation.bookings_on(node) if reservation is not None and reservation.uid == uid else {}
+                if await self._ledger.replace_bookings(node, uid, listed, admit=True):
+                    self._metrics.repaired.inc()
+                    log.warning("Repaired bookings left out of line", node=node, cluster_id=owners[uid])

@@ -1,0 +1,44 @@
+"""scheduler settings: environment variables VK8S_SCHEDULER_<FIELD> (only __main__ reads them)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from libs.runtime import ServiceSettings
+
+
+class SchedulerSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="VK8S_SCHEDULER_", extra="ignore", frozen=True)
+
+    kubeconfig: str | None = Field(default=None, description="None: $KUBECONFIG, else the in-cluster account.")
+    node_selector: str = Field(
+        default="",
+        description="Label selector of the host nodes vNodes may use (e.g. 'vk8s.skt.co.kr/host=true'); "
+        "empty: every node.",
+    )
+
+    kv_bucket: str = Field(default="vk8s-scheduler", pattern=r"^[a-zA-Z0-9_-]+$")
+    kv_replicas: int = Field(default=1, ge=1, le=5)
+
+    hold_s: float = Field(
+        default=900.0,
+        gt=0,
+        description="How long a reservation is held for the vNode stage to confirm it (cluster.vnodes.ready) "
+        "before the sweep releases it.",
+    )
+    sweep_interval_s: float = Field(default=15.0, gt=0)
+    retry_interval_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="Pending clusters are retried when capacity grows, and at least this often.",
+    )
+    retry_debounce_s: float = Field(
+        default=0.5, ge=0, description="Wait after a capacity change so a burst of changes costs one retry."
+    )
+    commit_attempts: int = Field(
+        default=8, ge=1, description="Placements tried per request when other schedulers take the capacity first."
+    )
+    sync_timeout_s: float = Field(
+        default=30.0, gt=0, description="How long an event waits for the inventory and ledger to be loaded."
+    )

@@ -1,0 +1,300 @@
+"""The scheduler service in-process against a real API server (simulated GPU nodes) and real NATS."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from kubernetes.aio import client
+from kubernetes.aio.client.exceptions import ApiException
+from nats.js import JetStreamContext
+from nats.js.api import DeliverPolicy
+
+from libs.api.models import Vk8sSpec
+from libs.events import REGISTRY, Envelope, Publisher
+from libs.events.catalog import (
+    ClusterAccepted,
+    ClusterDeleted,
+    ClusterIPsReleased,
+    ClusterScheduled,
+    ClusterUnschedulable,
+)
+from libs.runtime import Service
+from services.scheduler.__main__ import scheduler_service
+from services.scheduler.settings import SchedulerSettings
+from vk8s.testbed.config import FAKE_NODE_ANNOTATION, GPU_PRODUCT_LABEL, GPU_RESOURCE, ZONE_LABEL
+
+POOL_LABEL = "vk8s.skt.co.kr/test-pool"
+
+
+@dataclass(frozen=True)
+class Pool:
+    """Simulated GPU nodes of one test: the scheduler under test selects them by label, and their
+    taint keeps every other pod of the shared testbed off them."""
+
+    id: str
+    nodes: tuple[str, ...]
+
+    @property
+    def toleration(self) -> dict[str, str]:
+        return {"key": POOL_LABEL, "operator": "Exists"}
+
+
+def node_manifest(name: str, pool: str, gpus: int) -> dict[str, Any]:
+    key, value = FAKE_NODE_ANNOTATION
+    capacity = {"cpu": "96", "memory": "1Ti", "pods": "110", GPU_RESOURCE: str(gpus)}
+    return {
+        "metadata": {
+            "name": name,
+            "labels": {POOL_LABEL: pool, GPU_PRODUCT_LABEL: "NVIDIA-A100-SXM4-80GB", ZONE_LABEL: "zone-a"},
+            "annotations": {key: value},
+        },
+        "spec": {"taints": [{"key": POOL_LABEL, "value": pool, "effect": "NoSchedule"}]},
+        "status": {"capacity": capacity, "allocatable": capacity},
+    }
+
+
+async def eventually(probe: Callable[[], Any], what: str, timeout: float = 30.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = probe()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        await asyncio.sleep(0.1)
+
+
+@pytest.fixture
+async def pool(kube_api: client.ApiClient) -> AsyncIterator[Pool]:
+    core = client.CoreV1Api(kube_api)
+    pool_id = uuid.uuid4().hex[:8]
+    names = (f"sched-{pool_id}-0",)
+    for name in names:
+        await core.create_node(node_manifest(name, pool_id, gpus=8))
+
+    async def ready() -> bool:
+        for name in names:
+            node = await core.read_node(name)
+            conditions = {c.type: c.status for c in (node.status.conditions or ())}
+            # Only our own taint: the node lifecycle controller's not-ready taint is gone.
+            if conditions.get("Ready") != "True" or [t.key for t in node.spec.taints or ()] != [POOL_LABEL]:
+                return False
+        return True
+
+    try:
+        try:
+            await eventually(ready, "the pool's nodes to turn Ready", timeout=60)
+        except AssertionError:
+            pytest.skip("no kwok turns created nodes Ready here (only the local testbed has it)")
+        yield Pool(pool_id, names)
+    finally:
+        for name in names:
+            with contextlib.suppress(ApiException):
+                await core.delete_node(name)
+
+
+@contextlib.asynccontextmanager
+async def running_scheduler(nats_url: str, kubeconfig: Path, pool: Pool) -> AsyncIterator[Service]:
+    settings = SchedulerSettings(
+        nats_url=nats_url,
+        kubeconfig=str(kubeconfig),
+        http_host="127.0.0.1",
+        http_port=0,
+        node_selector=f"{POOL_LABEL}={pool.id}",
+        retry_debounce_s=0.1,
+        backoff_base_s=0.2,
+        backoff_max_s=1.0,
+    )
+    async with scheduler_service(settings) as service:
+        await service.start()
+        yield service
+
+
+class Recorder:
+    """Every event on the stream, decoded, in order."""
+
+    def __init__(self, js: JetStreamContext):
+        self._js = js
+        self.events: list[Envelope[Any]] = []
+
+    async def start(self) -> None:
+        async def received(msg: Any) -> None:
+            self.events.append(REGISTRY.decode(msg.subject, msg.data))
+
+        await self._js.subscribe("cluster.>", cb=received, ordered_consumer=True, deliver_policy=DeliverPolicy.ALL)
+
+    def of(self, subject: str, cluster_id: str) -> list[Envelope[Any]]:
+        return [e for e in self.events if e.type == subject and e.cluster_id == cluster_id]
+
+    async def next(self, subject: str, cluster_id: str, *, after: int = 0, timeout: float = 30.0) -> Envelope[Any]:
+        events = await eventually(
+            lambda: self.of(subject, cluster_id)[after:], f"{subject} for {cluster_id}", timeout=timeout
+        )
+        return events[0]
+
+
+def cluster(namespace: str, name: str, gpus: int, pool: Pool) -> Envelope[ClusterAccepted]:
+    def node(vnode: str, role: str, resources: dict[str, str]) -> dict[str, Any]:
+        return {
+            "name": vnode,
+            "role": role,
+            "image": "ghcr.io/vk8s/kink:v1.29",
+            "resources": {"requests": resources, "limits": resources},
+            "tolerations": [pool.toleration],
+        }
+
+    spec = Vk8sSpec.model_validate(
+        {
+            "nodes": [
+                node("master", "master", {"cpu": "2", "memory": "4Gi"}),
+                node("worker-0", "worker", {"cpu": "8", "memory": "32Gi", GPU_RESOURCE: str(gpus)}),
+            ]
+        }
+    )
+    data = ClusterAccepted(name=name, namespace=namespace, spec=spec, uid=str(uuid.uuid4()), generation=1)
+    return Envelope.new(data, cluster_id=f"{namespace}/{name}", now=datetime.now(UTC))
+
+
+async def scrape(service: Service) -> str:
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"http://127.0.0.1:{service.http.port}/metrics") as response:
+            return await response.text()
+
+
+async def gpus_in_use(service: Service, node: str) -> float | None:
+    for line in (await scrape(service)).splitlines():
+        if line.startswith("vk8s_scheduler_gpus{") and f'node="{node}"' in line and 'state="in_use"' in line:
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+async def test_two_clusters_race_for_the_last_gpus_and_the_loser_is_placed_once_the_winner_is_deleted(
+    nats_url: str, js: JetStreamContext, kube_config_path: Path, namespace: str, pool: Pool
+) -> None:
+    # Two replicas share the ledger, as two scheduler pods would.
+    async with (
+        running_scheduler(nats_url, kube_config_path, pool) as first,
+        running_scheduler(nats_url, kube_config_path, pool),
+    ):
+        recorder = Recorder(js)
+        await recorder.start()
+        publisher = Publisher(js)
+        a, b = cluster(namespace, "alpha", 8, pool), cluster(namespace, "beta", 8, pool)
+
+        await asyncio.gather(publisher.publish(a), publisher.publish(b))
+
+        answers = {}
+        for event in (a, b):
+            answers[event.cluster_id] = await eventually(
+                lambda e=event: recorder.of(ClusterScheduled.subject, e.cluster_id)
+                or recorder.of(ClusterUnschedulable.subject, e.cluster_id),
+                f"an answer for {event.cluster_id}",
+            )
+        kinds = sorted(events[0].type for events in answers.values())
+        assert kinds == [ClusterScheduled.subject, ClusterUnschedulable.subject]
+        winner, loser = (a, b) if answers[a.cluster_id][0].type == ClusterScheduled.subject else (b, a)
+        placed = answers[winner.cluster_id][0].data
+        assert {p.host_node for p in placed.placements} == set(pool.nodes)
+        refused = answers[loser.cluster_id][0].data
+        assert [v.vnode for v in refused.vnodes] == ["worker-0"]
+        assert refused.vnodes[0].reason.startswith("needs 8 nvidia.com/gpu; no node has a free GPU")
+        assert "none is placed" in refused.message
+
+        # The end of the winner's delete chain frees its GPUs; the loser is placed by itself.
+        released = winner.follow(ClusterIPsReleased(uid=winner.data.uid), now=datetime.now(UTC))
+        await publisher.publish(released)
+
+        deleted = await recorder.next(ClusterDeleted.subject, winner.cluster_id)
+        assert deleted.data.uid == winner.data.uid
+        scheduled = await recorder.next(ClusterScheduled.subject, loser.cluster_id)
+        assert scheduled.causation_id == loser.id
+        assert [p.gpus for p in scheduled.data.placements] == [0, 8]
+        assert await gpus_in_use(first, pool.nodes[0]) == 0
+
+
+async def test_pods_on_a_node_count_and_a_clusters_own_vnode_pods_are_not_counted_twice(
+    nats_url: str, js: JetStreamContext, kube_api: client.ApiClient, kube_config_path: Path, namespace: str, pool: Pool
+) -> None:
+    core = client.CoreV1Api(kube_api)
+    node = pool.nodes[0]
+
+    def pod(name: str, gpus: int, labels: dict[str, str]) -> dict[str, Any]:
+        return {
+            "metadata": {"name": name, "labels": labels},
+            "spec": {
+                "nodeName": node,
+                "tolerations": [pool.toleration],
+                "containers": [
+                    {
+                        "name": "main",
+                        "image": "registry.invalid/x:1",
+                        "resources": {"limits": {GPU_RESOURCE: str(gpus)}},
+                    }
+                ],
+            },
+        }
+
+    await core.create_namespaced_pod(namespace, pod("trainer", 6, {"app": "trainer"}))
+    async with running_scheduler(nats_url, kube_config_path, pool) as service:
+        recorder = Recorder(js)
+        await recorder.start()
+        publisher = Publisher(js)
+        gamma = cluster(namespace, "gamma", 4, pool)
+
+        await publisher.publish(gamma)
+
+        refused = await recorder.next(ClusterUnschedulable.subject, gamma.cluster_id)
+        assert refused.data.vnodes[0].reason == f"needs 4 nvidia.com/gpu; the most free on one node is 2, on {node}"
+
+        await core.delete_namespaced_pod("trainer", namespace, grace_period_seconds=0)
+        placed = await recorder.next(ClusterScheduled.subject, gamma.cluster_id)
+        assert placed.data.placements[1].host_node == node
+
+        # gamma's vNode pod appears on its node: 4 GPUs in use, and its booking no longer counts.
+        labels = {"app": "vk8s", "clusterName": "gamma", "vnode": "worker-0", "role": "worker"}
+        await core.create_namespaced_pod(namespace, pod("worker-0-0", 4, labels))
+        async def pod_counted() -> bool:
+            return await gpus_in_use(service, node) == 4
+
+        await eventually(pod_counted, "the vNode pod in the inventory")
+
+        delta = cluster(namespace, "delta", 4, pool)
+        await publisher.publish(delta)
+
+        answer = await eventually(
+            lambda: recorder.of(ClusterScheduled.subject, delta.cluster_id)
+            or recorder.of(ClusterUnschedulable.subject, delta.cluster_id),
+            "an answer for delta",
+        )
+        assert answer[0].type == ClusterScheduled.subject, answer[0].data
+
+
+async def test_metrics_name_the_gpus_of_each_node(
+    nats_url: str, js: JetStreamContext, kube_config_path: Path, pool: Pool
+) -> None:
+    async with running_scheduler(nats_url, kube_config_path, pool) as service:
+
+        async def scraped() -> str | None:
+            text = await scrape(service)
+            return text if f'node="{pool.nodes[0]}"' in text else None
+
+        text = await eventually(scraped, "the pool's node in the metrics")
+
+    line = next(
+        line for line in text.splitlines() if line.startswith("vk8s_scheduler_gpus{") and 'state="capacity"' in line
+    )
+    assert 'model="NVIDIA-A100-SXM4-80GB"' in line and 'zone="zone-a"' in line and line.endswith(" 8.0")
+    for name in ("vk8s_scheduler_pending_clusters", "vk8s_scheduler_reservations", "vk8s_scheduler_nodes"):
+        assert f"\n{name}" in text

@@ -1,0 +1,139 @@
+"""Kubernetes objects into inventory values; the ledger's wire format; settings."""
+
+from __future__ import annotations
+
+import pytest
+from kubernetes.aio import client
+
+from services.scheduler.adapters.inventory import DEFAULT_MAX_PODS, host_node, pod_requests, pod_usage
+from services.scheduler.adapters.ledger import cluster_key, decode_bookings, encode_bookings, node_key
+from services.scheduler.logic import Booking, Resources, Taint
+from services.scheduler.settings import SchedulerSettings
+
+GI = 1 << 30
+
+
+def v1_node(
+    *, allocatable: dict[str, str], labels: dict[str, str] | None = None, taints: list[client.V1Taint] | None = None,
+    unschedulable: bool | None = None,
+) -> client.V1Node:
+    return client.V1Node(
+        metadata=client.V1ObjectMeta(name="gpu-node-1", labels=labels),
+        spec=client.V1NodeSpec(taints=taints, unschedulable=unschedulable),
+        status=client.V1NodeStatus(allocatable=allocatable),
+    )
+
+
+def container(
+    requests: dict[str, str] | None = None, limits: dict[str, str] | None = None, **extra: object
+) -> client.V1Container:
+    return client.V1Container(
+        name="c", image="x", resources=client.V1ResourceRequirements(requests=requests, limits=limits), **extra
+    )
+
+
+def v1_pod(
+    containers: list[client.V1Container],
+    *,
+    node: str | None = "gpu-node-1",
+    phase: str = "Running",
+    labels: dict[str, str] | None = None,
+    init_containers: list[client.V1Container] | None = None,
+    overhead: dict[str, str] | None = None,
+) -> client.V1Pod:
+    return client.V1Pod(
+        metadata=client.V1ObjectMeta(name="p", namespace="team", labels=labels),
+        spec=client.V1PodSpec(
+            node_name=node, containers=containers, init_containers=init_containers, overhead=overhead
+        ),
+        status=client.V1PodStatus(phase=phase),
+    )
+
+
+def test_a_gpu_node_becomes_a_host_node() -> None:
+    node = v1_node(
+        allocatable={"cpu": "95500m", "memory": "1Ti", "nvidia.com/gpu": "8", "pods": "110"},
+        labels={"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB", "topology.kubernetes.io/zone": "zone-a"},
+        taints=[
+            client.V1Taint(key="nvidia.com/gpu", effect="NoSchedule"),
+            client.V1Taint(key="a", value="b", effect="NoExecute"),
+        ],
+        unschedulable=True,
+    )
+
+    host = host_node(node)
+
+    assert host.allocatable == Resources(8, 95_500, 1 << 40, 110)
+    assert host.gpu_model == "NVIDIA-A100-SXM4-80GB"
+    assert host.zone == "zone-a"
+    assert host.taints == (Taint("nvidia.com/gpu", "", "NoSchedule"), Taint("a", "b", "NoExecute"))
+    assert host.cordoned
+
+
+def test_a_node_without_gpus_or_pod_capacity() -> None:
+    host = host_node(v1_node(allocatable={"cpu": "4", "memory": "8Gi"}))
+
+    assert host.allocatable == Resources(0, 4000, 8 * GI, DEFAULT_MAX_PODS)
+    assert host.gpu_model is None and host.zone is None and not host.cordoned
+
+
+def test_pod_requests_follow_kube_scheduler() -> None:
+    pod = v1_pod(
+        [container({"cpu": "1", "memory": "1Gi"}), container(limits={"cpu": "500m", "nvidia.com/gpu": "2"})],
+        init_containers=[
+            container({"cpu": "4", "memory": "512Mi"}),  # a big init step, done before the containers start
+            container({"cpu": "250m", "memory": "256Mi"}, restart_policy="Always"),  # a sidecar, runs alongside
+        ],
+        overhead={"cpu": "100m", "memory": "64Mi"},
+    )
+
+    assert pod_requests(pod) == Resources(
+        gpus=2, cpu_millis=4000 + 100, memory_bytes=GI + 256 * (1 << 20) + 64 * (1 << 20), pods=1
+    )
+
+
+def test_finished_and_unbound_pods_use_nothing() -> None:
+    assert pod_usage(v1_pod([container({"cpu": "1"})], phase="Succeeded")) is None
+    assert pod_usage(v1_pod([container({"cpu": "1"})], phase="Failed")) is None
+    assert pod_usage(v1_pod([container({"cpu": "1"})], node=None, phase="Pending")) is None
+    assert pod_usage(v1_pod([container({"cpu": "1"})], phase="Pending")) is not None
+
+
+def test_vnode_pods_are_told_by_their_labels() -> None:
+    labels = {"app": "vk8s", "clusterName": "team-a", "vnode": "worker-1", "role": "worker"}
+
+    usage = pod_usage(v1_pod([container(limits={"nvidia.com/gpu": "4"})], labels=labels))
+    other = pod_usage(v1_pod([container(limits={"nvidia.com/gpu": "4"})], labels={"app": "trainer"}))
+
+    assert usage is not None and usage.vnode == ("team/team-a", "worker-1")
+    assert other is not None and other.vnode is None
+
+
+def test_bookings_round_trip_through_the_wire_format() -> None:
+    bookings = {
+        ("uid-2", "w"): Booking("uid-2", "team/b", "w", Resources(1, 500, GI, 1)),
+        ("uid-1", "m"): Booking("uid-1", "team/a", "m", Resources(0, 2000, 4 * GI, 1)),
+    }
+
+    raw = encode_bookings(bookings)
+
+    assert decode_bookings(raw) == bookings
+    assert b'"clusterId":"team/a"' in raw
+    assert decode_bookings(None) == {}
+
+
+def test_ledger_keys() -> None:
+    assert cluster_key("clusters", "team/a") == "clusters.team.a"
+    assert node_key("gpu-1.example.com") == "nodes.gpu-1.example.com"
+
+
+def test_settings_read_their_own_prefix(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VK8S_SCHEDULER_HOLD_S", "60")
+    monkeypatch.setenv("VK8S_SCHEDULER_NODE_SELECTOR", "pool=gpu")
+    monkeypatch.setenv("VK8S_SCHEDULER_NATS_URL", "nats://nats:4222")
+
+    settings = SchedulerSettings()
+
+    assert settings.hold_s == 60
+    assert settings.node_selector == "pool=gpu"
+    assert settings.nats_url == "nats://nats:4222"
