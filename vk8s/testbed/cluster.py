@@ -1,0 +1,53 @@
+"""What the supervisor does through the Kubernetes API while it brings the testbed up."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from kubernetes.aio import client, config
+from kubernetes.aio.client.exceptions import ApiException
+
+from vk8s.testbed import rest
+from vk8s.testbed.crds import apply_crds, project_crds
+from vk8s.testbed.sandbox import SandboxController
+
+__all__ = [
+    "SandboxController",
+    "apply_crds",
+    "connect",
+    "create_nodes",
+    "nodes_ready",
+    "project_crds",
+    "service_account_exists",
+]
+
+
+async def connect(kubeconfig: Path) -> client.ApiClient:
+    return await config.new_client_from_config(config_file=str(kubeconfig), persist_config=False)
+
+
+async def create_nodes(api: client.ApiClient, manifests: list[dict[str, Any]]) -> None:
+    async def create(manifest: dict[str, Any]) -> None:
+        try:
+            await rest.request(api, "POST", "/api/v1/nodes", body=manifest)
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+
+    await asyncio.gather(*(create(manifest) for manifest in manifests))
+
+
+async def nodes_ready(api: client.ApiClient, names: list[str]) -> bool:
+    nodes = await rest.request(api, "GET", "/api/v1/nodes", query={"labelSelector": "type=kwok"})
+    ready = {
+        node["metadata"]["name"]
+        for node in nodes["items"]
+        if any(c["type"] == "Ready" and c["status"] == "True" for c in node.get("status", {}).get("conditions") or [])
+    }
+    return ready.issuperset(names)
+
+
+async def service_account_exists(api: client.ApiClient, namespace: str, name: str) -> bool:
+    return await rest.get_or_none(api, f"/api/v1/namespaces/{namespace}/serviceaccounts/{name}") is not None
