@@ -34,6 +34,7 @@ from libs.events import (  # noqa: E402
     StreamSettings,
     ensure_stream,
 )
+from libs.runtime import ServiceSettings  # noqa: E402
 from tests.support.events import NOW, cluster_requested  # noqa: E402
 from vk8s.local.nats_server import LocalNatsServer  # noqa: E402
 
@@ -99,6 +100,7 @@ async def wrapper_round(js: JetStreamContext, batch: list[Envelope[Any]]) -> tup
         handlers={"cluster.requested": handle},
         metrics=metrics,
         batch=BATCH,
+        concurrency=ServiceSettings().consumer_concurrency,  # as every service runs it
     )
     started = time.perf_counter()
     await consumer.start()

@@ -10,6 +10,7 @@ master node instead of at spec level; they are moved to spec level while parsing
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from collections.abc import Mapping
@@ -155,11 +156,16 @@ TargetPort = Annotated[
 """A container port: a number 1-65535 or an IANA service name (`http`, `ssh`)."""
 
 
+@functools.lru_cache(maxsize=1024)
+def _strict_network(value: str) -> None:
+    ipaddress.ip_network(value, strict=True)
+
+
 def _cidr(value: Any) -> str:
     if not isinstance(value, str):
         raise PydanticCustomError("cidr", "expected a CIDR string such as 10.244.0.0/16")
     try:
-        ipaddress.ip_network(value, strict=True)
+        _strict_network(value)
     except ValueError as exc:
         hint = ""
         try:

@@ -8,6 +8,7 @@ valid `requests <= limits` into a violation.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from decimal import Decimal, localcontext
@@ -35,6 +36,7 @@ class QuantityError(ValueError):
     """A value that is not a Kubernetes quantity; the message says what forms are allowed."""
 
 
+@functools.lru_cache(maxsize=4096, typed=True)  # every event carries quantities; few distinct ones
 def parse_quantity(value: str | int) -> Decimal:
     """Returns the quantity in base units (cores, bytes, devices).
 

@@ -110,10 +110,15 @@ class Consumer:
             while not self._stopping.is_set():
                 try:
                     messages = await sub.fetch(self._batch, timeout=1.0)
-                except nats.errors.TimeoutError:
+                except TimeoutError:  # nats-py raises both its own and asyncio's: nothing to fetch
                     continue
                 except (nats.errors.ConnectionClosedError, nats.errors.ConnectionDrainingError):
                     return
+                except nats.errors.Error as error:
+                    # A broker hiccup (reconnect, leader change): fetch again shortly.
+                    self._log.warning("Fetching messages failed; retrying", error=repr(error))
+                    await asyncio.sleep(1.0)
+                    continue
                 for msg in messages:
                     await self.handle_message(msg)
         finally:
@@ -149,7 +154,7 @@ class Consumer:
             # The filter let through a subject this service does not handle: nothing to do.
             await msg.ack()
             return "ack", {"skipped": True}
-        keepalive = asyncio.create_task(self._keep_alive(msg))
+        keepalive = _InProgress(msg, max(0.5, self._settings.ack_wait_s / 3))
         try:
             results = await handler(envelope)
             await self._publisher.publish_all(results)
@@ -168,16 +173,8 @@ class Consumer:
             return "nak", {"reason": reason, "error": str(error), "retry_in_s": delay}
         finally:
             keepalive.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await keepalive
         await msg.ack()
         return "ack", {"published": [r.type for r in results]} if results else {}
-
-    async def _keep_alive(self, msg: Msg) -> None:
-        interval = max(0.5, self._settings.ack_wait_s / 3)
-        while True:
-            await asyncio.sleep(interval)
-            await msg.in_progress()
 
     async def _fail(self, msg: Msg, cause: Envelope[Any], reason: str, message: str) -> str:
         generation = getattr(cause.data, "generation", None)
@@ -212,6 +209,27 @@ class Consumer:
             return "nak"
         await msg.term()
         return "term"
+
+
+class _InProgress:
+    """Sends in-progress acks every `interval` while a handler runs. A timer, not a task: most
+    handlers finish long before the first tick, and a task per message costs throughput."""
+
+    def __init__(self, msg: Msg, interval: float):
+        self._msg = msg
+        self._interval = interval
+        self._loop = asyncio.get_running_loop()
+        self._handle = self._loop.call_later(interval, self._tick)
+        self._sending: set[asyncio.Task[None]] = set()
+
+    def _tick(self) -> None:
+        task = self._loop.create_task(self._msg.in_progress())
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
+        self._handle = self._loop.call_later(self._interval, self._tick)
+
+    def cancel(self) -> None:
+        self._handle.cancel()
 
 
 def _header(msg: Msg, name: str) -> str | None:

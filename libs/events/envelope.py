@@ -6,6 +6,7 @@ The JSON form is camelCase: {"id", "type", "schemaVersion", "time", "clusterId",
 
 from __future__ import annotations
 
+import functools
 import uuid
 from datetime import datetime
 from typing import Any, ClassVar, Generic, TypeVar
@@ -65,7 +66,7 @@ class Envelope(BaseModel, Generic[P]):
     ) -> Envelope[P]:
         """Starts a new causal chain (a request from outside the pipeline)."""
         event_id = event_id or str(uuid.uuid4())
-        return Envelope[type(data)](  # type: ignore[misc]
+        return envelope_of(type(data))(
             id=event_id,
             type=data.subject,
             schema_version=data.version,
@@ -79,7 +80,7 @@ class Envelope(BaseModel, Generic[P]):
         """An event caused by this one. Its id is derived from this id, the new type and `key`,
         so handling this event twice publishes the same ids (deduplicated by the broker)."""
         derived = uuid.uuid5(EVENT_ID_NAMESPACE, f"{self.id}/{data.subject}/{key}")
-        return Envelope[type(data)](  # type: ignore[misc]
+        return envelope_of(type(data))(
             id=str(derived),
             type=data.subject,
             schema_version=data.version,
@@ -100,6 +101,12 @@ class Envelope(BaseModel, Generic[P]):
             "cluster_id": self.cluster_id,
             "correlation_id": self.correlation_id,
         }
+
+
+@functools.cache
+def envelope_of(model: type[Payload]) -> type[Envelope[Any]]:
+    """Envelope[model], built once: parametrising a generic model on every event is costly."""
+    return Envelope[model]  # type: ignore[valid-type]
 
 
 def cluster_id_of(namespace: str, name: str) -> str:

@@ -9,7 +9,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from libs.events.envelope import CLUSTER_ID_PATTERN, Envelope, Payload
+from libs.events.envelope import CLUSTER_ID_PATTERN, Envelope, Payload, envelope_of
 from libs.events.errors import InvalidEvent, Problem
 
 
@@ -73,7 +73,7 @@ class Registry:
                 Problem("schemaVersion", f"must be {model.version} for {subject!r}, got {document.get('schemaVersion')!r}")
             )
         try:
-            envelope = Envelope[model].model_validate(document)  # type: ignore[valid-type]
+            envelope = envelope_of(model).model_validate(document)
         except ValidationError as exc:
             problems.extend(problems_from(exc))
             envelope = None
@@ -83,7 +83,7 @@ class Registry:
 
     def json_schema(self, subject: str) -> dict[str, Any]:
         model = self.model_for(subject)
-        schema = Envelope[model].model_json_schema(by_alias=True)  # type: ignore[valid-type]
+        schema = envelope_of(model).model_json_schema(by_alias=True)
         schema["$id"] = f"https://vk8s.skt.co.kr/schemas/events/{subject}.v{model.version}.json"
         schema["title"] = subject
         props = schema["properties"]

@@ -83,7 +83,6 @@ class Service:
         )
         self._publisher = Publisher(self._js, self.event_metrics)
         self.http.add_readiness_check("nats", lambda: self.nc is not None and self.nc.is_connected)
-        await self.http.start()
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -121,6 +120,9 @@ class Service:
         self._stop.set()
 
     async def start(self) -> None:
+        """Serves the operator endpoints (routes added before this are served too), then starts
+        the consumers and background tasks."""
+        await self.http.start()
         for consumer in self._consumers:
             await consumer.start()
         for name, task in self._tasks:
