@@ -36,7 +36,6 @@ class QuantityError(ValueError):
     """A value that is not a Kubernetes quantity; the message says what forms are allowed."""
 
 
-@functools.lru_cache(maxsize=4096, typed=True)  # every event carries quantities; few distinct ones
 def parse_quantity(value: str | int) -> Decimal:
     """Returns the quantity in base units (cores, bytes, devices).
 
@@ -49,6 +48,11 @@ def parse_quantity(value: str | int) -> Decimal:
         raise QuantityError(f"expected {QUANTITY_FORMS}; got {type(value).__name__}")
     if isinstance(value, int):
         return Decimal(value)
+    return _parse_text(value)
+
+
+@functools.lru_cache(maxsize=4096)  # every event carries quantities; there are few distinct ones
+def _parse_text(value: str) -> Decimal:
     match = _QUANTITY.match(value)
     if match is None:
         raise QuantityError(f"{value!r} is not a quantity; expected {QUANTITY_FORMS}")
