@@ -1,0 +1,57 @@
+"""`python -m services.ipmanager`: wiring only."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+from libs.events import ensure_kv
+from libs.kube import kube_client
+from libs.runtime import Service
+from services.ipmanager.adapters.http import ReadApi
+from services.ipmanager.adapters.kv import KvStore
+from services.ipmanager.adapters.metrics import IpManagerMetrics
+from services.ipmanager.adapters.pods import VNodePods
+from services.ipmanager.allocator import Allocator
+from services.ipmanager.handlers import Handlers
+from services.ipmanager.reconciler import Reconciler
+from services.ipmanager.settings import IpManagerSettings
+
+NAME = "ipmanager"
+
+
+async def run(settings: IpManagerSettings) -> None:
+    service = Service(NAME, settings)
+    read_api = ReadApi(service.http.app)
+    # The service stops (and with it the reconcile) before the stack closes the Kubernetes client.
+    async with contextlib.AsyncExitStack() as stack, service:
+        kv = await ensure_kv(service.js, settings.kv_bucket, replicas=settings.kv_replicas)
+        store = KvStore(kv)
+        metrics = IpManagerMetrics(service.metrics_registry)
+        layout, pool = settings.network_layout(), settings.address_pool()
+        allocator = Allocator(store, layout=layout, pool=pool, metrics=metrics)
+        pods = None
+        if settings.reconcile_pods:
+            api = await stack.enter_async_context(await kube_client(settings.kubeconfig))
+            pods = VNodePods(api, settings.vnode_pod_selector)
+        reconciler = Reconciler(
+            store,
+            pods,
+            layout=layout,
+            pool=pool,
+            metrics=metrics,
+            grace_s=settings.orphan_grace_s,
+            interval_s=settings.reconcile_interval_s,
+        )
+        read_api.attach(allocator, reconciler)
+        service.consume(NAME, Handlers(allocator).subscriptions())
+        service.add_task("reconcile", reconciler.run)
+        await service.run()
+
+
+def main() -> None:
+    asyncio.run(run(IpManagerSettings()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,92 @@
+"""Event handlers: decode what the allocator needs, map its outcomes to the consumer wrapper's
+PermanentError (cluster.failed) / TransientError (retry with backoff), build the result events."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from libs.events import Envelope, Handler, PermanentError, TransientError, utc_now
+from libs.events.catalog import (
+    ClusterAccepted,
+    ClusterIPsAllocated,
+    ClusterIPsReleased,
+    ClusterScheduled,
+    ClusterUpdated,
+    ClusterVNodesDeleted,
+)
+from services.ipmanager.allocator import Allocator, Contention, NetworkNotClaimed
+from services.ipmanager.logic import (
+    NetworkConflict,
+    NetworkImmutable,
+    NetworkRequest,
+    PoolExhausted,
+    valid_uid,
+)
+
+Result = list[Envelope[Any]]
+
+
+class Handlers:
+    def __init__(self, allocator: Allocator, clock: Callable[[], datetime] = utc_now):
+        self._allocator = allocator
+        self._clock = clock
+
+    def subscriptions(self) -> dict[str, Handler]:
+        return {
+            ClusterAccepted.subject: self.spec_changed,
+            ClusterUpdated.subject: self.spec_changed,
+            ClusterScheduled.subject: self.scheduled,
+            ClusterVNodesDeleted.subject: self.vnodes_deleted,
+        }
+
+    async def spec_changed(self, event: Envelope[ClusterAccepted | ClusterUpdated]) -> Result:
+        """Claims the cluster's networks as early as possible, so a bad CIDR fails the cluster now."""
+        data = event.data
+        if not valid_uid(data.uid):
+            raise PermanentError(f"uid {data.uid!r} is not a Kubernetes uid", reason="InvalidUid")
+        kubernetes = data.spec.kubernetes
+        request = NetworkRequest.from_spec(kubernetes.pod_network_cidr, kubernetes.service_cidr)
+        try:
+            await self._allocator.claim_network(
+                uid=data.uid, cluster_id=event.cluster_id, generation=data.generation, request=request
+            )
+        except NetworkConflict as error:
+            raise PermanentError(
+                f"{error}; choose ranges that overlap none of these, or leave them out to get free ones",
+                reason="NetworkOverlap",
+            ) from error
+        except NetworkImmutable as error:
+            raise PermanentError(str(error), reason="NetworkImmutable") from error
+        except (PoolExhausted, Contention) as error:
+            raise _retry(error) from error
+        return []
+
+    async def scheduled(self, event: Envelope[ClusterScheduled]) -> Result:
+        data = event.data
+        try:
+            network, addresses = await self._allocator.allocate_vnode_ips(
+                event.cluster_id, [placement.vnode for placement in data.placements]
+            )
+        except (NetworkNotClaimed, PoolExhausted, Contention) as error:
+            raise _retry(error) from error
+        allocated = ClusterIPsAllocated(
+            generation=data.generation,
+            vnode_ips={vnode: str(address) for vnode, address in addresses.items()},
+            pod_cidr=str(network.pod_cidr),
+            service_cidr=str(network.service_cidr),
+            placements=data.placements,
+        )
+        return [event.follow(allocated, now=self._clock())]
+
+    async def vnodes_deleted(self, event: Envelope[ClusterVNodesDeleted]) -> Result:
+        released = await self._allocator.release(event.data.uid)
+        payload = ClusterIPsReleased(uid=event.data.uid, released=[str(address) for address in released])
+        return [event.follow(payload, now=self._clock())]
+
+
+def _retry(error: Exception) -> TransientError:
+    # Addresses and blocks come free as clusters are deleted; a missing network appears once
+    # cluster.accepted is handled; a lost race is won on a later try.
+    return TransientError(str(error), reason=type(error).__name__)

@@ -1,0 +1,53 @@
+"""The one handler: every cluster event -> read model (KV, compare-and-set) -> Vk8s status."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import structlog
+
+from libs.events import UNKNOWN_CLUSTER_ID, Envelope
+from services.projector.adapters.metrics import ProjectorMetrics
+from services.projector.adapters.read_model import ClusterRecord, ClusterStore
+from services.projector.adapters.status import StatusWriter, Written
+
+log = structlog.get_logger(__name__)
+
+
+class Projector:
+    def __init__(
+        self, store: ClusterStore, writer: StatusWriter, metrics: ProjectorMetrics, *, confirm_attempts: int = 5
+    ):
+        self._store = store
+        self._writer = writer
+        self._metrics = metrics
+        self._confirm_attempts = confirm_attempts
+
+    async def handle(self, envelope: Envelope[Any]) -> Sequence[Envelope[Any]]:
+        if envelope.cluster_id == UNKNOWN_CLUSTER_ID:
+            log.info("Skipping event of no known cluster")
+            return ()
+        change = await self._store.apply(envelope)
+        self._metrics.observe(change, envelope)
+        # Written even when nothing changed: the last attempt may have failed after the KV write.
+        await self._write_status(change.after, change.revision)
+        log.debug("Projected event", applied=change.applied, phase=change.after.status.get("phase"))
+        return ()
+
+    async def _write_status(self, record: ClusterRecord, revision: int) -> None:
+        """Patches the status, then checks the record is still the newest: another projector may
+        have written a newer one whose patch landed before ours, and then ours must not stay."""
+        for _ in range(self._confirm_attempts):
+            written, detail = await self._writer.write(record.namespace, record.name, record.status)
+            self._metrics.status_writes.labels(written.value).inc()
+            if written is Written.MISSING:
+                return  # only the read model then
+            if written is Written.REFUSED:
+                log.error("Status refused by the apiserver; the read model has it", error=detail)
+                return
+            latest, latest_revision = await self._store.get(record.cluster_id)
+            if latest is None or latest_revision == revision:
+                return
+            record, revision = latest, latest_revision
+            self._metrics.status_writes.labels("repatched").inc()

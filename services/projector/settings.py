@@ -1,0 +1,22 @@
+"""Projector settings, from VK8S_PROJECTOR_* environment variables."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from libs.runtime import ServiceSettings
+
+
+class ProjectorSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="VK8S_PROJECTOR_", extra="ignore", frozen=True)
+
+    kubeconfig: str | None = Field(default=None, description="Kubeconfig path; in-cluster service account when unset.")
+    durable: str = "projector"
+    kv_bucket: str = "vk8s-clusters"
+    kv_replicas: int = Field(default=1, ge=1, le=5)
+    cas_attempts: int = Field(default=20, ge=1, description="Read-model writes tried per event before a retry later.")
+    status_confirm_attempts: int = Field(default=5, ge=1)
+    # Projection errors are not cluster failures: when retries run out the consumer wrapper
+    # publishes cluster.failed, so the projector keeps retrying (with backoff) for far longer.
+    max_deliver: int = Field(default=10_000, ge=1)

@@ -1,0 +1,118 @@
+"""The ipmanager's handlers behind the real consumer wrapper, on a real JetStream."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from nats.js import JetStreamContext
+from nats.js.kv import KeyValue
+from prometheus_client import CollectorRegistry
+
+from libs.events import (
+    REGISTRY,
+    STREAM_NAME,
+    Backoff,
+    Consumer,
+    ConsumerSettings,
+    Envelope,
+    EventMetrics,
+    Publisher,
+    StreamSettings,
+    ensure_kv,
+    ensure_stream,
+)
+from services.ipmanager.adapters.kv import KvStore
+from services.ipmanager.handlers import Handlers
+from tests.component.ipmanager.support import (
+    BUCKET,
+    accepted,
+    allocator_for,
+    claims_in,
+    collect,
+    publish,
+    scheduled,
+    vnodes_deleted,
+)
+
+
+@pytest.fixture
+async def kv(js: JetStreamContext) -> KeyValue:
+    await ensure_stream(js, StreamSettings())
+    return await ensure_kv(js, BUCKET)
+
+
+@pytest.fixture
+async def ipmanager(js: JetStreamContext, kv: KeyValue) -> AsyncIterator[Consumer]:
+    handlers = Handlers(allocator_for(kv)).subscriptions()
+    metrics = EventMetrics("ipmanager", CollectorRegistry())
+    consumer = Consumer(
+        service="ipmanager",
+        js=js,
+        publisher=Publisher(js, metrics),
+        registry=REGISTRY,
+        settings=ConsumerSettings(durable="ipmanager", filter_subjects=tuple(handlers), max_deliver=20),
+        handlers=handlers,
+        metrics=metrics,
+        stream=STREAM_NAME,
+        concurrency=4,
+        backoff=Backoff(base_s=0.05, max_s=0.2),
+    )
+    await consumer.start()
+    yield consumer
+    await consumer.stop()
+
+
+def for_cluster(cluster_id: str) -> Any:
+    return lambda events: any(event.cluster_id == cluster_id for event in events)
+
+
+async def test_allocates_then_releases_a_cluster_outside_the_default_namespace(
+    js: JetStreamContext, kv: KeyValue, ipmanager: Consumer
+) -> None:
+    await publish(js, accepted("team-x", "dev", "uid-x", workers=2), scheduled("team-x", "dev", workers=2))
+    [allocated] = await collect(js, "cluster.ips.allocated", for_cluster("team-x/dev"))
+    data = allocated.data
+    assert set(data.vnode_ips) == {"master", "worker-0", "worker-1"}
+    assert (data.pod_cidr, data.service_cidr) == ("100.64.0.0/16", "10.64.0.0/20")
+    assert len(set(data.vnode_ips.values())) == 3
+    assert {str(a) for a in await claims_in(kv)} == set(data.vnode_ips.values())
+
+    await publish(js, vnodes_deleted("team-x", "dev", "uid-x"))
+    [released] = await collect(js, "cluster.ips.released", for_cluster("team-x/dev"))
+    assert released.data.uid == "uid-x"
+    assert sorted(released.data.released) == sorted(data.vnode_ips.values())
+    store = KvStore(kv)
+    assert await claims_in(kv) == {}
+    assert await store.cluster_record("uid-x") is None
+    assert (await store.networks()).clusters == {}
+
+
+async def test_scheduled_before_accepted_is_retried_until_the_network_is_claimed(
+    js: JetStreamContext, ipmanager: Consumer
+) -> None:
+    await publish(js, scheduled("team-y", "early"))
+    await publish(js, accepted("team-y", "early", "uid-y", pod_cidr="172.20.0.0/16"))
+    [allocated] = await collect(js, "cluster.ips.allocated", for_cluster("team-y/early"))
+    assert allocated.data.pod_cidr == "172.20.0.0/16"
+
+
+async def test_overlapping_cidrs_fail_the_cluster_with_a_reason(js: JetStreamContext, ipmanager: Consumer) -> None:
+    await publish(
+        js,
+        accepted("team-a", "first", "uid-a", pod_cidr="172.20.0.0/16"),
+        accepted("team-b", "host-clash", "uid-b", pod_cidr="10.244.0.0/16"),
+    )
+    await collect(js, "cluster.failed", for_cluster("team-b/host-clash"))
+    await publish(js, accepted("team-c", "neighbour-clash", "uid-c", pod_cidr="172.20.128.0/17"))
+    failures: list[Envelope[Any]] = await collect(js, "cluster.failed", for_cluster("team-c/neighbour-clash"))
+
+    assert {f.cluster_id for f in failures} == {"team-b/host-clash", "team-c/neighbour-clash"}
+    host_clash = next(f for f in failures if f.cluster_id == "team-b/host-clash")
+    assert (host_clash.data.stage, host_clash.data.reason) == ("ipmanager", "NetworkOverlap")
+    assert host_clash.data.message.startswith(
+        "spec.kubernetes.podNetworkCidr 10.244.0.0/16 overlaps the host pod CIDR (10.244.0.0/16)"
+    )
+    neighbour_clash = next(f for f in failures if f.cluster_id == "team-c/neighbour-clash")
+    assert "overlaps the pod network of cluster team-a/first (172.20.0.0/16)" in neighbour_clash.data.message
