@@ -178,5 +178,11 @@ def join_args(join_command: str) -> list[str]:
     return ["vk8s-node", "join", "--", *words[2:], "--ignore-preflight-errors=" + ",".join(PREFLIGHT_IGNORED)]
 
 
+def via_shell(argv: list[str]) -> list[str]:
+    """Runs argv through the vNode's shell, so `vk8s-node` is found on the vNode's own PATH:
+    exec transports that resolve argv[0] themselves (kwok's, in the testbed) see only theirs."""
+    return argv if argv[:2] == ["sh", "-c"] else ["sh", "-c", 'exec "$0" "$@"', *argv]
+
+
 def kubeconfig_secret_name(cluster_name: str) -> str:
     return f"{cluster_name}-kubeconfig"

@@ -49,7 +49,7 @@ class StepRunner:
         for attempt in range(1, self._attempts + 1):
             await self._progress(target.vnode, step, "Running", "", attempt)
             try:
-                result = await self._exec.run(target.namespace, target.pod, argv)
+                result = await self._exec.run(target.namespace, target.pod, logic.via_shell(argv))
             except Exception as error:  # noqa: BLE001 - the transport failing is a failed try too
                 message = f"{type(error).__name__}: {error}"[:300]
             else:

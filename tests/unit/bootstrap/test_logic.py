@@ -103,3 +103,12 @@ def test_files_travel_as_base64_arguments() -> None:
     argv = logic.write_command("etc/vk8s/x.yaml", "a: 'quoted' $HOME\n")
     out = subprocess.run([*argv[:2], argv[2].replace("vk8s-node write etc/vk8s/x.yaml", "cat"), *argv[3:]], capture_output=True, text=True)
     assert out.stdout == "a: 'quoted' $HOME\n"
+
+
+def test_node_commands_run_through_the_vnode_shell() -> None:
+    argv = logic.via_shell(["vk8s-node", "state"])
+    assert argv[:3] == ["sh", "-c", 'exec "$0" "$@"']
+    out = subprocess.run([*argv[:3], "echo", "a b", "c"], capture_output=True, text=True)
+    assert out.stdout == "a b c\n"
+    written = logic.write_command("x", "y")
+    assert logic.via_shell(written) == written
