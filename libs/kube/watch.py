@@ -54,7 +54,8 @@ async def watch_objects(
                 await watcher.close()
         except (ApiException, OSError, TimeoutError) as error:
             status = getattr(error, "status", None)
-            if status not in (410, None) and status < 500:
+            # 410: the version expired; 429: throttled or storage (re)initialising; 5xx: the server.
+            if status not in (410, 429, None) and status < 500:
                 raise
             log.info("Watch interrupted; listing again", reason=str(error)[:200])
             await asyncio.sleep(retry_delay_s)

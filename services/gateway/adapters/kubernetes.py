@@ -1,0 +1,189 @@
+"""Vk8s objects and their cleanup finalizer, the Secret holding a plain Kubeflow password, and the
+warning Events users see in `kubectl describe`. Every write is idempotent: deterministic names,
+create-or-get, and resourceVersion preconditions on patches."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Any
+
+import structlog
+from kubernetes.aio import client
+from kubernetes.aio.client.exceptions import ApiException
+from pydantic import SecretStr
+
+from libs.api.models import KUBEFLOW_PASSWORD_KEY, kubeflow_user_secret_name
+from libs.kube import (
+    FINALIZER,
+    GROUP,
+    KIND,
+    PLURAL,
+    VERSION,
+    WatchEvent,
+    conflict,
+    create_or_get,
+    not_found,
+    watch_objects,
+)
+from libs.kube.objects import API_VERSION, owner_reference
+
+log = structlog.get_logger(__name__)
+
+COMPONENT = "vk8s-gateway"
+MERGE_PATCH = "application/merge-patch+json"
+Object = dict[str, Any]
+
+
+class ContendedObject(Exception):
+    """An object that kept changing under a compare-and-set patch."""
+
+
+class ClusterObjects:
+    def __init__(self, api: client.ApiClient, *, cas_attempts: int = 5):
+        self._custom = client.CustomObjectsApi(api)
+        self._core = client.CoreV1Api(api)
+        self._cas_attempts = cas_attempts
+
+    def watch(self, namespace: str | None, *, timeout_s: int) -> AsyncIterator[WatchEvent]:
+        """Every Vk8s (of `namespace`, else of all): a list (SYNC events), then changes; again after
+        each timeout."""
+        if namespace is None:
+            return watch_objects(self._custom.list_cluster_custom_object, GROUP, VERSION, PLURAL, timeout_s=timeout_s)
+        return watch_objects(
+            self._custom.list_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, timeout_s=timeout_s
+        )
+
+    async def get(self, namespace: str, name: str) -> Object | None:
+        try:
+            return await self._custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+        except ApiException as error:
+            if not_found(error):
+                return None
+            raise
+
+    async def create_or_get(self, body: Object) -> tuple[Object, bool]:
+        namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+        return await create_or_get(
+            lambda: self._custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body),
+            lambda: self._custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name),
+        )
+
+    async def ensure_finalizer(self, obj: Object) -> tuple[Object | None, bool]:
+        """The object carrying the cleanup finalizer, and whether this call added it; None when the
+        object is gone or being deleted (the apiserver refuses new finalizers then)."""
+        return await self._set_finalizer(obj, present=True)
+
+    async def remove_finalizer(self, obj: Object) -> bool:
+        """Drops the cleanup finalizer and keeps every other one; the apiserver then finishes a
+        deletion. Says whether this call removed it."""
+        return (await self._set_finalizer(obj, present=False))[1]
+
+    async def _set_finalizer(self, obj: Object, *, present: bool) -> tuple[Object | None, bool]:
+        for _ in range(self._cas_attempts):
+            metadata = obj["metadata"]
+            finalizers = list(metadata.get("finalizers") or [])
+            if (FINALIZER in finalizers) == present:
+                return obj, False
+            if present and metadata.get("deletionTimestamp"):
+                return None, False
+            finalizers = [*finalizers, FINALIZER] if present else [f for f in finalizers if f != FINALIZER]
+            namespace, name, uid = metadata["namespace"], metadata["name"], metadata["uid"]
+            # uid and resourceVersion are preconditions: a merge patch replaces the whole list, so it
+            # must be computed from the version it replaces.
+            patch = {"metadata": {"finalizers": finalizers, "uid": uid, "resourceVersion": metadata["resourceVersion"]}}
+            try:
+                patched = await self._custom.patch_namespaced_custom_object(
+                    GROUP, VERSION, namespace, PLURAL, name, patch, _content_type=MERGE_PATCH
+                )
+            except ApiException as error:
+                if not_found(error):
+                    return None, False
+                if not conflict(error):
+                    raise
+            else:
+                return patched, True
+            current = await self.get(namespace, name)
+            if current is None or current["metadata"]["uid"] != uid:
+                return None, False
+            obj = current
+        raise ContendedObject(f"Vk8s {obj['metadata']['namespace']}/{obj['metadata']['name']} kept changing")
+
+    async def store_password(self, owner: Object, password: SecretStr) -> bool:
+        """Puts a plain Kubeflow password into Secret `<name>-kubeflow-user` (key `password`), owned by
+        the Vk8s so it goes with it. Says whether anything changed."""
+        metadata = owner["metadata"]
+        namespace, name = metadata["namespace"], kubeflow_user_secret_name(metadata["name"])
+        encoded = base64.b64encode(password.get_secret_value().encode()).decode()
+        reference = owner_reference(owner)
+        body = client.V1Secret.model_validate(
+            {
+                "metadata": {
+                    "name": name,
+                    "namespace": namespace,
+                    "labels": {"app.kubernetes.io/managed-by": COMPONENT},
+                    "ownerReferences": [reference],
+                },
+                "type": "Opaque",
+                "data": {KUBEFLOW_PASSWORD_KEY: encoded},
+            }
+        )
+        secret, created = await create_or_get(
+            lambda: self._core.create_namespaced_secret(namespace, body),
+            lambda: self._core.read_namespaced_secret(name, namespace),
+        )
+        if created:
+            return True
+        for _ in range(self._cas_attempts):
+            owned = any(ref.uid == reference["uid"] for ref in secret.metadata.owner_references or [])
+            if (secret.data or {}).get(KUBEFLOW_PASSWORD_KEY) == encoded and owned:
+                return False
+            # A new password, or a Secret left by an earlier Vk8s of the same name (the garbage
+            # collector would delete it with its old owner).
+            patch = {
+                "metadata": {"resourceVersion": secret.metadata.resource_version, "ownerReferences": [reference]},
+                "data": {KUBEFLOW_PASSWORD_KEY: encoded},
+            }
+            try:
+                await self._core.patch_namespaced_secret(name, namespace, patch, _content_type=MERGE_PATCH)
+                return True
+            except ApiException as error:
+                if not conflict(error):
+                    raise
+            secret = await self._core.read_namespaced_secret(name, namespace)
+        raise ContendedObject(f"Secret {namespace}/{name} kept changing")
+
+    async def warn(self, obj: Object, reason: str, message: str, *, now: datetime) -> None:
+        """A Warning Event on the Vk8s; one per generation and message (a deterministic name, so a
+        repeat is a 409). Best effort, as Events are: a failure is logged, not raised."""
+        metadata = obj["metadata"]
+        namespace, uid = metadata["namespace"], metadata["uid"]
+        digest = hashlib.sha256(f"{uid}/{metadata.get('generation')}/{reason}/{message}".encode()).hexdigest()[:16]
+        body = client.CoreV1Event.model_validate(
+            {
+                "metadata": {"name": f"{metadata['name']}.{digest}", "namespace": namespace},
+                "involvedObject": {
+                    "apiVersion": API_VERSION,
+                    "kind": KIND,
+                    "name": metadata["name"],
+                    "namespace": namespace,
+                    "uid": uid,
+                    "resourceVersion": metadata.get("resourceVersion"),
+                },
+                "reason": reason,
+                "message": message,
+                "type": "Warning",
+                "source": {"component": COMPONENT},
+                "reportingComponent": COMPONENT,
+                "firstTimestamp": now,
+                "lastTimestamp": now,
+                "count": 1,
+            }
+        )
+        try:
+            await self._core.create_namespaced_event(namespace, body)
+        except ApiException as error:
+            if not conflict(error):
+                log.warning("Creating event failed", reason=reason, status=error.status, error=str(error.reason))

@@ -1,0 +1,75 @@
+"""The gateway's ledger: per Vk8s uid, what it told the pipeline (a ClusterRecord), in a NATS KV
+bucket. A restarted gateway compares the objects it lists with these records instead of trusting
+that nothing happened while it was down."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from nats.js.errors import APIError, KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.kv import KeyValue
+
+from services.gateway.logic import ClusterRecord
+
+# JetStream's "wrong last sequence": someone else wrote the key since we read it.
+_WRONG_LAST_SEQUENCE = (10071, 10164)
+
+Change = Callable[[ClusterRecord | None], ClusterRecord | None]
+
+
+class LedgerContended(Exception):
+    """A key that kept changing under compare-and-set."""
+
+
+class Ledger:
+    def __init__(self, kv: KeyValue, *, cas_attempts: int = 10):
+        self._kv = kv
+        self._cas_attempts = cas_attempts
+
+    async def get(self, uid: str) -> ClusterRecord | None:
+        return (await self._read(uid))[0]
+
+    async def change(self, uid: str, change: Change) -> ClusterRecord | None:
+        """Applies `change` (None = forget) with compare-and-set on the key's revision; on a
+        concurrent write it re-reads and applies `change` again."""
+        for _ in range(self._cas_attempts):
+            current, revision = await self._read(uid)
+            wanted = change(current)
+            if wanted == current:
+                return current
+            try:
+                if wanted is None:
+                    await self._kv.delete(uid, last=revision)
+                elif current is None:
+                    await self._kv.create(uid, wanted.model_dump_json().encode())
+                else:
+                    await self._kv.update(uid, wanted.model_dump_json().encode(), last=revision)
+                return wanted
+            except KeyWrongLastSequenceError:
+                continue
+            except APIError as error:  # delete() does not translate the error code
+                if error.err_code not in _WRONG_LAST_SEQUENCE:
+                    raise
+        raise LedgerContended(f"ledger record {uid} kept changing")
+
+    async def forget(self, uid: str) -> None:
+        await self.change(uid, lambda _: None)
+
+    async def records(self) -> list[ClusterRecord]:
+        watcher = await self._kv.watchall(ignore_deletes=True)
+        records: list[ClusterRecord] = []
+        try:
+            async for entry in watcher:
+                if entry is None:  # the end of what the bucket holds now
+                    break
+                records.append(ClusterRecord.model_validate_json(entry.value))
+        finally:
+            await watcher.stop()
+        return records
+
+    async def _read(self, uid: str) -> tuple[ClusterRecord | None, int]:
+        try:
+            entry = await self._kv.get(uid)
+        except KeyNotFoundError:
+            return None, 0
+        return ClusterRecord.model_validate_json(entry.value), entry.revision

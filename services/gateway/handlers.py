@@ -1,0 +1,251 @@
+"""What the gateway listens to: `cluster.requested` and `cluster.deleted` on NATS, and Vk8s objects
+in Kubernetes. Each handler reads, asks logic.py what to do, and does it.
+
+Publication order is "publish, then record in the ledger": a crash in between republishes the same
+event id on the retry, which the broker drops, instead of recording something never published.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Any
+
+import structlog
+
+from libs.events import Envelope, Handler, Publisher, utc_now
+from libs.events.catalog import ClusterDeleted, ClusterRequested
+from libs.kube import WatchEvent
+from services.gateway import logic
+from services.gateway.adapters.kubernetes import ClusterObjects, Object
+from services.gateway.adapters.ledger import Ledger
+from services.gateway.adapters.metrics import GatewayMetrics
+from services.gateway.logic import Action, Assessment, ClusterRecord, Observed, ObjectPlan, Verdict
+from services.gateway.settings import GatewaySettings
+
+log = structlog.get_logger(__name__)
+
+PLAIN_PASSWORD_REASON = "PlainPasswordDeprecated"
+SPEC_WARNING_REASON = "SpecWarning"
+
+
+class Gateway:
+    def __init__(
+        self,
+        *,
+        objects: ClusterObjects,
+        ledger: Ledger,
+        publisher: Publisher,
+        metrics: GatewayMetrics,
+        settings: GatewaySettings,
+        clock: Callable[[], datetime] = utc_now,
+    ):
+        self._objects = objects
+        self._ledger = ledger
+        self._publisher = publisher
+        self._metrics = metrics
+        self._settings = settings
+        self._clock = clock
+
+    def subscriptions(self) -> dict[str, Handler]:
+        return {ClusterRequested.subject: self.on_cluster_requested, ClusterDeleted.subject: self.on_cluster_deleted}
+
+    # --- NATS --------------------------------------------------------------------------------------
+
+    async def on_cluster_requested(self, cause: Envelope[ClusterRequested]) -> list[Envelope[Any]]:
+        """Makes sure the Vk8s object exists, then accepts it (once per uid) or rejects the request."""
+        request = cause.data
+        source = "nats" if request.uid is None else "kubernetes"
+        if request.uid is None:
+            problems = logic.request_problems(request, self._settings.host_cidrs, self._settings.namespace)
+            if problems:
+                plan = logic.reject_request(cause, problems, now=self._clock())
+                return self._answered(source, plan)
+            obj, created = await self._objects.create_or_get(logic.object_for_request(cause))
+            if created:
+                log.info("Created Vk8s for request", uid=obj["metadata"]["uid"])
+        else:
+            obj = await self._objects.get(request.namespace, request.name)
+        if obj is not None and not obj["metadata"].get("deletionTimestamp"):
+            # Accepted implies the finalizer, so the cluster's cleanup cannot be skipped.
+            ensured, added = await self._objects.ensure_finalizer(obj)
+            if added:
+                self._metrics.finalizer_changes.labels("added").inc()
+            obj = ensured or await self._objects.get(request.namespace, request.name)
+        live = Observed.of(obj) if obj is not None else None
+        record = await self._ledger.get(live.uid) if live is not None else None
+        plan = logic.judge_request(cause, live, record, host_cidrs=self._settings.host_cidrs, now=self._clock())
+        if plan.verdict is Verdict.ACCEPT:
+            assert obj is not None and live is not None and plan.event is not None
+            await self._store_password(obj, plan.assessment)
+            await self._announce(plan.event, live, accepted=True, resync=False)
+        return self._answered(source, plan)
+
+    def _answered(self, source: str, plan: logic.RequestPlan) -> list[Envelope[Any]]:
+        self._metrics.requests.labels(source, plan.verdict.value).inc()
+        log.info("Answered request", source=source, verdict=plan.verdict.value, reason=plan.reason or None)
+        # cluster.accepted went out through _announce; a rejection goes out through the consumer.
+        return [plan.event] if plan.verdict is Verdict.REJECT and plan.event is not None else []
+
+    async def on_cluster_deleted(self, cause: Envelope[ClusterDeleted]) -> list[Envelope[Any]]:
+        """The pipeline freed everything: let the apiserver finish deleting the object."""
+        uid = cause.data.uid
+        namespace, name = cause.cluster_id.split("/", 1)
+        if not self._serves(namespace):
+            return []
+        obj = await self._objects.get(namespace, name)
+        if obj is not None and obj["metadata"]["uid"] == uid:
+            if not obj["metadata"].get("deletionTimestamp"):
+                log.warning("Keeping finalizer: cluster.deleted names a Vk8s that is not being deleted", uid=uid)
+                return []
+            if await self._objects.remove_finalizer(obj):
+                self._metrics.finalizer_changes.labels("removed").inc()
+        await self._ledger.forget(uid)
+        log.info("Released deleted cluster", uid=uid)
+        return []
+
+    # --- Kubernetes --------------------------------------------------------------------------------
+
+    async def watch(self) -> None:
+        """Reconciles every Vk8s on each (re)list and on every change; after a list, records whose
+        object was not in it are settled too (deleted while no watch ran)."""
+        listed: set[str] = set()
+        events = self._objects.watch(self._settings.namespace, timeout_s=self._settings.watch_timeout_s)
+        async for event in events:
+            if event.object is not None:
+                await self._on_watch_event(event, listed)
+            if event.synced:
+                await self._retrying("sweep", lambda _: self._sweep(listed))
+                listed = set()
+
+    async def _on_watch_event(self, event: WatchEvent, listed: set[str]) -> None:
+        metadata = event.object["metadata"]
+        uid = metadata["uid"]
+        self._metrics.objects_observed.labels(event.type).inc()
+        resync = event.type == "SYNC"
+        if resync:
+            listed.add(uid)
+        cluster_id = f"{metadata.get('namespace')}/{metadata['name']}"
+        with structlog.contextvars.bound_contextvars(cluster_id=cluster_id, uid=uid, watch_event=event.type):
+            if event.type == "DELETED":
+                await self._retrying(cluster_id, lambda _: self._gone(uid, resync=False))
+            else:
+                await self._retrying(cluster_id, lambda refresh: self._reconcile(event.object, resync, refresh))
+
+    async def _retrying(self, what: str, attempt: Callable[[bool], Awaitable[None]]) -> None:
+        """Tries with doubling delays, re-reading the object on each retry. Giving up raises, which
+        stops the service: its restart lists every object again."""
+        delay = self._settings.reconcile_retry_s
+        for number in range(1, self._settings.reconcile_attempts + 1):
+            try:
+                await attempt(number > 1)
+                return
+            except Exception as error:
+                self._metrics.reconcile_errors.inc()
+                if number == self._settings.reconcile_attempts:
+                    raise
+                log.warning(
+                    "Reconciling failed; retrying", what=what, attempt=number, error=str(error), retry_in_s=delay
+                )
+                await asyncio.sleep(delay)
+                delay *= 2
+
+    async def _reconcile(self, obj: Object, resync: bool, refresh: bool) -> None:
+        metadata = obj["metadata"]
+        if refresh:
+            current = await self._objects.get(metadata["namespace"], metadata["name"])
+            if current is None or current["metadata"]["uid"] != metadata["uid"]:
+                await self._gone(metadata["uid"], resync=resync)
+                return
+            obj = current
+        if not obj["metadata"].get("deletionTimestamp"):
+            ensured, added = await self._objects.ensure_finalizer(obj)
+            if ensured is None:
+                return  # gone or being deleted: that change has a watch event of its own
+            if added:
+                self._metrics.finalizer_changes.labels("added").inc()
+            obj = ensured
+        observed = Observed.of(obj)
+        record = await self._ledger.get(observed.uid)
+        plan = logic.plan_for_object(observed, record, host_cidrs=self._settings.host_cidrs, now=self._clock())
+        await self._carry_out(plan, observed.uid, resync, obj)
+
+    async def _gone(self, uid: str, *, resync: bool) -> None:
+        record = await self._ledger.get(uid)
+        if record is not None:
+            await self._carry_out(logic.plan_for_gone(record, now=self._clock()), uid, resync)
+
+    async def _sweep(self, listed: set[str]) -> None:
+        for record in await self._ledger.records():
+            namespace, name = record.cluster_id.split("/", 1)
+            if record.uid in listed or not self._serves(namespace):
+                continue
+            if logic.plan_for_gone(record, now=self._clock()).action is Action.NONE:
+                continue
+            current = await self._objects.get(namespace, name)
+            if current is not None and current["metadata"]["uid"] == record.uid:
+                continue  # created after the list was taken
+            with structlog.contextvars.bound_contextvars(cluster_id=record.cluster_id, uid=record.uid):
+                await self._gone(record.uid, resync=True)
+
+    async def _carry_out(self, plan: ObjectPlan, uid: str, resync: bool, obj: Object | None = None) -> None:
+        """`obj` is the object the plan was made for; None when it is gone."""
+        match plan.action:
+            case Action.REQUEST | Action.UPDATE | Action.REJECT:
+                assert obj is not None and plan.event is not None
+                await self._report_warnings(obj, plan.assessment)
+                if plan.action is Action.REJECT:
+                    self._metrics.objects_rejected.inc()
+                else:
+                    await self._store_password(obj, plan.assessment)
+                accepted = plan.action is Action.UPDATE
+                await self._announce(plan.event, Observed.of(obj), accepted=accepted, resync=resync)
+            case Action.DELETE:
+                assert plan.event is not None
+                await self._publish(plan.event, resync)
+                await self._ledger.change(uid, lambda r: None if r is None else logic.record_delete_requested(r))
+            case Action.RELEASE:
+                assert obj is not None
+                if await self._objects.remove_finalizer(obj):
+                    self._metrics.finalizer_changes.labels("removed").inc()
+                await self._ledger.forget(uid)
+                log.info("Released Vk8s that was never provisioned")
+            case Action.FORGET:
+                await self._ledger.forget(uid)
+            case Action.NONE:
+                pass
+
+    # --- shared ------------------------------------------------------------------------------------
+
+    def _serves(self, namespace: str) -> bool:
+        return self._settings.namespace is None or namespace == self._settings.namespace
+
+    async def _announce(self, event: Envelope[Any], observed: Observed, *, accepted: bool, resync: bool) -> None:
+        await self._publish(event, resync)
+
+        def published(record: ClusterRecord | None) -> ClusterRecord:
+            return logic.record_published(record, observed, accepted=accepted)
+
+        await self._ledger.change(observed.uid, published)
+
+    async def _publish(self, event: Envelope[Any], resync: bool) -> None:
+        ack = await self._publisher.publish(event)
+        if resync:
+            self._metrics.resync_published.labels(event.type).inc()
+        log.info("Published event", **event.log_context(), duplicate=bool(ack.duplicate), resync=resync)
+
+    async def _store_password(self, obj: Object, assessment: Assessment | None) -> None:
+        if assessment is None or assessment.password is None:
+            return
+        if await self._objects.store_password(obj, assessment.password):
+            self._metrics.plain_passwords.inc()
+            log.warning(
+                "Moved plain Kubeflow password into a Secret; plain passwords are deprecated, use passwordSecretRef",
+                cluster_id=f"{obj['metadata']['namespace']}/{obj['metadata']['name']}",
+            )
+
+    async def _report_warnings(self, obj: Object, assessment: Assessment | None) -> None:
+        for warning in assessment.warnings if assessment is not None else ():
+            reason = PLAIN_PASSWORD_REASON if warning.path.endswith("kubeflow.password") else SPEC_WARNING_REASON
+            await self._objects.warn(obj, reason, str(warning), now=self._clock())

@@ -1,0 +1,373 @@
+"""The gateway's decisions, free of I/O: what to publish for an observed Vk8s object given what
+the gateway already told the pipeline about it (its ledger record), and how to answer a
+`cluster.requested`. Time is passed in.
+
+Event ids derive from the object (uid, generation, labels and annotations), never from the path
+that led to them: an object seen by the watch and the same cluster requested on NATS both end in
+`accepted-<uid>-<generation>`, and the broker keeps only the first (Nats-Msg-Id dedupe).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, SecretStr
+
+from libs.api.models import API_VERSION, GROUP, KIND, Vk8sSpec
+from libs.api.validation import Problem, validate_document
+from libs.events import Envelope, cluster_id_of
+from libs.events.catalog import (
+    ClusterAccepted,
+    ClusterDeleteRequested,
+    ClusterRejected,
+    ClusterRequested,
+    ClusterUpdated,
+)
+from libs.kube import FINALIZER
+
+PAUSED_ANNOTATION = "vk8s-resource-stopped"
+REQUEST_ID_ANNOTATION = f"{GROUP}/request-id"
+# kubectl's copy of the applied manifest may hold a plain password, and it changes with every apply.
+UNPUBLISHED_ANNOTATIONS = frozenset({"kubectl.kubernetes.io/last-applied-configuration"})
+
+
+def metadata_hash(labels: Mapping[str, str], annotations: Mapping[str, str]) -> str:
+    canonical = json.dumps([labels, annotations], sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Observed:
+    """What the gateway reads from one Vk8s object."""
+
+    uid: str
+    namespace: str
+    name: str
+    generation: int
+    labels: dict[str, str]
+    annotations: dict[str, str]
+    """Without UNPUBLISHED_ANNOTATIONS."""
+    finalizers: tuple[str, ...]
+    deleting: bool
+    spec: Any
+    """As stored; validation parses it."""
+
+    @classmethod
+    def of(cls, obj: Mapping[str, Any]) -> Observed:
+        metadata = obj["metadata"]
+        annotations = metadata.get("annotations") or {}
+        return cls(
+            uid=metadata["uid"],
+            namespace=metadata.get("namespace") or "default",
+            name=metadata["name"],
+            generation=int(metadata.get("generation") or 1),
+            labels=dict(metadata.get("labels") or {}),
+            annotations={k: v for k, v in annotations.items() if k not in UNPUBLISHED_ANNOTATIONS},
+            finalizers=tuple(metadata.get("finalizers") or ()),
+            deleting=metadata.get("deletionTimestamp") is not None,
+            spec=obj.get("spec"),
+        )
+
+    @property
+    def cluster_id(self) -> str:
+        return cluster_id_of(self.namespace, self.name)
+
+    @property
+    def has_finalizer(self) -> bool:
+        return FINALIZER in self.finalizers
+
+    @property
+    def paused(self) -> bool:
+        return PAUSED_ANNOTATION in self.annotations
+
+    @property
+    def metadata_hash(self) -> str:
+        return metadata_hash(self.labels, self.annotations)
+
+    def document(self) -> dict[str, Any]:
+        """The object as validation reads it; status is left out, it is not part of the request."""
+        return {
+            "apiVersion": API_VERSION,
+            "kind": KIND,
+            "metadata": {
+                "name": self.name,
+                "namespace": self.namespace,
+                "labels": self.labels,
+                "annotations": self.annotations,
+            },
+            "spec": self.spec,
+        }
+
+
+@dataclass(frozen=True)
+class Assessment:
+    """A spec checked by libs.api: publishable when `spec` is set, else `errors` say why not."""
+
+    spec: Vk8sSpec | None
+    """Redacted: a plain password is replaced by the reference to the gateway's Secret."""
+    errors: tuple[str, ...] = ()
+    warnings: tuple[Problem, ...] = ()
+    password: SecretStr | None = None
+    """A plain password to store in that Secret before publishing the spec."""
+
+
+def assess(document: Mapping[str, Any], host_cidrs: Sequence[str]) -> Assessment:
+    result = validate_document(document, host_cidrs=host_cidrs)
+    warnings = tuple(result.warnings)
+    if result.vk8s is None:
+        return Assessment(None, tuple(str(problem) for problem in result.errors), warnings)
+    spec = result.vk8s.spec
+    password = spec.kubeflow.password if spec.kubeflow is not None else None
+    return Assessment(spec.redacted(result.vk8s.metadata.name), (), warnings, password)
+
+
+class ClusterRecord(BaseModel):
+    """What the gateway told the pipeline about one Vk8s object: one key (the uid) of its KV bucket."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    uid: str
+    cluster_id: str
+    announced_generation: int | None = None
+    """Generation last published (requested, accepted, updated or rejected)."""
+    announced_hash: str | None = None
+    """Labels and annotations published with it."""
+    accepted_generation: int | None = None
+    """The pipeline has the cluster at this generation (cluster.accepted or cluster.updated)."""
+    delete_requested: bool = False
+
+    @property
+    def accepted(self) -> bool:
+        return self.accepted_generation is not None
+
+
+def record_published(record: ClusterRecord | None, observed: Observed, *, accepted: bool) -> ClusterRecord:
+    """The record after publishing for `observed`. A compare-and-set retry applies it again to a
+    newer record, so it never moves a generation backwards."""
+    record = record or ClusterRecord(uid=observed.uid, cluster_id=observed.cluster_id)
+    update: dict[str, Any] = {}
+    if record.announced_generation is None or observed.generation >= record.announced_generation:
+        update.update(announced_generation=observed.generation, announced_hash=observed.metadata_hash)
+    if accepted and (record.accepted_generation or 0) < observed.generation:
+        update.update(accepted_generation=observed.generation)
+    return record.model_copy(update=update)
+
+
+def record_delete_requested(record: ClusterRecord) -> ClusterRecord:
+    return record.model_copy(update={"delete_requested": True})
+
+
+# --- the watch: an observed object, or one that is gone -------------------------------------------
+
+
+class Action(StrEnum):
+    NONE = "none"
+    REQUEST = "request"
+    """Publish cluster.requested: the pipeline does not know the cluster yet."""
+    UPDATE = "update"
+    """Publish cluster.updated: spec, labels or annotations changed since the last publication."""
+    REJECT = "reject"
+    """Publish cluster.rejected: this generation cannot be provisioned as written."""
+    DELETE = "delete"
+    """Publish cluster.delete.requested: free what the pipeline holds for it."""
+    RELEASE = "release"
+    """Being deleted, never provisioned: drop the finalizer and the record, publish nothing."""
+    FORGET = "forget"
+    """Gone, never provisioned: drop the record."""
+
+
+@dataclass(frozen=True)
+class ObjectPlan:
+    action: Action
+    event: Envelope[Any] | None = None
+    assessment: Assessment | None = None
+
+
+def plan_for_object(
+    observed: Observed, record: ClusterRecord | None, *, host_cidrs: Sequence[str], now: datetime
+) -> ObjectPlan:
+    if observed.deleting:
+        if record is not None and record.accepted:
+            if record.delete_requested:
+                return ObjectPlan(Action.NONE)
+            return ObjectPlan(Action.DELETE, delete_requested_event(record, now))
+        if observed.has_finalizer or record is not None:
+            return ObjectPlan(Action.RELEASE)
+        return ObjectPlan(Action.NONE)
+    if record is not None and record.announced_generation == observed.generation:
+        # Before acceptance, label changes ride along: cluster.accepted is built from the live object.
+        if not record.accepted or record.announced_hash == observed.metadata_hash:
+            return ObjectPlan(Action.NONE)
+    assessment = assess(observed.document(), host_cidrs)
+    if assessment.spec is None:
+        return ObjectPlan(Action.REJECT, object_rejected_event(observed, assessment.errors, now), assessment)
+    if record is None or not record.accepted:
+        return ObjectPlan(Action.REQUEST, requested_event(observed, assessment.spec, now), assessment)
+    return ObjectPlan(Action.UPDATE, updated_event(observed, assessment.spec, now), assessment)
+
+
+def plan_for_gone(record: ClusterRecord, *, now: datetime) -> ObjectPlan:
+    """The object of `record` no longer exists (deleted, or deleted and created again)."""
+    if not record.accepted:
+        return ObjectPlan(Action.FORGET)
+    if record.delete_requested:
+        return ObjectPlan(Action.NONE)
+    return ObjectPlan(Action.DELETE, delete_requested_event(record, now))
+
+
+# --- cluster.requested -----------------------------------------------------------------------------
+
+
+class Verdict(StrEnum):
+    ACCEPT = "accepted"
+    ALREADY_ACCEPTED = "already_accepted"
+    REJECT = "rejected"
+    DROP = "dropped"
+    """Stale: the object it was about is gone; nothing to provision, nobody to answer."""
+
+
+@dataclass(frozen=True)
+class RequestPlan:
+    verdict: Verdict
+    event: Envelope[Any] | None = None
+    assessment: Assessment | None = None
+    reason: str = ""
+
+
+def request_problems(
+    request: ClusterRequested, host_cidrs: Sequence[str], namespace: str | None = None
+) -> tuple[str, ...]:
+    """What is wrong with a request, before any object is made for it: libs.api's findings, or a
+    namespace this gateway does not serve (`namespace`; None serves all)."""
+    if namespace is not None and request.namespace != namespace:
+        return (f"namespace: this gateway serves namespace {namespace!r} only, not {request.namespace!r}",)
+    document = {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "metadata": {
+            "name": request.name,
+            "namespace": request.namespace,
+            "labels": request.labels,
+            "annotations": request.annotations,
+        },
+        "spec": request.spec.model_dump(mode="json", by_alias=True, exclude_none=True),
+    }
+    return assess(document, host_cidrs).errors
+
+
+def object_for_request(cause: Envelope[ClusterRequested]) -> dict[str, Any]:
+    """The Vk8s object a request from NATS creates, so that kubectl shows the cluster."""
+    request = cause.data
+    return {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "metadata": {
+            "name": request.name,
+            "namespace": request.namespace,
+            "labels": dict(request.labels),
+            "annotations": {**request.annotations, REQUEST_ID_ANNOTATION: cause.id},
+            # Set at creation: the pipeline may start before the watch sees the object.
+            "finalizers": [FINALIZER],
+        },
+        "spec": request.spec.model_dump(mode="json", by_alias=True, exclude_none=True),
+    }
+
+
+def judge_request(
+    cause: Envelope[ClusterRequested],
+    live: Observed | None,
+    record: ClusterRecord | None,
+    *,
+    host_cidrs: Sequence[str],
+    now: datetime,
+) -> RequestPlan:
+    """Answers a request by the live object it names (created for it, or found): cluster.accepted
+    is always built from that object, whichever path the request took."""
+    request = cause.data
+    if live is None:
+        return RequestPlan(Verdict.DROP, reason=f"Vk8s {cause.cluster_id} no longer exists")
+    if request.uid is not None and request.uid != live.uid:
+        reason = (
+            f"Vk8s {live.cluster_id} is uid {live.uid}, not {request.uid}: it was deleted and created again; "
+            "the new object is handled on its own"
+        )
+        return reject_request(cause, [reason], now)
+    if live.deleting:
+        if request.uid is not None:
+            return RequestPlan(Verdict.DROP, reason=f"Vk8s {live.cluster_id} is being deleted")
+        reason = f"Vk8s {live.cluster_id} is being deleted; send the request again once it is gone"
+        return reject_request(cause, [reason], now)
+    assessment = assess(live.document(), host_cidrs)
+    if request.uid is None and live.annotations.get(REQUEST_ID_ANNOTATION) != cause.id:
+        # The object exists already: the same cluster from the other entry point, or a conflict.
+        if assessment.spec != request.spec:
+            reason = (
+                f"Vk8s {live.cluster_id} exists already (uid {live.uid}) with a different spec; "
+                "change it with kubectl, or delete it first"
+            )
+            return reject_request(cause, [reason], now)
+    if assessment.spec is None:
+        return reject_request(cause, list(assessment.errors), now)
+    if record is not None and record.accepted:
+        return RequestPlan(Verdict.ALREADY_ACCEPTED, reason=f"accepted at generation {record.accepted_generation}")
+    return RequestPlan(Verdict.ACCEPT, accepted_event(cause, live, assessment.spec, now), assessment)
+
+
+def reject_request(cause: Envelope[ClusterRequested], problems: Sequence[str], now: datetime) -> RequestPlan:
+    event = cause.follow(ClusterRejected(request_id=cause.id, problems=list(problems)), now=now)
+    return RequestPlan(Verdict.REJECT, event, reason="; ".join(problems))
+
+
+# --- events ----------------------------------------------------------------------------------------
+
+
+def requested_event(observed: Observed, spec: Vk8sSpec, now: datetime) -> Envelope[ClusterRequested]:
+    payload = ClusterRequested(**_cluster_fields(observed, spec), uid=observed.uid, generation=observed.generation)
+    return Envelope.new(
+        payload, cluster_id=observed.cluster_id, now=now, event_id=f"requested-{observed.uid}-{observed.generation}"
+    )
+
+
+def accepted_event(
+    cause: Envelope[ClusterRequested], live: Observed, spec: Vk8sSpec, now: datetime
+) -> Envelope[ClusterAccepted]:
+    payload = ClusterAccepted(**_cluster_fields(live, spec), uid=live.uid, generation=live.generation)
+    # Follows the request, so the pipeline's events carry the requester's correlation id; the id
+    # itself is the object's, equal for every path (see the module docstring).
+    followed = cause.follow(payload, now=now)
+    return followed.model_copy(update={"id": f"accepted-{live.uid}-{live.generation}"})
+
+
+def updated_event(observed: Observed, spec: Vk8sSpec, now: datetime) -> Envelope[ClusterUpdated]:
+    payload = ClusterUpdated(
+        **_cluster_fields(observed, spec), uid=observed.uid, generation=observed.generation, paused=observed.paused
+    )
+    event_id = f"updated-{observed.uid}-{observed.generation}-{observed.metadata_hash}"
+    return Envelope.new(payload, cluster_id=observed.cluster_id, now=now, event_id=event_id)
+
+
+def object_rejected_event(observed: Observed, problems: Sequence[str], now: datetime) -> Envelope[ClusterRejected]:
+    event_id = f"rejected-{observed.uid}-{observed.generation}-{observed.metadata_hash}"
+    payload = ClusterRejected(problems=list(problems))
+    return Envelope.new(payload, cluster_id=observed.cluster_id, now=now, event_id=event_id)
+
+
+def delete_requested_event(record: ClusterRecord, now: datetime) -> Envelope[ClusterDeleteRequested]:
+    payload = ClusterDeleteRequested(uid=record.uid)
+    return Envelope.new(payload, cluster_id=record.cluster_id, now=now, event_id=f"delete-requested-{record.uid}")
+
+
+def _cluster_fields(observed: Observed, spec: Vk8sSpec) -> dict[str, Any]:
+    return {
+        "name": observed.name,
+        "namespace": observed.namespace,
+        "spec": spec,
+        "labels": observed.labels,
+        "annotations": observed.annotations,
+    }

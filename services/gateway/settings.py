@@ -1,0 +1,32 @@
+"""Gateway settings, from VK8S_GATEWAY_* environment variables."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from libs.runtime import ServiceSettings
+
+
+class GatewaySettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="VK8S_GATEWAY_", extra="ignore", frozen=True)
+
+    kubeconfig: str | None = Field(
+        default=None, description="kubeconfig file; default $KUBECONFIG, else the pod's service account."
+    )
+    namespace: str | None = Field(
+        default=None, description="Serve the Vk8s objects of this namespace only; default every namespace."
+    )
+    kv_bucket: str = Field(
+        default="vk8s-gateway", description="NATS KV bucket of what the gateway published per cluster uid."
+    )
+    host_cidrs: tuple[str, ...] = Field(
+        default=(), description="The host cluster's pod and service networks; inner clusters must not overlap them."
+    )
+    watch_timeout_s: int = Field(
+        default=300, ge=10, description="Each watch lasts this long, then the gateway lists again (a full resync)."
+    )
+    reconcile_attempts: int = Field(
+        default=8, ge=1, description="Tries per watch event before the gateway gives up and stops (to be restarted)."
+    )
+    reconcile_retry_s: float = Field(default=0.5, gt=0, description="First delay between tries; it doubles.")

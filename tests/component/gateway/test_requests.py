@@ -1,0 +1,85 @@
+"""cluster.requested on a real nats-server: what the gateway rejects before it touches Kubernetes."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from kubernetes.aio import client
+from nats.js import JetStreamContext
+
+from libs.events import REGISTRY, Envelope, ensure_kv
+from libs.events.catalog import ClusterRequested
+from libs.runtime import Service
+from services.gateway.__main__ import DURABLE, NAME
+from services.gateway.adapters.kubernetes import ClusterObjects
+from services.gateway.adapters.ledger import Ledger
+from services.gateway.adapters.metrics import GatewayMetrics
+from services.gateway.handlers import Gateway
+from services.gateway.settings import GatewaySettings
+from tests.support.events import NOW, spec_document
+
+
+@pytest.fixture
+async def gateway_consumer(nats_url: str, js: JetStreamContext) -> AsyncIterator[Service]:
+    """The gateway's consumer alone, with an apiserver address nothing listens on: a rejection
+    must be decided without Kubernetes."""
+    settings = GatewaySettings(nats_url=nats_url, http_port=0, max_deliver=2, backoff_base_s=0.1)
+    api = client.ApiClient(client.Configuration(host="http://127.0.0.1:9"))
+    async with api, Service(NAME, settings) as service:
+        gateway = Gateway(
+            objects=ClusterObjects(api),
+            ledger=Ledger(await ensure_kv(service.js, settings.kv_bucket)),
+            publisher=service.publisher,
+            metrics=GatewayMetrics(service.metrics_registry),
+            settings=settings,
+        )
+        service.consume(DURABLE, gateway.subscriptions())
+        await service.start()
+        yield service
+
+
+async def next_event(js: JetStreamContext, subject: str, timeout: float = 10.0) -> Envelope[Any]:
+    sub = await js.subscribe(subject, ordered_consumer=True)
+    try:
+        msg = await sub.next_msg(timeout=timeout)
+        return REGISTRY.decode(msg.subject, msg.data)
+    finally:
+        await sub.unsubscribe()
+
+
+async def test_malformed_request_is_rejected_naming_the_field(gateway_consumer: Service, js: JetStreamContext) -> None:
+    spec = spec_document()
+    spec["nodes"][0]["role"] = "boss"
+    document = {
+        "id": "malformed-1",
+        "type": "cluster.requested",
+        "schemaVersion": 1,
+        "time": NOW.isoformat(),
+        "clusterId": "default/team-a",
+        "correlationId": "malformed-1",
+        "data": {"name": "team-a", "namespace": "default", "spec": spec},
+    }
+    await js.publish("cluster.requested", json.dumps(document).encode(), headers={"Nats-Msg-Id": "malformed-1"})
+    rejected = await next_event(js, "cluster.rejected")
+    assert rejected.cluster_id == "default/team-a"
+    assert rejected.data.request_id == "malformed-1"
+    assert any(problem.startswith("data.spec.nodes[0].role:") for problem in rejected.data.problems)
+
+
+async def test_invalid_request_is_rejected_naming_the_field(gateway_consumer: Service, js: JetStreamContext) -> None:
+    spec = spec_document()
+    spec["kubeflow"]["version"] = "v1.4.0"
+    request = ClusterRequested.model_validate({"name": "team-a", "namespace": "default", "spec": spec})
+    envelope = Envelope.new(request, cluster_id="default/team-a", now=NOW, event_id="invalid-1")
+    await gateway_consumer.publisher.publish(envelope)
+    rejected = await next_event(js, "cluster.rejected")
+    assert (rejected.cluster_id, rejected.causation_id, rejected.data.request_id) == (
+        "default/team-a",
+        "invalid-1",
+        "invalid-1",
+    )
+    [problem] = [p for p in rejected.data.problems if p.startswith("spec.kubeflow.version:")]
+    assert "compatible with Kubernetes 1.29: v1.9.0" in problem

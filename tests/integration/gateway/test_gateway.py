@@ -1,0 +1,358 @@
+"""The gateway in-process against a real kube-apiserver and a real nats-server: both entry points,
+the finalizer's life, plain passwords, and the resync after a restart."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+import structlog
+from kubernetes.aio import client
+from kubernetes.aio.client.exceptions import ApiException
+from nats.js import JetStreamContext
+
+from libs.events import REGISTRY, STREAM_NAME, Envelope, Publisher
+from libs.events.catalog import ClusterDeleted, ClusterRequested
+from libs.kube import FINALIZER, GROUP, PLURAL, VERSION
+from libs.runtime import Service
+from services.gateway.__main__ import gateway_service
+from services.gateway.logic import PAUSED_ANNOTATION, REQUEST_ID_ANNOTATION
+from services.gateway.settings import GatewaySettings
+from tests.support.events import NOW, spec_document
+
+T = TypeVar("T")
+NAME = "team-a"
+PASSWORD = "n0t-in-any-event"
+
+
+async def eventually(probe: Callable[[], Awaitable[T | None]], what: str, timeout: float = 30.0) -> T:
+    deadline = time.monotonic() + timeout
+    while (result := await probe()) is None or result is False:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        await asyncio.sleep(0.1)
+    return result
+
+
+class Cluster:
+    """One Vk8s of the test's namespace, and the events about it in the stream."""
+
+    def __init__(self, api: client.ApiClient, js: JetStreamContext, namespace: str, name: str = NAME):
+        self.custom = client.CustomObjectsApi(api)
+        self.core = client.CoreV1Api(api)
+        self.js = js
+        self.namespace = namespace
+        self.name = name
+        self.cluster_id = f"{namespace}/{name}"
+
+    def manifest(self, spec: dict[str, Any] | None = None, **metadata: Any) -> dict[str, Any]:
+        return {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "Vk8s",
+            "metadata": {"name": self.name, "namespace": self.namespace, **metadata},
+            "spec": spec or spec_document(),
+        }
+
+    async def apply(self, spec: dict[str, Any] | None = None, **metadata: Any) -> dict[str, Any]:
+        """Creates the object, as `kubectl apply` of a new one does; an existing one is left as it is."""
+        try:
+            return await self.custom.create_namespaced_custom_object(
+                GROUP, VERSION, self.namespace, PLURAL, self.manifest(spec, **metadata)
+            )
+        except ApiException as error:
+            if error.status != 409:
+                raise
+            return await self.get()
+
+    async def get(self) -> dict[str, Any] | None:
+        try:
+            return await self.custom.get_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, self.name)
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+
+    async def patch(self, patch: dict[str, Any]) -> dict[str, Any]:
+        return await self.custom.patch_namespaced_custom_object(
+            GROUP, VERSION, self.namespace, PLURAL, self.name, patch, _content_type="application/merge-patch+json"
+        )
+
+    async def delete(self) -> None:
+        await self.custom.delete_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, self.name)
+
+    async def events(self, subject: str | None = None) -> list[Envelope[Any]]:
+        """Every event about this cluster in the stream, oldest first."""
+        last = (await self.js.stream_info(STREAM_NAME)).state.last_seq
+        if last == 0:
+            return []
+        found: list[Envelope[Any]] = []
+        sub = await self.js.subscribe("cluster.>", ordered_consumer=True)
+        try:
+            while True:
+                msg = await sub.next_msg(timeout=5)
+                event = REGISTRY.decode(msg.subject, msg.data)
+                if event.cluster_id == self.cluster_id and subject in (None, event.type):
+                    found.append(event)
+                if msg.metadata.sequence.stream >= last:
+                    return found
+        finally:
+            await sub.unsubscribe()
+
+    async def next(self, subject: str, count: int = 1, timeout: float = 30.0) -> list[Envelope[Any]]:
+        """Waits until at least `count` events of `subject` are in the stream; returns them all."""
+
+        async def enough() -> list[Envelope[Any]] | None:
+            found = await self.events(subject)
+            return found if len(found) >= count else None
+
+        return await eventually(enough, f"{count} x {subject} for {self.cluster_id}", timeout)
+
+    async def settled(self, subject: str, seconds: float = 2.0) -> list[Envelope[Any]]:
+        """The events of `subject` after giving any second path time to publish a duplicate."""
+        await asyncio.sleep(seconds)
+        return await self.events(subject)
+
+
+@pytest.fixture
+async def cluster(kube_api: client.ApiClient, js: JetStreamContext, namespace: str) -> AsyncIterator[Cluster]:
+    yield Cluster(kube_api, js, namespace)
+    # Nothing serves cluster.deleted once the test ends: let the namespace's deletion finish.
+    custom = client.CustomObjectsApi(kube_api)
+    listing = await custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)
+    for item in listing["items"]:
+        with contextlib.suppress(ApiException):
+            await custom.patch_namespaced_custom_object(
+                GROUP,
+                VERSION,
+                namespace,
+                PLURAL,
+                item["metadata"]["name"],
+                {"metadata": {"finalizers": None}},
+                _content_type="application/merge-patch+json",
+            )
+
+
+@pytest.fixture
+async def settings(
+    nats_url: str, kube_config_path: Path, kube_api: client.ApiClient, namespace: str
+) -> GatewaySettings:
+    # A CRD applied moments ago answers 429 while its storage initialises.
+    custom = client.CustomObjectsApi(kube_api)
+
+    async def serving() -> bool:
+        try:
+            await custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)
+        except ApiException as error:
+            if error.status != 429:
+                raise
+            return False
+        return True
+
+    await eventually(serving, "the Vk8s resource to be served")
+    return GatewaySettings(
+        nats_url=nats_url,
+        kubeconfig=str(kube_config_path),
+        http_port=0,
+        namespace=namespace,
+        reconcile_retry_s=0.1,
+        backoff_base_s=0.1,
+    )
+
+
+@contextlib.asynccontextmanager
+async def running(settings: GatewaySettings) -> AsyncIterator[Service]:
+    async with gateway_service(settings) as service:
+        await service.start()
+        yield service
+
+
+@pytest.fixture
+async def gateway(settings: GatewaySettings, cluster: Cluster) -> AsyncIterator[Service]:
+    # Depends on `cluster` so it stops before that fixture strips the finalizers.
+    async with running(settings) as service:
+        yield service
+
+
+def metric(service: Service, name: str, labels: dict[str, str] | None = None) -> float:
+    return service.metrics_registry.get_sample_value(name, labels or {}) or 0.0
+
+
+async def has_finalizer(cluster: Cluster) -> dict[str, Any] | None:
+    obj = await cluster.get()
+    return obj if obj is not None and FINALIZER in (obj["metadata"].get("finalizers") or []) else None
+
+
+def request_on_nats(cluster: Cluster, event_id: str, spec: dict[str, Any] | None = None) -> Envelope[ClusterRequested]:
+    request = ClusterRequested.model_validate(
+        {"name": cluster.name, "namespace": cluster.namespace, "spec": spec or spec_document(), "labels": {"team": "a"}}
+    )
+    return Envelope.new(request, cluster_id=cluster.cluster_id, now=NOW, event_id=event_id)
+
+
+def only(events: Sequence[Envelope[Any]]) -> Envelope[Any]:
+    assert len(events) == 1, [event.id for event in events]
+    return events[0]
+
+
+async def test_applied_vk8s_gets_the_finalizer_and_is_accepted_once(gateway: Service, cluster: Cluster) -> None:
+    created = await cluster.apply(labels={"team": "a"})
+    uid = created["metadata"]["uid"]
+    await eventually(lambda: has_finalizer(cluster), "the cleanup finalizer")
+    [accepted] = await cluster.next("cluster.accepted")
+    requested = only(await cluster.events("cluster.requested"))
+    assert (requested.data.uid, requested.data.generation) == (uid, 1)
+    assert (accepted.id, accepted.causation_id) == (f"accepted-{uid}-1", requested.id)
+    assert (accepted.data.uid, accepted.data.generation, accepted.data.labels) == (uid, 1, {"team": "a"})
+    only(await cluster.settled("cluster.accepted"))
+
+
+async def test_label_and_pause_changes_are_published_as_updates(gateway: Service, cluster: Cluster) -> None:
+    created = await cluster.apply()
+    await cluster.next("cluster.accepted")
+    await cluster.patch({"metadata": {"labels": {"tier": "gold"}}})
+    [relabelled] = await cluster.next("cluster.updated")
+    assert (relabelled.data.uid, relabelled.data.generation) == (created["metadata"]["uid"], 1)
+    assert relabelled.data.labels == {"tier": "gold"} and relabelled.data.paused is False
+    await cluster.patch({"metadata": {"annotations": {PAUSED_ANNOTATION: "true"}}})
+    paused = (await cluster.next("cluster.updated", count=2))[-1]
+    assert paused.data.paused is True
+    only(await cluster.events("cluster.accepted"))
+
+
+async def test_request_on_nats_creates_the_object_and_is_accepted_once(
+    gateway: Service, cluster: Cluster, js: JetStreamContext
+) -> None:
+    await Publisher(js).publish(request_on_nats(cluster, "nats-request-1"))
+    obj = await eventually(cluster.get, "the Vk8s object")
+    assert obj["metadata"]["annotations"][REQUEST_ID_ANNOTATION] == "nats-request-1"
+    assert FINALIZER in obj["metadata"]["finalizers"]
+    assert obj["metadata"]["labels"] == {"team": "a"}
+    [accepted] = await cluster.next("cluster.accepted")
+    assert accepted.id == f"accepted-{obj['metadata']['uid']}-1"
+    assert accepted.correlation_id == "nats-request-1"
+    only(await cluster.settled("cluster.accepted"))
+    assert await cluster.events("cluster.rejected") == []
+    assert metric(gateway, "vk8s_gateway_requests_total", {"source": "nats", "outcome": "accepted"}) == 1
+
+
+@pytest.mark.parametrize("order", ["object-first", "together"])
+async def test_same_cluster_as_object_and_nats_request_is_provisioned_once(
+    gateway: Service, cluster: Cluster, js: JetStreamContext, order: str
+) -> None:
+    request = request_on_nats(cluster, f"nats-request-{order}")
+    if order == "object-first":
+        await cluster.apply(labels={"team": "a"})
+        await Publisher(js).publish(request)
+    else:
+        await asyncio.gather(cluster.apply(labels={"team": "a"}), Publisher(js).publish(request))
+    await cluster.next("cluster.accepted")
+    obj = await cluster.get()
+    assert obj is not None
+    accepted = only(await cluster.settled("cluster.accepted", seconds=3.0))
+    assert accepted.id == f"accepted-{obj['metadata']['uid']}-1"
+    assert await cluster.events("cluster.rejected") == []
+    # The NATS request was answered with that acceptance, or found it made; the watch path may
+    # not have needed a request at all (the ledger already knew the object).
+    nats_answers = [
+        metric(gateway, "vk8s_gateway_requests_total", {"source": "nats", "outcome": outcome})
+        for outcome in ("accepted", "already_accepted")
+    ]
+    assert sum(nats_answers) == 1
+
+
+async def test_conflicting_request_on_nats_is_rejected(
+    gateway: Service, cluster: Cluster, js: JetStreamContext
+) -> None:
+    await cluster.apply()
+    await cluster.next("cluster.accepted")
+    await Publisher(js).publish(request_on_nats(cluster, "conflicting-1", spec_document(gpus=2)))
+    [rejected] = await cluster.next("cluster.rejected")
+    assert rejected.data.request_id == "conflicting-1"
+    assert "exists already" in rejected.data.problems[0]
+
+
+async def test_deletion_requests_cleanup_and_cluster_deleted_releases_the_object(
+    gateway: Service, cluster: Cluster, js: JetStreamContext
+) -> None:
+    created = await cluster.apply()
+    uid = created["metadata"]["uid"]
+    [accepted] = await cluster.next("cluster.accepted")
+    await cluster.delete()
+    [delete_requested] = await cluster.next("cluster.delete.requested")
+    assert delete_requested.data.uid == uid
+    # The finalizer holds the object until the pipeline has freed everything.
+    await asyncio.sleep(1.0)
+    held = await cluster.get()
+    assert held is not None and held["metadata"].get("deletionTimestamp")
+    await Publisher(js).publish(accepted.follow(ClusterDeleted(uid=uid), now=NOW))
+    await eventually(lambda: _gone(cluster), "the object to disappear")
+    only(await cluster.events("cluster.delete.requested"))
+
+
+async def _gone(cluster: Cluster) -> bool:
+    return await cluster.get() is None
+
+
+async def test_plain_password_moves_into_a_secret_and_never_into_events_or_logs(
+    gateway: Service, cluster: Cluster
+) -> None:
+    spec = spec_document()
+    spec["kubeflow"] = {"version": "v1.9.0", "email": "user@example.com", "password": PASSWORD}
+    with structlog.testing.capture_logs() as logs:
+        created = await cluster.apply(spec)
+        [accepted] = await cluster.next("cluster.accepted")
+    reference = accepted.data.spec.kubeflow.password_secret_ref
+    assert (reference.name, reference.key) == (f"{NAME}-kubeflow-user", "password")
+    secret = await cluster.core.read_namespaced_secret(reference.name, cluster.namespace)
+    assert base64.b64decode(secret.data["password"]).decode() == PASSWORD
+    [owner] = secret.metadata.owner_references
+    assert (owner.kind, owner.uid) == ("Vk8s", created["metadata"]["uid"])
+    # A new password in the spec replaces the one in the Secret.
+    with structlog.testing.capture_logs() as more_logs:
+        await cluster.patch({"spec": {"kubeflow": {"password": f"{PASSWORD}-2"}}})
+        [updated] = await cluster.next("cluster.updated")
+    assert updated.data.generation == 2
+    secret = await cluster.core.read_namespaced_secret(reference.name, cluster.namespace)
+    assert base64.b64decode(secret.data["password"]).decode() == f"{PASSWORD}-2"
+    for event in await cluster.events():
+        assert PASSWORD.encode() not in event.to_json()
+    assert logs and more_logs and PASSWORD not in repr(logs + more_logs)
+    warnings = await cluster.core.list_namespaced_event(cluster.namespace)
+    assert any(
+        e.reason == "PlainPasswordDeprecated" and e.involved_object.uid == created["metadata"]["uid"]
+        for e in warnings.items
+    )
+
+
+async def test_restart_publishes_for_an_object_created_while_down(
+    settings: GatewaySettings, cluster: Cluster
+) -> None:
+    async with running(settings):
+        pass  # the gateway has run before: its stream, consumer and ledger exist
+    created = await cluster.apply()
+    async with running(settings) as service:
+        [accepted] = await cluster.next("cluster.accepted")
+        assert accepted.data.uid == created["metadata"]["uid"]
+        assert metric(service, "vk8s_gateway_resync_published_total", {"event": "cluster.requested"}) == 1
+
+
+async def test_restart_requests_cleanup_for_an_object_deleted_while_down(
+    settings: GatewaySettings, cluster: Cluster
+) -> None:
+    async with running(settings):
+        created = await cluster.apply()
+        await cluster.next("cluster.accepted")
+    # Deleted with the gateway down, and its finalizer forced away: the pipeline never heard of it.
+    await cluster.patch({"metadata": {"finalizers": None}})
+    await cluster.delete()
+    await eventually(lambda: _gone(cluster), "the object to disappear")
+    async with running(settings) as service:
+        [delete_requested] = await cluster.next("cluster.delete.requested")
+        assert delete_requested.data.uid == created["metadata"]["uid"]
+        assert metric(service, "vk8s_gateway_resync_published_total", {"event": "cluster.delete.requested"}) == 1
