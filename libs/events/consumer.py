@@ -105,6 +105,12 @@ class Consumer:
             await asyncio.gather(*self._workers, return_exceptions=True)
         self._workers.clear()
 
+    async def observe_lag(self) -> None:
+        """Updates the consumer's lag gauges from the broker's view of it."""
+        info = await self._js.consumer_info(self._stream, self._settings.durable)
+        self._metrics.consumer_pending.labels(self._settings.durable).set(info.num_pending or 0)
+        self._metrics.consumer_ack_pending.labels(self._settings.durable).set(info.num_ack_pending or 0)
+
     async def _work(self, sub: JetStreamContext.PullSubscription) -> None:
         try:
             while not self._stopping.is_set():

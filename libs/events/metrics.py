@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 OUTCOMES = ("ack", "nak", "term", "invalid")
 
@@ -33,6 +33,19 @@ class EventMetrics:
             f"{prefix}_events_published_total",
             "Events published, by subject; duplicates are those the broker dropped by Nats-Msg-Id.",
             ["subject", "duplicate"],
+            registry=registry,
+        )
+
+        self.consumer_pending = Gauge(
+            f"{prefix}_consumer_pending_messages",
+            "Messages in the stream not yet delivered to this service's durable consumer (its lag).",
+            ["consumer"],
+            registry=registry,
+        )
+        self.consumer_ack_pending = Gauge(
+            f"{prefix}_consumer_ack_pending_messages",
+            "Messages delivered to this service's consumer and not yet acknowledged.",
+            ["consumer"],
             registry=registry,
         )
 

@@ -127,6 +127,8 @@ class Service:
             await consumer.start()
         for name, task in self._tasks:
             self._running.append(asyncio.create_task(self._supervise(name, task), name=name))
+        if self._consumers:
+            self._running.append(asyncio.create_task(self._observe_lag(), name="consumer-lag"))
         self.log.info("Started service", port=self.http.port, consumers=len(self._consumers), tasks=len(self._tasks))
 
     async def run(self) -> None:
@@ -136,6 +138,15 @@ class Service:
                 loop.add_signal_handler(signum, self.stop)
         await self.start()
         await self._stop.wait()
+
+    async def _observe_lag(self) -> None:
+        while True:
+            for consumer in self._consumers:
+                try:
+                    await consumer.observe_lag()
+                except Exception as error:  # noqa: BLE001 - a missed sample is not worth stopping for
+                    self.log.debug("Reading consumer lag failed", error=repr(error))
+            await asyncio.sleep(self.settings.lag_interval_s)
 
     async def _supervise(self, name: str, task: BackgroundTask) -> None:
         try:

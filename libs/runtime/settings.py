@@ -29,3 +29,4 @@ class ServiceSettings(BaseSettings):
     backoff_base_s: float = Field(default=1.0, gt=0)
     backoff_max_s: float = Field(default=60.0, gt=0)
     shutdown_timeout_s: float = Field(default=20.0, gt=0)
+    lag_interval_s: float = Field(default=15.0, gt=0, description="How often consumer lag is sampled.")

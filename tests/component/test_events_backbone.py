@@ -277,3 +277,24 @@ async def test_metrics_count_outcomes(js: JetStreamContext, run_consumer: Any, r
     assert registry.get_sample_value("vk8s_test_messages_total", {**labels, "outcome": "ack"}) == 1
     assert registry.get_sample_value("vk8s_test_messages_total", {**labels, "outcome": "invalid"}) == 1
     assert registry.get_sample_value("vk8s_test_events_published_total", {"subject": "cluster.rejected", "duplicate": "false"}) == 1
+
+
+async def test_consumer_lag_is_observed(js: JetStreamContext, run_consumer: Any, registry: CollectorRegistry) -> None:
+    gate = asyncio.Event()
+
+    async def blocked(event: Envelope[ClusterRequested]) -> list[Envelope[Any]]:
+        await gate.wait()
+        return []
+
+    consumer = await run_consumer(blocked)
+    for index in range(3):
+        await Publisher(js).publish(request_envelope(f"team-{index}"))
+    await asyncio.sleep(0.5)
+    await consumer.observe_lag()
+    pending = registry.get_sample_value("vk8s_test_consumer_pending_messages", {"consumer": "test"})
+    in_hand = registry.get_sample_value("vk8s_test_consumer_ack_pending_messages", {"consumer": "test"})
+    assert pending + in_hand == 3 and in_hand >= 1
+    gate.set()
+    await wait_settled(js)
+    await consumer.observe_lag()
+    assert registry.get_sample_value("vk8s_test_consumer_ack_pending_messages", {"consumer": "test"}) == 0
