@@ -11,11 +11,10 @@ from typing import Any
 
 import bcrypt
 import structlog
-from kubernetes.aio.client.exceptions import ApiException
 
 from libs.events import PermanentError
 from services.kubeflow import logic
-from services.kubeflow.adapters.inner import InnerCluster
+from services.kubeflow.adapters.inner import ApplyError, InnerCluster
 
 log = structlog.get_logger(__name__)
 
@@ -129,6 +128,6 @@ async def _wait_ready(
 
 
 def _reason(error: Exception) -> str:
-    if isinstance(error, ApiException):
-        return f"{error.status} {error.reason}"
+    if isinstance(error, ApplyError):
+        return str(error)
     return f"{type(error).__name__}: {error}"[:200]

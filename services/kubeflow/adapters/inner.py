@@ -14,6 +14,10 @@ from kubernetes.aio.dynamic.exceptions import ResourceNotFoundError
 FIELD_MANAGER = "vk8s-kubeflow"
 
 
+class ApplyError(Exception):
+    """The API server refused an object: its status and reason, e.g. `404 Not Found`."""
+
+
 class InnerCluster:
     """Use as `async with InnerCluster(kubeconfig_text) as inner:`."""
 
@@ -47,7 +51,10 @@ class InnerCluster:
         except ResourceNotFoundError:
             await self._dynamic.resources.invalidate_cache()
             resource = await self._dynamic.resources.get(api_version=obj["apiVersion"], kind=obj["kind"])
-        await self._dynamic.server_side_apply(resource, body=dict(obj), field_manager=FIELD_MANAGER, force_conflicts=True)
+        try:
+            await self._dynamic.server_side_apply(resource, body=dict(obj), field_manager=FIELD_MANAGER, force_conflicts=True)
+        except client.ApiException as error:
+            raise ApplyError(f"{error.status} {error.reason}") from error
 
     async def established(self, crd_names: list[str]) -> list[str]:
         """The CRDs of `crd_names` that are not established yet."""
