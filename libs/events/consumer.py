@@ -126,7 +126,10 @@ class Consumer:
                     await asyncio.sleep(1.0)
                     continue
                 for msg in messages:
-                    await self.handle_message(msg)
+                    try:
+                        await self.handle_message(msg)
+                    except Exception:  # noqa: BLE001 - a bug in one message must not stop the worker
+                        self._log.exception("Handling a message failed unexpectedly; it will be redelivered")
         finally:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()

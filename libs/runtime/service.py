@@ -13,7 +13,7 @@ import nats
 import structlog
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
 
 from libs.events import (
     REGISTRY,
@@ -54,6 +54,8 @@ class Service:
             configure_logging(settings.log_level, settings.log_format, service=name)
         self.log = structlog.get_logger(name).bind(service=name)
         self.metrics_registry = CollectorRegistry()
+        for collector in (ProcessCollector, PlatformCollector, GCCollector):
+            collector(registry=self.metrics_registry)
         self.event_metrics = EventMetrics(name, self.metrics_registry)
         self.http = OperatorServer(self.metrics_registry, settings.http_host, settings.http_port)
         self.nc: NATS | None = None

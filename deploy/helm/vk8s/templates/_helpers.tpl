@@ -1,0 +1,73 @@
+{{/* Names, labels and the pieces every service's objects share. */}}
+
+{{- define "vk8s.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "vk8s.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 40 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 40 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 40 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The objects of one service: call with (dict "root" $ "service" "scheduler"). */}}
+{{- define "vk8s.serviceName" -}}
+{{- printf "%s-%s" (include "vk8s.fullname" .root) .service -}}
+{{- end -}}
+
+{{- define "vk8s.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "vk8s.name" .root }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+{{- if .service }}
+app.kubernetes.io/component: {{ .service }}
+{{- end }}
+{{- end -}}
+
+{{- define "vk8s.labels" -}}
+{{ include "vk8s.selectorLabels" . }}
+app.kubernetes.io/part-of: vk8s
+app.kubernetes.io/version: {{ .root.Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .root.Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .root.Chart.Name .root.Chart.Version | replace "+" "_" }}
+{{- end -}}
+
+{{- define "vk8s.image" -}}
+{{- $tag := default .Chart.AppVersion .Values.image.tag -}}
+{{- if .Values.image.digest -}}
+{{- printf "%s:%s@%s" .Values.image.repository $tag .Values.image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" .Values.image.repository $tag -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Env prefix of a service's settings: VK8S_<SERVICE>_. */}}
+{{- define "vk8s.envPrefix" -}}
+{{- printf "VK8S_%s_" (upper .) -}}
+{{- end -}}
+
+{{/* Service names in a fixed order, enabled ones only. */}}
+{{- define "vk8s.enabledServices" -}}
+{{- $enabled := list -}}
+{{- range $name := list "gateway" "scheduler" "ipmanager" "vnode" "bootstrap" "kubeflow" "projector" -}}
+{{- if (index $.Values.services $name).enabled -}}
+{{- $enabled = append $enabled $name -}}
+{{- end -}}
+{{- end -}}
+{{- join "," $enabled -}}
+{{- end -}}
+
+{{- define "vk8s.validate" -}}
+{{- if and .Values.mesh.enabled .Values.mesh.permissiveOperatorPort .Values.mesh.metricsPrincipals -}}
+{{- fail "mesh.metricsPrincipals needs mTLS on the operator port: set mesh.permissiveOperatorPort=false, or leave metricsPrincipals empty" -}}
+{{- end -}}
+{{- if and .Values.metrics.serviceMonitor.enabled .Values.metrics.podMonitor.enabled -}}
+{{- fail "metrics.serviceMonitor and metrics.podMonitor would scrape every pod twice: enable one of them" -}}
+{{- end -}}
+{{- end -}}

@@ -1,0 +1,102 @@
+"""The chart's RBAC grants each service exactly the accesses its code uses, and nothing broad."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.unit.deploy.helm import SERVICES, Manifest, of_kind, render
+from tests.unit.deploy.rbac_expectations import NEEDED, REFUSED
+
+TENANTS = ["team-a", "team-b"]
+BROAD_ROLES = {"cluster-admin", "admin", "edit", "system:masters"}
+DANGEROUS_VERBS = {"*", "escalate", "bind", "impersonate"}
+
+Grant = tuple[str, str, str, str]  # scope, group, resource, verb
+
+
+def grants(manifests: list[Manifest], service: str) -> set[Grant]:
+    """(scope, group, resource, verb) the chart gives a service; scope from the role's name suffix."""
+    found: set[Grant] = set()
+    for role in of_kind(manifests, "ClusterRole"):
+        if role["metadata"]["labels"]["app.kubernetes.io/component"] != service:
+            continue
+        scope = role["metadata"]["name"].rsplit("-", 1)[1]
+        for rule in role["rules"]:
+            for group in rule["apiGroups"]:
+                for resource in rule["resources"]:
+                    for verb in rule["verbs"]:
+                        found.add((scope, group, resource, verb))
+    return found
+
+
+@pytest.fixture(scope="module")
+def manifests() -> list[Manifest]:
+    return render()
+
+
+@pytest.fixture(scope="module")
+def tenant_manifests() -> list[Manifest]:
+    return render({"rbac": {"tenantNamespaces": TENANTS}})
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_grants_are_exactly_what_the_code_uses(manifests: list[Manifest], service: str) -> None:
+    expected = {(a.scope, a.group, a.resource, a.verb) for a in NEEDED[service]}
+    assert grants(manifests, service) == expected
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_refused_accesses_are_not_granted(manifests: list[Manifest], service: str) -> None:
+    granted = grants(manifests, service)
+    for access in REFUSED[service]:
+        scopes = ("cluster", "tenant") if access.scope == "tenant" else ("cluster",)
+        for scope in scopes:
+            assert (scope, access.group, access.resource, access.verb) not in granted, f"{service} may {access}"
+
+
+def test_nothing_broad_or_escalating(manifests: list[Manifest], tenant_manifests: list[Manifest]) -> None:
+    for rendered in (manifests, tenant_manifests):
+        for role in of_kind(rendered, "ClusterRole") + of_kind(rendered, "Role"):
+            for rule in role["rules"]:
+                assert "*" not in rule["apiGroups"] and "*" not in rule["resources"], role["metadata"]["name"]
+                assert not DANGEROUS_VERBS & set(rule["verbs"]), role["metadata"]["name"]
+                assert "resourceNames" not in rule or rule["resourceNames"]
+        for binding in of_kind(rendered, "ClusterRoleBinding") + of_kind(rendered, "RoleBinding"):
+            assert binding["roleRef"]["name"] not in BROAD_ROLES
+            assert binding["roleRef"]["name"] in {r["metadata"]["name"] for r in of_kind(rendered, "ClusterRole")}
+            (subject,) = binding["subjects"]
+            assert subject["kind"] == "ServiceAccount" and subject["namespace"] == "vk8s-system"
+
+
+def test_one_service_account_per_service(manifests: list[Manifest]) -> None:
+    accounts = {sa["metadata"]["name"] for sa in of_kind(manifests, "ServiceAccount")}
+    assert accounts == {f"vk8s-{service}" for service in SERVICES}
+    for binding in of_kind(manifests, "ClusterRoleBinding"):
+        component = binding["metadata"]["labels"]["app.kubernetes.io/component"]
+        assert binding["subjects"][0]["name"] == f"vk8s-{component}"
+
+
+def test_tenant_namespaces_scope_the_tenant_grants(tenant_manifests: list[Manifest]) -> None:
+    cluster_wide = {b["roleRef"]["name"] for b in of_kind(tenant_manifests, "ClusterRoleBinding")}
+    assert cluster_wide and all(name.endswith("-cluster") for name in cluster_wide)
+    tenant_bindings = of_kind(tenant_manifests, "RoleBinding")
+    assert {b["metadata"]["namespace"] for b in tenant_bindings} == set(TENANTS)
+    assert all(b["roleRef"]["name"].endswith("-tenant") for b in tenant_bindings)
+    tenant_roles = {
+        r["metadata"]["name"]
+        for r in of_kind(tenant_manifests, "ClusterRole")
+        if r["metadata"]["name"].endswith("-tenant")
+    }
+    assert {b["roleRef"]["name"] for b in tenant_bindings} == tenant_roles
+
+
+def test_owner_reference_enforcement_adds_finalizer_updates_for_secret_owners() -> None:
+    rendered = render({"rbac": {"ownerReferencesPermissionEnforcement": True}})
+    for service in SERVICES:
+        extra = grants(rendered, service) - {(a.scope, a.group, a.resource, a.verb) for a in NEEDED[service]}
+        expected = (
+            {("tenant", "vk8s.skt.co.kr", "vk8s/finalizers", "update")}
+            if service in ("gateway", "bootstrap")
+            else set()
+        )
+        assert extra == expected, service

@@ -1,0 +1,305 @@
+"""The chart lints and renders, and what it renders holds the promises of docs/deploy.md."""
+
+from __future__ import annotations
+
+import importlib
+import json
+
+import pytest
+import yaml
+
+from libs.runtime import ServiceSettings
+from tests.unit.deploy.helm import CHART_DIR, KUBE_VERSION, SERVICES, Manifest, by_component, helm, of_kind, render
+
+MESH_ON = {"mesh": {"enabled": True}}
+TENANTS = {"rbac": {"tenantNamespaces": ["team-a", "team-b"]}}
+
+
+@pytest.fixture(scope="module")
+def default_manifests() -> list[Manifest]:
+    return render()
+
+
+@pytest.fixture(scope="module")
+def mesh_manifests() -> list[Manifest]:
+    return render(MESH_ON)
+
+
+def container(deployment: Manifest) -> Manifest:
+    (only,) = deployment["spec"]["template"]["spec"]["containers"]
+    return only
+
+
+def env_of(deployment: Manifest) -> dict[str, Manifest]:
+    return {item["name"]: item for item in container(deployment)["env"]}
+
+
+@pytest.mark.parametrize("values", [{}, MESH_ON], ids=["defaults", "mesh"])
+def test_lint_is_clean(values: dict[str, object]) -> None:
+    args = ["lint", "--strict", "--kube-version", KUBE_VERSION, str(CHART_DIR)]
+    for key, value in values.items():
+        args += ["--set-json", f"{key}={json.dumps(value)}"]
+    result = helm(*args, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_service_has_its_objects(default_manifests: list[Manifest]) -> None:
+    for kind in ("Deployment", "Service", "ServiceAccount", "PodDisruptionBudget"):
+        assert sorted(by_component(default_manifests, kind)) == sorted(SERVICES), kind
+
+
+def test_the_crd_is_in_the_chart(default_manifests: list[Manifest]) -> None:
+    (crd,) = of_kind(default_manifests, "CustomResourceDefinition")
+    assert crd["metadata"]["name"] == "vk8s.vk8s.skt.co.kr"
+
+
+def test_deployments_run_the_service_named_by_the_command(default_manifests: list[Manifest]) -> None:
+    for name, deployment in by_component(default_manifests, "Deployment").items():
+        assert container(deployment)["command"] == ["python", "-m", f"services.{name}"]
+        assert deployment["spec"]["template"]["spec"]["serviceAccountName"].endswith(f"-{name}")
+
+
+def test_deployments_have_resources_and_probes_on_the_operator_endpoints(default_manifests: list[Manifest]) -> None:
+    for deployment in of_kind(default_manifests, "Deployment"):
+        spec = container(deployment)
+        assert {"cpu", "memory"} <= spec["resources"]["requests"].keys()
+        assert "memory" in spec["resources"]["limits"]
+        assert spec["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+        assert spec["startupProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+        assert spec["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+        assert spec["ports"] == [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
+
+
+def test_pods_run_as_non_root_with_a_read_only_root(default_manifests: list[Manifest]) -> None:
+    for deployment in of_kind(default_manifests, "Deployment"):
+        pod = deployment["spec"]["template"]["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["securityContext"]["runAsUser"] != 0
+        security = container(deployment)["securityContext"]
+        assert security["allowPrivilegeEscalation"] is False
+        assert security["readOnlyRootFilesystem"] is True
+        assert security["capabilities"]["drop"] == ["ALL"]
+
+
+def test_replicas_spread_over_nodes_and_survive_a_drain(default_manifests: list[Manifest]) -> None:
+    budgets = by_component(default_manifests, "PodDisruptionBudget")
+    for name, deployment in by_component(default_manifests, "Deployment").items():
+        assert deployment["spec"]["replicas"] == 2, f"{name} is documented as safe with two replicas"
+        selector = deployment["spec"]["selector"]["matchLabels"]
+        terms = deployment["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"]
+        (term,) = terms["preferredDuringSchedulingIgnoredDuringExecution"]
+        assert term["podAffinityTerm"]["labelSelector"]["matchLabels"] == selector
+        assert term["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+        assert budgets[name]["spec"]["selector"]["matchLabels"] == selector
+        assert budgets[name]["spec"]["maxUnavailable"] == 1
+
+
+def test_hard_anti_affinity_requires_distinct_nodes() -> None:
+    deployment = by_component(render({"podAntiAffinity": "hard"}), "Deployment")["scheduler"]
+    terms = deployment["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"]
+    assert list(terms) == ["requiredDuringSchedulingIgnoredDuringExecution"]
+
+
+def test_nats_credentials_come_from_the_secret(default_manifests: list[Manifest]) -> None:
+    for name, deployment in by_component(default_manifests, "Deployment").items():
+        env = env_of(deployment)
+        prefix = f"VK8S_{name.upper()}_"
+        assert env[f"{prefix}NATS_URL"]["value"].startswith("nats://")
+        for key, secret_key in (("NATS_USER", "user"), ("NATS_PASSWORD", "password")):
+            assert env[f"{prefix}{key}"]["valueFrom"]["secretKeyRef"] == {"name": "vk8s-nats", "key": secret_key}
+        assert not [item for item in env.values() if "PASSWORD" in item["name"] and "value" in item]
+
+
+def test_kv_buckets_are_replicated_like_the_stream(default_manifests: list[Manifest]) -> None:
+    for name, deployment in by_component(default_manifests, "Deployment").items():
+        env = env_of(deployment)
+        assert env[f"VK8S_{name.upper()}_STREAM_REPLICAS"]["value"] == "3"
+        if name in ("scheduler", "ipmanager", "projector"):
+            assert env[f"VK8S_{name.upper()}_KV_REPLICAS"]["value"] == "3"
+
+
+def test_nats_creds_file_is_mounted_from_the_secret() -> None:
+    manifests = render({"nats": {"auth": {"type": "creds", "existingSecret": "nats-jwt", "credsKey": "vk8s.creds"}}})
+    deployment = by_component(manifests, "Deployment")["vnode"]
+    env = env_of(deployment)
+    assert env["VK8S_VNODE_NATS_CREDS_FILE"]["value"] == "/etc/vk8s/nats/nats.creds"
+    assert "VK8S_VNODE_NATS_USER" not in env
+    volumes = {volume["name"]: volume for volume in deployment["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["nats-creds"]["secret"]["secretName"] == "nats-jwt"
+    assert volumes["nats-creds"]["secret"]["items"] == [{"key": "vk8s.creds", "path": "nats.creds"}]
+
+
+def test_service_settings_pass_through_with_the_service_prefix() -> None:
+    manifests = render({"services": {"scheduler": {"env": {"NODE_SELECTOR": "vk8s.skt.co.kr/host=true"}}}})
+    env = env_of(by_component(manifests, "Deployment")["scheduler"])
+    assert env["VK8S_SCHEDULER_NODE_SELECTOR"]["value"] == "vk8s.skt.co.kr/host=true"
+
+
+def test_a_disabled_service_renders_nothing() -> None:
+    manifests = render({"services": {"kubeflow": {"enabled": False}}})
+    assert not [
+        m for m in manifests if m["metadata"].get("labels", {}).get("app.kubernetes.io/component") == "kubeflow"
+    ]
+    assert "kubeflow-egress" not in {
+        m["metadata"]["name"].rsplit("vk8s-", 1)[-1] for m in of_kind(manifests, "NetworkPolicy")
+    }
+
+
+def test_services_stay_out_of_the_mesh_by_default(default_manifests: list[Manifest]) -> None:
+    for deployment in of_kind(default_manifests, "Deployment"):
+        assert deployment["spec"]["template"]["metadata"]["labels"]["sidecar.istio.io/inject"] == "false"
+    assert not of_kind(default_manifests, "PeerAuthentication")
+    assert not of_kind(default_manifests, "AuthorizationPolicy")
+
+
+def test_mesh_injects_sidecars_with_strict_mtls(mesh_manifests: list[Manifest]) -> None:
+    for deployment in of_kind(mesh_manifests, "Deployment"):
+        template = deployment["spec"]["template"]
+        assert template["metadata"]["labels"]["sidecar.istio.io/inject"] == "true"
+        assert json.loads(template["metadata"]["annotations"]["proxy.istio.io/config"]) == {
+            "holdApplicationUntilProxyStarts": True
+        }
+    (peer,) = of_kind(mesh_manifests, "PeerAuthentication")
+    assert peer["spec"]["mtls"]["mode"] == "STRICT"
+    (policy,) = of_kind(mesh_manifests, "AuthorizationPolicy")
+    assert policy["spec"]["action"] == "ALLOW"
+    (rule,) = policy["spec"]["rules"]
+    (operation,) = rule["to"]
+    assert operation["operation"] == {
+        "ports": ["8080"],
+        "methods": ["GET"],
+        "paths": ["/metrics", "/healthz", "/readyz"],
+    }
+
+
+def test_metrics_principals_require_mtls_on_the_operator_port() -> None:
+    manifests = render(
+        {
+            "mesh": {
+                "enabled": True,
+                "permissiveOperatorPort": False,
+                "metricsPrincipals": ["cluster.local/ns/monitoring/sa/prometheus"],
+            }
+        }
+    )
+    (peer,) = of_kind(manifests, "PeerAuthentication")
+    assert "portLevelMtls" not in peer["spec"]
+    (policy,) = of_kind(manifests, "AuthorizationPolicy")
+    assert policy["spec"]["rules"][0]["from"] == [
+        {"source": {"principals": ["cluster.local/ns/monitoring/sa/prometheus"]}}
+    ]
+
+
+def test_one_tenant_namespace_is_the_only_one_the_gateway_watches() -> None:
+    env = env_of(by_component(render({"rbac": {"tenantNamespaces": ["team-a"]}}), "Deployment")["gateway"])
+    assert env["VK8S_GATEWAY_NAMESPACE"]["value"] == "team-a"
+    for values in ({}, TENANTS):
+        assert "VK8S_GATEWAY_NAMESPACE" not in env_of(by_component(render(values), "Deployment")["gateway"])
+
+
+SETTINGS_CASES = ({}, TENANTS, {"rbac": {"tenantNamespaces": ["team-a"]}}, {"nats": {"auth": {"type": "creds"}}})
+
+
+@pytest.fixture(scope="module")
+def settings_renders() -> list[list[Manifest]]:
+    return [render(values) for values in SETTINGS_CASES]
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_every_setting_the_chart_sets_is_one_the_service_reads(
+    settings_renders: list[list[Manifest]], service: str
+) -> None:
+    """pydantic-settings ignores unknown variables, so a misspelt one would be silently without effect."""
+    fields = settings_fields(service)
+    prefix = f"VK8S_{service.upper()}_"
+    for manifests in settings_renders:
+        for variable in env_of(by_component(manifests, "Deployment")[service]):
+            if variable.startswith("VK8S_"):
+                assert variable.startswith(prefix), variable
+                assert variable.removeprefix(prefix).lower() in fields, f"{variable}: {service} has no such setting"
+
+
+def settings_fields(service: str) -> set[str]:
+    try:
+        module = importlib.import_module(f"services.{service}.settings")
+    except ModuleNotFoundError:
+        pytest.fail(
+            f"services/{service}/settings.py does not exist (yet): the chart runs `python -m services.{service}`"
+        )
+    classes = [
+        value for value in vars(module).values()
+        if isinstance(value, type) and issubclass(value, ServiceSettings) and value.__module__ == module.__name__
+    ]  # fmt: skip
+    assert len(classes) == 1, f"services.{service}.settings defines {classes}"
+    (settings,) = classes
+    assert settings.model_config["env_prefix"] == f"VK8S_{service.upper()}_"
+    return set(settings.model_fields)
+
+
+def test_network_policies_default_deny_and_open_only_what_is_used(default_manifests: list[Manifest]) -> None:
+    policies = {m["metadata"]["name"]: m for m in of_kind(default_manifests, "NetworkPolicy")}
+    deny = policies["vk8s-default-deny"]["spec"]
+    assert deny["policyTypes"] == ["Ingress", "Egress"] and "ingress" not in deny and "egress" not in deny
+    services = policies["vk8s-services"]["spec"]
+    (ingress,) = services["ingress"]
+    assert ingress["ports"] == [{"port": "http", "protocol": "TCP"}]
+    egress_ports = sorted((port["port"], port["protocol"]) for rule in services["egress"] for port in rule["ports"])
+    assert egress_ports == [(53, "TCP"), (53, "UDP"), (443, "TCP"), (4222, "TCP"), (6443, "TCP")]
+    kubeflow = policies["vk8s-kubeflow-egress"]["spec"]
+    assert kubeflow["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "kubeflow"
+    # No tenant namespaces listed: no policy lands outside the release namespace.
+    assert {m["metadata"]["namespace"] for m in policies.values()} == {"vk8s-system"}
+
+
+def test_tenant_namespaces_get_a_vnode_policy() -> None:
+    policies = [m for m in of_kind(render(TENANTS), "NetworkPolicy") if m["metadata"]["name"] == "vk8s-vnodes"]
+    assert sorted(p["metadata"]["namespace"] for p in policies) == ["team-a", "team-b"]
+    spec = policies[0]["spec"]
+    assert spec["podSelector"] == {"matchLabels": {"app": "vk8s"}}
+    from_kubeflow = spec["ingress"][1]["from"][0]
+    assert from_kubeflow["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "vk8s-system"}
+    assert from_kubeflow["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "kubeflow"
+    assert spec["egress"][-1]["to"][0]["ipBlock"]["except"] == ["169.254.169.254/32"]
+
+
+def test_monitors_select_the_services_and_label_targets() -> None:
+    manifests = render(
+        {
+            "metrics": {
+                "serviceMonitor": {"enabled": True},
+                "podMonitor": {"enabled": False},
+                "prometheusRule": {"enabled": True},
+            }
+        }
+    )
+    (monitor,) = of_kind(manifests, "ServiceMonitor")
+    assert monitor["spec"]["podTargetLabels"] == ["app.kubernetes.io/part-of", "app.kubernetes.io/component"]
+    assert monitor["spec"]["selector"]["matchExpressions"][0]["values"] == list(SERVICES)
+    (rule,) = of_kind(manifests, "PrometheusRule")
+    assert rule["spec"]["groups"], "the PrometheusRule carries deploy/prometheus's groups"
+
+
+def test_dashboards_are_labelled_configmaps(default_manifests: list[Manifest]) -> None:
+    dashboards = [m for m in of_kind(default_manifests, "ConfigMap") if "-dashboard-" in m["metadata"]["name"]]
+    assert dashboards
+    for configmap in dashboards:
+        assert configmap["metadata"]["labels"]["grafana_dashboard"] == "1"
+        ((file, body),) = configmap["data"].items()
+        assert file.endswith(".json") and json.loads(body)["uid"]
+
+
+def test_kubeflow_gets_a_manifest_cache_and_its_sources_file() -> None:
+    sources = {"releases": {"v1.9.1": {"git": {"url": "https://github.com/kubeflow/manifests", "ref": "v1.9.1"}}}}
+    manifests = render({"services": {"kubeflow": {"manifestSources": sources}}})
+    deployment = by_component(manifests, "Deployment")["kubeflow"]
+    env = env_of(deployment)
+    assert env["VK8S_KUBEFLOW_GIT_CACHE_DIR"]["value"] == "/var/cache/vk8s/kubeflow-manifests"
+    assert env["VK8S_KUBEFLOW_SOURCES_FILE"]["value"] == "/etc/vk8s/kubeflow/sources.yaml"
+    mounts = {m["name"]: m["mountPath"] for m in container(deployment)["volumeMounts"]}
+    assert mounts["manifests-cache"] == "/var/cache/vk8s/kubeflow-manifests"
+    (configmap,) = [
+        m for m in of_kind(manifests, "ConfigMap") if m["metadata"]["name"].endswith("-kubeflow-manifest-sources")
+    ]
+    assert yaml.safe_load(configmap["data"]["sources.yaml"]) == sources
+    assert "checksum/kubeflow-manifest-sources" in deployment["spec"]["template"]["metadata"]["annotations"]
+    assert "VK8S_KUBEFLOW_SOURCES_FILE" not in env_of(by_component(render(), "Deployment")["kubeflow"])
