@@ -368,6 +368,8 @@ def _replay(progress: Progress, history: Iterable[PhaseRecord], facts: Iterable[
     timings: dict[str, Timing] = {}
     for fact in facts:
         before = progress
+        if _new_object(before, fact):
+            records = []  # a new object of the same name: its history starts afresh
         progress = progress.step(fact)
         timings.update(_timings(before, progress, fact))
         phase, message = phase_of(progress)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -192,7 +193,7 @@ def up(layout: StackLayout, fleet: FleetSpec, extra_env: dict[str, str] | None =
 
 
 def down(layout: StackLayout) -> bool:
-    """Stops the services, NATS and the testbed; keeps NATS data only until the next up."""
+    """Stops the services, NATS and the testbed, and removes their state."""
     info = read_info(layout)
     stopped = False
     if info:
@@ -200,5 +201,7 @@ def down(layout: StackLayout) -> bool:
         stop_pids([info.nats_pid])
         stopped = True
     stopped = lifecycle.stop(layout.testbed) or stopped
+    # The testbed's etcd went with it: events about its objects must go too.
+    shutil.rmtree(layout.nats, ignore_errors=True)
     layout.info_file.unlink(missing_ok=True)
     return stopped
