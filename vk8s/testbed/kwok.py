@@ -54,11 +54,13 @@ def _gate_on_sandbox(stage: dict[str, Any]) -> dict[str, Any]:
     return stage
 
 
-def write_config(path: Path) -> Path:
+def write_config(path: Path, *, gate_on_sandbox: bool = True) -> Path:
+    """`gate_on_sandbox=False` for the inner clusters of simulated vNodes: their pods get no sandbox."""
     stages = [_load(name) for name in _NODE_STAGES]
     for name in _POD_STAGES:
         stage = _load(name)
-        stages.append(_gate_on_sandbox(stage) if stage["metadata"]["name"] == "pod-ready" else stage)
+        gated = gate_on_sandbox and stage["metadata"]["name"] == "pod-ready"
+        stages.append(_gate_on_sandbox(stage) if gated else stage)
     path.write_text(yaml.safe_dump_all(stages, sort_keys=False))
     return path
 

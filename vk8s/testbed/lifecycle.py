@@ -17,6 +17,7 @@ from pydantic import ValidationError
 
 from vk8s.testbed.config import BUILD_SCRIPT, READY_TIMEOUT, FleetSpec, ReadyInfo, StateLayout
 from vk8s.testbed.errors import AlreadyRunning, TestbedError
+from vk8s.testbed.node_sim.sandbox import stop_every_sandbox
 
 
 def ensure_binaries() -> Path:
@@ -111,6 +112,8 @@ def stop(layout: StateLayout, timeout: float = 60.0) -> bool:
         if supervisor_pid(layout) is not None:
             _kill_group(pid)
         _reap(pid, block=True)
+    # Inner control planes of simulated vNodes run in sessions of their own, outside the group.
+    stop_every_sandbox(layout.sandboxes)
     shutil.rmtree(layout.root, ignore_errors=True)
     return pid is not None
 

@@ -1,8 +1,14 @@
 """Per-pod exec sandboxes: `exec` into a simulated pod runs a local command in that pod's own directory.
 
-For every pod bound to a simulated node the controller makes `<root>/<namespace>/<pod>/` (with a
-`bin/` that comes first on PATH), creates a kwok `Exec` object pointing there, and then marks the
-pod with the sandbox annotation, which is what lets kwok report the pod Running.
+For every pod bound to a simulated node the controller makes its sandbox directory (with a `bin/`
+that comes first on PATH), creates a kwok `Exec` object pointing there, and then marks the pod
+with the sandbox annotation, which is what lets kwok report the pod Running.
+
+A pod with a PersistentVolumeClaim is a vNode: its sandbox is `<root>/<namespace>/pvc-<claim uid>/`,
+so it outlives the pod (pause/resume keeps the claim) but not the claim (a new cluster of the same
+name gets a new claim, so a fresh sandbox). Other pods get `<root>/<namespace>/<pod>/`, removed with
+the pod. When a pod goes, the processes its sandbox started (pid files in `run/`) are stopped.
+With `node_sim`, exec runs the real `vk8s-node` with the simulated OS tools first on PATH.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ import asyncio
 import logging
 import os
 import shutil
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,19 +26,24 @@ from kubernetes.aio.client.exceptions import ApiException
 
 from vk8s.testbed import rest
 from vk8s.testbed.config import FAKE_NODE_ANNOTATION, SANDBOX_ANNOTATION
+from vk8s.testbed.node_sim.sandbox import CLAIM_PREFIX, NodeSim, stop_every_sandbox, stop_processes
 
 log = logging.getLogger(__name__)
 
 EXEC_API_VERSION = "kwok.x-k8s.io/v1alpha1"
 
 
-def sandbox_dir(root: Path, namespace: str, pod: str) -> Path:
-    return root / namespace / pod
+def sandbox_dir(root: Path, namespace: str, key: str) -> Path:
+    """`key` is the pod's name, or `pvc-<uid>` of its first claim."""
+    return root / namespace / key
 
 
-def exec_manifest(pod: dict[str, Any], directory: Path, base_path: str) -> dict[str, Any]:
+def exec_manifest(
+    pod: dict[str, Any], directory: Path, base_path: str, extra_env: dict[str, str] | None = None
+) -> dict[str, Any]:
     metadata = pod["metadata"]
     envs = {
+        **(extra_env or {}),
         "VK8S_SANDBOX": str(directory),
         "VK8S_POD_NAME": metadata["name"],
         "VK8S_POD_NAMESPACE": metadata["namespace"],
@@ -65,52 +77,108 @@ def _exec_path(namespace: str, name: str = "") -> str:
 
 
 class SandboxController:
-    def __init__(self, api: client.ApiClient, root: Path) -> None:
+    def __init__(self, api: client.ApiClient, root: Path, node_sim: NodeSim | None = None) -> None:
         self.api = api
         self.root = root
+        self.node_sim = node_sim
         self.base_path = os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin")
-        self._fake_nodes: dict[str, bool] = {}
+        if node_sim is not None:
+            self.base_path = f"{node_sim.path_prefix()}:{self.base_path}"
+        self._fake_nodes: dict[str, dict[str, Any] | None] = {}
 
     async def run(self) -> None:
-        """List, then watch, pods forever; a broken or expired watch lists again."""
+        """Watches pods (sandboxes) and claims (vNode sandboxes go with them); on the way out, stops
+        every process a sandbox started."""
+        try:
+            await asyncio.gather(
+                self._list_and_watch("/api/v1/pods", self._on_pod),
+                self._list_and_watch("/api/v1/persistentvolumeclaims", self._on_claim),
+            )
+        finally:
+            stop_every_sandbox(self.root)
+
+    async def _list_and_watch(self, path: str, handle: Callable[[str, dict[str, Any]], Awaitable[None]]) -> None:
+        """List, then watch, forever; a broken or expired watch lists again."""
         while True:
             try:
-                listing = await rest.request(self.api, "GET", "/api/v1/pods")
-                for pod in listing["items"]:
-                    await self._reconcile(pod)
+                listing = await rest.request(self.api, "GET", path)
+                for item in listing["items"]:
+                    await handle("ADDED", item)
                 resource_version = listing["metadata"]["resourceVersion"]
                 while True:
-                    async for event in rest.watch(self.api, "/api/v1/pods", resource_version):
+                    async for event in rest.watch(self.api, path, resource_version):
                         resource_version = event["object"]["metadata"]["resourceVersion"]
-                        if event["type"] == "DELETED":
-                            await self._remove(event["object"])
-                        elif event["type"] in ("ADDED", "MODIFIED"):
-                            await self._reconcile(event["object"])
+                        if event["type"] in ("ADDED", "MODIFIED", "DELETED"):
+                            await handle(event["type"], event["object"])
             except asyncio.CancelledError:
                 raise
             except Exception:
-                log.exception("Pod watch failed; listing again")
+                log.exception("Watch of %s failed; listing again", path)
                 await asyncio.sleep(1)
 
-    async def _is_fake_node(self, name: str) -> bool:
+    async def _on_pod(self, kind: str, pod: dict[str, Any]) -> None:
+        if kind == "DELETED":
+            await self._remove(pod)
+        else:
+            await self._reconcile(pod)
+
+    async def _on_claim(self, kind: str, claim: dict[str, Any]) -> None:
+        namespace = claim["metadata"]["namespace"]
+        if kind == "ADDED":
+            # Pods that waited for this claim to learn their sandbox.
+            for pod in (await rest.request(self.api, "GET", f"/api/v1/namespaces/{namespace}/pods"))["items"]:
+                await self._reconcile(pod)
+        elif kind == "DELETED":
+            key = f"{CLAIM_PREFIX}{claim['metadata']['uid']}"
+            directory = sandbox_dir(self.root, namespace, key)
+            if directory.exists():
+                if self.node_sim is not None:
+                    await asyncio.to_thread(self.node_sim.remove_volume, directory, f"{namespace}/{key}")
+                else:
+                    await asyncio.to_thread(stop_processes, directory)
+                    shutil.rmtree(directory, ignore_errors=True)
+
+    async def _fake_node(self, name: str) -> dict[str, Any] | None:
         if name not in self._fake_nodes:
             node = await rest.get_or_none(self.api, f"/api/v1/nodes/{name}")
             if node is None:
-                return False
+                return None
             key, value = FAKE_NODE_ANNOTATION
-            self._fake_nodes[name] = (node["metadata"].get("annotations") or {}).get(key) == value
+            self._fake_nodes[name] = node if (node["metadata"].get("annotations") or {}).get(key) == value else None
         return self._fake_nodes[name]
+
+    async def _sandbox_key(self, pod: dict[str, Any]) -> str | None:
+        """`pvc-<uid>` of the pod's first claim, the pod's name without one; None while the claim is missing."""
+        claims = [
+            volume["persistentVolumeClaim"]["claimName"]
+            for volume in pod["spec"].get("volumes") or []
+            if "persistentVolumeClaim" in volume
+        ]
+        if not claims:
+            return pod["metadata"]["name"]
+        namespace = pod["metadata"]["namespace"]
+        claim = await rest.get_or_none(self.api, f"/api/v1/namespaces/{namespace}/persistentvolumeclaims/{claims[0]}")
+        if claim is None or claim["metadata"].get("deletionTimestamp"):
+            return None
+        return f"{CLAIM_PREFIX}{claim['metadata']['uid']}"
 
     async def _reconcile(self, pod: dict[str, Any]) -> None:
         metadata = pod["metadata"]
-        node = pod["spec"].get("nodeName")
-        if not node or metadata.get("deletionTimestamp") or not await self._is_fake_node(node):
+        node_name = pod["spec"].get("nodeName")
+        if not node_name or metadata.get("deletionTimestamp"):
             return
         if SANDBOX_ANNOTATION in (metadata.get("annotations") or {}):
             return
-        directory = sandbox_dir(self.root, metadata["namespace"], metadata["name"])
+        node = await self._fake_node(node_name)
+        if node is None:
+            return
+        key = await self._sandbox_key(pod)
+        if key is None:
+            return
+        directory = sandbox_dir(self.root, metadata["namespace"], key)
         (directory / "bin").mkdir(parents=True, exist_ok=True)
-        await self._put_exec(exec_manifest(pod, directory, self.base_path))
+        extra_env = self.node_sim.environment(pod, node, directory, key) if self.node_sim is not None else None
+        await self._put_exec(exec_manifest(pod, directory, self.base_path, extra_env))
         try:
             await rest.request(
                 self.api,
@@ -138,12 +206,15 @@ class SandboxController:
 
     async def _remove(self, pod: dict[str, Any]) -> None:
         metadata = pod["metadata"]
-        directory = sandbox_dir(self.root, metadata["namespace"], metadata["name"])
-        if (metadata.get("annotations") or {}).get(SANDBOX_ANNOTATION) != str(directory):
+        annotated = (metadata.get("annotations") or {}).get(SANDBOX_ANNOTATION)
+        if annotated is None or Path(annotated).parent != self.root / metadata["namespace"]:
             return
+        directory = Path(annotated)
         try:
             await rest.request(self.api, "DELETE", _exec_path(metadata["namespace"], metadata["name"]))
         except ApiException as exc:
             if exc.status != 404:
                 raise
-        shutil.rmtree(directory, ignore_errors=True)
+        await asyncio.to_thread(stop_processes, directory)
+        if not directory.name.startswith(CLAIM_PREFIX):
+            shutil.rmtree(directory, ignore_errors=True)

@@ -26,6 +26,7 @@ from vk8s.testbed import components, kwok
 from vk8s.testbed.certs import Pki, write_pki
 from vk8s.testbed.config import START_TIMEOUT, FleetSpec, Ports, ReadyInfo, StateLayout
 from vk8s.testbed.errors import AlreadyRunning, ComponentFailed
+from vk8s.testbed.node_sim.sandbox import NodeSim
 from vk8s.testbed.nodes import node_manifests
 from vk8s.testbed.processes import ManagedProcess, ProcessSpec
 
@@ -164,7 +165,8 @@ class Supervisor:
         )
         log.info("CRDs established and %d nodes created after %.2fs", self.fleet.nodes, time.monotonic() - mark)
         kwok_process = await self._launch(components.kwok(self.bin_dir, layout, pki, self.ports, kubeconfigs["kwok"]))
-        sandboxes = asyncio.create_task(cluster.SandboxController(api, layout.sandboxes).run())
+        node_sim = NodeSim(bin_dir=self.bin_dir, etcd_url=f"http://127.0.0.1:{self.ports.etcd_client}")
+        sandboxes = asyncio.create_task(cluster.SandboxController(api, layout.sandboxes, node_sim).run())
         stack.push_async_callback(_cancel, sandboxes)
 
         insecure = _insecure_tls()
