@@ -38,6 +38,10 @@ class LocalNatsServer:
         return f"nats://127.0.0.1:{self.port}"
 
     @property
+    def process(self) -> subprocess.Popen[bytes] | None:
+        return self._process
+
+    @property
     def pid(self) -> int:
         if self._process is None:
             raise RuntimeError("nats-server is not running")

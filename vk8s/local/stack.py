@@ -94,6 +94,11 @@ class ServiceEnvironment:
         return env
 
 
+# The processes this process started, so they are reaped here (not left as zombies or warned
+# about) when it is the one that stops them; `vk8s down` from another process signals by pid.
+_children: dict[int, subprocess.Popen[bytes]] = {}
+
+
 def start_services(
     environment: ServiceEnvironment, logs: Path, names: tuple[str, ...] = SERVICES
 ) -> tuple[dict[str, int], dict[str, int]]:
@@ -110,6 +115,7 @@ def start_services(
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
+        _children[process.pid] = process
         pids[name], ports[name] = process.pid, port
     return pids, ports
 
@@ -134,6 +140,12 @@ def wait_ready(ports: dict[str, int], pids: dict[str, int], logs: Path, timeout_
 
 
 def _reaped(pid: int) -> bool:
+    child = _children.get(pid)
+    if child is not None:
+        if child.poll() is None:
+            return False
+        del _children[pid]
+        return True
     try:
         done, _ = os.waitpid(pid, os.WNOHANG)
     except ChildProcessError:
@@ -180,6 +192,8 @@ def up(layout: StackLayout, fleet: FleetSpec, extra_env: dict[str, str] | None =
     extra = {**_demo_settings(layout), **(extra_env or {})}
     nats = LocalNatsServer(layout.nats, log_file=layout.root / "nats-server.log")
     nats.start()
+    if nats.process is not None:
+        _children[nats.pid] = nats.process
     environment = ServiceEnvironment(nats.url, ready.kubeconfig, extra)
     pids, ports = start_services(environment, layout.logs)
     info = StackInfo(nats.url, ready.kubeconfig, nats.pid, pids, ports)

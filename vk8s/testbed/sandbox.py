@@ -177,7 +177,11 @@ class SandboxController:
             return
         directory = sandbox_dir(self.root, metadata["namespace"], key)
         (directory / "bin").mkdir(parents=True, exist_ok=True)
-        extra_env = self.node_sim.environment(pod, node, directory, key) if self.node_sim is not None else None
+        extra_env = None
+        if self.node_sim is not None:
+            # The node as it is now (not as cached): its annotations can simulate host faults.
+            current = await rest.get_or_none(self.api, f"/api/v1/nodes/{node_name}") or node
+            extra_env = self.node_sim.environment(pod, current, directory, key)
         await self._put_exec(exec_manifest(pod, directory, self.base_path, extra_env))
         try:
             await rest.request(

@@ -21,6 +21,11 @@ NODE_SCRIPTS = REPO_ROOT / "deploy" / "images" / "node"
 CLAIM_PREFIX = "pvc-"
 
 
+# Fault injection for tests: a host node with this annotation has a kernel without the named
+# module, so `vk8s-node prepare` in a vNode on it fails as it would on such a host.
+MISSING_MODULE_ANNOTATION = "testbed.vk8s.skt.co.kr/missing-kernel-module"
+
+
 @dataclass(frozen=True)
 class NodeSim:
     """The testbed that simulated vNodes run their inner control planes on."""
@@ -49,6 +54,8 @@ class NodeSim:
             "VK8S_HOST_GPUS": str(capacity.get(GPU_RESOURCE, "0")),
             "VK8S_GPU_PRODUCT": labels.get(GPU_PRODUCT_LABEL, "NVIDIA GPU"),
         }
+        if missing := (node["metadata"].get("annotations") or {}).get(MISSING_MODULE_ANNOTATION):
+            env["VK8S_SIM_MISSING_MODULES"] = missing
         if ids:
             # As the host's NVIDIA device plugin hands a container its GPUs.
             env["VK8S_GPU_IDS"] = env["NVIDIA_VISIBLE_DEVICES"] = ids

@@ -106,6 +106,9 @@ def modprobe(argv: list[str]) -> int:
     names = [a for a in argv if not a.startswith("-")]
     if not names:
         raise SimError("usage: modprobe MODULE...")
+    missing = set(os.environ.get("VK8S_SIM_MISSING_MODULES", "").split(","))
+    if absent := [name for name in names if name in missing]:
+        raise SimError(f"modprobe: FATAL: Module {absent[0]} not found in directory /lib/modules (simulated host fault)")
     env = _env()
     path = _loaded_modules(env)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,113 @@
+"""Time from request to Running on the local stack: the demo cluster alone, then N clusters
+requested at once (default 20). Starts its own stack (NATS, testbed, services) unless
+--use-running is given, deletes what it created, and prints the figures.
+
+    python bench/time_to_running.py [--clusters 20] [--use-running]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from libs.api import validate_document  # noqa: E402
+from libs.api.documents import load_documents  # noqa: E402
+from vk8s import client as vk8s_client  # noqa: E402
+from vk8s.local import stack  # noqa: E402
+from vk8s.progress import outcome  # noqa: E402
+from vk8s.testbed.config import FleetSpec  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def small_cluster(name: str) -> str:
+    return f"""
+apiVersion: vk8s.skt.co.kr/v1alpha1
+kind: Vk8s
+metadata: {{name: {name}, namespace: default}}
+spec:
+  kubernetes: {{version: "1.36"}}
+  nodes:
+  - name: {name}-master
+    role: master
+    resources:
+      requests: {{cpu: "1", memory: 2Gi, nvidia.com/gpu: 1}}
+      limits: {{cpu: "2", memory: 4Gi, nvidia.com/gpu: 1}}
+"""
+
+
+async def run_until(nc: object, vk8s: object, timeout_s: float) -> tuple[str, float]:
+    started = time.monotonic()
+    result = "TimedOut"
+    try:
+        async with asyncio.timeout(timeout_s):
+            follower = vk8s_client.follow(nc, vk8s.cluster_id)  # type: ignore[attr-defined]
+            publish = asyncio.create_task(_publish_soon(nc, vk8s))
+            async for event in follower:
+                if (ended := outcome(event)) in ("Running", "Failed"):
+                    result = ended
+                    break
+            await publish
+    except TimeoutError:
+        pass
+    return result, time.monotonic() - started
+
+
+async def _publish_soon(nc: object, vk8s: object) -> None:
+    await asyncio.sleep(0.2)
+    await vk8s_client.publish_request(nc, vk8s)  # type: ignore[arg-type]
+
+
+async def measure(endpoints: vk8s_client.Endpoints, clusters: int, timeout_s: float) -> None:
+    [demo_doc] = load_documents((ROOT / "examples/demo.yaml").read_text())
+    demo = validate_document(demo_doc.content).vk8s
+    batch = [validate_document(load_documents(small_cluster(f"bench-{i:02d}"))[0].content).vk8s for i in range(clusters)]
+    async with vk8s_client.connected(endpoints) as (nc, api):
+        await vk8s_client.ensure_password_secret(api, demo)
+        result, seconds = await run_until(nc, demo, timeout_s)
+        print(f"demo cluster (2 vNodes, Kubeflow): {result} after {seconds:.1f}s")
+
+        started = time.monotonic()
+        outcomes = await asyncio.gather(*(run_until(nc, vk8s, timeout_s) for vk8s in batch))
+        wall = time.monotonic() - started
+        times = sorted(s for r, s in outcomes if r == "Running")
+        failed = [r for r, _ in outcomes if r != "Running"]
+        if times:
+            print(
+                f"{clusters} clusters at once (1 vNode, 1 GPU each): {len(times)} Running, {len(failed)} not; "
+                f"all done in {wall:.1f}s; per cluster p50 {statistics.median(times):.1f}s, max {times[-1]:.1f}s"
+            )
+        else:
+            print(f"{clusters} clusters at once: none Running ({failed[:3]})")
+        for vk8s in [demo, *batch]:
+            await vk8s_client.delete_object(api, vk8s.metadata.name, "default")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--clusters", type=int, default=20)
+    parser.add_argument("--timeout", type=float, default=1200.0)
+    parser.add_argument("--use-running", action="store_true", help="measure on the stack `vk8s up` started")
+    args = parser.parse_args()
+    if args.use_running:
+        asyncio.run(measure(vk8s_client.Endpoints.resolve(), args.clusters, args.timeout))
+        return
+    layout = stack.StackLayout(Path(tempfile.mkdtemp(prefix="vk8s-bench-")))
+    started = time.monotonic()
+    info = stack.up(layout, FleetSpec(nodes=4, gpus_per_node=8))
+    print(f"stack up in {time.monotonic() - started:.1f}s")
+    try:
+        asyncio.run(measure(vk8s_client.Endpoints(info.nats_url, info.kubeconfig), args.clusters, args.timeout))
+    finally:
+        stack.down(layout)
+
+
+if __name__ == "__main__":
+    main()

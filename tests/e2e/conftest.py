@@ -1,0 +1,91 @@
+"""End-to-end tier: the whole product as `vk8s up` runs it (local NATS, the testbed, every
+service as its own process), driven through kubectl, the vk8s CLI and the API."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes.aio import client
+
+from libs.kube import GROUP, PLURAL, VERSION
+from vk8s.local import stack
+from vk8s.testbed.config import FleetSpec
+from vk8s.testbed.fixtures import create_namespace, delete_namespace, new_api_client
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    here = Path(__file__).parent
+    for item in items:
+        if here in item.path.parents:
+            item.add_marker(pytest.mark.e2e)
+
+
+@pytest.fixture(scope="session")
+def product(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[stack.StackLayout, stack.StackInfo]]:
+    layout = stack.StackLayout(tmp_path_factory.mktemp("stack"))
+    info = stack.up(layout, FleetSpec(nodes=4, gpus_per_node=8))
+    try:
+        yield layout, info
+    finally:
+        stack.down(layout)
+
+
+@pytest.fixture(scope="session")
+def product_env(product: tuple[stack.StackLayout, stack.StackInfo]) -> dict[str, str]:
+    _, info = product
+    return {**os.environ, "KUBECONFIG": info.kubeconfig, "NATS_URL": info.nats_url, "PATH": f"{ROOT / '.venv/bin'}:{os.environ['PATH']}"}
+
+
+@pytest.fixture(scope="session")
+async def api(product: tuple[stack.StackLayout, stack.StackInfo]) -> AsyncIterator[client.ApiClient]:
+    api_client = await new_api_client(Path(product[1].kubeconfig))
+    async with api_client:
+        yield api_client
+
+
+@pytest.fixture
+async def namespace(api: client.ApiClient) -> AsyncIterator[str]:
+    name = await create_namespace(api, prefix="e2e-")
+    yield name
+    await delete_namespace(api, name)
+
+
+def run(argv: list[str], env: dict[str, str], *, stdin: str | None = None, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, env=env, input=stdin, capture_output=True, text=True, timeout=timeout, check=False)
+
+
+async def vk8s_object(api: client.ApiClient, namespace: str, name: str) -> dict[str, Any] | None:
+    try:
+        return await client.CustomObjectsApi(api).get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+    except client.ApiException as error:
+        if error.status == 404:
+            return None
+        raise
+
+
+async def eventually(check: Callable[[], Any], what: str, timeout: float = 300, interval: float = 1.0) -> Any:
+    """Polls `check` (sync or async) until it returns something truthy."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if asyncio.iscoroutine(last):
+            last = await last
+        if last:
+            return last
+        await asyncio.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
+
+
+async def phase_of(api: client.ApiClient, namespace: str, name: str) -> str | None:
+    obj = await vk8s_object(api, namespace, name)
+    return ((obj or {}).get("status") or {}).get("phase")
