@@ -90,13 +90,13 @@ def test_tenant_namespaces_scope_the_tenant_grants(tenant_manifests: list[Manife
     assert {b["roleRef"]["name"] for b in tenant_bindings} == tenant_roles
 
 
-def test_owner_reference_enforcement_adds_finalizer_updates_for_secret_owners() -> None:
+def test_owner_reference_enforcement_adds_finalizer_updates_for_what_a_vk8s_owns() -> None:
     rendered = render({"rbac": {"ownerReferencesPermissionEnforcement": True}})
     for service in SERVICES:
         extra = grants(rendered, service) - {(a.scope, a.group, a.resource, a.verb) for a in NEEDED[service]}
         expected = (
             {("tenant", "vk8s.skt.co.kr", "vk8s/finalizers", "update")}
-            if service in ("gateway", "bootstrap")
+            if service in ("gateway", "bootstrap", "vnode")
             else set()
         )
         assert extra == expected, service

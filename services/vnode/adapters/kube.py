@@ -1,0 +1,175 @@
+"""The host cluster: server-side apply of the vNode objects (field manager `vk8s-vnode`, so fields
+this stage stops setting, e.g. a label removed from the Vk8s, are removed), deletes that treat 404
+as done, and what the planning and the rollout tracker read."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import structlog
+from kubernetes.aio import client
+from kubernetes.aio.client import ApiClient
+from kubernetes.aio.client.exceptions import ApiException
+
+from libs.events import PermanentError
+from libs.kube import GROUP, PLURAL, VERSION, not_found
+from services.vnode import logic
+from services.vnode.adapters.metrics import VNodeMetrics
+
+FIELD_MANAGER = "vk8s-vnode"
+APPLY_PATCH = "application/apply-patch+yaml"
+VNODE_SELECTOR = f"{logic.APP_LABEL}={logic.APP},{logic.COMPONENT_LABEL}={logic.VNODE_COMPONENT}"
+
+log = structlog.get_logger(__name__)
+
+
+class VNodeObjects:
+    def __init__(self, api: ApiClient, metrics: VNodeMetrics, *, ip_annotation: str):
+        self._api = api
+        self._core = client.CoreV1Api(api)
+        self._apps = client.AppsV1Api(api)
+        self._custom = client.CustomObjectsApi(api)
+        self._metrics = metrics
+        self._ip_annotation = ip_annotation
+
+    @property
+    def list_vnode_statefulsets(self) -> Callable[..., Awaitable[Any]]:
+        """The list function to watch every vNode StatefulSet with (`label_selector=VNODE_SELECTOR`)."""
+        return self._apps.list_stateful_set_for_all_namespaces
+
+    async def read_vk8s(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return await self._custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+        except ApiException as error:
+            if not_found(error):
+                return None
+            raise
+
+    async def statefulsets(self, namespace: str) -> list[logic.CurrentStatefulSet]:
+        listing = await self._apps.list_namespaced_stateful_set(namespace, label_selector=VNODE_SELECTOR)
+        current = []
+        for item in listing.items:
+            labels = item.metadata.labels or {}
+            claims = self._api.sanitize_for_serialization(item.spec.volume_claim_templates or [])
+            current.append(
+                logic.CurrentStatefulSet(
+                    name=item.metadata.name,
+                    cluster=labels.get(logic.CLUSTER_LABEL),
+                    vnode=labels.get(logic.VNODE_LABEL),
+                    uid=labels.get(logic.CLUSTER_UID_LABEL),
+                    volume_claim_templates=tuple(claims),
+                )
+            )
+        return current
+
+    def rollout(self, statefulset: Any) -> logic.VNodeRollout | None:
+        """What the rollout tracker needs of a watched StatefulSet; None for one that is not a vNode's."""
+        labels = statefulset.metadata.labels or {}
+        cluster, vnode, uid = (labels.get(k) for k in (logic.CLUSTER_LABEL, logic.VNODE_LABEL, logic.CLUSTER_UID_LABEL))
+        if cluster is None or vnode is None or uid is None:
+            return None
+        spec, status, template = statefulset.spec, statefulset.status, statefulset.spec.template
+        return logic.VNodeRollout(
+            namespace=statefulset.metadata.namespace,
+            name=statefulset.metadata.name,
+            cluster=cluster,
+            vnode=vnode,
+            uid=uid,
+            generation=statefulset.metadata.generation or 0,
+            observed_generation=(status.observed_generation if status else None) or 0,
+            replicas=spec.replicas if spec.replicas is not None else 1,
+            status_replicas=(status.replicas if status else None) or 0,
+            ready_replicas=(status.ready_replicas if status else None) or 0,
+            updated_replicas=(status.updated_replicas if status else None) or 0,
+            current_revision=status.current_revision if status else None,
+            update_revision=status.update_revision if status else None,
+            node_name=template.spec.node_name,
+            ip_annotation=(template.metadata.annotations or {}).get(self._ip_annotation),
+        )
+
+    async def execute(self, plan: logic.Plan) -> None:
+        for body in plan.apply:
+            await self.apply(body)
+        for ref in plan.delete:
+            await self.delete(ref.kind, plan.namespace, ref.name)
+
+    async def apply(self, body: dict[str, Any]) -> None:
+        kind, name, namespace = body["kind"], body["metadata"]["name"], body["metadata"]["namespace"]
+        patch = {
+            "StatefulSet": self._apps.patch_namespaced_stateful_set,
+            "Deployment": self._apps.patch_namespaced_deployment,
+            "Service": self._core.patch_namespaced_service,
+        }[kind]
+        try:
+            await patch(name, namespace, body, field_manager=FIELD_MANAGER, force=True, _content_type=APPLY_PATCH)
+        except ApiException as error:
+            if error.status in (400, 422):
+                message = f"{kind} {namespace}/{name} is refused: {_message(error)}"
+                raise PermanentError(message, reason="InvalidObject") from None
+            raise
+        self._metrics.objects_applied.labels(kind).inc()
+
+    async def delete(self, kind: str, namespace: str, name: str) -> bool:
+        """Deletes an object (its dependents in the background); False when it was gone already."""
+        remove = {
+            "StatefulSet": self._apps.delete_namespaced_stateful_set,
+            "Deployment": self._apps.delete_namespaced_deployment,
+            "Service": self._core.delete_namespaced_service,
+            "PersistentVolumeClaim": self._core.delete_namespaced_persistent_volume_claim,
+        }[kind]
+        try:
+            await remove(name, namespace, propagation_policy="Background")
+        except ApiException as error:
+            if not_found(error):
+                return False
+            raise
+        self._metrics.objects_deleted.labels(kind).inc()
+        log.info("Deleted object", kind=kind, namespace=namespace, name=name)
+        return True
+
+    async def delete_cluster(self, namespace: str, uid: str, *, retain_volumes: bool) -> list[str]:
+        """Deletes every object of one cluster incarnation; returns those still present (`Kind/name`),
+        pods included, so the caller knows when all is gone."""
+        selector = logic.cluster_selector(uid)
+        listings: dict[str, Callable[..., Awaitable[Any]]] = {
+            "StatefulSet": self._apps.list_namespaced_stateful_set,
+            "Deployment": self._apps.list_namespaced_deployment,
+            "Service": self._core.list_namespaced_service,
+        }
+        if not retain_volumes:
+            listings["PersistentVolumeClaim"] = self._core.list_namespaced_persistent_volume_claim
+        remaining = []
+        for kind, list_fn in listings.items():
+            for item in (await list_fn(namespace, label_selector=selector)).items:
+                if item.metadata.deletion_timestamp is None:
+                    await self.delete(kind, namespace, item.metadata.name)
+                remaining.append(f"{kind}/{item.metadata.name}")
+        pods = await self._core.list_namespaced_pod(namespace, label_selector=selector)
+        remaining += [f"Pod/{pod.metadata.name}" for pod in pods.items]
+        return remaining
+
+    async def pod_problems(self, namespace: str, uid: str) -> list[str]:
+        """Why the vNode pods of a cluster are not running, e.g. `team-a-master-0: Pending (ImagePullBackOff)`."""
+        selector = f"{logic.cluster_selector(uid)},{logic.COMPONENT_LABEL}={logic.VNODE_COMPONENT}"
+        pods = await self._core.list_namespaced_pod(namespace, label_selector=selector)
+        problems = []
+        for pod in pods.items:
+            status = pod.status
+            reasons = [
+                state.waiting.reason
+                for state in [c.state for c in (status.container_statuses or [])]
+                if state is not None and state.waiting is not None and state.waiting.reason
+            ]
+            if status.phase != "Running" or reasons:
+                detail = f" ({', '.join(reasons)})" if reasons else ""
+                problems.append(f"{pod.metadata.name}: {status.phase}{detail}")
+        return problems
+
+
+def _message(error: ApiException) -> str:
+    try:
+        return json.loads(error.body)["message"]
+    except (TypeError, ValueError, KeyError):
+        return str(error.reason)

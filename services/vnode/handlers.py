@@ -1,0 +1,132 @@
+"""The subscriptions of the vnode stage: each reads the cluster record, lets `logic` decide, applies
+the result to the host cluster, then writes the record (compare-and-set) so a redelivery redoes
+whatever did not complete. Readiness and pause completion are published by the RolloutTracker."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Any
+
+import structlog
+
+from libs.events import Envelope, Handler, TransientError
+from libs.events.catalog import (
+    ClusterAccepted,
+    ClusterDeleteRequested,
+    ClusterIPsAllocated,
+    ClusterUpdated,
+    ClusterVNodesDeleted,
+)
+from services.vnode import logic
+from services.vnode.adapters.kube import VNodeObjects
+from services.vnode.adapters.store import RecordStore
+from services.vnode.adapters.tracker import RolloutTracker
+from services.vnode.settings import VNodeSettings
+
+log = structlog.get_logger(__name__)
+
+
+class VNodeHandlers:
+    def __init__(
+        self,
+        *,
+        settings: VNodeSettings,
+        store: RecordStore,
+        kube: VNodeObjects,
+        tracker: RolloutTracker,
+        clock: Callable[[], datetime],
+    ):
+        self._settings = settings
+        self._store = store
+        self._kube = kube
+        self._tracker = tracker
+        self._clock = clock
+
+    def subscriptions(self) -> dict[str, Handler]:
+        return {
+            ClusterAccepted.subject: self.on_spec,
+            ClusterUpdated.subject: self.on_spec,
+            ClusterIPsAllocated.subject: self.on_allocated,
+            ClusterDeleteRequested.subject: self.on_delete_requested,
+        }
+
+    async def on_spec(
+        self, envelope: Envelope[ClusterAccepted] | Envelope[ClusterUpdated]
+    ) -> Sequence[Envelope[Any]]:
+        """Keeps the spec for the allocation to come; once allocated, applies labels, annotations,
+        ports and pause (replicas 0) right away."""
+        stored = await self._store.get(envelope.cluster_id)
+        record = logic.on_spec_event(stored.record if stored else None, envelope)
+        if isinstance(record, logic.Ignore):
+            log.info("Ignoring spec event", reason=record.reason)
+            return []
+        if record.allocation is not None:
+            if await self._live_uid(record) != record.uid:
+                log.info("Ignoring spec event of a cluster that is gone or being deleted")
+                return []
+            await self._apply(record)
+        await self._store.save(record, stored.revision if stored else None)
+        if record.awaiting is not None:
+            self._tracker.kick(record.cluster_id)
+        return []
+
+    async def on_allocated(self, envelope: Envelope[ClusterIPsAllocated]) -> Sequence[Envelope[Any]]:
+        """Creates or scales up the vNodes where the scheduler placed them, with their fixed IPs."""
+        stored = await self._store.get(envelope.cluster_id)
+        if stored is None:
+            namespace, name = envelope.cluster_id.split("/")
+            if await self._kube.read_vk8s(namespace, name) is None:
+                log.info("Ignoring allocation of a cluster that is gone")
+                return []
+            raise TransientError("the cluster's spec is not recorded yet", reason="SpecNotRecorded")
+        record = logic.on_allocated(
+            stored.record, envelope, self._clock(), resume_grace_s=self._settings.resume_grace_s
+        )
+        if isinstance(record, logic.Ignore):
+            log.info("Ignoring allocation", reason=record.reason)
+            return []
+        live_uid = await self._live_uid(record)
+        if live_uid is None:
+            log.info("Ignoring allocation of a cluster that is gone or being deleted")
+            return []
+        if live_uid != record.uid:
+            raise TransientError("the Vk8s was re-created; waiting for its spec", reason="SpecNotRecorded")
+        await self._apply(record)
+        await self._store.save(record, stored.revision)
+        self._tracker.kick(record.cluster_id)
+        return []
+
+    async def on_delete_requested(self, envelope: Envelope[ClusterDeleteRequested]) -> Sequence[Envelope[Any]]:
+        """Deletes the cluster's objects (volumes unless retained), and answers once all are gone.
+
+        The Vk8s object still exists (its finalizer waits for cluster.deleted), so garbage
+        collection by owner reference has not started: everything is deleted explicitly."""
+        uid = envelope.data.uid
+        namespace, _ = envelope.cluster_id.split("/")
+        stored = await self._store.get(envelope.cluster_id)
+        record = stored.record if stored is not None and stored.record.uid == uid else None
+        revision = stored.revision if stored is not None else None
+        if record is not None and not record.deleting:
+            record = record.model_copy(update={"deleting": True, "awaiting": None})
+            revision = await self._store.save(record, revision)
+        retain = logic.retain_volumes(record, self._settings.retain_volumes)
+        remaining = await self._kube.delete_cluster(namespace, uid, retain_volumes=retain)
+        if remaining:
+            shown = ", ".join(remaining[:5]) + (", ..." if len(remaining) > 5 else "")
+            raise TransientError(f"waiting for {len(remaining)} object(s) to go: {shown}", reason="Deleting")
+        if record is not None and revision is not None:
+            await self._store.delete(envelope.cluster_id, revision)
+        log.info("Deleted cluster objects", retained_volumes=retain)
+        return [envelope.follow(ClusterVNodesDeleted(uid=uid), now=self._clock())]
+
+    async def _live_uid(self, record: logic.ClusterRecord) -> str | None:
+        """uid of the cluster's Vk8s object, None when it is gone or being deleted."""
+        vk8s = await self._kube.read_vk8s(record.namespace, record.name)
+        if vk8s is None or vk8s["metadata"].get("deletionTimestamp"):
+            return None
+        return vk8s["metadata"]["uid"]
+
+    async def _apply(self, record: logic.ClusterRecord) -> None:
+        current = await self._kube.statefulsets(record.namespace)
+        await self._kube.execute(logic.plan(record, current, self._settings))

@@ -1,0 +1,57 @@
+"""Settings of the vnode service, read from VK8S_VNODE_* (nested values as JSON)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import Field, StringConstraints
+from pydantic_settings import SettingsConfigDict
+
+from libs.api.models import Quantity
+from libs.api.versions import NodeImageCatalog
+from libs.runtime import ServiceSettings
+
+AbsolutePath = Annotated[str, StringConstraints(pattern=r"^/")]
+
+
+class VNodeSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="VK8S_VNODE_", extra="ignore", frozen=True)
+
+    kubeconfig: str | None = Field(default=None, description="Host cluster kubeconfig; in-cluster account when unset.")
+    kv_bucket: str = "vk8s-vnode"
+
+    image_catalog: NodeImageCatalog = Field(
+        default_factory=NodeImageCatalog, description="vNode image per Kubernetes minor, for nodes without an image."
+    )
+    ip_annotation: str = Field(
+        default="cni.projectcalico.org/ipAddrs", description="Pod annotation the CNI reads a fixed pod IP from."
+    )
+
+    storage_class: str | None = Field(default=None, description="Class of the node-state volumes; None: the default.")
+    state_volume_size: Quantity = "50Gi"
+    node_state_path: AbsolutePath = "/var/lib/vk8s-node"
+    node_state_dirs: dict[AbsolutePath, str] = Field(
+        default_factory=lambda: {
+            "/etc/kubernetes": "kubernetes",
+            "/var/lib/kubelet": "kubelet",
+            "/var/lib/containerd": "containerd",
+            "/var/lib/etcd": "etcd",
+        },
+        description="vNode directories kept on its volume (mount path -> sub-path): pause/resume keeps the node.",
+    )
+    retain_volumes: bool = Field(
+        default=False, description="Keep node-state volumes when a cluster is deleted (per cluster: annotation)."
+    )
+
+    access_pod_port: int = Field(default=22, ge=1, le=65535, description="Access pod port when accessPodPort is unset.")
+    access_pod_resources: dict[str, dict[str, Quantity]] = Field(
+        default_factory=lambda: {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}}
+    )
+
+    ready_timeout_s: float = Field(default=900.0, gt=0, description="How long vNode pods may take to run or stop.")
+    resync_interval_s: float = Field(default=10.0, gt=0, description="How often waiting clusters are re-checked.")
+    resume_grace_s: float = Field(
+        default=10.0,
+        ge=0,
+        description="How long an allocation for a cluster recorded as paused waits for the resume to be recorded.",
+    )

@@ -1,0 +1,262 @@
+"""The vnode service end to end against the testbed and a real NATS: events in, vNode objects on
+the host cluster and answers out."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from kubernetes.aio import client
+from kubernetes.aio.client.exceptions import ApiException
+
+from libs.api.models import Vk8sSpec
+from libs.events import Envelope
+from libs.events.catalog import (
+    ClusterAccepted,
+    ClusterDeleteRequested,
+    ClusterIPsAllocated,
+    ClusterUpdated,
+    ClusterVNodesReady,
+    VNodePlacement,
+)
+from libs.kube import GROUP, PLURAL, VERSION
+from libs.runtime import Service
+from tests.integration.vnode.conftest import Bus, eventually
+from tests.support.events import spec_document
+
+CreateVk8s = Callable[..., Awaitable[dict[str, Any]]]
+IPS = {"master": "10.200.0.2", "worker-0": "10.200.0.3", "worker-1": "10.200.0.4"}
+
+
+@dataclass
+class Cluster:
+    """A Vk8s object the pipeline has accepted, and what the tests publish for it."""
+
+    bus: Bus
+    vk8s: dict[str, Any]
+    spec: Vk8sSpec
+    labels: dict[str, str]
+    generation: int = 1
+
+    @property
+    def name(self) -> str:
+        return self.vk8s["metadata"]["name"]
+
+    @property
+    def namespace(self) -> str:
+        return self.vk8s["metadata"]["namespace"]
+
+    @property
+    def uid(self) -> str:
+        return self.vk8s["metadata"]["uid"]
+
+    @property
+    def cluster_id(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    async def accept(self) -> None:
+        await self.bus.publish(
+            ClusterAccepted(
+                name=self.name,
+                namespace=self.namespace,
+                spec=self.spec,
+                uid=self.uid,
+                generation=self.generation,
+                labels=self.labels,
+            ),
+            self.cluster_id,
+        )
+
+    async def update(self, *, paused: bool = False, **changes: Any) -> None:
+        for key, value in changes.items():
+            setattr(self, key, value)
+        payload = ClusterUpdated(
+            name=self.name,
+            namespace=self.namespace,
+            spec=self.spec,
+            uid=self.uid,
+            generation=self.generation,
+            labels=self.labels,
+            paused=paused,
+        )
+        await self.bus.publish(payload, self.cluster_id)
+
+    async def allocate(self, hosts: dict[str, str]) -> Envelope[ClusterIPsAllocated]:
+        placements = [
+            VNodePlacement(vnode=node.name, role=node.role.value, host_node=hosts[node.name], gpus=node.gpus())
+            for node in self.spec.nodes
+        ]
+        payload = ClusterIPsAllocated(
+            generation=self.generation,
+            vnode_ips={node.name: IPS[node.name] for node in self.spec.nodes},
+            pod_cidr="90.244.0.0/16",
+            service_cidr="90.96.0.0/12",
+            placements=placements,
+        )
+        return await self.bus.publish(payload, self.cluster_id)
+
+    async def ready(self) -> Envelope[ClusterVNodesReady]:
+        envelope = await self.bus.next("cluster.vnodes.ready")
+        assert envelope.cluster_id == self.cluster_id
+        return envelope
+
+
+@pytest.fixture
+async def cluster(bus: Bus, vk8s_object: CreateVk8s) -> Cluster:
+    spec = Vk8sSpec.model_validate(
+        {**spec_document(gpus=1, workers=1), "ports": [{"name": "kubeflow", "port": 80, "targetPort": 8080}]}
+    )
+    labels = {"team": "vision"}
+    created = Cluster(bus, await vk8s_object("team-a", spec, labels), spec, labels)
+    await created.accept()
+    return created
+
+
+async def statefulset(kube_api: client.ApiClient, cluster: Cluster, vnode: str) -> client.V1StatefulSet:
+    return await client.AppsV1Api(kube_api).read_namespaced_stateful_set(f"{cluster.name}-{vnode}", cluster.namespace)
+
+
+async def test_allocated_cluster_gets_running_vnodes_on_the_chosen_hosts(
+    kube_api: client.ApiClient, cluster: Cluster, gpu_hosts: list[str], vnode_service: Service
+) -> None:
+    allocation = await cluster.allocate({"master": gpu_hosts[0], "worker-0": gpu_hosts[1]})
+
+    answer = await cluster.ready()
+
+    assert answer.causation_id == allocation.id and answer.correlation_id == allocation.correlation_id
+    ready = answer.data
+    assert ready.generation == 1 and ready.pod_cidr == "90.244.0.0/16"
+    assert [(v.vnode, v.role, v.pod, v.host_node, v.ip, v.gpus) for v in ready.vnodes] == [
+        ("master", "master", "team-a-master-0", gpu_hosts[0], "10.200.0.2", 1),
+        ("worker-0", "worker", "team-a-worker-0-0", gpu_hosts[1], "10.200.0.3", 1),
+    ]
+    core = client.CoreV1Api(kube_api)
+    for vnode in ready.vnodes:
+        pod = await core.read_namespaced_pod(vnode.pod, cluster.namespace)
+        container = pod.spec.containers[0]
+        assert pod.status.phase == "Running"
+        assert pod.spec.node_name == vnode.host_node
+        # 1 of the host's 8 GPUs: requested and limited to exactly one.
+        assert container.resources.limits["nvidia.com/gpu"] == "1"
+        assert container.resources.requests["nvidia.com/gpu"] == "1"
+        assert container.security_context.privileged is True
+        assert pod.metadata.annotations["cni.projectcalico.org/ipAddrs"] == json.dumps([vnode.ip])
+    master = await statefulset(kube_api, cluster, "master")
+    assert master.metadata.labels["team"] == "vision"
+    assert master.metadata.labels["clusterName"] == "team-a"
+    assert master.metadata.labels["sidecar.istio.io/inject"] == "false"
+    assert [(o.kind, o.name, o.uid) for o in master.metadata.owner_references] == [("Vk8s", "team-a", cluster.uid)]
+    mounts = {m.mount_path: m for m in master.spec.template.spec.containers[0].volume_mounts}
+    assert mounts["/lib/modules"].read_only and mounts["/usr/src"].read_only
+    claims = await core.list_namespaced_persistent_volume_claim(cluster.namespace, label_selector="clusterName=team-a")
+    assert sorted(c.metadata.name for c in claims.items) == [
+        "node-state-team-a-master-0",
+        "node-state-team-a-worker-0-0",
+    ]
+    headless = await core.read_namespaced_service("team-a-vnodes", cluster.namespace)
+    assert headless.spec.cluster_ip == "None"
+    ports = await core.read_namespaced_service("team-a-ports", cluster.namespace)
+    assert ports.spec.type == "NodePort" and ports.spec.ports[0].port == 80 and ports.spec.ports[0].node_port
+    assert ports.spec.selector["role"] == "master"
+    metrics = vnode_service.metrics_registry
+    assert metrics.get_sample_value("vk8s_vnode_objects_applied_total", {"kind": "StatefulSet"}) == 2
+    assert metrics.get_sample_value("vk8s_vnode_pods_ready_seconds_count") == 1
+    assert metrics.get_sample_value("vk8s_vnode_vnodes", {"state": "running"}) == 2
+
+
+async def test_label_changes_reach_the_statefulsets(
+    kube_api: client.ApiClient, cluster: Cluster, gpu_hosts: list[str]
+) -> None:
+    await cluster.allocate({"master": gpu_hosts[0], "worker-0": gpu_hosts[1]})
+    await cluster.ready()
+    nodeport = (await client.CoreV1Api(kube_api).read_namespaced_service("team-a-ports", cluster.namespace)).spec
+
+    await cluster.update(labels={"team": "nlp", "tier": "gold"})
+
+    async def relabelled() -> bool:
+        labels = (await statefulset(kube_api, cluster, "worker-0")).metadata.labels
+        return labels.get("team") == "nlp" and labels.get("tier") == "gold"
+
+    await eventually(relabelled, "the StatefulSets to carry the new labels")
+    await cluster.update(labels={"team": "nlp"})
+
+    async def label_removed() -> bool:
+        return "tier" not in (await statefulset(kube_api, cluster, "master")).metadata.labels
+
+    await eventually(label_removed, "the removed label to go from the StatefulSets")
+    again = (await client.CoreV1Api(kube_api).read_namespaced_service("team-a-ports", cluster.namespace)).spec
+    assert again.ports[0].node_port == nodeport.ports[0].node_port, "re-applying keeps the allocated node port"
+    pod = await client.CoreV1Api(kube_api).read_namespaced_pod("team-a-master-0", cluster.namespace)
+    assert pod.status.phase == "Running", "relabelling does not restart vNodes"
+
+
+async def test_pause_stops_the_vnodes_and_resume_brings_them_back_on_the_new_placement(
+    kube_api: client.ApiClient, cluster: Cluster, gpu_hosts: list[str]
+) -> None:
+    await cluster.allocate({"master": gpu_hosts[0], "worker-0": gpu_hosts[1]})
+    await cluster.ready()
+    core = client.CoreV1Api(kube_api)
+
+    await cluster.update(paused=True)
+
+    paused = await cluster.bus.next("cluster.paused")
+    assert paused.data.generation == 1
+    for vnode in ("master", "worker-0"):
+        found = await statefulset(kube_api, cluster, vnode)
+        assert found.spec.replicas == 0 and not found.status.replicas
+    assert not (await core.list_namespaced_pod(cluster.namespace, label_selector="clusterName=team-a")).items
+
+    await cluster.update(paused=False)
+    await cluster.allocate({"master": gpu_hosts[1], "worker-0": gpu_hosts[1]})  # the scheduler re-placed the master
+
+    ready = (await cluster.ready()).data
+    assert [(v.pod, v.host_node) for v in ready.vnodes] == [
+        ("team-a-master-0", gpu_hosts[1]),
+        ("team-a-worker-0-0", gpu_hosts[1]),
+    ]
+    master = await core.read_namespaced_pod("team-a-master-0", cluster.namespace)
+    assert master.spec.node_name == gpu_hosts[1] and master.status.phase == "Running"
+    assert (await statefulset(kube_api, cluster, "master")).spec.replicas == 1
+
+
+async def test_added_worker_gets_its_statefulset_and_is_listed_ready(
+    kube_api: client.ApiClient, cluster: Cluster, gpu_hosts: list[str]
+) -> None:
+    await cluster.allocate({"master": gpu_hosts[0], "worker-0": gpu_hosts[1]})
+    await cluster.ready()
+    nodes = spec_document(gpus=1, workers=2)["nodes"]
+    grown = Vk8sSpec.model_validate({**cluster.spec.model_dump(by_alias=True), "nodes": nodes})
+
+    await cluster.update(spec=grown, generation=2)
+    await cluster.allocate({"master": gpu_hosts[0], "worker-0": gpu_hosts[1], "worker-1": gpu_hosts[0]})
+
+    ready = (await cluster.ready()).data
+    assert ready.generation == 2
+    assert [v.pod for v in ready.vnodes] == ["team-a-master-0", "team-a-worker-0-0", "team-a-worker-1-0"]
+    worker = await statefulset(kube_api, cluster, "worker-1")
+    assert worker.spec.template.spec.node_name == gpu_hosts[0]
+
+
+async def test_delete_frees_objects_and_volumes_then_answers(
+    kube_api: client.ApiClient, cluster: Cluster, gpu_hosts: list[str]
+) -> None:
+    await cluster.allocate({"master": gpu_hosts[0], "worker-0": gpu_hosts[1]})
+    await cluster.ready()
+    custom, core, apps = client.CustomObjectsApi(kube_api), client.CoreV1Api(kube_api), client.AppsV1Api(kube_api)
+    # As the user does: the finalizer keeps the object, so owner-reference GC has not started.
+    await custom.delete_namespaced_custom_object(GROUP, VERSION, cluster.namespace, PLURAL, cluster.name)
+
+    await cluster.bus.publish(ClusterDeleteRequested(uid=cluster.uid), cluster.cluster_id)
+
+    deleted = await cluster.bus.next("cluster.vnodes.deleted")
+    assert deleted.data.uid == cluster.uid
+    selector = "clusterName=team-a"
+    assert not (await apps.list_namespaced_stateful_set(cluster.namespace, label_selector=selector)).items
+    assert not (await core.list_namespaced_service(cluster.namespace, label_selector=selector)).items
+    assert not (await core.list_namespaced_persistent_volume_claim(cluster.namespace, label_selector=selector)).items
+    assert not (await core.list_namespaced_pod(cluster.namespace, label_selector=selector)).items
+    with pytest.raises(ApiException):
+        await core.read_namespaced_pod("team-a-master-0", cluster.namespace)
