@@ -21,7 +21,7 @@ from nats.js import api as js_api
 from libs.api import Vk8s, kubeflow_user_secret_name
 from libs.events import REGISTRY, Envelope, InvalidEvent, Publisher, cluster_id_of, utc_now
 from libs.events.catalog import ClusterRequested
-from libs.kube import GROUP, PLURAL, VERSION, kube_client, not_found
+from libs.kube import GROUP, PLURAL, VERSION, kube_client, not_found, read_vk8s
 from libs.kube.objects import owner_reference
 from vk8s.local.stack import StackLayout, read_info
 
@@ -129,12 +129,7 @@ async def follow(nc: NATS, cluster_id: str, *, since_s: float = 0) -> AsyncItera
 
 
 async def get_object(api: client.ApiClient, name: str, namespace: str) -> dict[str, Any] | None:
-    try:
-        return await client.CustomObjectsApi(api).get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
-    except client.ApiException as error:
-        if not_found(error):
-            return None
-        raise
+    return await read_vk8s(api, namespace, name)
 
 
 async def list_objects(api: client.ApiClient, namespace: str | None) -> list[dict[str, Any]]:

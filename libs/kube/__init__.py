@@ -10,6 +10,7 @@ from libs.kube.objects import (
     conflict,
     create_or_get,
     not_found,
+    read_vk8s,
 )
 from libs.kube.watch import WatchEvent, watch_objects
 
@@ -25,5 +26,6 @@ __all__ = [
     "create_or_get",
     "kube_client",
     "not_found",
+    "read_vk8s",
     "watch_objects",
 ]

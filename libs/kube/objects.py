@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+from kubernetes.aio.client import ApiClient, CustomObjectsApi
 from kubernetes.aio.client.exceptions import ApiException
 
 GROUP = "vk8s.skt.co.kr"
@@ -34,6 +35,16 @@ async def create_or_get(create: Callable[[], Awaitable[T]], get: Callable[[], Aw
         if error.status != 409:
             raise
     return await get(), False
+
+
+async def read_vk8s(api: ApiClient, namespace: str, name: str) -> dict[str, Any] | None:
+    """The Vk8s object, or None when there is none."""
+    try:
+        return await CustomObjectsApi(api).get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+    except ApiException as error:
+        if error.status == 404:
+            return None
+        raise
 
 
 def owner_reference(vk8s: dict[str, Any]) -> dict[str, Any]:

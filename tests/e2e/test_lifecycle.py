@@ -11,7 +11,7 @@ from typing import Any
 import yaml
 from kubernetes.aio import client, config
 
-from libs.kube import GROUP, PLURAL, VERSION
+from libs.kube import GROUP, VERSION
 from tests.e2e.conftest import ROOT, eventually, phase_of, run, vk8s_object
 from vk8s.local import stack
 from vk8s.testbed.node_sim.sandbox import MISSING_MODULE_ANNOTATION

@@ -6,7 +6,7 @@ from typing import Any
 
 from kubernetes.aio import client
 
-from libs.kube import GROUP, PLURAL, VERSION, not_found
+from libs.kube import read_vk8s
 from libs.kube.objects import owner_reference
 
 KUBECONFIG_KEY = "kubeconfig"
@@ -14,16 +14,11 @@ KUBECONFIG_KEY = "kubeconfig"
 
 class HostCluster:
     def __init__(self, api: client.ApiClient):
-        self._custom = client.CustomObjectsApi(api)
+        self._api = api
         self._core = client.CoreV1Api(api)
 
     async def vk8s(self, namespace: str, name: str) -> dict[str, Any] | None:
-        try:
-            return await self._custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
-        except client.ApiException as error:
-            if not_found(error):
-                return None
-            raise
+        return await read_vk8s(self._api, namespace, name)
 
     async def store_kubeconfig(self, vk8s: dict[str, Any], name: str, kubeconfig: str) -> None:
         """Create or replace; owned by the Vk8s, so it goes when the cluster goes."""

@@ -26,6 +26,7 @@ from libs.kube import (
     conflict,
     create_or_get,
     not_found,
+    read_vk8s,
     watch_objects,
 )
 from libs.kube.objects import API_VERSION, owner_reference
@@ -57,12 +58,7 @@ class ClusterObjects:
         )
 
     async def get(self, namespace: str, name: str) -> Object | None:
-        try:
-            return await self._custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
-        except ApiException as error:
-            if not_found(error):
-                return None
-            raise
+        return await read_vk8s(self._custom.api_client, namespace, name)
 
     async def create_or_get(self, body: Object) -> tuple[Object, bool]:
         namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]

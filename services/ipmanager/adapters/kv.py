@@ -132,6 +132,17 @@ class KvStore:
 
     async def _scan(self, prefix: str) -> list[tuple[str, bytes, int]]:
         """The current value of every key under `prefix`, read in one pass over the bucket."""
+        found = await self._scan_once(prefix)
+        # nats-py's watcher can signal "no values" before delivering any when the server pushed
+        # them all before its first look (seen under load): an empty answer over a bucket that
+        # holds messages is read again (still empty then: only delete markers are left).
+        for _ in range(2):
+            if found or (await self._kv.status()).values == 0:
+                break
+            found = await self._scan_once(prefix)
+        return found
+
+    async def _scan_once(self, prefix: str) -> list[tuple[str, bytes, int]]:
         watcher = await self._kv.watch(f"{prefix}>", ignore_deletes=True)
         found = []
         try:

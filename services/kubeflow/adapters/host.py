@@ -9,7 +9,7 @@ from kubernetes.aio import client
 
 from libs.api import Vk8s
 from libs.events import PermanentError
-from libs.kube import GROUP, PLURAL, VERSION, not_found
+from libs.kube import not_found, read_vk8s
 
 
 class HostCluster:
@@ -18,13 +18,8 @@ class HostCluster:
         self._core = client.CoreV1Api(api)
 
     async def vk8s(self, namespace: str, name: str) -> Vk8s | None:
-        try:
-            obj = await self._custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
-        except client.ApiException as error:
-            if not_found(error):
-                return None
-            raise
-        return Vk8s.model_validate(obj)
+        obj = await read_vk8s(self._custom.api_client, namespace, name)
+        return None if obj is None else Vk8s.model_validate(obj)
 
     async def secret_value(self, namespace: str, name: str, key: str) -> str:
         try:

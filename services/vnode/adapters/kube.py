@@ -14,7 +14,7 @@ from kubernetes.aio.client import ApiClient
 from kubernetes.aio.client.exceptions import ApiException
 
 from libs.events import PermanentError
-from libs.kube import GROUP, PLURAL, VERSION, not_found
+from libs.kube import not_found, read_vk8s
 from services.vnode import logic
 from services.vnode.adapters.metrics import VNodeMetrics
 
@@ -40,12 +40,7 @@ class VNodeObjects:
         return self._apps.list_stateful_set_for_all_namespaces
 
     async def read_vk8s(self, namespace: str, name: str) -> dict[str, Any] | None:
-        try:
-            return await self._custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
-        except ApiException as error:
-            if not_found(error):
-                return None
-            raise
+        return await read_vk8s(self._custom.api_client, namespace, name)
 
     async def statefulsets(self, namespace: str) -> list[logic.CurrentStatefulSet]:
         listing = await self._apps.list_namespaced_stateful_set(namespace, label_selector=VNODE_SELECTOR)

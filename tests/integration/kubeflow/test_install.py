@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import bcrypt
-import pytest
 import yaml
 from kubernetes.aio import client
 from nats.js import JetStreamContext

@@ -22,7 +22,7 @@ from libs.events.catalog import (
 from services.vnode import logic
 from services.vnode.settings import VNodeSettings
 from tests.support.events import spec_document
-from tests.unit.vnode.factories import AT, UID, record
+from tests.unit.vnode.factories import AT, UID
 
 SETTINGS = VNodeSettings(ready_timeout_s=60)
 SPEC = Vk8sSpec.model_validate(spec_document(gpus=1, workers=1))
