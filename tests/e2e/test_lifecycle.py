@@ -55,6 +55,15 @@ def http_json(port: int, path: str) -> Any:
         return json.load(response)
 
 
+def assert_no_allocation(port: int, namespace: str, name: str) -> None:
+    try:
+        left = http_json(port, f"/v1/allocations/{namespace}/{name}")
+    except urllib.error.HTTPError as error:
+        assert error.code == 404
+    else:
+        assert not left.get("ips") and not left.get("vnodeIps"), left
+
+
 async def inner_nodes(api: client.ApiClient, namespace: str, cluster: str) -> list[client.V1Node]:
     secret = await client.CoreV1Api(api).read_namespaced_secret(f"{cluster}-kubeconfig", namespace)
     kubeconfig = yaml.safe_load(base64.b64decode(secret.data["kubeconfig"]))
@@ -102,12 +111,7 @@ async def test_apply_runs_propagates_labels_and_delete_frees_everything(
     assert await statefulsets(api, namespace, name) == []
     claims = await client.CoreV1Api(api).list_namespaced_persistent_volume_claim(namespace)
     assert [c.metadata.name for c in claims.items if name in c.metadata.name] == []
-    try:
-        left = http_json(info.service_ports["ipmanager"], f"/v1/allocations/{namespace}/{name}")
-    except urllib.error.HTTPError as error:
-        assert error.code == 404
-    else:
-        assert not left.get("ips") and not left.get("vnodeIps"), left
+    assert_no_allocation(info.service_ports["ipmanager"], namespace, name)
 
 
 async def test_gpu_isolation_one_of_eight(api: client.ApiClient, namespace: str, product_env: dict[str, str]) -> None:
@@ -207,11 +211,10 @@ async def test_a_failing_bootstrap_step_fails_the_cluster_and_leaks_nothing(
     assert setup["isKubernetesSetup"] == "Failed" and "br_netfilter" in setup["message"]
 
     _, info = product
-    pools_before = http_json(info.service_ports["ipmanager"], "/v1/pools")
+    assert http_json(info.service_ports["ipmanager"], f"/v1/allocations/{namespace}/{name}"), "it holds its IP"
     deleted = run(["vk8s", "delete", name, "-n", namespace, "--wait", "--timeout", "300"], product_env)
     assert deleted.returncode == 0, deleted.stdout + deleted.stderr
     assert await statefulsets(api, namespace, name) == []
     claims = await core.list_namespaced_persistent_volume_claim(namespace)
     assert [c.metadata.name for c in claims.items if name in c.metadata.name] == []
-    pools_after = http_json(info.service_ports["ipmanager"], "/v1/pools")
-    assert pools_after != pools_before, "the failed cluster's IP was released on deletion"
+    assert_no_allocation(info.service_ports["ipmanager"], namespace, name)
