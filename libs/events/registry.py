@@ -77,6 +77,8 @@ class Registry:
         except ValidationError as exc:
             problems.extend(problems_from(exc))
             envelope = None
+        if envelope is not None and (named := _named_cluster(envelope.data)) and named != envelope.cluster_id:
+            problems.append(Problem("clusterId", f"must be {named!r}, the data's namespace/name"))
         if problems or envelope is None:
             raise InvalidEvent(subject, problems, cluster_id)
         return envelope
@@ -92,6 +94,12 @@ class Registry:
         if model.__doc__:
             schema["description"] = " ".join(model.__doc__.split())
         return schema
+
+
+def _named_cluster(data: Payload) -> str | None:
+    """`<namespace>/<name>` of a payload that names its cluster (requests, acceptances, updates)."""
+    name, namespace = getattr(data, "name", None), getattr(data, "namespace", None)
+    return f"{namespace}/{name}" if isinstance(name, str) and isinstance(namespace, str) else None
 
 
 def _cluster_id_hint(document: Mapping[str, Any]) -> str | None:

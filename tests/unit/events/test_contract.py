@@ -131,3 +131,10 @@ def test_events_schema_command_writes_every_schema(tmp_path: Any) -> None:
     assert json.loads(one.output)["title"] == "cluster.requested"
     unknown = CliRunner().invoke(main, ["events", "schema", "cluster.nope"])
     assert unknown.exit_code == 2
+
+
+def test_the_envelope_names_the_same_cluster_as_the_request() -> None:
+    mismatched = Envelope.new(SAMPLES[c.ClusterRequested], cluster_id="default/someone-else", now=NOW)
+    with pytest.raises(InvalidEvent) as raised:
+        REGISTRY.decode("cluster.requested", mismatched.to_json())
+    assert [str(p) for p in raised.value.problems] == ["clusterId: must be 'default/team-a', the data's namespace/name"]
