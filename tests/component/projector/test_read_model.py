@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import uuid
 from collections.abc import AsyncIterator, Callable
 
 import nats
@@ -23,14 +24,14 @@ from services.projector.logic import render_status
 from tests.unit.projector.sequence import Timeline
 from tests.unit.projector.test_logic import fold, full_story
 
-BUCKET = "vk8s-clusters-test"
-
-
 @pytest.fixture
 async def kv_bucket(js: JetStreamContext) -> AsyncIterator[str]:
-    await ensure_kv(js, BUCKET)
-    yield BUCKET
-    await js.delete_key_value(BUCKET)
+    # A bucket of its own per test: a re-created bucket of the same name can briefly still show
+    # the deleted one's values to a new watcher.
+    bucket = f"vk8s-clusters-test-{uuid.uuid4().hex[:8]}"
+    await ensure_kv(js, bucket)
+    yield bucket
+    await js.delete_key_value(bucket)
 
 
 @pytest.fixture
