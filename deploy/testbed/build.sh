@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds (or reuses) the testbed binaries from source with Go and prints the directory that holds them.
 # Everything lands in a machine-level cache keyed by the pinned versions, never in the clone:
-#   ${VK8S_CACHE_DIR:-~/.cache/vk8s}/testbed/<key>/bin/{etcd,kube-apiserver,kube-controller-manager,kube-scheduler,kubeadm,kwok,helm}
+#   ${VK8S_CACHE_DIR:-~/.cache/vk8s}/testbed/<key>/bin/{etcd,kube-apiserver,kube-controller-manager,kube-scheduler,kubeadm,kubelet,kube-proxy,kubectl,kwok,helm,vk8s-gpu-plugin}
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -9,10 +9,14 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 source "$here/versions.env"
 
 cache_root=${VK8S_CACHE_DIR:-$HOME/.cache/vk8s}
-key="k8s-${KUBERNETES_VERSION}_etcd-${ETCD_VERSION}_kwok-${KWOK_VERSION}_helm-${HELM_VERSION}"
+# vk8s-gpu-plugin is built from this tree, so a hash of its sources (tests aside) goes in the key.
+gpu_hash=$(cd "$here/gpu-plugin" && find . -maxdepth 1 -type f \( -name '*.go' -o -name go.mod -o -name go.sum \) ! -name '*_test.go' -print0 |
+  LC_ALL=C sort -z | xargs -0 sha256sum | sha256sum | cut -c1-12)
+base_key="k8s-${KUBERNETES_VERSION}_etcd-${ETCD_VERSION}_kwok-${KWOK_VERSION}_helm-${HELM_VERSION}"
+key="${base_key}_gpu-${gpu_hash}"
 out="$cache_root/testbed/$key"
 bin="$out/bin"
-binaries=(etcd kube-apiserver kube-controller-manager kube-scheduler kubeadm kwok helm)
+binaries=(etcd kube-apiserver kube-controller-manager kube-scheduler kubeadm kubelet kube-proxy kubectl kwok helm vk8s-gpu-plugin)
 
 have_all() {
   local name
@@ -36,6 +40,19 @@ export GOMODCACHE="$cache_root/go/mod" GOCACHE="$cache_root/go/build" GOFLAGS=-m
 started=$(date +%s)
 log() { echo "testbed build: $*" >&2; }
 
+# A build for another gpu-plugin hash (or from before the hash) has the same pinned binaries:
+# hard-link them from there, so that a plugin change rebuilds only the plugin.
+for donor in "$cache_root/testbed/$base_key"{,_gpu-*}/bin; do
+  [[ -d "$donor" && "$donor" != "$bin" ]] || continue
+  for name in "${binaries[@]}"; do
+    if [[ "$name" != vk8s-gpu-plugin && ! -x "$bin/$name" && -x "$donor/$name" ]]; then
+      log "reusing $name from $donor"
+      ln -f "$donor/$name" "$bin/$name.tmp" 2>/dev/null || cp "$donor/$name" "$bin/$name.tmp"
+      mv "$bin/$name.tmp" "$bin/$name"
+    fi
+  done
+done
+
 major=${KUBERNETES_VERSION%%.*}
 minor=${KUBERNETES_VERSION#*.}; minor=${minor%%.*}
 version_pkgs=(k8s.io/component-base/version k8s.io/client-go/pkg/version)
@@ -46,7 +63,7 @@ for pkg in "${version_pkgs[@]}"; do
 done
 
 cd "$here/kubernetes"
-for cmd in kube-apiserver kube-controller-manager kube-scheduler kubeadm; do
+for cmd in kube-apiserver kube-controller-manager kube-scheduler kubeadm kubelet kube-proxy kubectl; do
   if [[ ! -x "$bin/$cmd" ]]; then
     log "building $cmd v${KUBERNETES_VERSION}"
     go build -trimpath -ldflags "$ldflags" -o "$bin/$cmd.tmp" "k8s.io/kubernetes/cmd/$cmd"
@@ -57,6 +74,12 @@ if [[ ! -x "$bin/etcd" ]]; then
   log "building etcd v${ETCD_VERSION}"
   go build -trimpath -ldflags "-s -w" -o "$bin/etcd.tmp" go.etcd.io/etcd/server/v3
   mv "$bin/etcd.tmp" "$bin/etcd"
+fi
+if [[ "$(cat "$bin/vk8s-gpu-plugin.hash" 2>/dev/null)" != "$gpu_hash" ]]; then
+  log "building vk8s-gpu-plugin (gpu-plugin/, $gpu_hash)"
+  (cd "$here/gpu-plugin" && go build -trimpath -ldflags "-s -w" -o "$bin/vk8s-gpu-plugin.tmp" .)
+  mv "$bin/vk8s-gpu-plugin.tmp" "$bin/vk8s-gpu-plugin"
+  echo "$gpu_hash" > "$bin/vk8s-gpu-plugin.hash"
 fi
 
 # kwok and helm have replace-free go.mod files, so `go install module@version` builds them as released.

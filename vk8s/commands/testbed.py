@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import click
+from pydantic import ValidationError
 
 from vk8s.testbed import lifecycle
 from vk8s.testbed.config import FleetSpec, ReadyInfo, StateLayout, default_state_dir
@@ -38,19 +39,29 @@ def _report_ready(ready: ReadyInfo) -> None:
 @click.group("testbed")
 def testbed_command() -> None:
     """A real control plane on loopback (etcd, kube-apiserver, kube-controller-manager,
-    kube-scheduler) with kwok simulating GPU host nodes."""
+    kube-scheduler) with GPU host nodes simulated by kwok or real (kubelet, containerd, runc)."""
 
 
 @testbed_command.command()
 @click.option("--nodes", type=click.IntRange(0, 500), default=4, show_default=True, help="Simulated host nodes.")
 @click.option("--gpus-per-node", type=click.IntRange(0, 64), default=8, show_default=True)
 @click.option("--gpu-model", default=FleetSpec().gpu_model, show_default=True, help="nvidia.com/gpu.product label.")
+@click.option(
+    "--runtime",
+    type=click.Choice(["kwok", "real"]),
+    default="kwok",
+    show_default=True,
+    help="Host nodes simulated by kwok, or real kubelets with containerd (root, runc, namespaces).",
+)
 @click.option("--detach", is_flag=True, help="Return once ready and leave the testbed running.")
 @_state_dir_option
-def up(nodes: int, gpus_per_node: int, gpu_model: str, detach: bool, state_dir: Path | None) -> None:
+def up(nodes: int, gpus_per_node: int, gpu_model: str, runtime: str, detach: bool, state_dir: Path | None) -> None:
     """Start the testbed; prints `export KUBECONFIG=...` once it is ready."""
     layout = _layout(state_dir)
-    fleet = FleetSpec(nodes=nodes, gpus_per_node=gpus_per_node, gpu_model=gpu_model)
+    try:
+        fleet = FleetSpec(nodes=nodes, gpus_per_node=gpus_per_node, gpu_model=gpu_model, runtime=runtime)
+    except ValidationError as exc:
+        raise click.BadParameter(exc.errors()[0]["msg"]) from None
     try:
         if (pid := lifecycle.supervisor_pid(layout)) is not None:
             raise AlreadyRunning(f"a testbed already runs in {layout.root} (supervisor pid {pid})")
@@ -59,12 +70,13 @@ def up(nodes: int, gpus_per_node: int, gpu_model: str, detach: bool, state_dir: 
             _report_ready(lifecycle.start_detached(layout, fleet, bin_dir))
             return
         # Only the foreground path runs the supervisor here; --detach leaves that to a child process.
-        from vk8s.testbed.supervisor import Supervisor
+        from vk8s.testbed.supervisor import Supervisor, enter_real_tier
 
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         layout.supervisor_log.unlink(missing_ok=True)
         click.echo("Starting the testbed; Ctrl-C stops it.", err=True)
-        asyncio.run(Supervisor(layout, fleet, bin_dir).run(on_ready=_report_ready))
+        real_tier = enter_real_tier(layout, fleet, bin_dir) if fleet.runtime == "real" else None
+        asyncio.run(Supervisor(layout, fleet, bin_dir, real_tier=real_tier).run(on_ready=_report_ready))
     except AlreadyRunning as exc:
         raise click.ClickException(f"{exc}; `vk8s testbed down` stops it.") from exc
     except TestbedError as exc:
@@ -99,7 +111,10 @@ def status(state_dir: Path | None) -> None:
     click.echo(f"Testbed running (supervisor pid {current.supervisor_pid}), ready in {ready.started_seconds:.1f}s")
     click.echo(f"  apiserver   {ready.server}")
     click.echo(f"  kubeconfig  {ready.kubeconfig}")
-    click.echo(f"  nodes       {fleet.nodes} x {fleet.gpus_per_node} {fleet.gpu_model} over {', '.join(fleet.zones)}")
+    click.echo(
+        f"  nodes       {fleet.nodes} x {fleet.gpus_per_node} {fleet.gpu_model} over {', '.join(fleet.zones)}"
+        f" ({'real kubelets with containerd' if fleet.runtime == 'real' else 'simulated by kwok'})"
+    )
     click.echo(f"  sandboxes   {ready.sandbox_root}")
     for name, pid in ready.components.items():
         click.echo(f"  {name:<24} pid {pid:<8} {'running' if current.alive[name] else 'EXITED'}")

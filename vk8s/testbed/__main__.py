@@ -11,7 +11,7 @@ import click
 
 from vk8s.testbed.config import FleetSpec, StateLayout
 from vk8s.testbed.errors import TestbedError
-from vk8s.testbed.supervisor import Supervisor
+from vk8s.testbed.supervisor import Supervisor, enter_real_tier
 
 
 @click.group()
@@ -28,9 +28,10 @@ def serve(state_dir: Path, bin_dir: Path, fleet_json: str, owner_pid: int | None
     """Runs the supervisor in the foreground until SIGTERM or SIGINT (or its owner's exit)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     fleet = FleetSpec.model_validate_json(fleet_json)
-    supervisor = Supervisor(StateLayout(state_dir), fleet, bin_dir, owner_pid=owner_pid)
+    layout = StateLayout(state_dir)
     try:
-        asyncio.run(supervisor.run())
+        real_tier = enter_real_tier(layout, fleet, bin_dir) if fleet.runtime == "real" else None
+        asyncio.run(Supervisor(layout, fleet, bin_dir, owner_pid=owner_pid, real_tier=real_tier).run())
     except TestbedError as exc:
         logging.getLogger("vk8s.testbed").error("%s", exc)
         sys.exit(1)

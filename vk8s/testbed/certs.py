@@ -18,6 +18,7 @@ from vk8s.testbed.config import LOOPBACK
 SERVICE_CIDR = "10.96.0.0/16"
 KUBERNETES_SERVICE_IP = "10.96.0.1"
 _VALIDITY = datetime.timedelta(days=365)
+APISERVER_KUBELET_CLIENT = "kube-apiserver-kubelet-client"
 # EC keys: generating eight RSA keys would cost about a second of the start budget.
 _CURVE = ec.SECP256R1()
 
@@ -63,7 +64,28 @@ def _write_cert(path: Path, cert: x509.Certificate) -> None:
     path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
 
 
+def _save(directory: Path, stem: str, key: ec.EllipticCurvePrivateKey, cert: x509.Certificate) -> KeyPair:
+    pair = KeyPair(cert=directory / f"{stem}.crt", key=directory / f"{stem}.key")
+    _write_key(pair.key, key)
+    _write_cert(pair.cert, cert)
+    return pair
+
+
 class _Authority:
+    key: ec.EllipticCurvePrivateKey
+    cert: x509.Certificate
+
+    @classmethod
+    def load(cls, pair: KeyPair) -> _Authority:
+        """The CA that `write_pki` saved, to issue certificates after the start (real host nodes)."""
+        authority = cls.__new__(cls)
+        authority.now = datetime.datetime.now(datetime.UTC)
+        key = serialization.load_pem_private_key(pair.key.read_bytes(), password=None)
+        assert isinstance(key, ec.EllipticCurvePrivateKey), "the testbed CA key is an EC key"
+        authority.key = key
+        authority.cert = x509.load_pem_x509_certificate(pair.cert.read_bytes())
+        return authority
+
     def __init__(self, common_name: str, now: datetime.datetime) -> None:
         self.now = now
         self.key = ec.generate_private_key(_CURVE)
@@ -148,12 +170,6 @@ def write_pki(directory: Path) -> Pki:
     directory.chmod(0o700)
     ca = _Authority("vk8s-testbed-ca", datetime.datetime.now(datetime.UTC))
 
-    def save(stem: str, key: ec.EllipticCurvePrivateKey, cert: x509.Certificate) -> KeyPair:
-        pair = KeyPair(cert=directory / f"{stem}.crt", key=directory / f"{stem}.key")
-        _write_key(pair.key, key)
-        _write_cert(pair.cert, cert)
-        return pair
-
     loopback = (LOOPBACK,)
     apiserver_names = (
         "localhost",
@@ -170,7 +186,7 @@ def write_pki(directory: Path) -> Pki:
             ip_addresses=(LOOPBACK, KUBERNETES_SERVICE_IP),
         ),
         "apiserver-kubelet-client": ca.issue(
-            "kube-apiserver-kubelet-client", organizations=("kubeadm:cluster-admins",), client=True
+            APISERVER_KUBELET_CLIENT, organizations=("kubeadm:cluster-admins",), client=True
         ),
         # kwok plays every simulated node's kubelet; the apiserver verifies this certificate on exec.
         "kwok-serving": ca.issue("kwok-kubelet", server=True, dns_names=("localhost",), ip_addresses=loopback),
@@ -180,7 +196,7 @@ def write_pki(directory: Path) -> Pki:
         # kwok writes status for every simulated node and pod, which no per-node identity may do.
         "kwok": ca.issue("vk8s-kwok", organizations=("system:masters",), client=True),
     }
-    saved = {stem: save(stem, key, cert) for stem, (key, cert) in pairs.items()}
+    saved = {stem: _save(directory, stem, key, cert) for stem, (key, cert) in pairs.items()}
 
     ca_pair = KeyPair(cert=directory / "ca.crt", key=directory / "ca.key")
     _write_key(ca_pair.key, ca.key)
@@ -206,3 +222,17 @@ def write_pki(directory: Path) -> Pki:
         scheduler=saved["scheduler"],
         kwok=saved["kwok"],
     )
+
+
+def write_node_credentials(pki: Pki, directory: Path, node: str, address: str) -> tuple[KeyPair, KeyPair]:
+    """A real host node's kubelet identity (`system:node:<node>`, as the Node authorizer wants) and
+    its serving certificate, which the apiserver verifies on exec and logs. Returns (client, serving)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    directory.chmod(0o700)
+    ca = _Authority.load(pki.ca)
+    issued = {
+        "kubelet-client": ca.issue(f"system:node:{node}", organizations=("system:nodes",), client=True),
+        "kubelet-serving": ca.issue(node, server=True, dns_names=(node,), ip_addresses=(address,)),
+    }
+    client, serving = (_save(directory, stem, key, cert) for stem, (key, cert) in issued.items())
+    return client, serving

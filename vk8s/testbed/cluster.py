@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Any
 
 from kubernetes.aio import client, config
-from kubernetes.aio.client.exceptions import ApiException
 
 from vk8s.testbed import rest
+from vk8s.testbed.config import GPU_RESOURCE
 from vk8s.testbed.crds import apply_crds, project_crds
 from vk8s.testbed.sandbox import SandboxController
 
@@ -29,22 +29,17 @@ async def connect(kubeconfig: Path) -> client.ApiClient:
 
 
 async def create_nodes(api: client.ApiClient, manifests: list[dict[str, Any]]) -> None:
-    async def create(manifest: dict[str, Any]) -> None:
-        try:
-            await rest.request(api, "POST", "/api/v1/nodes", body=manifest)
-        except ApiException as exc:
-            if exc.status != 409:
-                raise
-
-    await asyncio.gather(*(create(manifest) for manifest in manifests))
+    await asyncio.gather(*(rest.create_or_keep(api, "/api/v1/nodes", manifest) for manifest in manifests))
 
 
-async def nodes_ready(api: client.ApiClient, names: list[str]) -> bool:
-    nodes = await rest.request(api, "GET", "/api/v1/nodes", query={"labelSelector": "type=kwok"})
+async def nodes_ready(api: client.ApiClient, names: list[str], gpus: int = 0) -> bool:
+    """Every named node Ready and advertising its GPUs (a real node's device plugin registers late)."""
+    nodes = await rest.request(api, "GET", "/api/v1/nodes")
     ready = {
         node["metadata"]["name"]
         for node in nodes["items"]
         if any(c["type"] == "Ready" and c["status"] == "True" for c in node.get("status", {}).get("conditions") or [])
+        and (not gpus or node["status"].get("allocatable", {}).get(GPU_RESOURCE) == str(gpus))
     }
     return ready.issuperset(names)
 

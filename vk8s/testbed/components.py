@@ -74,11 +74,14 @@ def etcd(bin_dir: Path, layout: StateLayout, ports: Ports) -> ProcessSpec:
     )
 
 
-def kube_apiserver(bin_dir: Path, pki: Pki, ports: Ports) -> ProcessSpec:
+def kube_apiserver(bin_dir: Path, pki: Pki, ports: Ports, advertise_address: str | None = None) -> ProcessSpec:
+    """`advertise_address`: the real tier's namespace has no default route to derive one from."""
+    advertise = [f"--advertise-address={advertise_address}"] if advertise_address else []
     return ProcessSpec(
         name="kube-apiserver",
         argv=[
             str(bin_dir / "kube-apiserver"),
+            *advertise,
             f"--etcd-servers=http://{LOOPBACK}:{ports.etcd_client}",
             f"--bind-address={LOOPBACK}",
             f"--secure-port={ports.apiserver}",

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
+from ipaddress import IPv4Network
 from pathlib import Path
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BUILD_SCRIPT = REPO_ROOT / "deploy" / "testbed" / "build.sh"
@@ -45,11 +48,23 @@ def pinned_versions() -> dict[str, str]:
     return {key.strip(): value.strip() for key, value in pairs if not key.lstrip().startswith("#")}
 
 
+Runtime = Literal["kwok", "real"]
+
+# The real tier's addresses exist only inside the testbed's network namespace, on one bridge:
+# nodes, host pods (the ipmanager's default host pod CIDR) and the vNode pool the ipmanager hands out.
+NODE_NETWORK = IPv4Network("10.243.0.0/24")
+HOST_POD_NETWORK = IPv4Network("10.244.0.0/16")
+VNODE_IP_POOL = IPv4Network("10.250.0.0/22")
+# Each real node is a kubelet and a containerd on this machine's cores.
+MAX_REAL_NODES = 8
+
+
 class FleetSpec(BaseModel):
-    """The simulated host nodes: identical GPU machines spread over zones."""
+    """The host nodes: identical GPU machines spread over zones, simulated by kwok or real kubelets."""
 
     model_config = ConfigDict(frozen=True)
 
+    runtime: Runtime = "kwok"
     nodes: int = Field(default=4, ge=0, le=500)
     gpus_per_node: int = Field(default=8, ge=0, le=64)
     gpu_model: str = "NVIDIA-A100-SXM4-80GB"
@@ -60,8 +75,22 @@ class FleetSpec(BaseModel):
     memory: str = "1Ti"
     max_pods: int = 110
 
+    @model_validator(mode="after")
+    def _real_fleet_fits(self) -> FleetSpec:
+        if self.runtime == "real" and self.nodes > MAX_REAL_NODES:
+            raise ValueError(f"--nodes {self.nodes}: the real tier runs at most {MAX_REAL_NODES} nodes on one machine")
+        return self
+
     def node_names(self) -> list[str]:
         return [f"gpu-node-{index}" for index in range(self.nodes)]
+
+    def node_address(self, index: int) -> str:
+        """A real node's InternalIP on the testbed bridge; the first ten addresses are the gateway's."""
+        return str(NODE_NETWORK[10 + index])
+
+    def pod_range(self, index: int) -> IPv4Network:
+        """Where a real node's ordinary pods get their addresses: one /24 of the host pod network each."""
+        return list(HOST_POD_NETWORK.subnets(new_prefix=24))[1 + index]
 
 
 class Ports(BaseModel):
@@ -111,6 +140,11 @@ class StateLayout:
         self.root = root.expanduser().absolute()
 
     @property
+    def id(self) -> str:
+        """Short and stable per state directory: names the testbed's cgroups on the machine."""
+        return hashlib.sha256(str(self.root).encode()).hexdigest()[:10]
+
+    @property
     def pid_file(self) -> Path:
         return self.root / "supervisor.pid"
 
@@ -150,6 +184,16 @@ class StateLayout:
     def kwok_home(self) -> Path:
         # kwok also reads ~/.kwok/kwok.yaml; a HOME of its own keeps a user's file out.
         return self.root / "kwok-home"
+
+    @property
+    def real_nodes(self) -> Path:
+        """Per real node: containerd's root and state, the kubelet's root, its logs, configs and certs."""
+        return self.root / "nodes"
+
+    @property
+    def volumes(self) -> Path:
+        """Local persistent volumes of the real tier, one directory per claim."""
+        return self.root / "volumes"
 
     @property
     def supervisor_log(self) -> Path:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from vk8s.testbed.config import BUILD_SCRIPT, READY_TIMEOUT, FleetSpec, ReadyInfo, StateLayout
+from vk8s.testbed.config import BUILD_SCRIPT, READY_TIMEOUT, FleetSpec, ReadyInfo, StateLayout, pinned_versions
 from vk8s.testbed.errors import AlreadyRunning, TestbedError
 from vk8s.testbed.node_sim.sandbox import stop_every_sandbox
 
@@ -26,6 +26,18 @@ def ensure_binaries() -> Path:
     if result.returncode != 0:
         raise TestbedError(f"{BUILD_SCRIPT} failed with {result.returncode}; its output is above")
     return Path(result.stdout.strip().splitlines()[-1])
+
+
+def ensure_images(fleet: FleetSpec, bin_dir: Path) -> None:
+    """The real tier's images, built before the supervisor starts (a cold build takes minutes)."""
+    if fleet.runtime != "real":
+        return
+    from vk8s.testbed.real import preflight
+    from vk8s.testbed.real.tier import host_images
+
+    if reason := preflight.problem():
+        raise TestbedError(f"this machine cannot run the real tier: {reason}; `--runtime kwok` works here")
+    host_images(bin_dir, pinned_versions()["KUBERNETES_VERSION"])
 
 
 def supervisor_pid(layout: StateLayout) -> int | None:
@@ -64,6 +76,7 @@ def start_detached(
     """
     if (pid := supervisor_pid(layout)) is not None:
         raise AlreadyRunning(f"a testbed already runs in {layout.root} (supervisor pid {pid})")
+    ensure_images(fleet, bin_dir)
     layout.root.mkdir(parents=True, exist_ok=True)
     layout.ready_file.unlink(missing_ok=True)
     command = [
@@ -114,8 +127,20 @@ def stop(layout: StateLayout, timeout: float = 60.0) -> bool:
         _reap(pid, block=True)
     # Inner control planes of simulated vNodes run in sessions of their own, outside the group.
     stop_every_sandbox(layout.sandboxes)
+    # A real tier's containers and cgroups, should its supervisor have died before removing them.
+    if left := sweep_real_tier(layout):
+        raise TestbedError(f"could not remove everything of the real tier: {'; '.join(left)}")
     shutil.rmtree(layout.root, ignore_errors=True)
     return pid is not None
+
+
+def sweep_real_tier(layout: StateLayout) -> list[str]:
+    from vk8s.testbed.real import node, sweep
+
+    prefix = node.cgroup_root(layout)
+    if not any(Path(f"/sys/fs/cgroup/{hierarchy}{prefix}").exists() for hierarchy in ("pids", "memory", "cpu")):
+        return []
+    return sweep.sweep(prefix)
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,23 @@ from vk8s.testbed.config import (
 )
 
 
+def node_labels(fleet: FleetSpec, index: int) -> dict[str, str]:
+    """What GPU feature discovery and a cloud provider would label host `index` with."""
+    labels = {
+        "node.kubernetes.io/instance-type": f"{fleet.runtime}-gpu",
+        "type": fleet.runtime,
+        REGION_LABEL: fleet.region,
+        ZONE_LABEL: fleet.zones[index % len(fleet.zones)],
+    }
+    if fleet.gpus_per_node:
+        labels |= {
+            GPU_PRODUCT_LABEL: fleet.gpu_model,
+            GPU_COUNT_LABEL: str(fleet.gpus_per_node),
+            GPU_TOPOLOGY_LABEL: fleet.gpu_topology,
+        }
+    return labels
+
+
 def node_manifests(fleet: FleetSpec) -> list[dict[str, Any]]:
     """One Node per simulated host; zones round-robin so every zone gets a share."""
     annotation_key, annotation_value = FAKE_NODE_ANNOTATION
@@ -34,17 +51,8 @@ def node_manifests(fleet: FleetSpec) -> list[dict[str, Any]]:
             "kubernetes.io/hostname": name,
             "kubernetes.io/os": "linux",
             "kubernetes.io/arch": "amd64",
-            "node.kubernetes.io/instance-type": "kwok-gpu",
-            "type": "kwok",
-            REGION_LABEL: fleet.region,
-            ZONE_LABEL: fleet.zones[index % len(fleet.zones)],
+            **node_labels(fleet, index),
         }
-        if fleet.gpus_per_node:
-            labels |= {
-                GPU_PRODUCT_LABEL: fleet.gpu_model,
-                GPU_COUNT_LABEL: str(fleet.gpus_per_node),
-                GPU_TOPOLOGY_LABEL: fleet.gpu_topology,
-            }
         manifests.append(
             {
                 "apiVersion": "v1",

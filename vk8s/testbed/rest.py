@@ -7,14 +7,17 @@ which the supervisor's start budget cannot afford. Tests and services use the ty
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import AsyncIterator
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from kubernetes.aio import client
 from kubernetes.aio.client.exceptions import ApiException
 
 MERGE_PATCH = "application/merge-patch+json"
+log = logging.getLogger(__name__)
 
 
 async def request(
@@ -53,6 +56,15 @@ async def get_or_none(api: client.ApiClient, path: str) -> dict[str, Any] | None
         raise
 
 
+async def create_or_keep(api: client.ApiClient, path: str, body: dict[str, Any]) -> None:
+    """POST, where an object of that name already there is success."""
+    try:
+        await request(api, "POST", path, body=body)
+    except ApiException as exc:
+        if exc.status != 409:
+            raise
+
+
 async def watch(
     api: client.ApiClient, path: str, resource_version: str, timeout_seconds: int = 240
 ) -> AsyncIterator[dict[str, Any]]:
@@ -83,3 +95,25 @@ async def watch(
             yield event
     finally:
         response.response.release()
+
+
+async def list_and_watch(
+    api: client.ApiClient, path: str, handle: Callable[[str, dict[str, Any]], Awaitable[None]]
+) -> None:
+    """List, then watch, forever, calling `handle(event type, object)`; a broken or expired watch lists again."""
+    while True:
+        try:
+            listing = await request(api, "GET", path)
+            for item in listing["items"]:
+                await handle("ADDED", item)
+            resource_version = listing["metadata"]["resourceVersion"]
+            while True:
+                async for event in watch(api, path, resource_version):
+                    resource_version = event["object"]["metadata"]["resourceVersion"]
+                    if event["type"] in ("ADDED", "MODIFIED", "DELETED"):
+                        await handle(event["type"], event["object"])
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("Watch of %s failed; listing again", path)
+            await asyncio.sleep(1)

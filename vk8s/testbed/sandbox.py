@@ -14,10 +14,8 @@ With `node_sim`, exec runs the real `vk8s-node` with the simulated OS tools firs
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import shutil
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +25,6 @@ from kubernetes.aio.client.exceptions import ApiException
 from vk8s.testbed import rest
 from vk8s.testbed.config import FAKE_NODE_ANNOTATION, SANDBOX_ANNOTATION
 from vk8s.testbed.node_sim.sandbox import CLAIM_PREFIX, NodeSim, stop_every_sandbox, stop_processes
-
-log = logging.getLogger(__name__)
 
 EXEC_API_VERSION = "kwok.x-k8s.io/v1alpha1"
 
@@ -91,30 +87,11 @@ class SandboxController:
         every process a sandbox started."""
         try:
             await asyncio.gather(
-                self._list_and_watch("/api/v1/pods", self._on_pod),
-                self._list_and_watch("/api/v1/persistentvolumeclaims", self._on_claim),
+                rest.list_and_watch(self.api, "/api/v1/pods", self._on_pod),
+                rest.list_and_watch(self.api, "/api/v1/persistentvolumeclaims", self._on_claim),
             )
         finally:
             stop_every_sandbox(self.root)
-
-    async def _list_and_watch(self, path: str, handle: Callable[[str, dict[str, Any]], Awaitable[None]]) -> None:
-        """List, then watch, forever; a broken or expired watch lists again."""
-        while True:
-            try:
-                listing = await rest.request(self.api, "GET", path)
-                for item in listing["items"]:
-                    await handle("ADDED", item)
-                resource_version = listing["metadata"]["resourceVersion"]
-                while True:
-                    async for event in rest.watch(self.api, path, resource_version):
-                        resource_version = event["object"]["metadata"]["resourceVersion"]
-                        if event["type"] in ("ADDED", "MODIFIED", "DELETED"):
-                            await handle(event["type"], event["object"])
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("Watch of %s failed; listing again", path)
-                await asyncio.sleep(1)
 
     async def _on_pod(self, kind: str, pod: dict[str, Any]) -> None:
         if kind == "DELETED":

@@ -24,11 +24,12 @@ import aiohttp
 
 from vk8s.testbed import components, kwok
 from vk8s.testbed.certs import Pki, write_pki
-from vk8s.testbed.config import START_TIMEOUT, FleetSpec, Ports, ReadyInfo, StateLayout
+from vk8s.testbed.config import START_TIMEOUT, FleetSpec, Ports, ReadyInfo, StateLayout, pinned_versions
 from vk8s.testbed.errors import AlreadyRunning, ComponentFailed
 from vk8s.testbed.node_sim.sandbox import NodeSim
 from vk8s.testbed.nodes import node_manifests
 from vk8s.testbed.processes import ManagedProcess, ProcessSpec
+from vk8s.testbed.real.tier import RealTier, host_images
 
 log = logging.getLogger(__name__)
 
@@ -62,16 +63,39 @@ def clear_state(layout: StateLayout) -> None:
             entry.unlink()
 
 
+def enter_real_tier(layout: StateLayout, fleet: FleetSpec, bin_dir: Path) -> RealTier:
+    """Before the event loop: the real tier moves this process into the testbed's namespaces."""
+    images = host_images(bin_dir, pinned_versions()["KUBERNETES_VERSION"])
+    tier = RealTier(layout, fleet, bin_dir, images)
+    tier.enter()
+    return tier
+
+
 class Supervisor:
-    def __init__(self, layout: StateLayout, fleet: FleetSpec, bin_dir: Path, owner_pid: int | None = None) -> None:
+    def __init__(
+        self,
+        layout: StateLayout,
+        fleet: FleetSpec,
+        bin_dir: Path,
+        owner_pid: int | None = None,
+        real_tier: RealTier | None = None,
+    ) -> None:
         self.layout = layout
         self.fleet = fleet
         self.bin_dir = bin_dir
         # A test session that dies without stopping its testbed must not leave it running.
         self.owner_pid = owner_pid
-        self.ports = Ports.pick_free()
+        self.real_tier = real_tier
+        self.ports = self._pick_ports()
         self.processes: dict[str, ManagedProcess] = {}
         self._stop = asyncio.Event()
+
+    def _pick_ports(self) -> Ports:
+        ports = Ports.pick_free()
+        if self.real_tier is None:
+            return ports
+        # The apiserver listens inside the testbed on the port its forwarder holds outside.
+        return ports.model_copy(update={"apiserver": self.real_tier.apiserver_port})
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -87,6 +111,8 @@ class Supervisor:
             started = time.monotonic()
             async with contextlib.AsyncExitStack() as stack:
                 stack.push_async_callback(self._stop_all)
+                if self.real_tier is not None:
+                    stack.push_async_callback(_cancel, asyncio.create_task(self.real_tier.forward_apiserver()))
                 sandboxes = await self._start_on_free_ports(stack)
                 ready = ReadyInfo(
                     supervisor_pid=os.getpid(),
@@ -120,13 +146,14 @@ class Supervisor:
             try:
                 return await self._start(stack)
             except ComponentFailed as exc:
-                if "address already in use" not in str(exc) or attempt == _PORT_ATTEMPTS:
+                # Inside the real tier's own network namespace nothing else takes ports.
+                if "address already in use" not in str(exc) or attempt == _PORT_ATTEMPTS or self.real_tier:
                     raise
                 log.warning("A port was taken (%s); starting again on other ports", str(exc).splitlines()[0])
             await self._stop_all()
             self.processes.clear()
             clear_state(self.layout)
-            self.ports = Ports.pick_free()
+            self.ports = self._pick_ports()
             attempt += 1
 
     async def _start(self, stack: contextlib.AsyncExitStack) -> asyncio.Task[None]:
@@ -143,7 +170,8 @@ class Supervisor:
 
         # The apiserver retries etcd until it answers, so both start at once.
         etcd = await self._launch(components.etcd(self.bin_dir, layout, self.ports))
-        apiserver = await self._launch(components.kube_apiserver(self.bin_dir, pki, self.ports))
+        advertise = self.real_tier.advertise_address if self.real_tier is not None else None
+        apiserver = await self._launch(components.kube_apiserver(self.bin_dir, pki, self.ports, advertise))
         # Loading the Kubernetes client costs a second or more of CPU: spend it while they boot.
         from vk8s.testbed import cluster
 
@@ -159,11 +187,15 @@ class Supervisor:
         scheduler = await self._launch(components.kube_scheduler(self.bin_dir, self.ports, kubeconfigs["scheduler"]))
         mark = time.monotonic()
         # kwok watches Exec objects from its start, so their CRD must be served before it runs.
-        await asyncio.gather(
-            cluster.apply_crds(api, kwok_crds + cluster.project_crds()),
-            cluster.create_nodes(api, node_manifests(self.fleet)),
-        )
-        log.info("CRDs established and %d nodes created after %.2fs", self.fleet.nodes, time.monotonic() - mark)
+        crds_applied = cluster.apply_crds(api, kwok_crds + cluster.project_crds())
+        if self.real_tier is None:
+            await asyncio.gather(crds_applied, cluster.create_nodes(api, node_manifests(self.fleet)))
+            log.info("CRDs established and %d nodes created after %.2fs", self.fleet.nodes, time.monotonic() - mark)
+        else:
+            # Real kubelets register their nodes themselves.
+            await crds_applied
+            kubelets = await self.real_tier.start_nodes(api, self._launch, pki, server)
+            stack.push_async_callback(_cancel, asyncio.create_task(self.real_tier.run_controllers(api)))
         kwok_process = await self._launch(components.kwok(self.bin_dir, layout, pki, self.ports, kubeconfigs["kwok"]))
         node_sim = NodeSim(bin_dir=self.bin_dir, etcd_url=f"http://127.0.0.1:{self.ports.etcd_client}")
         sandboxes = asyncio.create_task(cluster.SandboxController(api, layout.sandboxes, node_sim).run())
@@ -175,7 +207,11 @@ class Supervisor:
         await asyncio.gather(
             self._wait(lambda: _http_ok(kcm_health, insecure), kcm, "kube-controller-manager healthy"),
             self._wait(lambda: _http_ok(scheduler_health, insecure), scheduler, "kube-scheduler healthy"),
-            self._wait(lambda: cluster.nodes_ready(api, self.fleet.node_names()), kwok_process, "nodes Ready"),
+            self._wait(
+                lambda: cluster.nodes_ready(api, self.fleet.node_names(), self.fleet.gpus_per_node),
+                kwok_process if self.real_tier is None else kubelets[0],
+                "nodes Ready",
+            ),
             # Pods need their namespace's default ServiceAccount, which the controller-manager makes.
             self._wait(
                 lambda: cluster.service_account_exists(api, "default", "default"), kcm, "default ServiceAccount made"
@@ -252,6 +288,9 @@ class Supervisor:
         # Reverse start order: etcd goes last so the others can still shut down cleanly.
         for process in reversed(list(self.processes.values())):
             await process.stop()
+        if self.real_tier is not None:
+            # Containers outlive their kubelet and containerd (the shims keep them).
+            await asyncio.to_thread(self.real_tier.remove_containers)
 
 
 async def _stop_when_gone(pid: int, supervisor: Supervisor) -> None:

@@ -1,0 +1,133 @@
+"""The real tier as the supervisor drives it: enter the namespaces, start the nodes, forward the
+apiserver, provision volumes, and remove every container on the way out."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from kubernetes.aio import client
+
+from vk8s.testbed import rest
+from vk8s.testbed.certs import APISERVER_KUBELET_CLIENT, Pki
+from vk8s.testbed.config import LOOPBACK, NODE_NETWORK, FleetSpec, StateLayout
+from vk8s.testbed.errors import ComponentFailed, TestbedError
+from vk8s.testbed.nodes import node_labels
+from vk8s.testbed.processes import ManagedProcess, ProcessSpec
+from vk8s.testbed.real import forwarder, namespaces, node, preflight, sweep
+from vk8s.testbed.real.volumes import Provisioner
+
+log = logging.getLogger(__name__)
+
+Launch = Callable[[ProcessSpec], Awaitable[ManagedProcess]]
+_SOCKET_TIMEOUT = 60.0
+
+
+def host_images(bin_dir: Path, kubernetes_version: str) -> dict[str, Path]:
+    """ref -> OCI archive of what every real node imports: the pause image kubeadm names and the toolbox."""
+    from vk8s.images.builders import kubeadm_image_refs, pause_image, toolbox_image
+
+    from vk8s.images.errors import ImageBuildError
+
+    version = f"v{kubernetes_version.removeprefix('v')}"
+    try:
+        pause_ref = next(ref for ref in kubeadm_image_refs(bin_dir, version) if "/pause:" in ref)
+        toolbox_ref, toolbox = toolbox_image()
+        return {pause_ref: pause_image(pause_ref, version), toolbox_ref: toolbox}
+    except ImageBuildError as exc:
+        raise TestbedError(f"cannot build the real tier's images: {exc}") from exc
+
+
+class RealTier:
+    """Made before the event loop starts (`enter`), used by the supervisor once it runs."""
+
+    def __init__(self, layout: StateLayout, fleet: FleetSpec, bin_dir: Path, images: dict[str, Path]) -> None:
+        self.layout = layout
+        self.fleet = fleet
+        self.bin_dir = bin_dir
+        self.images = images
+        self.nodes = node.real_nodes(layout, fleet)
+        self.cgroup = node.cgroup_root(layout)
+        self._listener: socket.socket | None = None
+
+    @property
+    def advertise_address(self) -> str:
+        return namespaces.gateway(NODE_NETWORK)
+
+    @property
+    def apiserver_port(self) -> int:
+        assert self._listener is not None, "enter() first"
+        port: int = self._listener.getsockname()[1]
+        return port
+
+    def enter(self) -> None:
+        """Binds the apiserver's loopback port here, then moves this process into the testbed's
+        namespaces and its cgroup (so everything it starts can be found and removed)."""
+        if reason := preflight.problem():
+            raise TestbedError(f"this machine cannot run the real tier: {reason}; `--runtime kwok` works here")
+        # What a crashed testbed in this state directory left.
+        sweep.sweep(self.cgroup)
+        self._listener = forwarder.bind_loopback(0)
+        namespaces.enter_private_namespaces()
+        supervisor_cgroup = namespaces.CGROUP_ROOT / "pids" / self.cgroup.lstrip("/") / "supervisor"
+        supervisor_cgroup.mkdir(parents=True, exist_ok=True)
+        (supervisor_cgroup / "cgroup.procs").write_text(f"{os.getpid()}\n")
+        namespaces.create_bridge([n.address for n in self.nodes])
+
+    async def forward_apiserver(self) -> None:
+        assert self._listener is not None, "enter() first"
+        await forwarder.serve(self._listener, LOOPBACK, self.apiserver_port)
+
+    async def start_nodes(self, api: client.ApiClient, launch: Launch, pki: Pki, server: str) -> list[ManagedProcess]:
+        """containerd with the images imported, then the kubelet and the GPU plugin, per node; returns the kubelets."""
+        # As kubeadm: the apiserver's client identity may use every kubelet's API (exec, logs).
+        binding = {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRoleBinding",
+            "metadata": {"name": "vk8s-testbed:apiserver-kubelet-client"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "system:kubelet-api-admin"},
+            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": APISERVER_KUBELET_CLIENT}],
+        }
+        await rest.create_or_keep(api, "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings", binding)
+        cni_bin = node.write_cni_bin(self.layout.root / "cni-bin")
+        pause = next(ref for ref in self.images if "/pause:" in ref)
+
+        async def start(real: node.RealNode) -> ManagedProcess:
+            await asyncio.to_thread(
+                node.prepare, real, self.layout, self.fleet, pki, server=server, cni_bin=cni_bin, pause_image=pause
+            )
+            containerd = await launch(node.containerd_spec(real))
+            await _wait_for_socket(real.containerd_socket, containerd)
+            started = time.monotonic()
+            await asyncio.to_thread(node.import_images, real, list(self.images.values()))
+            log.info("%s: %d images imported in %.1fs", real.name, len(self.images), time.monotonic() - started)
+            if self.fleet.gpus_per_node:
+                await launch(node.gpu_plugin_spec(real, containerd.pid, self.bin_dir, self.fleet.gpus_per_node))
+            labels = node_labels(self.fleet, real.index)
+            return await launch(node.kubelet_spec(real, containerd.pid, self.bin_dir, labels))
+
+        return list(await asyncio.gather(*(start(real) for real in self.nodes)))
+
+    async def run_controllers(self, api: client.ApiClient) -> None:
+        await Provisioner(api, self.layout.volumes).run()
+
+    def remove_containers(self) -> None:
+        # Out of the testbed's cgroup first, so all of it can go.
+        (namespaces.CGROUP_ROOT / "pids" / "cgroup.procs").write_text(f"{os.getpid()}\n")
+        if left := sweep.kill_and_remove(self.cgroup, spare=os.getpid()):
+            log.warning("Left after stopping the real tier: %s", "; ".join(left))
+
+
+async def _wait_for_socket(path: Path, process: ManagedProcess) -> None:
+    deadline = time.monotonic() + _SOCKET_TIMEOUT
+    while not path.exists():
+        if not process.running:
+            raise ComponentFailed(f"{process.spec.name} exited; log {process.log_path}:\n{process.log_tail()}")
+        if time.monotonic() > deadline:
+            raise ComponentFailed(f"{process.spec.name} made no socket in {_SOCKET_TIMEOUT:.0f}s")
+        await asyncio.sleep(0.05)
