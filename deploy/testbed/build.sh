@@ -9,18 +9,19 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 source "$here/versions.env"
 
 cache_root=${VK8S_CACHE_DIR:-$HOME/.cache/vk8s}
-# vk8s-gpu-plugin is built from this tree, so a hash of its sources (tests aside) goes in the key.
-gpu_hash=$(cd "$here/gpu-plugin" && find . -maxdepth 1 -type f \( -name '*.go' -o -name go.mod -o -name go.sum \) ! -name '*_test.go' -print0 |
-  LC_ALL=C sort -z | xargs -0 sha256sum | sha256sum | cut -c1-12)
-base_key="k8s-${KUBERNETES_VERSION}_etcd-${ETCD_VERSION}_kwok-${KWOK_VERSION}_helm-${HELM_VERSION}"
-key="${base_key}_gpu-${gpu_hash}"
+key="k8s-${KUBERNETES_VERSION}_etcd-${ETCD_VERSION}_kwok-${KWOK_VERSION}_helm-${HELM_VERSION}"
 out="$cache_root/testbed/$key"
 bin="$out/bin"
 binaries=(etcd kube-apiserver kube-controller-manager kube-scheduler kubeadm kubelet kube-proxy kubectl kwok helm vk8s-gpu-plugin)
+# vk8s-gpu-plugin is built from this tree: a stamp with a hash of its sources (tests aside) says
+# whether the copy in bin/ is current, so editing the plugin rebuilds it alone.
+gpu_hash=$(cd "$here/gpu-plugin" && find . -maxdepth 1 -type f \( -name '*.go' -o -name go.mod -o -name go.sum \) ! -name '*_test.go' -print0 |
+  LC_ALL=C sort -z | xargs -0 sha256sum | sha256sum | cut -c1-12)
 
 have_all() {
   local name
   for name in "${binaries[@]}"; do [[ -x "$bin/$name" ]] || return 1; done
+  [[ "$(cat "$bin/vk8s-gpu-plugin.hash" 2>/dev/null)" == "$gpu_hash" ]]
 }
 
 if have_all; then
@@ -39,19 +40,6 @@ fi
 export GOMODCACHE="$cache_root/go/mod" GOCACHE="$cache_root/go/build" GOFLAGS=-mod=mod GOTOOLCHAIN=local CGO_ENABLED=0
 started=$(date +%s)
 log() { echo "testbed build: $*" >&2; }
-
-# A build for another gpu-plugin hash (or from before the hash) has the same pinned binaries:
-# hard-link them from there, so that a plugin change rebuilds only the plugin.
-for donor in "$cache_root/testbed/$base_key"{,_gpu-*}/bin; do
-  [[ -d "$donor" && "$donor" != "$bin" ]] || continue
-  for name in "${binaries[@]}"; do
-    if [[ "$name" != vk8s-gpu-plugin && ! -x "$bin/$name" && -x "$donor/$name" ]]; then
-      log "reusing $name from $donor"
-      ln -f "$donor/$name" "$bin/$name.tmp" 2>/dev/null || cp "$donor/$name" "$bin/$name.tmp"
-      mv "$bin/$name.tmp" "$bin/$name"
-    fi
-  done
-done
 
 major=${KUBERNETES_VERSION%%.*}
 minor=${KUBERNETES_VERSION#*.}; minor=${minor%%.*}

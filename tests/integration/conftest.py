@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 from kubernetes.aio import client
 
-from vk8s.testbed.fixtures import ControlPlane, control_plane, create_namespace, delete_namespace, new_api_client
+from vk8s.testbed.config import FleetSpec, StateLayout
+from vk8s.testbed.fixtures import (
+    ControlPlane,
+    control_plane,
+    create_namespace,
+    delete_namespace,
+    new_api_client,
+    private_testbed,
+)
+from vk8s.testbed.real import preflight
+
+# Four GPUs a node: two pods of two fill one, a third waits.
+REAL_FLEET = FleetSpec(nodes=2, gpus_per_node=4, runtime="real")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -16,6 +29,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if here in item.path.parents:
             item.add_marker(pytest.mark.integration)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """`tier` runs a test on the kwok testbed and on the real host tier."""
+    if "tier" in metafunc.fixturenames:
+        metafunc.parametrize("tier", ["kwok", pytest.param("real", marks=pytest.mark.real)], indirect=True)
 
 
 @pytest.fixture(scope="session")
@@ -50,3 +69,47 @@ async def namespace(kube_api: client.ApiClient) -> AsyncIterator[str]:
     name = await create_namespace(kube_api)
     yield name
     await delete_namespace(kube_api, name)
+
+
+@pytest.fixture(scope="session")
+def real_control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
+    """A real host tier (kubelets, containerd, runc) of this session's own."""
+    if reason := preflight.problem():
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must run the real tier, but this machine cannot: {reason}")
+        pytest.skip(f"this machine cannot run the real tier: {reason}")
+    with private_testbed(StateLayout(tmp_path_factory.mktemp("real") / "testbed"), REAL_FLEET) as plane:
+        yield plane
+
+
+@pytest.fixture(scope="session")
+async def real_api(real_control_plane: ControlPlane) -> AsyncIterator[client.ApiClient]:
+    api = await new_api_client(real_control_plane.kubeconfig)
+    async with api:
+        yield api
+
+
+@pytest.fixture
+async def real_namespace(real_api: client.ApiClient) -> AsyncIterator[str]:
+    name = await create_namespace(real_api)
+    yield name
+    await delete_namespace(real_api, name)
+
+
+@pytest.fixture
+def tier(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def tier_api(tier: str, request: pytest.FixtureRequest) -> client.ApiClient:
+    """The admin client of the tier under test."""
+    api: client.ApiClient = request.getfixturevalue("kube_api" if tier == "kwok" else "real_api")
+    return api
+
+
+@pytest.fixture
+async def tier_namespace(tier_api: client.ApiClient) -> AsyncIterator[str]:
+    name = await create_namespace(tier_api)
+    yield name
+    await delete_namespace(tier_api, name)

@@ -16,6 +16,7 @@ from kubernetes.aio import client
 from kubernetes.aio.client.exceptions import ApiException
 from kubernetes.aio.stream import WsApiClient
 
+from vk8s.images.builders import toolbox_ref
 from vk8s.testbed.config import FAKE_NODE_ANNOTATION, GPU_PRODUCT_LABEL, GPU_RESOURCE, GPU_TOPOLOGY_LABEL, ZONE_LABEL
 from vk8s.testbed.crds import project_crds
 from vk8s.testbed.fixtures import ControlPlane
@@ -50,14 +51,22 @@ def gpu_node(testbed_nodes: list[client.V1Node]) -> client.V1Node:
     return testbed_nodes[0]
 
 
-def pod_manifest(name: str, node: str, *, gpus: int = 0) -> dict[str, Any]:
+def tier_image(tier: str) -> str:
+    """kwok never pulls images (the name only has to be well-formed); real nodes have the toolbox."""
+    return toolbox_ref() if tier == "real" else "registry.invalid/vk8s/trainer:1"
+
+
+def pod_manifest(
+    name: str, node: str, *, gpus: int = 0, tier: str = "kwok", annotations: dict[str, str] | None = None
+) -> dict[str, Any]:
     resources = {"limits": {GPU_RESOURCE: str(gpus)}} if gpus else {}
+    container = {"name": "main", "image": tier_image(tier), "command": ["sleep", "3600"], "resources": resources}
     return {
-        "metadata": {"name": name, "labels": {"app": name}},
+        "metadata": {"name": name, "labels": {"app": name}, "annotations": annotations or {}},
         "spec": {
             "nodeSelector": {"kubernetes.io/hostname": node},
-            # kwok never pulls images; the name only has to be well-formed.
-            "containers": [{"name": "main", "image": "registry.invalid/vk8s/trainer:1", "resources": resources}],
+            "terminationGracePeriodSeconds": 1,
+            "containers": [container],
         },
     }
 
@@ -189,11 +198,9 @@ async def test_simulated_nodes_look_like_gpu_hosts(
     assert zones == set(fleet.zones[: fleet.nodes]), "nodes spread over the zones"
 
 
-async def test_statefulset_pinned_to_gpu_node_runs(
-    kube_api: client.ApiClient, namespace: str, gpu_node: client.V1Node
-) -> None:
-    node = gpu_node.metadata.name
-    template = pod_manifest("trainer", node, gpus=2)
+async def test_statefulset_pinned_to_gpu_node_runs(tier: str, tier_api: client.ApiClient, tier_namespace: str) -> None:
+    kube_api, namespace, node = tier_api, tier_namespace, "gpu-node-0"
+    template = pod_manifest("trainer", node, gpus=2, tier=tier)
     statefulset = {
         "metadata": {"name": "trainer"},
         "spec": {
@@ -229,8 +236,8 @@ async def test_pod_asking_more_gpus_than_any_node_stays_pending(
     assert pod.status.phase == "Pending"
 
 
-async def test_deleting_owner_collects_dependents(kube_api: client.ApiClient, namespace: str) -> None:
-    core = client.CoreV1Api(kube_api)
+async def test_deleting_owner_collects_dependents(tier_api: client.ApiClient, tier_namespace: str) -> None:
+    core, namespace = client.CoreV1Api(tier_api), tier_namespace
     owner = await core.create_namespaced_config_map(namespace, {"metadata": {"name": "owner"}})
     reference = {"apiVersion": "v1", "kind": "ConfigMap", "name": "owner", "uid": owner.metadata.uid}
     dependent = {"metadata": {"name": "dependent", "ownerReferences": [reference]}}
@@ -288,9 +295,8 @@ async def test_exec_runs_local_command_in_the_pods_own_sandbox(
     assert "marker" not in other
 
 
-async def test_service_account_gets_only_what_its_role_allows(
-    kube_api: client.ApiClient, namespace: str
-) -> None:
+async def test_service_account_gets_only_what_its_role_allows(tier_api: client.ApiClient, tier_namespace: str) -> None:
+    kube_api, namespace = tier_api, tier_namespace
     core, rbac = client.CoreV1Api(kube_api), client.RbacAuthorizationV1Api(kube_api)
     await core.create_namespaced_service_account(namespace, {"metadata": {"name": "reader"}})
     await rbac.create_namespaced_role(

@@ -8,8 +8,7 @@ from typing import Any
 
 from kubernetes.aio import client
 
-from tests.integration.test_testbed import eventually, exec_in, running_pod
-from vk8s.images.builders import toolbox_ref
+from tests.integration.test_testbed import eventually, exec_in, pod_manifest, running_pod
 from vk8s.testbed.config import GPU_PRODUCT_LABEL, GPU_RESOURCE, VNODE_IP_POOL, ZONE_LABEL
 from vk8s.testbed.fixtures import ControlPlane
 
@@ -18,17 +17,7 @@ IP_ANNOTATION = "cni.projectcalico.org/ipAddrs"
 
 def toolbox_pod(name: str, node: str, *, gpus: int = 0, annotations: dict[str, str] | None = None) -> dict[str, Any]:
     """A pod of the toolbox image, which every real node has imported (no registry is reachable)."""
-    resources = {"limits": {GPU_RESOURCE: str(gpus)}} if gpus else {}
-    return {
-        "metadata": {"name": name, "labels": {"app": name}, "annotations": annotations or {}},
-        "spec": {
-            "nodeSelector": {"kubernetes.io/hostname": node},
-            "terminationGracePeriodSeconds": 1,
-            "containers": [
-                {"name": "main", "image": toolbox_ref(), "command": ["sleep", "3600"], "resources": resources}
-            ],
-        },
-    }
+    return pod_manifest(name, node, gpus=gpus, tier="real", annotations=annotations)
 
 
 async def test_real_nodes_register_as_gpu_hosts(real_api: client.ApiClient, real_control_plane: ControlPlane) -> None:
