@@ -127,6 +127,8 @@ class ReadyInfo(BaseModel):
     kubeconfig: str
     server: str
     sandbox_root: str
+    # The real tier's HTTP CONNECT proxy to addresses inside the testbed (vNode API servers).
+    proxy_url: str | None = None
     ports: Ports
     fleet: FleetSpec
     components: dict[str, int]

@@ -112,13 +112,14 @@ class Supervisor:
             async with contextlib.AsyncExitStack() as stack:
                 stack.push_async_callback(self._stop_all)
                 if self.real_tier is not None:
-                    stack.push_async_callback(_cancel, asyncio.create_task(self.real_tier.forward_apiserver()))
+                    stack.push_async_callback(_cancel, asyncio.create_task(self.real_tier.forward()))
                 sandboxes = await self._start_on_free_ports(stack)
                 ready = ReadyInfo(
                     supervisor_pid=os.getpid(),
                     kubeconfig=str(self.layout.kubeconfig),
                     server=components.apiserver_url(self.ports),
                     sandbox_root=str(self.layout.sandboxes),
+                    proxy_url=self.real_tier.proxy_url if self.real_tier is not None else None,
                     ports=self.ports,
                     fleet=self.fleet,
                     components={name: process.pid for name, process in self.processes.items()},

@@ -6,11 +6,16 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import aiohttp
+import pytest
 from kubernetes.aio import client
 
+from tests.integration.conftest import REAL_FLEET
+
 from tests.integration.test_testbed import eventually, exec_in, pod_manifest, running_pod
-from vk8s.testbed.config import GPU_PRODUCT_LABEL, GPU_RESOURCE, VNODE_IP_POOL, ZONE_LABEL
+from vk8s.testbed.config import GPU_PRODUCT_LABEL, GPU_RESOURCE, VNODE_IP_POOL, ZONE_LABEL, StateLayout
 from vk8s.testbed.fixtures import ControlPlane
+from vk8s.testbed.lifecycle import read_ready
 
 IP_ANNOTATION = "cni.projectcalico.org/ipAddrs"
 
@@ -117,3 +122,18 @@ async def test_pods_on_different_nodes_reach_each_other(real_api: client.ApiClie
     output = await exec_in(real_api, real_namespace, "left", ["ping", "-c", "1", "-W", "5", right.status.pod_ip])
 
     assert "1 packets received" in output
+
+
+async def test_the_proxy_reaches_into_the_testbed_and_nowhere_else(real_control_plane: ControlPlane) -> None:
+    ready = read_ready(StateLayout(real_control_plane.kubeconfig.parent))
+    assert ready is not None and ready.proxy_url is not None
+    kubelet = f"https://{REAL_FLEET.node_address(0)}:10250/healthz"
+    async with aiohttp.ClientSession() as session:
+        # The kubelet's own TLS answers through the tunnel; it wants credentials.
+        async with session.get(kubelet, proxy=ready.proxy_url, ssl=False) as response:
+            reached = response.status
+        with pytest.raises(aiohttp.ClientHttpProxyError) as refused:
+            await session.get("https://127.0.0.1:1/", proxy=ready.proxy_url, ssl=False)
+
+    assert reached == 401
+    assert refused.value.status == 403

@@ -15,7 +15,7 @@ from kubernetes.aio import client
 
 from vk8s.testbed import rest
 from vk8s.testbed.certs import APISERVER_KUBELET_CLIENT, Pki
-from vk8s.testbed.config import LOOPBACK, NODE_NETWORK, FleetSpec, StateLayout
+from vk8s.testbed.config import HOST_POD_NETWORK, LOOPBACK, NODE_NETWORK, VNODE_IP_POOL, FleetSpec, StateLayout
 from vk8s.testbed.errors import ComponentFailed, TestbedError
 from vk8s.testbed.nodes import node_labels
 from vk8s.testbed.processes import ManagedProcess, ProcessSpec
@@ -54,6 +54,7 @@ class RealTier:
         self.nodes = node.real_nodes(layout, fleet)
         self.cgroup = node.cgroup_root(layout)
         self._listener: socket.socket | None = None
+        self._proxy: socket.socket | None = None
 
     @property
     def advertise_address(self) -> str:
@@ -73,15 +74,26 @@ class RealTier:
         # What a crashed testbed in this state directory left.
         sweep.sweep(self.cgroup)
         self._listener = forwarder.bind_loopback(0)
+        self._proxy = forwarder.bind_loopback(0)
         namespaces.enter_private_namespaces()
         supervisor_cgroup = namespaces.CGROUP_ROOT / "pids" / self.cgroup.lstrip("/") / "supervisor"
         supervisor_cgroup.mkdir(parents=True, exist_ok=True)
         (supervisor_cgroup / "cgroup.procs").write_text(f"{os.getpid()}\n")
         namespaces.create_bridge([n.address for n in self.nodes])
 
-    async def forward_apiserver(self) -> None:
-        assert self._listener is not None, "enter() first"
-        await forwarder.serve(self._listener, LOOPBACK, self.apiserver_port)
+    @property
+    def proxy_url(self) -> str:
+        """Where clients on the machine reach addresses inside the testbed (HTTP CONNECT)."""
+        assert self._proxy is not None, "enter() first"
+        return f"http://{LOOPBACK}:{self._proxy.getsockname()[1]}"
+
+    async def forward(self) -> None:
+        """The apiserver's forwarder and the proxy, until cancelled."""
+        assert self._listener is not None and self._proxy is not None, "enter() first"
+        await asyncio.gather(
+            forwarder.serve(self._listener, LOOPBACK, self.apiserver_port),
+            forwarder.serve_connect(self._proxy, (NODE_NETWORK, HOST_POD_NETWORK, VNODE_IP_POOL)),
+        )
 
     async def start_nodes(self, api: client.ApiClient, launch: Launch, pki: Pki, server: str) -> list[ManagedProcess]:
         """containerd with the images imported, then the kubelet and the GPU plugin, per node; returns the kubelets."""
