@@ -16,6 +16,7 @@ _COMMANDS = {
     "create": "clusters",
     "get": "clusters",
     "delete": "clusters",
+    "kubeconfig": "kubeconfig",
 }
 
 

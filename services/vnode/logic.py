@@ -56,7 +56,6 @@ NOT_PROPAGATED_ANNOTATIONS = frozenset({"kubectl.kubernetes.io/last-applied-conf
 
 NODE_STATE_VOLUME = "node-state"
 VNODE_CONTAINER = "vnode"
-HOST_DIRS = {"lib-modules": "/lib/modules", "usr-src": "/usr/src"}
 ACCESS_PORT_NAME = "access"
 INNER_API_SERVER_PORT = 6443
 
@@ -418,7 +417,7 @@ def statefulset(
     node = vnode.node
     labels = vnode_labels(record, node)
     selector = {APP_LABEL: APP, CLUSTER_LABEL: record.name, VNODE_LABEL: node.name}
-    mounts = [{"name": volume, "mountPath": path, "readOnly": True} for volume, path in HOST_DIRS.items()]
+    mounts = [{"name": volume, "mountPath": path, "readOnly": True} for volume, path in settings.host_dirs.items()]
     mounts.append({"name": NODE_STATE_VOLUME, "mountPath": settings.node_state_path})
     mounts += [
         {"name": NODE_STATE_VOLUME, "mountPath": path, "subPath": sub_path}
@@ -443,7 +442,8 @@ def statefulset(
         "enableServiceLinks": False,
         "containers": [container],
         "volumes": [
-            {"name": volume, "hostPath": {"path": path, "type": "Directory"}} for volume, path in HOST_DIRS.items()
+            {"name": volume, "hostPath": {"path": path, "type": "Directory"}}
+            for volume, path in settings.host_dirs.items()
         ],
     }
     if node.tolerations:

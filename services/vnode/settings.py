@@ -27,6 +27,11 @@ class VNodeSettings(ServiceSettings):
         default="cni.projectcalico.org/ipAddrs", description="Pod annotation the CNI reads a fixed pod IP from."
     )
 
+    host_dirs: dict[str, AbsolutePath] = Field(
+        default_factory=lambda: {"lib-modules": "/lib/modules", "usr-src": "/usr/src"},
+        description="Host directories a vNode reads (volume name -> path): kernel modules and headers. "
+        "Empty where the hosts have none (kernels with everything built in).",
+    )
     storage_class: str | None = Field(default=None, description="Class of the node-state volumes; None: the default.")
     state_volume_size: Quantity = "50Gi"
     node_state_path: AbsolutePath = "/var/lib/vk8s-node"

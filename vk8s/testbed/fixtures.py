@@ -98,8 +98,7 @@ def _wait_ready(layout: StateLayout) -> ReadyInfo | None:
 
 def _from_kubeconfig(path: Path) -> ControlPlane:
     # A KUBECONFIG that `vk8s testbed up` wrote still gets its exec sandboxes.
-    ready = lifecycle.read_ready(StateLayout(path.parent))
-    if ready is not None and Path(ready.kubeconfig) == path:
+    if (ready := lifecycle.ready_for_kubeconfig(path)) is not None:
         return ControlPlane.of_testbed(ready)
     return ControlPlane(path, "kubeconfig")
 

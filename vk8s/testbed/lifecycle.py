@@ -62,6 +62,13 @@ def read_ready(layout: StateLayout) -> ReadyInfo | None:
         return None
 
 
+def ready_for_kubeconfig(path: Path) -> ReadyInfo | None:
+    """The running testbed whose admin kubeconfig `path` is, if it is one (`vk8s testbed up` writes
+    it into the state directory)."""
+    ready = read_ready(StateLayout(path.parent))
+    return ready if ready is not None and Path(ready.kubeconfig) == path.absolute() else None
+
+
 def start_detached(
     layout: StateLayout,
     fleet: FleetSpec,
