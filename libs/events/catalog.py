@@ -188,11 +188,15 @@ class KubeflowProgressed(Payload):
 
 
 class ClusterReady(Payload):
-    """The cluster (and Kubeflow, when asked for) is up."""
+    """The cluster is up, and Kubeflow when asked for: applied, and available unless listed in
+    `kubeflow_unavailable` (a stage that does not wait for availability says what it saw)."""
 
     subject = "cluster.ready"
     generation: int = Field(ge=1)
     kubeflow_release: str | None = None
+    kubeflow_unavailable: list[str] = Field(
+        default_factory=list, description="Kubeflow Deployments not available when the stage ended, with why."
+    )
 
 
 class ClusterPaused(Payload):

@@ -80,6 +80,7 @@ class KubeflowHandlers:
             ready_timeout_s=self._settings.ready_timeout_s,
             poll_interval_s=self._settings.poll_interval_s,
             bcrypt_rounds=self._settings.bcrypt_rounds,
+            wait_for_available=self._settings.wait_for_available,
         )
         kubeconfig = await self._host.secret_value(namespace, event.data.kubeconfig_secret, KUBECONFIG_KEY)
 
@@ -90,7 +91,8 @@ class KubeflowHandlers:
             await self._publisher.publish(event.follow(update, now=self._clock(), key=f"{step}/{ready}/{total}/{message}"))
 
         with self._metrics.install_seconds.labels(release).time():
-            async with InnerCluster(kubeconfig) as inner:
-                await workflow.install(inner, plan, progress)
+            async with InnerCluster(kubeconfig, self._settings.inner_proxy_url) as inner:
+                unavailable = await workflow.install(inner, plan, progress)
         self._metrics.installs.labels(release).inc()
-        return [event.follow(ClusterReady(generation=generation, kubeflow_release=release), now=self._clock())]
+        ready = ClusterReady(generation=generation, kubeflow_release=release, kubeflow_unavailable=unavailable)
+        return [event.follow(ready, now=self._clock())]

@@ -100,6 +100,11 @@ def readiness(expected: Iterable[tuple[str, str]], observed: Mapping[tuple[str, 
     return Readiness(tuple(ready), tuple(waiting))
 
 
+def unavailable(waiting: Iterable[tuple[str, str]], reasons: Mapping[tuple[str, str], str]) -> list[str]:
+    """`namespace/name: why` for each Deployment not available; why is what its pods report."""
+    return [f"{ns}/{name}: {reasons.get((ns, name), 'no pod reports why')}" for ns, name in waiting]
+
+
 def user_name(email: str) -> str:
     """A DNS-1123 name from an email's local part: the Profile (and namespace) of the user."""
     local = email.split("@", 1)[0].lower()

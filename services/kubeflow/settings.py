@@ -63,6 +63,14 @@ class KubeflowSettings(ServiceSettings):
     git_cache_dir: Path = Field(default=Path.home() / ".cache/vk8s/kubeflow-manifests")
     kubectl: str = "kubectl"
     bcrypt_rounds: int = Field(default=12, ge=4, le=16)
+    inner_proxy_url: str | None = Field(
+        default=None, description="HTTP proxy to the virtual clusters' API servers, when not reachable directly."
+    )
+    wait_for_available: bool = Field(
+        default=True,
+        description="Wait until Kubeflow's Deployments are available; off where its images cannot be had "
+        "(the stage then ends once applied, naming what is not available).",
+    )
 
     def sources(self) -> ManifestSources:
         return ManifestSources.load(self.sources_file) if self.sources_file else ManifestSources()

@@ -39,9 +39,11 @@ class InstallPlan:
     ready_timeout_s: float
     poll_interval_s: float
     bcrypt_rounds: int
+    wait_for_available: bool = True
 
 
-async def install(inner: InnerCluster, plan: InstallPlan, progress: Progress) -> None:
+async def install(inner: InnerCluster, plan: InstallPlan, progress: Progress) -> list[str]:
+    """Returns the Deployments not available (with why) when the plan does not wait for them."""
     objects = logic.order_for_apply(plan.objects)
     extra = [logic.profile_for(plan.user.email)] if plan.user else []
     extra += [logic.ui_service(plan.ui_node_port)] if plan.ui_node_port else []
@@ -49,7 +51,13 @@ async def install(inner: InnerCluster, plan: InstallPlan, progress: Progress) ->
     if plan.user is not None:
         await _set_dex_user(inner, plan.user, plan.bcrypt_rounds)
         await progress("user", 1, 1, f"dex user {plan.user.email} and Profile {logic.user_name(plan.user.email)}")
-    await _wait_ready(inner, logic.workloads(objects), plan, progress)
+    expected = logic.workloads(objects)
+    if not plan.wait_for_available:
+        state = logic.readiness(expected, await inner.deployments())
+        await progress("ready", len(state.ready), len(expected), state.message())
+        return logic.unavailable(state.waiting, await inner.waiting_reasons()) if state.waiting else []
+    await _wait_ready(inner, expected, plan, progress)
+    return []
 
 
 async def _apply_in_rounds(

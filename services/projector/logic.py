@@ -123,6 +123,7 @@ class Fact(StateModel):
     detail: str = ""
     ready: int | None = None
     total: int | None = None
+    unavailable: tuple[str, ...] = Field(default=(), description="cluster.ready: Kubeflow Deployments not available.")
 
     def order(self) -> tuple[datetime, int, str]:
         return (self.time, _TIE_RANK.get(self.kind, 99), self.id)
@@ -169,7 +170,7 @@ def fact_from(envelope: Envelope[Any]) -> Fact:
         case ev.KubeflowProgressed():
             extra = {"step": data.step, "ready": data.ready, "total": data.total, "detail": data.release}
         case ev.ClusterReady():
-            extra = {"detail": data.kubeflow_release or ""}
+            extra = {"detail": data.kubeflow_release or "", "unavailable": tuple(data.kubeflow_unavailable)}
         case _:
             extra = {}
     return Fact(**base, **extra)
@@ -435,6 +436,8 @@ def phase_of(progress: Progress) -> tuple[Phase | None, str]:
     if rank < PIPELINE_RANK[ev.ClusterKubernetesReady.subject]:
         return Phase.INSTALLING, CONFIGURING_MASTER
     if stage.kind == ev.ClusterReady.subject:
+        if stage.unavailable:
+            return Phase.RUNNING, f"{RUNNING}; Kubeflow {stage.detail} applied, {len(stage.unavailable)} deployments not available"
         return Phase.RUNNING, RUNNING
     return Phase.INSTALLING, INSTALLING_KUBEFLOW if _kubeflow_asked(progress) else "finishing cluster setup"
 
@@ -518,6 +521,12 @@ def _conditions(progress: Progress) -> tuple[Condition, ...]:
             since = progress.spec.time if progress.spec is not None else _waiting_since(progress)
             conditions.append(_condition(step.type, "True", "NotRequested", "no Kubeflow asked for", since, generation))
             continue
+        if frontier is None and not stopped and (unavailable := _kubeflow_unavailable(progress, step)):
+            # Applied, but not waited for: say which Deployments are not available and why.
+            message = f"Kubeflow applied; not available: {'; '.join(unavailable)}"
+            since = _since(progress, step)
+            conditions.append(_condition(step.type, "False", "DeploymentsUnavailable", message, since, generation))
+            continue
         if frontier is None and not stopped and _stage_rank(progress) >= PIPELINE_RANK[step.stage]:
             message = _done_message(progress, step)
             conditions.append(_condition(step.type, "True", step.type, message, _since(progress, step), generation))
@@ -544,6 +553,11 @@ def _conditions(progress: Progress) -> tuple[Condition, ...]:
     else:
         conditions.append(frontier.model_copy(update={"type": "Ready"}))
     return tuple(conditions)
+
+
+def _kubeflow_unavailable(progress: Progress, step: _Step) -> tuple[str, ...]:
+    ready = progress.reached.get(ev.ClusterReady.subject)
+    return ready.unavailable if step.type == "KubeflowReady" and ready is not None else ()
 
 
 def _stage_rank(progress: Progress) -> int:

@@ -16,7 +16,7 @@ from libs.api.documents import load_documents
 from vk8s import client as vk8s_client
 from vk8s.commands.clusters import watch_until
 from vk8s.local import stack
-from vk8s.testbed.config import FleetSpec
+from vk8s.testbed.config import FleetSpec, Runtime
 
 DEMO_FILE = Path(__file__).resolve().parents[2] / "examples" / "demo.yaml"
 
@@ -55,20 +55,45 @@ async def _create_demo(endpoints: vk8s_client.Endpoints, timeout_s: float) -> st
         return result
 
 
+def pick_runtime(asked: str) -> tuple[Runtime, str]:
+    """The host tier to run and why: real where this machine can run it (unless kwok is asked for)."""
+    from vk8s.testbed.real import preflight
+
+    if asked == "kwok":
+        return "kwok", "kwok nodes, as asked"
+    reason = preflight.problem()
+    if reason is None:
+        return "real", "real host nodes (kubelet, containerd, runc): this machine can run them"
+    if asked == "real":
+        raise click.ClickException(f"this machine cannot run the real tier: {reason}; `--runtime kwok` works here")
+    return "kwok", f"kwok nodes, because this machine cannot run real ones: {reason}"
+
+
 @click.command("up")
-@click.option("--nodes", type=click.IntRange(1, 500), default=4, show_default=True, help="Simulated GPU host nodes.")
+@click.option(
+    "--runtime",
+    type=click.Choice(["auto", "real", "kwok"]),
+    default="auto",
+    show_default=True,
+    help="Host nodes: real kubelets with containerd where the machine can run them (auto), or simulated by kwok.",
+)
+@click.option("--nodes", type=click.IntRange(1, 500), default=None, help="GPU host nodes [default: 2 real or 4 kwok].")
 @click.option("--gpus-per-node", type=click.IntRange(0, 64), default=8, show_default=True)
 @click.option("--demo/--no-demo", default=True, show_default=True, help="Create the demo cluster (examples/demo.yaml).")
 @click.option("--detach", is_flag=True, help="Return once ready; `vk8s down` stops everything.")
 @click.option("--timeout", "timeout_s", type=float, default=900.0, show_default=True, help="Seconds to wait for the demo.")
-def up_command(nodes: int, gpus_per_node: int, demo: bool, detach: bool, timeout_s: float) -> None:
+def up_command(runtime: str, nodes: int | None, gpus_per_node: int, demo: bool, detach: bool, timeout_s: float) -> None:
     """Start NATS, the testbed and every service; then create the demo cluster."""
     layout = stack.StackLayout()
+    tier, why = pick_runtime(runtime)
+    click.echo(f"Host tier: {why}.", err=True)
+    nodes = nodes or (2 if tier == "real" else 4)
     click.echo(f"Starting NATS, the testbed ({nodes} nodes x {gpus_per_node} GPUs) and {len(stack.SERVICES)} services...", err=True)
     started = time.monotonic()
     try:
-        info = stack.up(layout, FleetSpec(nodes=nodes, gpus_per_node=gpus_per_node))
-    except (RuntimeError, TimeoutError) as error:
+        fleet = FleetSpec(nodes=nodes, gpus_per_node=gpus_per_node, runtime=tier)
+        info = stack.up(layout, fleet)
+    except (RuntimeError, TimeoutError, ValueError) as error:
         raise click.ClickException(str(error)) from None
     click.echo(f"Ready in {time.monotonic() - started:.1f}s: NATS {info.nats_url}, KUBECONFIG={info.kubeconfig}", err=True)
     result = "Running"

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from vk8s.local.nats_server import LocalNatsServer
 from vk8s.testbed import lifecycle
-from vk8s.testbed.config import FleetSpec, StateLayout
+from vk8s.testbed.config import NODE_NETWORK, FleetSpec, ReadyInfo, StateLayout
 
 # Pipeline order; each runs as `python -m services.<name>`.
 REPO = Path(__file__).resolve().parents[2]
@@ -179,6 +179,19 @@ def _demo_settings(layout: StackLayout) -> dict[str, str]:
     return {"VK8S_KUBEFLOW_SOURCES_FILE": str(sources)}
 
 
+def _real_tier_settings(ready: ReadyInfo) -> dict[str, str]:
+    """On real host nodes: no /lib/modules on this machine to mount (its kernel has everything
+    built in); vNode API servers reached through the testbed's proxy; Kubeflow's images cannot be
+    pulled here, so its stage reports what is applied and what is not available instead of waiting."""
+    assert ready.proxy_url is not None
+    return {
+        "VK8S_VNODE_HOST_DIRS": "{}",
+        "VK8S_IPMANAGER_HOST_NODE_CIDRS": json.dumps([str(NODE_NETWORK)]),
+        "VK8S_KUBEFLOW_INNER_PROXY_URL": ready.proxy_url,
+        "VK8S_KUBEFLOW_WAIT_FOR_AVAILABLE": "false",
+    }
+
+
 def up(layout: StackLayout, fleet: FleetSpec, extra_env: dict[str, str] | None = None) -> StackInfo:
     """Starts NATS, the testbed and the services (each detached) and records them in stack.json."""
     existing = read_info(layout)
@@ -189,7 +202,8 @@ def up(layout: StackLayout, fleet: FleetSpec, extra_env: dict[str, str] | None =
     ready = lifecycle.read_ready(layout.testbed)
     if ready is None or lifecycle.supervisor_pid(layout.testbed) is None:
         ready = lifecycle.start_detached(layout.testbed, fleet, bin_dir)
-    extra = {**_demo_settings(layout), **(extra_env or {})}
+    extra = {**_demo_settings(layout), **(_real_tier_settings(ready) if fleet.runtime == "real" else {})}
+    extra |= extra_env or {}
     nats = LocalNatsServer(layout.nats, log_file=layout.root / "nats-server.log")
     nats.start()
     if nats.process is not None:

@@ -21,14 +21,17 @@ class ApplyError(Exception):
 class InnerCluster:
     """Use as `async with InnerCluster(kubeconfig_text) as inner:`."""
 
-    def __init__(self, kubeconfig: str):
+    def __init__(self, kubeconfig: str, proxy_url: str | None = None):
         self._kubeconfig = yaml.safe_load(kubeconfig)
+        self._proxy_url = proxy_url
         self._api: client.ApiClient | None = None
         self._dynamic: DynamicClient | None = None
 
     async def __aenter__(self) -> InnerCluster:
         configuration = client.Configuration()
         await config.load_kube_config_from_dict(self._kubeconfig, client_configuration=configuration)
+        if self._proxy_url:
+            configuration.proxy = self._proxy_url
         self._api = client.ApiClient(configuration)
         self._dynamic = await DynamicClient(self._api)
         return self
@@ -78,6 +81,22 @@ class InnerCluster:
         return {
             (d.metadata.namespace, d.metadata.name): self.api.sanitize_for_serialization(d) for d in listing.items
         }
+
+    async def waiting_reasons(self) -> dict[tuple[str, str], str]:
+        """Why pods of each Deployment are not ready, as their containers report it (e.g.
+        `ErrImageNeverPull: Container image "..." is not present`), keyed by (namespace, Deployment)."""
+        listing = await client.CoreV1Api(self.api).list_pod_for_all_namespaces()
+        reasons: dict[tuple[str, str], str] = {}
+        for pod in listing.items:
+            owner = next((o.name for o in pod.metadata.owner_references or [] if o.kind == "ReplicaSet"), None)
+            if owner is None:
+                continue
+            for status in pod.status.container_statuses or []:
+                waiting = status.state.waiting if status.state else None
+                if waiting is not None and waiting.reason:
+                    key = (pod.metadata.namespace, owner.rsplit("-", 1)[0])
+                    reasons.setdefault(key, f"{waiting.reason}: {waiting.message or ''}".strip(": "))
+        return reasons
 
     async def config_map_data(self, namespace: str, name: str) -> dict[str, str] | None:
         try:

@@ -113,8 +113,12 @@ class Timeline:
             )
         )
 
-    def ready(self, generation: int = 1, release: str | None = "v1.9.0") -> Envelope[Any]:
-        return self.event(ev.ClusterReady(generation=generation, kubeflow_release=release))
+    def ready(
+        self, generation: int = 1, release: str | None = "v1.9.0", unavailable: tuple[str, ...] = ()
+    ) -> Envelope[Any]:
+        return self.event(
+            ev.ClusterReady(generation=generation, kubeflow_release=release, kubeflow_unavailable=list(unavailable))
+        )
 
     def paused(self, generation: int = 1) -> Envelope[Any]:
         return self.event(ev.ClusterPaused(generation=generation))

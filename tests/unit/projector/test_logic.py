@@ -124,6 +124,19 @@ def test_kubeflow_progress_is_in_the_condition_not_the_history() -> None:
     assert len(status["conditions"]) == 4
 
 
+def test_kubeflow_applied_but_not_available_is_said_so() -> None:
+    t = Timeline()
+    why = 'kubeflow/ml-pipeline: ErrImageNeverPull: Container image "ghcr.io/kubeflow/ml-pipeline:2.5" is not present'
+    events = [*t.happy_path()[:-1], t.ready(unavailable=(why,))]
+    status = status_of(events)
+    assert status["phase"] == "Running"
+    assert status["message"] == "Running; Kubeflow v1.9.0 applied, 1 deployments not available"
+    kubeflow = condition(status, "KubeflowReady")
+    assert (kubeflow["status"], kubeflow["reason"]) == ("False", "DeploymentsUnavailable")
+    assert kubeflow["message"] == f"Kubeflow applied; not available: {why}"
+    assert condition(status, "Ready")["status"] == "True"
+
+
 def test_unschedulable_is_pending_with_the_reasons_then_scheduled() -> None:
     t = Timeline()
     events = [t.accepted(), t.unschedulable(), t.unschedulable(reason="needs A100, none free")]
