@@ -21,8 +21,21 @@ PREFLIGHT_IGNORED = ("SystemVerification", "Swap", "FileContent--proc-sys-net-br
 # Node-side paths, relative to the vNode's root (VK8S_ROOT in the testbed).
 KUBEADM_CONFIG = "etc/vk8s/kubeadm.yaml"
 CNI_MANIFEST = "etc/vk8s/manifests/cni.yaml"
-IP_MASQ_MANIFEST = "etc/vk8s/manifests/ip-masq-agent.yaml"
 DEVICE_PLUGIN_MANIFEST = "etc/vk8s/manifests/gpu-device-plugin.yaml"
+STORAGE_MANIFEST = "etc/vk8s/manifests/local-path-storage.yaml"
+
+# The addons' images: built on this machine by vk8s.images.builders (`addon_images_for`), preloaded
+# into the vNode image and never pulled (the manifests say imagePullPolicy: Never). Each tag says
+# what the image is made of, so a changed recipe is a new ref (vNodes that kept their containerd
+# import it again); tests/unit/images/test_addon_images.py names the tag to write here when a
+# recipe's inputs change.
+NETD_IMAGE = "vk8s.local/vk8s-netd:0.1.0-763333e66f8e"  # deploy/images/netd/vk8s-netd on Debian
+GPU_PLUGIN_IMAGE = "vk8s.local/vk8s-gpu-plugin:b5b6aa0ae0e0"  # deploy/testbed/gpu-plugin
+LOCAL_PATH_PROVISIONER_IMAGE = "vk8s.local/local-path-provisioner:v0.0.33"  # rancher's, from its Go module
+# Debian's static busybox (vk8s.images.builders.toolbox_image): the storage helper pods' shell.
+TOOLBOX_IMAGE = "vk8s.local/toolbox:1.35.0"
+# Where local-path volumes live on a vNode: its node-state volume, so they survive pause/resume.
+LOCAL_PATH_DIR = "/var/lib/vk8s-node/local-path"
 
 
 def minor(version: str) -> int:
@@ -34,15 +47,17 @@ def minor(version: str) -> int:
 
 
 def kubeadm_api_version(version: str) -> str:
-    """The kubeadm config API the release reads: v1beta2 from 1.15, v1beta3 from 1.22, v1beta4 from 1.31."""
-    m = minor(version)
-    if m < 15:
-        raise ValueError(f"Kubernetes {version} predates kubeadm v1beta2 configs; the oldest supported is 1.15")
-    if m < 22:
-        return "kubeadm.k8s.io/v1beta2"
-    if m < 31:
-        return "kubeadm.k8s.io/v1beta3"
-    return "kubeadm.k8s.io/v1beta4"
+    """The kubeadm config API the release reads, from the version catalog (libs/api/compatibility.yaml)."""
+    from libs.api.versions import default_matrix  # the catalog of Kubernetes minors
+
+    catalog = default_matrix()
+    row = catalog.row(f"1.{minor(version)}")
+    if row is None:
+        known = catalog.known_kubernetes()
+        raise ValueError(f"Kubernetes {version} is not in the version catalog, which knows {known[0]}-{known[-1]}")
+    if row.kubeadm_api is None:
+        raise ValueError(f"Kubernetes {version} predates kubeadm v1beta2 configs, the oldest bootstrap writes (1.15)")
+    return row.kubeadm_api
 
 
 def _extra_args(api_version: str, args: dict[str, str]) -> Any:
@@ -98,44 +113,44 @@ def kubeadm_init_config(
 
 @dataclass(frozen=True)
 class AddonImages:
-    flannel: str
-    flannel_cni_plugin: str
+    netd: str
     device_plugin: str
+    storage_provisioner: str
+    storage_helper: str
 
 
 def addon_images(kubernetes_version: str) -> AddonImages:
-    """Addon images pinned per Kubernetes range (a release's own manifests, never a branch URL)."""
-    m = minor(kubernetes_version)
-    if m < 22:
-        return AddonImages(
-            "docker.io/flannel/flannel:v0.17.0", "docker.io/flannel/flannel-cni-plugin:v1.0.1", "nvcr.io/nvidia/k8s-device-plugin:v0.12.3"
-        )
-    if m < 28:
-        return AddonImages(
-            "docker.io/flannel/flannel:v0.22.3", "docker.io/flannel/flannel-cni-plugin:v1.2.0", "nvcr.io/nvidia/k8s-device-plugin:v0.14.5"
-        )
-    return AddonImages(
-        "docker.io/flannel/flannel:v0.26.7", "docker.io/flannel/flannel-cni-plugin:v1.6.2-flannel1", "nvcr.io/nvidia/k8s-device-plugin:v0.17.1"
-    )
+    """The addons' images: the same for every supported release (each talks only to stable APIs:
+    v1 nodes, the device-plugin v1beta1 API, v1 volumes and storage classes)."""
+    minor(kubernetes_version)
+    return AddonImages(NETD_IMAGE, GPU_PLUGIN_IMAGE, LOCAL_PATH_PROVISIONER_IMAGE, TOOLBOX_IMAGE)
 
 
 def _render(template: str, **values: str) -> str:
     return Template((MANIFESTS / template).read_text()).substitute(**values)
 
 
-def cni_manifest(kubernetes_version: str, pod_cidr: str) -> str:
-    images = addon_images(kubernetes_version)
+def cni_manifest(kubernetes_version: str, pod_cidr: str, service_cidr: str) -> str:
+    """vk8s-netd: the pod network (bridge + routes over VXLAN) and masquerading of pod traffic
+    leaving the pod and service CIDRs (ip-masq-agent's job)."""
     return _render(
-        "flannel.yaml", POD_CIDR=pod_cidr, FLANNEL_IMAGE=images.flannel, FLANNEL_CNI_PLUGIN_IMAGE=images.flannel_cni_plugin
+        "vk8s-netd.yaml", NETD_IMAGE=addon_images(kubernetes_version).netd, POD_CIDR=pod_cidr, SERVICE_CIDR=service_cidr
     )
-
-
-def ip_masq_manifest(pod_cidr: str, service_cidr: str) -> str:
-    return _render("ip-masq-agent.yaml", POD_CIDR=pod_cidr, SERVICE_CIDR=service_cidr)
 
 
 def device_plugin_manifest(kubernetes_version: str) -> str:
     return _render("gpu-device-plugin.yaml", DEVICE_PLUGIN_IMAGE=addon_images(kubernetes_version).device_plugin)
+
+
+def storage_manifest(kubernetes_version: str) -> str:
+    """The default StorageClass `local-path` (rancher's local-path-provisioner), so PVCs bind."""
+    images = addon_images(kubernetes_version)
+    return _render(
+        "local-path-storage.yaml",
+        PROVISIONER_IMAGE=images.storage_provisioner,
+        HELPER_IMAGE=images.storage_helper,
+        LOCAL_PATH_DIR=LOCAL_PATH_DIR,
+    )
 
 
 @dataclass(frozen=True)

@@ -96,11 +96,13 @@ async def bootstrap_master(runner: StepRunner, plan: ClusterPlan) -> str:
         )
         await runner.run(master, "kubeadm-config", logic.write_command(logic.KUBEADM_CONFIG, config))
         await runner.run(master, "kubeadm-init", ["vk8s-node", "init", logic.KUBEADM_CONFIG])
-    await _apply(runner, master, "cni", logic.CNI_MANIFEST, logic.cni_manifest(plan.kubernetes_version, plan.pod_cidr))
-    await _apply(runner, master, "ip-masq-agent", logic.IP_MASQ_MANIFEST, logic.ip_masq_manifest(plan.pod_cidr, plan.service_cidr))
+    await _apply(
+        runner, master, "cni", logic.CNI_MANIFEST, logic.cni_manifest(plan.kubernetes_version, plan.pod_cidr, plan.service_cidr)
+    )
     await _apply(
         runner, master, "gpu-device-plugin", logic.DEVICE_PLUGIN_MANIFEST, logic.device_plugin_manifest(plan.kubernetes_version)
     )
+    await _apply(runner, master, "storage", logic.STORAGE_MANIFEST, logic.storage_manifest(plan.kubernetes_version))
     return (await runner.run(master, "kubeconfig", ["vk8s-node", "kubeconfig"])).stdout
 
 

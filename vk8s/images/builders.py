@@ -1,14 +1,18 @@
-"""The images a kubeadm cluster in vNodes runs (kubeadm's own list, at the refs it expects) and a
-toolbox for tests, each built here from source or Debian packages and cached as an OCI archive."""
+"""The images a kubeadm cluster in vNodes runs (kubeadm's own list, at the refs it expects), the
+inner cluster's addons (at the refs services/bootstrap/logic.py pins) and a toolbox for tests,
+each built here from source or Debian packages and cached as an OCI archive."""
 
 from __future__ import annotations
 
+import hashlib
+import re
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+from services.bootstrap import logic as bootstrap
 from vk8s.images.cache import cache_key, cached, file_fingerprint
 from vk8s.images.errors import ImageBuildError
 from vk8s.images.oci import ImageConfig, split_ref, write_archive
@@ -17,6 +21,7 @@ from vk8s.images.sources import (
     deb_contents,
     debian_rootfs,
     go_build,
+    go_env,
     go_main_inputs,
     pause_binary,
     run,
@@ -40,6 +45,17 @@ ETCD_MODULE = "go.etcd.io/etcd/server/v3"
 COREDNS_MODULE = "github.com/coredns/coredns"
 TOOLBOX_REPOSITORY = "vk8s.local/toolbox"
 TOOLBOX_PACKAGE = "busybox-static"
+# The inner cluster's addons (services/bootstrap/manifests): their refs are pinned in
+# services/bootstrap/logic.py; each recipe below says which ref its inputs make.
+NETD_REPOSITORY = "vk8s.local/vk8s-netd"
+NETD_SCRIPT = IMAGES_DIR / "netd" / "vk8s-netd"
+# What the script runs: bash, curl + jq for the API, ip/bridge, iptables-restore (nft, as the vNode's).
+NETD_PACKAGES = ("bash", "ca-certificates", "curl", "iproute2", "iptables", "jq")
+GPU_PLUGIN_REPOSITORY = "vk8s.local/vk8s-gpu-plugin"
+GPU_PLUGIN_DIR = REPO_ROOT / "deploy" / "testbed" / "gpu-plugin"
+LOCAL_PATH_REPOSITORY = "vk8s.local/local-path-provisioner"
+LOCAL_PATH_MODULE = "github.com/rancher/local-path-provisioner"
+LOCAL_PATH_DIR = IMAGES_DIR / "local-path-provisioner"
 
 
 def kubeadm_image_refs(bin_dir: Path, version: str) -> list[str]:
@@ -187,6 +203,117 @@ def toolbox_ref() -> str:
 def _toolbox_ref(deb_version: str) -> str:
     # 1:1.35.0-4+deb12u1+b1 -> 1.35.0; the image label keeps the whole Debian version.
     return f"{TOOLBOX_REPOSITORY}:{deb_version.split(':', 1)[-1].rsplit('-', 1)[0]}"
+
+
+def addon_image_refs(kubernetes_version: str) -> list[str]:
+    """The images the bootstrap service's addon manifests run for this version (no build)."""
+    images = bootstrap.addon_images(kubernetes_version)
+    return list(dict.fromkeys([images.netd, images.device_plugin, images.storage_provisioner, images.storage_helper]))
+
+
+def addon_images_for(kubernetes_version: str) -> dict[str, Path]:
+    """ref -> archive of every image the inner cluster's addons run (CNI, GPU plugin, storage
+    provisioner and its helper, the toolbox): what a vNode image must preload for this version."""
+    return {ref: build_addon_image(ref) for ref in addon_image_refs(kubernetes_version)}
+
+
+def build_addon_image(ref: str) -> Path:
+    """One addon image, by repository; the ref must be the one the recipe's inputs make now."""
+    recipes = {
+        NETD_REPOSITORY: (netd_ref, netd_image),
+        GPU_PLUGIN_REPOSITORY: (gpu_plugin_ref, gpu_plugin_image),
+        LOCAL_PATH_REPOSITORY: (local_path_provisioner_ref, local_path_provisioner_image),
+        TOOLBOX_REPOSITORY: (toolbox_ref, lambda _: toolbox_image()[1]),
+    }
+    repository = split_ref(ref)[0]
+    if repository not in recipes:
+        raise ImageBuildError(f"no recipe builds {ref}")
+    made_ref, build = recipes[repository]
+    if (made := made_ref()) != ref:
+        raise ImageBuildError(f"services/bootstrap/logic.py pins {ref}, but the recipe's inputs make {made}: pin that")
+    return build(ref)
+
+
+def netd_ref() -> str:
+    """`vk8s.local/vk8s-netd:<script VERSION>-<hash of the script and the package list>`: another
+    script is another ref, so vNodes that kept their containerd import it again."""
+    script = NETD_SCRIPT.read_text()
+    found = re.search(r"^VERSION=(\S+)$", script, re.M)
+    if found is None:
+        raise ImageBuildError(f"{NETD_SCRIPT} sets no VERSION=")
+    return f"{NETD_REPOSITORY}:{found.group(1)}-{_digest([script, *NETD_PACKAGES])}"
+
+
+def netd_image(ref: str) -> Path:
+    """The inner pod network (deploy/images/netd/vk8s-netd) on Debian with the tools it runs."""
+    base = debian_rootfs(NETD_PACKAGES)
+    script = NETD_SCRIPT.read_text()
+
+    def build(tmp: Path) -> None:
+        with _scratch() as root:
+            _rootfs(root, {"usr/local/bin/vk8s-netd": NETD_SCRIPT}, etc=False)
+            origin = f"deploy/images/netd/vk8s-netd on Debian {'+'.join(NETD_PACKAGES)} (mmdebstrap)"
+            config = ImageConfig(entrypoint=["/usr/local/bin/vk8s-netd"], env=PATH_ENV, labels=_built_from(origin))
+            write_archive(tmp, ref, [base, root], config)
+
+    return cached("vk8s-netd", cache_key(split_ref(ref)[1], [ref, script, str(base)]), build)
+
+
+def gpu_plugin_ref() -> str:
+    """`vk8s.local/vk8s-gpu-plugin:<hash of deploy/testbed/gpu-plugin's sources, tests aside>`."""
+    return f"{GPU_PLUGIN_REPOSITORY}:{_digest(_gpu_plugin_sources())}"
+
+
+def gpu_plugin_image(ref: str) -> Path:
+    """vk8s-gpu-plugin (deploy/testbed/gpu-plugin) alone: the inner cluster's device plugin."""
+
+    def build(tmp: Path) -> None:
+        with _scratch() as work:
+            binary = work / "vk8s-gpu-plugin"
+            run(["go", "build", "-trimpath", "-ldflags=-s -w", "-o", binary, "."], cwd=GPU_PLUGIN_DIR, env=go_env())
+            root = work / "rootfs"
+            _rootfs(root, {"vk8s-gpu-plugin": binary}, etc=False)
+            config = ImageConfig(entrypoint=["/vk8s-gpu-plugin"], labels=_built_from("deploy/testbed/gpu-plugin built from source"))
+            write_archive(tmp, ref, [root], config)
+
+    return cached("vk8s-gpu-plugin", cache_key(split_ref(ref)[1], [ref, *_gpu_plugin_sources()]), build)
+
+
+def local_path_provisioner_ref() -> str:
+    """`vk8s.local/local-path-provisioner:<the version deploy/images/local-path-provisioner requires>`."""
+    go_mod = (LOCAL_PATH_DIR / "go.mod").read_text()
+    found = re.search(rf"^require {re.escape(LOCAL_PATH_MODULE)} (\S+)$", go_mod, re.M)
+    if found is None:
+        raise ImageBuildError(f"{LOCAL_PATH_DIR / 'go.mod'} requires no {LOCAL_PATH_MODULE}")
+    return f"{LOCAL_PATH_REPOSITORY}:{found.group(1)}"
+
+
+def local_path_provisioner_image(ref: str) -> Path:
+    """rancher's local-path-provisioner from its Go module (CGO off, static), on PATH as upstream's."""
+    version = split_ref(ref)[1]
+
+    def build(tmp: Path) -> None:
+        with _scratch() as work:
+            binary = work / "local-path-provisioner"
+            ldflags = f"-s -w -X main.VERSION={version}"
+            run(["go", "build", "-trimpath", f"-ldflags={ldflags}", "-o", binary, LOCAL_PATH_MODULE], cwd=LOCAL_PATH_DIR, env=go_env())
+            root = work / "rootfs"
+            _rootfs(root, {"usr/local/bin/local-path-provisioner": binary})
+            config = ImageConfig(env=PATH_ENV, labels=_built_from(f"{LOCAL_PATH_MODULE} {version} built from source"))
+            write_archive(tmp, ref, [root], config)
+
+    return cached("local-path-provisioner", cache_key(version, [ref, *go_main_inputs(LOCAL_PATH_DIR)]), build)
+
+
+def _gpu_plugin_sources() -> list[str]:
+    files = sorted(
+        p for p in GPU_PLUGIN_DIR.iterdir() if p.name in ("go.mod", "go.sum") or (p.suffix == ".go" and not p.name.endswith("_test.go"))
+    )
+    return [f"{path.name}:{path.read_text()}" for path in files]
+
+
+def _digest(inputs: Sequence[str]) -> str:
+    return hashlib.sha256("\0".join(inputs).encode()).hexdigest()[:12]
 
 
 def _rootfs(root: Path, files: Mapping[str, Path], *, etc: bool = True) -> None:

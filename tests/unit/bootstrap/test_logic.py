@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 
@@ -70,19 +71,79 @@ def test_real_kubeadm_validates_the_generated_config(version: str, tmp_path: Pat
     assert "podSubnet" in refused.stderr or "90.244.0.0/99" in refused.stderr
 
 
-@pytest.mark.parametrize("version", ["1.20", "1.25", "1.36"])
-def test_addon_manifests_are_pinned_and_rendered(version: str) -> None:
-    cni = list(yaml.safe_load_all(logic.cni_manifest(version, "90.244.0.0/16")))
-    kinds = [d["kind"] for d in cni]
-    assert kinds == ["Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "ConfigMap", "DaemonSet"]
-    assert '"Network": "90.244.0.0/16"' in cni[4]["data"]["net-conf.json"]
-    images = [c["image"] for d in cni if d["kind"] == "DaemonSet" for c in d["spec"]["template"]["spec"]["initContainers"] + d["spec"]["template"]["spec"]["containers"]]
-    assert all(":" in image and not image.endswith(":latest") for image in images)
-    assert "--iface=eth0" in cni[5]["spec"]["template"]["spec"]["containers"][0]["args"]
-    masq = list(yaml.safe_load_all(logic.ip_masq_manifest("90.244.0.0/16", "90.96.0.0/12")))
-    assert "- 90.96.0.0/12" in masq[0]["data"]["config"]
-    [plugin] = yaml.safe_load_all(logic.device_plugin_manifest(version))
-    assert "gpus.json" in plugin["spec"]["template"]["spec"]["containers"][0]["command"][2]
+def containers(document: dict) -> list[dict]:
+    spec = document["spec"]["template"]["spec"] if "template" in document.get("spec", {}) else document["spec"]
+    return spec.get("initContainers", []) + spec["containers"]
+
+
+def workloads(manifest: str) -> list[dict]:
+    """The pod-making objects of a manifest, with the helper pod that local-path's ConfigMap holds."""
+    found = []
+    for document in yaml.safe_load_all(manifest):
+        if document["kind"] in ("DaemonSet", "Deployment"):
+            found.append(document)
+        if document["kind"] == "ConfigMap" and "helperPod.yaml" in document["data"]:
+            found.append(yaml.safe_load(document["data"]["helperPod.yaml"]))
+    return found
+
+
+def addon_manifests(version: str) -> list[str]:
+    return [
+        logic.cni_manifest(version, "90.244.0.0/16", "90.96.0.0/12"),
+        logic.device_plugin_manifest(version),
+        logic.storage_manifest(version),
+    ]
+
+
+@pytest.mark.parametrize("version", ["1.20", "1.25", "v1.36.3"])
+def test_addon_images_are_the_locally_built_ones_and_never_pulled(version: str) -> None:
+    images = logic.addon_images(version)
+    pinned = {images.netd, images.device_plugin, images.storage_provisioner, images.storage_helper}
+    used = [c for manifest in addon_manifests(version) for w in workloads(manifest) for c in containers(w)]
+    assert {c["image"] for c in used} == pinned
+    assert all(image.startswith("vk8s.local/") for image in pinned)
+    assert {c["imagePullPolicy"] for c in used} == {"Never"}
+
+
+def test_netd_gets_the_cluster_cidrs_and_runs_on_every_node() -> None:
+    documents = list(yaml.safe_load_all(logic.cni_manifest("1.36", "90.244.0.0/16", "90.96.0.0/12")))
+    assert [d["kind"] for d in documents] == ["ServiceAccount", "ClusterRole", "ClusterRoleBinding", "DaemonSet"]
+    assert documents[1]["rules"] == [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch"]}]
+    pod = documents[3]["spec"]["template"]["spec"]
+    assert pod["hostNetwork"] and pod["tolerations"] == [{"operator": "Exists"}]
+    assert pod["serviceAccountName"] == documents[0]["metadata"]["name"] == "vk8s-netd"
+    [container] = pod["containers"]
+    env = {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
+    assert env == {
+        "NODE_NAME": {"fieldRef": {"fieldPath": "spec.nodeName"}},
+        "POD_CIDR": "90.244.0.0/16",
+        "SERVICE_CIDR": "90.96.0.0/12",
+    }
+    assert container["securityContext"] == {"privileged": True}
+    assert {v["hostPath"]["path"] for v in pod["volumes"]} == {"/etc/cni/net.d", "/opt/cni/bin", "/run/xtables.lock"}
+
+
+def test_the_gpu_plugin_readvertises_the_vnodes_gpus() -> None:
+    [plugin] = yaml.safe_load_all(logic.device_plugin_manifest("1.36"))
+    pod = plugin["spec"]["template"]["spec"]
+    assert pod["hostPID"]  # PID 1 is the vNode's init, whose environment names its GPUs
+    assert pod["containers"][0]["args"] == ["--from-env", "NVIDIA_VISIBLE_DEVICES", "--environ", "/proc/1/environ"]
+    mounts = {m["mountPath"] for m in pod["containers"][0]["volumeMounts"]}
+    assert mounts == {"/var/lib/kubelet/device-plugins", "/dev"}
+
+
+def test_local_path_is_the_default_storage_class() -> None:
+    documents = list(yaml.safe_load_all(logic.storage_manifest("1.36")))
+    [storage_class] = [d for d in documents if d["kind"] == "StorageClass"]
+    assert storage_class["metadata"]["annotations"] == {"storageclass.kubernetes.io/is-default-class": "true"}
+    assert storage_class["volumeBindingMode"] == "WaitForFirstConsumer"
+    assert storage_class["provisioner"] == "rancher.io/local-path"
+    [config] = [d for d in documents if d["kind"] == "ConfigMap"]
+    paths = json.loads(config["data"]["config.json"])["nodePathMap"]
+    assert paths == [{"node": "DEFAULT_PATH_FOR_NON_LISTED_NODES", "paths": ["/var/lib/vk8s-node/local-path"]}]
+    assert 'mkdir -m 0777 -p "${VOL_DIR}"' in config["data"]["setup"]
+    assert 'rm -rf "${VOL_DIR}"' in config["data"]["teardown"]
+    assert {d["metadata"].get("namespace") for d in documents if d["kind"] not in ("Namespace", "ClusterRole", "ClusterRoleBinding", "StorageClass")} == {"local-path-storage"}
 
 
 def test_join_command_becomes_a_node_join() -> None:
