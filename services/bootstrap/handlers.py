@@ -93,12 +93,12 @@ class BootstrapHandlers:
 
         runner = workflow.StepRunner(self._exec, progress, self._settings.step_attempts, self._settings.step_backoff_s)
         with self._metrics.bootstrap_seconds.time():
-            kubeconfig = await workflow.bootstrap(runner, plan)
+            done = await workflow.bootstrap(runner, plan, self._settings.nodes_ready_timeout_s)
         secret = logic.kubeconfig_secret_name(name)
-        await self._host.store_kubeconfig(obj, secret, kubeconfig)
+        await self._host.store_kubeconfig(obj, secret, done.kubeconfig)
         ready = ClusterKubernetesReady(
             generation=generation,
-            kubernetes_version=plan.kubernetes_version,
+            kubernetes_version=done.server_version,
             kubeconfig_secret=secret,
             nodes=[plan.master.vnode, *(w.vnode for w in plan.workers)],
         )

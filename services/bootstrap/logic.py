@@ -87,6 +87,9 @@ def kubeadm_init_config(
         "kubeletExtraArgs": _extra_args(api, {"node-ip": network.advertise_ip}),
         "ignorePreflightErrors": list(PREFLIGHT_IGNORED),
     }
+    if not api.endswith("v1beta2"):
+        # The node image carries every image kubeadm names; nothing may be pulled (air-gapped sites).
+        node_registration["imagePullPolicy"] = "Never"
     if schedulable_master:
         node_registration["taints"] = []
     init = {
@@ -108,7 +111,13 @@ def kubeadm_init_config(
         },
         "apiServer": {"certSANs": [network.advertise_ip, node_name, "127.0.0.1", "localhost"]},
     }
-    return yaml.safe_dump_all([init, cluster], sort_keys=False)
+    # A vNode's conntrack table is the host's: kube-proxy must not try to size it (kind does the same).
+    proxy = {
+        "apiVersion": "kubeproxy.config.k8s.io/v1alpha1",
+        "kind": "KubeProxyConfiguration",
+        "conntrack": {"maxPerCore": 0},
+    }
+    return yaml.safe_dump_all([init, cluster, proxy], sort_keys=False)
 
 
 @dataclass(frozen=True)
@@ -185,12 +194,25 @@ def write_command(path: str, content: str) -> list[str]:
     return ["sh", "-c", f'printf %s "$1" | base64 -d | vk8s-node write {path}', "vk8s-write", encoded]
 
 
-def join_args(join_command: str) -> list[str]:
-    """`kubeadm join 10.0.0.2:6443 --token t --discovery-token-ca-cert-hash sha256:h` -> vk8s-node join -- ..."""
+def join_args(join_command: str, node_name: str) -> list[str]:
+    """`kubeadm join 10.0.0.2:6443 --token t --discovery-token-ca-cert-hash sha256:h` -> vk8s-node join -- ...
+    The inner node is named after the vNode, as the master is (not after its pod)."""
     words = join_command.strip().splitlines()[-1].split()
     if words[:2] != ["kubeadm", "join"]:
         raise ValueError(f"not a kubeadm join command: {join_command.strip()[:120]!r}")
-    return ["vk8s-node", "join", "--", *words[2:], "--ignore-preflight-errors=" + ",".join(PREFLIGHT_IGNORED)]
+    ignored = "--ignore-preflight-errors=" + ",".join(PREFLIGHT_IGNORED)
+    return ["vk8s-node", "join", "--", *words[2:], f"--node-name={node_name}", ignored]
+
+
+def server_version(output: str) -> str:
+    """The gitVersion of an API server's /version answer: what the cluster runs, not what was asked."""
+    try:
+        version = json.loads(output[output.index("{") : output.rindex("}") + 1])["gitVersion"]
+    except (ValueError, KeyError, TypeError):
+        raise ValueError(f"not an API server's /version answer: {output.strip()[:120]!r}") from None
+    if not isinstance(version, str) or not version.startswith("v"):
+        raise ValueError(f"not a Kubernetes version in /version: {version!r}")
+    return version
 
 
 def via_shell(argv: list[str]) -> list[str]:

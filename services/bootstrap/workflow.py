@@ -113,10 +113,17 @@ async def join_worker(runner: StepRunner, plan: ClusterPlan, worker: VNodeTarget
         await runner.run(worker, "start", ["vk8s-node", "start"])
         return
     join = await runner.run(plan.master, f"join-command-{worker.vnode}", ["vk8s-node", "join-command"])
-    await runner.run(worker, "kubeadm-join", logic.join_args(join.stdout))
+    await runner.run(worker, "kubeadm-join", logic.join_args(join.stdout, worker.vnode))
 
 
-async def bootstrap(runner: StepRunner, plan: ClusterPlan) -> str:
+@dataclass(frozen=True)
+class Bootstrapped:
+    kubeconfig: str
+    server_version: str  # what the inner API server reports, e.g. v1.36.3
+
+
+async def bootstrap(runner: StepRunner, plan: ClusterPlan, ready_timeout_s: float) -> Bootstrapped:
+    """The cluster is bootstrapped once every node is Ready; its version is what its API server says."""
     kubeconfig = await bootstrap_master(runner, plan)
     try:
         async with asyncio.TaskGroup() as group:
@@ -124,4 +131,10 @@ async def bootstrap(runner: StepRunner, plan: ClusterPlan) -> str:
                 group.create_task(join_worker(runner, plan, worker))
     except* PermanentError as failed:
         raise failed.exceptions[0] from None
-    return kubeconfig
+    nodes = [plan.master.vnode, *(worker.vnode for worker in plan.workers)]
+    await runner.run(plan.master, "nodes-ready", ["vk8s-node", "wait-ready", str(round(ready_timeout_s)), *nodes])
+    version = await runner.run(plan.master, "server-version", ["vk8s-node", "server-version"])
+    try:
+        return Bootstrapped(kubeconfig, logic.server_version(version.stdout))
+    except ValueError as error:
+        raise PermanentError(f"{plan.master.vnode}: {error}", reason="NoServerVersion") from None

@@ -53,13 +53,30 @@ def testbed_command() -> None:
     show_default=True,
     help="Host nodes simulated by kwok, or real kubelets with containerd (root, runc, namespaces).",
 )
+@click.option(
+    "--vnode-images",
+    "vnode_images",
+    multiple=True,
+    metavar="VERSION",
+    help="Real tier: also build and import the vNode images of this Kubernetes release (e.g. 1.36.3); repeatable.",
+)
 @click.option("--detach", is_flag=True, help="Return once ready and leave the testbed running.")
 @_state_dir_option
-def up(nodes: int, gpus_per_node: int, gpu_model: str, runtime: str, detach: bool, state_dir: Path | None) -> None:
+def up(
+    nodes: int,
+    gpus_per_node: int,
+    gpu_model: str,
+    runtime: str,
+    vnode_images: tuple[str, ...],
+    detach: bool,
+    state_dir: Path | None,
+) -> None:
     """Start the testbed; prints `export KUBECONFIG=...` once it is ready."""
     layout = _layout(state_dir)
     try:
-        fleet = FleetSpec(nodes=nodes, gpus_per_node=gpus_per_node, gpu_model=gpu_model, runtime=runtime)
+        fleet = FleetSpec(
+            nodes=nodes, gpus_per_node=gpus_per_node, gpu_model=gpu_model, runtime=runtime, vnode_images=vnode_images
+        )
     except ValidationError as exc:
         raise click.BadParameter(exc.errors()[0]["msg"]) from None
     try:

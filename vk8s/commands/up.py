@@ -16,7 +16,7 @@ from libs.api.documents import load_documents
 from vk8s import client as vk8s_client
 from vk8s.commands.clusters import watch_until
 from vk8s.local import stack
-from vk8s.testbed.config import FleetSpec, Runtime
+from vk8s.testbed.config import FleetSpec, Runtime, pinned_versions
 
 DEMO_FILE = Path(__file__).resolve().parents[2] / "examples" / "demo.yaml"
 
@@ -91,7 +91,9 @@ def up_command(runtime: str, nodes: int | None, gpus_per_node: int, demo: bool, 
     click.echo(f"Starting NATS, the testbed ({nodes} nodes x {gpus_per_node} GPUs) and {len(stack.SERVICES)} services...", err=True)
     started = time.monotonic()
     try:
-        fleet = FleetSpec(nodes=nodes, gpus_per_node=gpus_per_node, runtime=tier)
+        # The real tier's nodes carry the vNode images of the testbed's release (the demo's).
+        vnode_images = (pinned_versions()["KUBERNETES_VERSION"],) if tier == "real" else ()
+        fleet = FleetSpec(nodes=nodes, gpus_per_node=gpus_per_node, runtime=tier, vnode_images=vnode_images)
         info = stack.up(layout, fleet)
     except (RuntimeError, TimeoutError, ValueError) as error:
         raise click.ClickException(str(error)) from None

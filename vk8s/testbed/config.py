@@ -65,6 +65,8 @@ class FleetSpec(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     runtime: Runtime = "kwok"
+    # Kubernetes releases (e.g. "1.36.3") whose vNode images each real node imports.
+    vnode_images: tuple[str, ...] = ()
     nodes: int = Field(default=4, ge=0, le=500)
     gpus_per_node: int = Field(default=8, ge=0, le=64)
     gpu_model: str = "NVIDIA-A100-SXM4-80GB"

@@ -37,7 +37,7 @@ def ensure_images(fleet: FleetSpec, bin_dir: Path) -> None:
 
     if reason := preflight.problem():
         raise TestbedError(f"this machine cannot run the real tier: {reason}; `--runtime kwok` works here")
-    host_images(bin_dir, pinned_versions()["KUBERNETES_VERSION"])
+    host_images(bin_dir, pinned_versions()["KUBERNETES_VERSION"], fleet.vnode_images)
 
 
 def supervisor_pid(layout: StateLayout) -> int | None:

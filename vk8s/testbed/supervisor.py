@@ -65,7 +65,7 @@ def clear_state(layout: StateLayout) -> None:
 
 def enter_real_tier(layout: StateLayout, fleet: FleetSpec, bin_dir: Path) -> RealTier:
     """Before the event loop: the real tier moves this process into the testbed's namespaces."""
-    images = host_images(bin_dir, pinned_versions()["KUBERNETES_VERSION"])
+    images = host_images(bin_dir, pinned_versions()["KUBERNETES_VERSION"], fleet.vnode_images)
     tier = RealTier(layout, fleet, bin_dir, images)
     tier.enter()
     return tier

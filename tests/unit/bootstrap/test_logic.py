@@ -25,15 +25,18 @@ def config(version: str, *, schedulable: bool = True) -> list[dict]:
     [("v1.19.16", "v1beta2"), ("v1.21.14", "v1beta2"), ("v1.22.0", "v1beta3"), ("v1.30.14", "v1beta3"), ("v1.31.0", "v1beta4"), ("v1.36.3", "v1beta4")],
 )
 def test_api_version_follows_the_release(version: str, api: str) -> None:
-    init, cluster = config(version)
+    init, cluster, proxy = config(version)
     assert init["apiVersion"] == cluster["apiVersion"] == f"kubeadm.k8s.io/{api}"
+    assert proxy["conntrack"] == {"maxPerCore": 0}, "a vNode's conntrack table is its host's"
+    # Nothing is ever pulled: the node image carries every image (v1beta2 has no such field).
+    assert init["nodeRegistration"].get("imagePullPolicy") == (None if api == "v1beta2" else "Never")
     assert cluster["kubernetesVersion"] == version
     args = init["nodeRegistration"]["kubeletExtraArgs"]
     assert args == ([{"name": "node-ip", "value": "10.200.0.2"}] if api == "v1beta4" else {"node-ip": "10.200.0.2"})
 
 
 def test_config_pins_the_network_and_the_fixed_ip() -> None:
-    init, cluster = config("v1.36.3", schedulable=False)
+    init, cluster, _ = config("v1.36.3", schedulable=False)
     assert init["localAPIEndpoint"] == {"advertiseAddress": "10.200.0.2", "bindPort": 6443}
     assert cluster["networking"]["podSubnet"] == "90.244.0.0/16"
     assert cluster["networking"]["serviceSubnet"] == "90.96.0.0/12"
@@ -147,11 +150,21 @@ def test_local_path_is_the_default_storage_class() -> None:
 
 
 def test_join_command_becomes_a_node_join() -> None:
-    args = logic.join_args("W1128 warning\nkubeadm join 10.200.0.2:6443 --token abc.def --discovery-token-ca-cert-hash sha256:00ff\n")
+    args = logic.join_args(
+        "W1128 warning\nkubeadm join 10.200.0.2:6443 --token abc.def --discovery-token-ca-cert-hash sha256:00ff\n", "worker-0"
+    )
     assert args[:4] == ["vk8s-node", "join", "--", "10.200.0.2:6443"]
-    assert "--token" in args and args[-1].startswith("--ignore-preflight-errors=")
+    assert "--token" in args and "--node-name=worker-0" in args and args[-1].startswith("--ignore-preflight-errors=")
     with pytest.raises(ValueError, match="not a kubeadm join"):
-        logic.join_args("error: token expired")
+        logic.join_args("error: token expired", "worker-0")
+
+
+def test_the_version_is_what_the_api_server_reports() -> None:
+    answer = '{\n  "major": "1",\n  "minor": "36",\n  "gitVersion": "v1.36.3",\n  "platform": "linux/amd64"\n}'
+    assert logic.server_version(answer) == "v1.36.3"
+    for bad in ("", "error: the server is unavailable", '{"major": "1"}', '{"gitVersion": "1.36"}'):
+        with pytest.raises(ValueError):
+            logic.server_version(bad)
 
 
 def test_node_state_parses_the_last_line() -> None:

@@ -7,6 +7,7 @@ import asyncio
 import logging
 import os
 import socket
+import subprocess
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -28,19 +29,45 @@ Launch = Callable[[ProcessSpec], Awaitable[ManagedProcess]]
 _SOCKET_TIMEOUT = 60.0
 
 
-def host_images(bin_dir: Path, kubernetes_version: str) -> dict[str, Path]:
-    """ref -> OCI archive of what every real node imports: the pause image kubeadm names and the toolbox."""
+def host_images(bin_dir: Path, kubernetes_version: str, vnode_versions: tuple[str, ...] = ()) -> dict[str, Path]:
+    """ref -> OCI archive of what every real node imports: the pause image kubeadm names, the
+    toolbox, and the vNode images (plain and GPU) of `vnode_versions`."""
     from vk8s.images.builders import kubeadm_image_refs, pause_image, toolbox_image
-
     from vk8s.images.errors import ImageBuildError
 
     version = f"v{kubernetes_version.removeprefix('v')}"
     try:
         pause_ref = next(ref for ref in kubeadm_image_refs(bin_dir, version) if "/pause:" in ref)
         toolbox_ref, toolbox = toolbox_image()
-        return {pause_ref: pause_image(pause_ref, version), toolbox_ref: toolbox}
+        images = {pause_ref: pause_image(pause_ref, version), toolbox_ref: toolbox}
+        for vnode_version in vnode_versions:
+            images |= vnode_images(vnode_version, testbed_bin=bin_dir, testbed_version=version)
     except ImageBuildError as exc:
         raise TestbedError(f"cannot build the real tier's images: {exc}") from exc
+    return images
+
+
+def vnode_images(kubernetes_version: str, *, testbed_bin: Path, testbed_version: str) -> dict[str, Path]:
+    """The kink images of a Kubernetes release (plain and GPU), with kubeadm's images and the
+    addons preloaded. The testbed's release reuses its binaries; others are built by
+    deploy/kubernetes/build.sh."""
+    from vk8s.images.builders import addon_images_for, build_host_images
+    from vk8s.images.cache import images_dir
+    from vk8s.images.kink import build_kink_image, kink_ref
+
+    version = f"v{kubernetes_version.removeprefix('v')}"
+    bin_dir = testbed_bin if version == testbed_version else kubernetes_binaries(version)
+    preload = {**build_host_images(bin_dir, version), **addon_images_for(version)}
+    out = images_dir() / "kink"
+    return {kink_ref(version, gpu): build_kink_image(bin_dir, version, preload, gpu, out) for gpu in (False, True)}
+
+
+def kubernetes_binaries(version: str) -> Path:
+    script = Path(__file__).resolve().parents[3] / "deploy" / "kubernetes" / "build.sh"
+    result = subprocess.run(["bash", str(script), version.removeprefix("v")], stdout=subprocess.PIPE, text=True)
+    if result.returncode != 0:
+        raise TestbedError(f"{script} {version} failed with {result.returncode}; its output is above")
+    return Path(result.stdout.strip().splitlines()[-1])
 
 
 class RealTier:
