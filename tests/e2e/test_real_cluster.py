@@ -1,0 +1,192 @@
+"""The deck's scenario on real vNodes: privileged pods on a real host kubelet boot systemd,
+containerd and a kubelet; kubeadm makes them a cluster of the version asked for; its pods resolve
+names, reach each other across vNodes, and see exactly their vNode's GPU; delete leaves nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes.aio import client
+
+from libs.kube import GROUP, VERSION
+from tests.e2e.conftest import ROOT, eventually, run, vk8s_object
+from tests.e2e.test_lifecycle import assert_no_allocation, running, statefulsets
+from vk8s.images.builders import toolbox_ref
+from vk8s.local import stack
+from vk8s.testbed.config import FleetSpec, pinned_versions
+from vk8s.testbed.fixtures import create_namespace, delete_namespace, new_api_client
+from vk8s.testbed.real import preflight
+
+pytestmark = pytest.mark.real
+
+GPU = "nvidia.com/gpu"
+GPUS_PER_HOST = 4
+VERSION_ASKED = pinned_versions()["KUBERNETES_VERSION"]
+
+
+@pytest.fixture(scope="module")
+def real_product(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[stack.StackLayout, stack.StackInfo]]:
+    """The whole product on one real GPU host, so both vNodes share it (and must not share GPUs)."""
+    if reason := preflight.problem():
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must run the real tier, but this machine cannot: {reason}")
+        pytest.skip(f"this machine cannot run the real tier: {reason}")
+    layout = stack.StackLayout(tmp_path_factory.mktemp("real-stack"))
+    fleet = FleetSpec(nodes=1, gpus_per_node=GPUS_PER_HOST, runtime="real", vnode_images=(VERSION_ASKED,))
+    info = stack.up(layout, fleet)
+    try:
+        yield layout, info
+    finally:
+        stack.down(layout)
+
+
+@pytest.fixture(scope="module")
+def real_env(real_product: tuple[stack.StackLayout, stack.StackInfo]) -> dict[str, str]:
+    _, info = real_product
+    path = f"{ROOT / '.venv/bin'}:{os.environ['PATH']}"
+    return {**os.environ, "KUBECONFIG": info.kubeconfig, "NATS_URL": info.nats_url, "PATH": path}
+
+
+@pytest.fixture(scope="module")
+async def real_host(real_product: tuple[stack.StackLayout, stack.StackInfo]) -> AsyncIterator[client.ApiClient]:
+    api = await new_api_client(Path(real_product[1].kubeconfig))
+    async with api:
+        yield api
+
+
+@pytest.fixture
+async def tenant(real_host: client.ApiClient) -> AsyncIterator[str]:
+    name = await create_namespace(real_host, prefix="real-")
+    yield name
+    await delete_namespace(real_host, name)
+
+
+def cluster_manifest(name: str, namespace: str, minor: str) -> str:
+    def node(node_name: str, role: str) -> dict[str, Any]:
+        # Small requests: the host is this machine's 2 cores, shared by both vNodes.
+        requests = {"cpu": "250m", "memory": "1Gi", GPU: 1}
+        limits = {"cpu": "2", "memory": "4Gi", GPU: 1}
+        return {"name": node_name, "role": role, "resources": {"requests": requests, "limits": limits}}
+
+    document = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "Vk8s",
+        "metadata": {"name": name, "namespace": namespace, "labels": {"team": "deck"}},
+        "spec": {"kubernetes": {"version": minor}, "nodes": [node(f"{name}-master", "master"), node(f"{name}-worker", "worker")]},
+    }
+    return yaml.safe_dump(document)
+
+
+def inner(kubeconfig: Path, env: dict[str, str], *args: str, stdin: str | None = None) -> str:
+    result = run(["kubectl", f"--kubeconfig={kubeconfig}", *args], env, stdin=stdin, timeout=180)
+    assert result.returncode == 0, f"kubectl {' '.join(args)}: {result.stderr}"
+    return result.stdout
+
+
+def inner_pod(name: str, node: str, command: str, *, gpus: int = 0, tolerate: bool = False) -> dict[str, Any]:
+    container: dict[str, Any] = {
+        "name": "main", "image": toolbox_ref(), "imagePullPolicy": "Never", "command": ["sh", "-c", command],
+    }  # fmt: skip
+    if gpus:
+        container["resources"] = {"limits": {GPU: str(gpus)}}
+    spec: dict[str, Any] = {"nodeName": node, "containers": [container], "terminationGracePeriodSeconds": 1}
+    if tolerate:
+        spec["tolerations"] = [{"operator": "Exists"}]
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name}, "spec": spec}
+
+
+async def test_deck_scenario_on_real_vnodes(
+    real_host: client.ApiClient, tenant: str, real_env: dict[str, str], real_product: tuple[stack.StackLayout, stack.StackInfo], tmp_path: Path
+) -> None:
+    name = "deck"
+    minor = ".".join(VERSION_ASKED.split(".")[:2])
+    applied = run(["kubectl", "apply", "-f", "-"], real_env, stdin=cluster_manifest(name, tenant, minor))
+    assert applied.returncode == 0, applied.stderr
+
+    obj = await running(real_host, tenant, name, timeout=600)
+
+    history = [entry["phase"] for entry in obj["status"]["conditions"]]
+    assert history[0] == "Waiting" and history[-1] == "Running" and "Installing" in history, history
+    kubernetes = next(c for c in obj["status"]["readiness"] if c["type"] == "KubernetesReady")
+    assert kubernetes["message"] == f"Kubernetes v{VERSION_ASKED} on 2 nodes", kubernetes
+
+    # The admin kubeconfig works from this shell, through the testbed's proxy.
+    kubeconfig = tmp_path / "deck.kubeconfig"
+    written = run(["vk8s", "kubeconfig", name, "-n", tenant, "-o", str(kubeconfig)], real_env)
+    assert written.returncode == 0, written.stderr
+    version = json.loads(inner(kubeconfig, real_env, "get", "--raw", "/version"))
+    assert version["gitVersion"] == f"v{VERSION_ASKED}"
+    nodes = json.loads(inner(kubeconfig, real_env, "get", "nodes", "-o", "json"))["items"]
+    ready = {n["metadata"]["name"] for n in nodes for c in n["status"]["conditions"] if c["type"] == "Ready" and c["status"] == "True"}
+    assert ready == {f"{name}-master", f"{name}-worker"}
+    assert {n["status"]["allocatable"][GPU] for n in nodes} == {"1"}
+
+    # Names resolve, and pods on different vNodes reach each other (the CNI inside).
+    manifests = [
+        inner_pod("server", f"{name}-master", "exec httpd -f -p 8080 -h /etc", tolerate=True),
+        inner_pod("client", f"{name}-worker", "exec sleep 3600", gpus=1),
+    ]
+    inner(kubeconfig, real_env, "apply", "-f", "-", stdin="\n---\n".join(yaml.safe_dump(m) for m in manifests))
+    inner(kubeconfig, real_env, "wait", "--for=condition=Ready", "pod/server", "pod/client", "--timeout=120s")
+    server_ip = inner(kubeconfig, real_env, "get", "pod", "server", "-o", "jsonpath={.status.podIP}").strip()
+    resolved = inner(kubeconfig, real_env, "exec", "client", "--", "nslookup", "kubernetes.default.svc.cluster.local")
+    fetched = inner(kubeconfig, real_env, "exec", "client", "--", "wget", "-qO-", "-T", "10", f"http://{server_ip}:8080/hostname")
+    seen = inner(kubeconfig, real_env, "exec", "client", "--", "sh", "-c", 'echo "$NVIDIA_VISIBLE_DEVICES"; ls /dev')
+    assert "Address: " in resolved.split("kubernetes.default.svc.cluster.local", 1)[1]
+    assert fetched.strip() == "server"
+
+    # GPU isolation: the inner pod sees exactly its vNode's one GPU; the two vNodes share none.
+    pods = {
+        vnode: (await client.CoreV1Api(real_host).list_namespaced_pod(tenant, label_selector=f"clusterName={name},vnode={vnode}")).items[0]
+        for vnode in (f"{name}-master", f"{name}-worker")
+    }
+    assert {pod.spec.node_name for pod in pods.values()} == {"gpu-node-0"}, "both vNodes on the one host"
+    given = {vnode: vnode_gpus(real_env, tenant, pod.metadata.name) for vnode, pod in pods.items()}
+    assert all(len(ids) == 1 for ids in given.values()) and not given[f"{name}-master"] & given[f"{name}-worker"]
+    inner_ids, *devices = seen.split()
+    assert {inner_ids} == given[f"{name}-worker"]
+    assert [d for d in devices if d.startswith("nvidia") and d[6:].isdigit()] == [f"nvidia{inner_ids.rsplit('-', 1)[1]}"]
+
+    # Labels on the Vk8s reach the vNode StatefulSets.
+    assert run(["kubectl", "label", "vk8s", name, "-n", tenant, "stage=prod"], real_env).returncode == 0
+
+    async def relabelled() -> bool:
+        sets = await statefulsets(real_host, tenant, name)
+        return bool(sets) and all((s.metadata.labels or {}).get("stage") == "prod" for s in sets)
+
+    await eventually(relabelled, "labels on the StatefulSets", timeout=120)
+
+    # Delete leaves nothing: objects, volumes, addresses, and the GPUs are free again.
+    deleted = run(["vk8s", "delete", name, "-n", tenant, "--wait", "--timeout", "300"], real_env)
+    assert deleted.returncode == 0, deleted.stdout + deleted.stderr
+    assert await vk8s_object(real_host, tenant, name) is None
+    assert await statefulsets(real_host, tenant, name) == []
+    core = client.CoreV1Api(real_host)
+
+    async def gone() -> bool:
+        pods_left = (await core.list_namespaced_pod(tenant)).items
+        claims = (await core.list_namespaced_persistent_volume_claim(tenant)).items
+        volumes = [v for v in (await core.list_persistent_volume()).items if v.spec.claim_ref and v.spec.claim_ref.namespace == tenant]
+        return not pods_left and not claims and not volumes
+
+    await eventually(gone, "the vNode pods, claims and volumes to go", timeout=120)
+    assert_no_allocation(real_product[1].service_ports["ipmanager"], tenant, name)
+    await core.create_namespaced_pod(tenant, inner_pod("all-gpus", "gpu-node-0", "exec sleep 60", gpus=GPUS_PER_HOST))
+
+    async def all_gpus_free() -> bool:
+        return (await core.read_namespaced_pod("all-gpus", tenant)).status.phase == "Running"
+
+    await eventually(all_gpus_free, f"a pod with all {GPUS_PER_HOST} GPUs of the host to run", timeout=60)
+
+
+def vnode_gpus(env: dict[str, str], namespace: str, pod: str) -> set[str]:
+    """The GPUs the host's device plugin gave a vNode pod, as its container sees them."""
+    result = run(["kubectl", "exec", "-n", namespace, pod, "--", "printenv", "NVIDIA_VISIBLE_DEVICES"], env)
+    assert result.returncode == 0, result.stderr
+    return set(result.stdout.strip().split(","))
