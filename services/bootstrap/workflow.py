@@ -131,7 +131,7 @@ async def bootstrap(runner: StepRunner, plan: ClusterPlan, ready_timeout_s: floa
                 group.create_task(join_worker(runner, plan, worker))
     except* PermanentError as failed:
         raise failed.exceptions[0] from None
-    nodes = [plan.master.vnode, *(worker.vnode for worker in plan.workers)]
+    nodes = [f"{target.vnode}={target.gpus}" for target in (plan.master, *plan.workers)]
     await runner.run(plan.master, "nodes-ready", ["vk8s-node", "wait-ready", str(round(ready_timeout_s)), *nodes])
     version = await runner.run(plan.master, "server-version", ["vk8s-node", "server-version"])
     try:

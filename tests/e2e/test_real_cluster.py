@@ -23,7 +23,8 @@ from vk8s.testbed.config import FleetSpec, pinned_versions
 from vk8s.testbed.fixtures import create_namespace, delete_namespace, new_api_client
 from vk8s.testbed.real import preflight
 
-pytestmark = pytest.mark.real
+# Booting real vNodes and kubeadm takes minutes on 2 cores; the module's stack start counts too.
+pytestmark = [pytest.mark.real, pytest.mark.timeout(1200)]
 
 GPU = "nvidia.com/gpu"
 GPUS_PER_HOST = 4
@@ -136,10 +137,12 @@ async def test_deck_scenario_on_real_vnodes(
     inner(kubeconfig, real_env, "wait", "--for=condition=Ready", "pod/server", "pod/client", "--timeout=120s")
     server_ip = inner(kubeconfig, real_env, "get", "pod", "server", "-o", "jsonpath={.status.podIP}").strip()
     resolved = inner(kubeconfig, real_env, "exec", "client", "--", "nslookup", "kubernetes.default.svc.cluster.local")
-    fetched = inner(kubeconfig, real_env, "exec", "client", "--", "wget", "-qO-", "-T", "10", f"http://{server_ip}:8080/hostname")
+    # busybox's static wget crashes here; a plain HTTP/1.0 request over nc does the same.
+    request = f'printf "GET /hostname HTTP/1.0\\r\\n\\r\\n" | nc -w 10 {server_ip} 8080'
+    fetched = inner(kubeconfig, real_env, "exec", "client", "--", "sh", "-c", request)
     seen = inner(kubeconfig, real_env, "exec", "client", "--", "sh", "-c", 'echo "$NVIDIA_VISIBLE_DEVICES"; ls /dev')
     assert "Address: " in resolved.split("kubernetes.default.svc.cluster.local", 1)[1]
-    assert fetched.strip() == "server"
+    assert fetched.startswith("HTTP/1.") and fetched.strip().endswith("server"), fetched
 
     # GPU isolation: the inner pod sees exactly its vNode's one GPU; the two vNodes share none.
     pods = {

@@ -41,6 +41,23 @@ async def _read_secret(host_kubeconfig: str | None, namespace: str, name: str) -
     return base64.b64decode((secret.data or {}).get(SECRET_KEY, "")).decode() or None
 
 
+def render(host_kubeconfig: str | None, namespace: str, name: str) -> str:
+    """The admin kubeconfig of vk8s/NAME, reachable from this machine; ClickException if none yet."""
+    from vk8s.testbed.lifecycle import ready_for_kubeconfig
+
+    text = asyncio.run(_read_secret(host_kubeconfig, namespace, name))
+    if text is None:
+        raise click.ClickException(f"vk8s/{name} in {namespace} has no kubeconfig yet (Secret {name}-kubeconfig)")
+    testbed = ready_for_kubeconfig(Path(host_kubeconfig)) if host_kubeconfig else None
+    document = reachable_from_here(yaml.safe_load(text), testbed.proxy_url if testbed else None)
+    return yaml.safe_dump(document, sort_keys=False)
+
+
+def write(path: Path, rendered: str) -> None:
+    path.write_text(rendered)
+    os.chmod(path, 0o600)
+
+
 @click.command("kubeconfig")
 @click.argument("name")
 @click.option("-n", "--namespace", default="default", show_default=True)
@@ -48,19 +65,11 @@ async def _read_secret(host_kubeconfig: str | None, namespace: str, name: str) -
 @click.option("--kubeconfig", "host_kubeconfig", envvar="KUBECONFIG", help="Host cluster [default: the local stack's].")
 def kubeconfig_command(name: str, namespace: str, output: Path | None, host_kubeconfig: str | None) -> None:
     """Print (or write) the admin kubeconfig of virtual cluster NAME."""
-    from vk8s.testbed.lifecycle import ready_for_kubeconfig
-
     if host_kubeconfig is None and (info := read_info(StackLayout())) is not None:
         host_kubeconfig = info.kubeconfig
-    text = asyncio.run(_read_secret(host_kubeconfig, namespace, name))
-    if text is None:
-        raise click.ClickException(f"vk8s/{name} in {namespace} has no kubeconfig yet (Secret {name}-kubeconfig)")
-    testbed = ready_for_kubeconfig(Path(host_kubeconfig)) if host_kubeconfig else None
-    document = reachable_from_here(yaml.safe_load(text), testbed.proxy_url if testbed else None)
-    rendered = yaml.safe_dump(document, sort_keys=False)
+    rendered = render(host_kubeconfig, namespace, name)
     if output is None:
         click.echo(rendered, nl=False)
         return
-    output.write_text(rendered)
-    os.chmod(output, 0o600)
+    write(output, rendered)
     click.echo(f"wrote {output}", err=True)

@@ -135,3 +135,28 @@ def status(state_dir: Path | None) -> None:
     click.echo(f"  sandboxes   {ready.sandbox_root}")
     for name, pid in ready.components.items():
         click.echo(f"  {name:<24} pid {pid:<8} {'running' if current.alive[name] else 'EXITED'}")
+
+
+@testbed_command.command()
+@click.option(
+    "--vnode-images",
+    "vnode_images",
+    multiple=True,
+    metavar="VERSION",
+    help="Also build the vNode images of this Kubernetes release (e.g. 1.36.3); repeatable.",
+)
+def build(vnode_images: tuple[str, ...]) -> None:
+    """Build (or reuse) the binaries, and the real tier's images where this machine can run it."""
+    from vk8s.testbed.config import pinned_versions
+    from vk8s.testbed.real import preflight
+    from vk8s.testbed.real.tier import host_images
+
+    try:
+        bin_dir = lifecycle.ensure_binaries()
+        if reason := preflight.problem():
+            click.echo(f"Binaries in {bin_dir}; no real tier images: {reason}", err=True)
+            return
+        images = host_images(bin_dir, pinned_versions()["KUBERNETES_VERSION"], vnode_images)
+    except TestbedError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"Binaries in {bin_dir}; {len(images)} images for real nodes: {', '.join(sorted(images))}", err=True)

