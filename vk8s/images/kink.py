@@ -17,11 +17,14 @@ deploy/images/kink/local/README.md says what differs from the production image a
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import logging
 import os
 import shutil
+import sys
 import tarfile
 import tempfile
 import time
@@ -29,8 +32,10 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from libs.api.versions import NodeImageCatalog, kubernetes_minor
-from vk8s.images.builders import kubeadm_image_refs
+import click
+
+from libs.api.versions import NodeImageCatalog, VersionError, kubernetes_minor
+from vk8s.images.builders import build_host_images, kubeadm_image_refs
 from vk8s.images.cache import cache_key, cached, file_fingerprint, images_dir
 from vk8s.images.errors import ImageBuildError
 from vk8s.images.oci import CONTAINERD_NAME, ImageConfig, split_ref, write_archive
@@ -73,6 +78,8 @@ SANDBOX_PLACEHOLDER = "@SANDBOX_IMAGE@"
 GPU_UNIT = LOCAL_DIR / "vk8s-gpu-plugin.service"
 
 KUBE_BINARIES = ("kubeadm", "kubelet", "kubectl")
+# Taken from the bin dir when there (Debian has no cri-tools); /etc/crictl.yaml is in the image either way.
+OPTIONAL_BINARIES = ("crictl",)
 NODE_SCRIPTS = (NODE_DIR / "vk8s-node", NODE_DIR / "vk8s-entrypoint", FILES_DIR / "vk8s-preload-images")
 GPU_PLUGIN = "vk8s-gpu-plugin"
 GPU_SUFFIX = "-gpu"
@@ -92,6 +99,8 @@ PRELOAD_LIST = "images.list"
 PRELOAD_MARKER = "/run/vk8s/images-preloaded"
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 RECORD_SUFFIX = ".json"
+# Builds kept per variant in the image cache (a kink archive is about 1 GB, the base 0.3 GB).
+KEEP_BUILDS = 3
 
 
 @dataclass(frozen=True)
@@ -111,7 +120,10 @@ class KinkBuild:
 
 def kink_ref(kubernetes_version: str, gpu: bool = False) -> str:
     """The ref the vnode service runs for this version (its default catalog), `-gpu` for the GPU variant."""
-    ref = NodeImageCatalog().image_for(kubernetes_version)
+    try:
+        ref = NodeImageCatalog().image_for(kubernetes_version)
+    except VersionError as exc:
+        raise ImageBuildError(f"no kink ref for Kubernetes {kubernetes_version}: {exc}") from exc
     return ref + GPU_SUFFIX if gpu else ref
 
 
@@ -128,6 +140,7 @@ def build_kink_image(
     version = "v" + kubernetes_version.removeprefix("v")
     ref = kink_ref(version, gpu)
     binaries = {name: _binary(bin_dir, name) for name in KUBE_BINARIES}
+    binaries |= {name: bin_dir / name for name in OPTIONAL_BINARIES if (bin_dir / name).is_file()}
     plugin = bin_dir / GPU_PLUGIN if gpu else None
     if plugin is not None and not plugin.is_file():
         log.warning("%s is not in %s: the GPU image %s is built without it", GPU_PLUGIN, bin_dir, ref)
@@ -185,6 +198,8 @@ def build_kink_image(
         _write_atomically(_record_path(tmp.with_name(f"{name}.tar")), json.dumps(asdict(record), indent=2) + "\n")
 
     archive = cached(name, key, build)
+    os.utime(archive)  # used now: the newest for _prune
+    _prune(name)
     return _place(archive, out_dir / f"kink-v{kubernetes_minor(version)}{GPU_SUFFIX if gpu else ''}.tar")
 
 
@@ -224,7 +239,10 @@ def base_rootfs() -> Path:
             env={**os.environ, "SOURCE_DATE_EPOCH": "0"},
         )
 
-    return cached("kink-base", key, build)
+    base = cached("kink-base", key, build)
+    os.utime(base)
+    _prune("kink-base")
+    return base
 
 
 def debian_sources(suite: str) -> list[str]:
@@ -375,9 +393,9 @@ def _place(archive: Path, dest: Path) -> Path:
     """`archive` at `dest`, with its build record: hard links where possible, renamed into place."""
     _mkdir(dest.parent)
     for source, target in ((_record_path(archive), _record_path(dest)), (archive, dest)):
-        if target.exists() and target.samefile(source):
+        if not source.exists() or (target.exists() and target.samefile(source)):
             continue
-        tmp = target.with_name(f".{target.name}.tmp")
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
         tmp.unlink(missing_ok=True)
         try:
             os.link(source, tmp)
@@ -385,6 +403,29 @@ def _place(archive: Path, dest: Path) -> Path:
             shutil.copyfile(source, tmp)
         tmp.replace(target)
     return dest
+
+
+def _prune(name: str, keep: int = KEEP_BUILDS) -> None:
+    """Removes the cache's builds of `name` but the newest `keep` (by mtime). One being built or
+    removed by another process (its lock held) is left alone; a hard link placed elsewhere stays valid."""
+    found = []
+    for archive in images_dir().glob(f"*/{name}.tar"):
+        try:
+            found.append((archive.stat().st_mtime, archive))
+        except FileNotFoundError:
+            continue
+    for _, archive in sorted(found, reverse=True)[keep:]:
+        lock_path = archive.with_name(f"{name}.lock")
+        with lock_path.open("a") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue
+            log.info("removing the old build %s", archive)
+            for path in (archive, _record_path(archive), lock_path):
+                path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            archive.parent.rmdir()
 
 
 def _deb822(text: str) -> list[dict[str, str]]:
@@ -415,3 +456,31 @@ def _one_line(text: str) -> list[dict[str, str]]:
         if len(words) >= 3:
             stanzas.append({"Types": words[0], "URIs": words[1], "Suites": words[2], "Components": " ".join(words[3:])})
     return stanzas
+
+
+@click.command()
+@click.option("--kubernetes-version", required=True, help="e.g. 1.36.3")
+@click.option(
+    "--bin-dir",
+    type=click.Path(path_type=Path, exists=True, file_okay=False),
+    required=True,
+    help="Holds kubeadm, kubelet, kubectl (and vk8s-gpu-plugin for --gpu) of that version.",
+)
+@click.option("--out", type=click.Path(path_type=Path, file_okay=False), required=True, help="Where the archive goes.")
+@click.option("--gpu", is_flag=True, help="The GPU variant (ref suffix -gpu).")
+@click.option("--no-preload", is_flag=True, help="Without kubeadm's images (the vNode would have to pull them).")
+def main(kubernetes_version: str, bin_dir: Path, out: Path, gpu: bool, no_preload: bool) -> None:
+    """`python -m vk8s.images.kink`: builds (or reuses) the kink archive and prints its path."""
+    logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(message)s")
+    try:
+        preload = {} if no_preload else build_host_images(bin_dir, kubernetes_version)
+        archive = build_kink_image(bin_dir, kubernetes_version, preload, gpu, out)
+    except ImageBuildError as exc:
+        raise click.ClickException(str(exc)) from exc
+    record = read_build_record(archive)
+    log.info("%s: %.0f MB, built in %.1fs", record.ref, record.size_bytes / 1e6, record.build_seconds)
+    click.echo(archive)
+
+
+if __name__ == "__main__":
+    main()

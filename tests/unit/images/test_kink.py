@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from libs.api.versions import NodeImageCatalog, VersionError
 from vk8s.images import kink
 from vk8s.images.errors import ImageBuildError
 from vk8s.images.oci import ImageConfig, write_archive
@@ -94,9 +95,18 @@ def read_layout(archive: Path) -> tuple[dict, dict, list[tarfile.TarFile]]:
 
 
 def test_refs_are_the_vnode_services_catalog_refs() -> None:
-    assert kink.kink_ref("1.36.3") == "ghcr.io/vk8s/kink:v1.36"
-    assert kink.kink_ref("v1.29") == "ghcr.io/vk8s/kink:v1.29"
+    assert kink.kink_ref("1.36.3") == "ghcr.io/vk8s/kink:v1.36" == NodeImageCatalog().image_for("v1.36")
+    assert kink.kink_ref("v1.35") == "ghcr.io/vk8s/kink:v1.35"
     assert kink.kink_ref("1.36.3", gpu=True) == "ghcr.io/vk8s/kink:v1.36-gpu"
+
+
+def test_a_version_without_a_catalog_ref_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    def none(self: NodeImageCatalog, kubernetes: str, *args: object) -> str:
+        raise VersionError(f"no node image for Kubernetes {kubernetes}")
+
+    monkeypatch.setattr(NodeImageCatalog, "image_for", none)
+    with pytest.raises(ImageBuildError, match="no kink ref for Kubernetes 1.10.0"):
+        kink.kink_ref("1.10.0")
 
 
 def test_debian_sources_keep_the_suites_mirrors_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -167,6 +177,8 @@ def test_the_image_is_the_base_plus_the_node(tmp_path: Path, bin_dir: Path, base
     ):
         assert setting in containerd
 
+    assert "usr/local/bin/crictl" not in members
+
     listing = node.extractfile("var/lib/vk8s/images/images.list").read().decode()  # type: ignore[union-attr]
     lines = [line.split("\t") for line in listing.splitlines()]
     assert [ref for _, ref in lines] == sorted(preload)
@@ -204,6 +216,7 @@ def test_a_second_build_is_the_cached_one(
 
 def test_the_gpu_image_adds_the_device_plugin(tmp_path: Path, bin_dir: Path, base_tar: Path) -> None:
     script(bin_dir / "vk8s-gpu-plugin", "exit 0")
+    script(bin_dir / "crictl", "exit 0")
     archive = kink.build_kink_image(bin_dir, "1.36.3", {}, True, tmp_path / "out")
 
     assert archive.name == "kink-v1.36-gpu.tar"
@@ -212,6 +225,7 @@ def test_the_gpu_image_adds_the_device_plugin(tmp_path: Path, bin_dir: Path, bas
     names = set(node.getnames())
     assert {"usr/local/bin/vk8s-gpu-plugin", "etc/systemd/system/vk8s-gpu-plugin.service"} <= names
     assert "etc/systemd/system/multi-user.target.wants/vk8s-gpu-plugin.service" in names
+    assert "usr/local/bin/crictl" in names, "an optional binary of the bin dir"
     assert not any(name.startswith("var/lib/vk8s/images/") for name in names), "nothing to preload, no list"
     assert kink.read_build_record(archive).gpu_plugin
 
@@ -323,3 +337,16 @@ def test_the_image_scripts_lint_clean(path: Path) -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert path.stat().st_mode & 0o111
+
+
+def test_old_builds_are_pruned(tmp_path: Path, bin_dir: Path, base_tar: Path, cache_root: Path) -> None:
+    archives = []
+    for number in range(kink.KEEP_BUILDS + 2):
+        (bin_dir / "kubectl").write_text(f"#!/bin/sh\necho {number}\n")
+        archives.append(kink.build_kink_image(bin_dir, "1.36.3", {}, False, tmp_path / f"out{number}"))
+    in_cache = sorted(cache_root.glob("images/*/kink.tar"))
+    assert len(in_cache) == kink.KEEP_BUILDS
+    newest = {kink.read_build_record(a).key for a in archives[-kink.KEEP_BUILDS :]}
+    assert {path.parent.name for path in in_cache} == newest
+    # What was placed elsewhere stays usable.
+    assert all(archive.stat().st_size > 0 for archive in archives)
