@@ -10,7 +10,10 @@ Two layers:
    (deploy/images/node), the production image's units (deploy/images/kink/files/systemd), a
    containerd config for a vNode on this machine kind (deploy/images/kink/local/containerd.toml)
    and the preloaded image archives under /var/lib/vk8s/images, which vk8s-preload-images.service
-   imports before the kubelet starts. The GPU variant (`...-gpu`) adds `vk8s-gpu-plugin`.
+   imports before the kubelet starts.
+The GPU variant (`...-gpu`) is the same two layers (the same blobs: importing both costs one)
+plus a small third one that marks it. Its GPUs reach the inner cluster through the vk8s-gpu-plugin
+DaemonSet the bootstrap stage applies; this machine has no GPUs, so no NVIDIA toolkit is in it.
 
 deploy/images/kink/local/README.md says what differs from the production image and why.
 """
@@ -75,13 +78,12 @@ LOCAL_DIR = KINK_DIR / "local"
 CUSTOMIZE_HOOK = LOCAL_DIR / "customize-base"
 CONTAINERD_CONFIG = LOCAL_DIR / "containerd.toml"
 SANDBOX_PLACEHOLDER = "@SANDBOX_IMAGE@"
-GPU_UNIT = LOCAL_DIR / "vk8s-gpu-plugin.service"
 
 KUBE_BINARIES = ("kubeadm", "kubelet", "kubectl")
 # Taken from the bin dir when there (Debian has no cri-tools); /etc/crictl.yaml is in the image either way.
 OPTIONAL_BINARIES = ("crictl",)
 NODE_SCRIPTS = (NODE_DIR / "vk8s-node", NODE_DIR / "vk8s-entrypoint", FILES_DIR / "vk8s-preload-images")
-GPU_PLUGIN = "vk8s-gpu-plugin"
+GPU_MARKER = "etc/vk8s/gpu-variant"
 GPU_SUFFIX = "-gpu"
 # Started at boot (the kubelet is not: kubeadm, vk8s-node or vk8s-node-boot start it).
 BOOT_UNITS = ("containerd.service", "vk8s-node-boot.service", "vk8s-preload-images.service")
@@ -111,7 +113,6 @@ class KinkBuild:
     key: str
     kubernetes_version: str
     gpu: bool
-    gpu_plugin: bool
     sandbox_image: str
     preloaded: tuple[str, ...]
     build_seconds: float
@@ -134,17 +135,12 @@ def build_kink_image(
     into the image cache when on one filesystem). Built once per key (the inputs' fingerprints),
     under a lock, renamed into place when complete; `read_build_record` tells how long it took.
 
-    `bin_dir` holds kubeadm, kubelet, kubectl of that version (and `vk8s-gpu-plugin` for the GPU
-    variant: left out, with a warning, when missing). `preload` maps refs to OCI archives (what
-    `vk8s.images.builders.build_host_images` returns); each archive must hold its ref."""
+    `bin_dir` holds kubeadm, kubelet, kubectl of that version. `preload` maps refs to OCI archives
+    (what `vk8s.images.builders.build_host_images` returns); each archive must hold its ref."""
     version = "v" + kubernetes_version.removeprefix("v")
     ref = kink_ref(version, gpu)
     binaries = {name: _binary(bin_dir, name) for name in KUBE_BINARIES}
     binaries |= {name: bin_dir / name for name in OPTIONAL_BINARIES if (bin_dir / name).is_file()}
-    plugin = bin_dir / GPU_PLUGIN if gpu else None
-    if plugin is not None and not plugin.is_file():
-        log.warning("%s is not in %s: the GPU image %s is built without it", GPU_PLUGIN, bin_dir, ref)
-        plugin = None
     archives = {image: Path(archive) for image, archive in sorted(preload.items())}
     for image, archive in archives.items():
         if not archive.is_file():
@@ -154,7 +150,6 @@ def build_kink_image(
         ref,
         f"base:{base.parent.name}",
         *(f"{name}:{file_fingerprint(path)}" for name, path in binaries.items()),
-        f"{GPU_PLUGIN}:{file_fingerprint(plugin) if plugin else '-'}",
         *(f"preload:{image}:{file_fingerprint(archive)}" for image, archive in archives.items()),
         *_recipe_inputs(),
     ]
@@ -168,7 +163,7 @@ def build_kink_image(
             log.warning("no preloaded archive for %s: the vNode's kubelet would pull its sandbox image", sandbox)
         with tempfile.TemporaryDirectory(dir=tmp.parent, prefix=".kink-node-") as scratch:
             node = Path(scratch) / "rootfs"
-            preloaded = _node_tree(node, binaries, plugin, archives, sandbox)
+            preloaded = _node_tree(node, binaries, archives, sandbox)
             config = ImageConfig(
                 entrypoint=["/usr/local/bin/vk8s-entrypoint"],
                 cmd=["/sbin/init"],
@@ -183,13 +178,17 @@ def build_kink_image(
                 },
                 stop_signal="SIGRTMIN+3",
             )
-            write_archive(tmp, ref, [base, node], config)
+            layers = [base, node]
+            if gpu:
+                marker = Path(scratch) / "gpu"
+                _write(marker / GPU_MARKER, "GPU variant: the inner vk8s-gpu-plugin DaemonSet advertises this vNode's GPUs\n")
+                layers.append(marker)
+            write_archive(tmp, ref, layers, config)
         record = KinkBuild(
             ref=ref,
             key=key,
             kubernetes_version=version,
             gpu=gpu,
-            gpu_plugin=plugin is not None,
             sandbox_image=sandbox,
             preloaded=tuple(preloaded),
             build_seconds=round(time.monotonic() - started, 1),
@@ -273,9 +272,7 @@ def archive_refs(archive: Path) -> list[str]:
     return [m["annotations"][CONTAINERD_NAME] for m in index.get("manifests", []) if CONTAINERD_NAME in m.get("annotations", {})]
 
 
-def _node_tree(
-    root: Path, binaries: Mapping[str, Path], plugin: Path | None, archives: Mapping[str, Path], sandbox: str
-) -> list[str]:
+def _node_tree(root: Path, binaries: Mapping[str, Path], archives: Mapping[str, Path], sandbox: str) -> list[str]:
     """The second layer's tree under `root`; returns the preloaded refs."""
     _mkdir(root)
     bin_dir = root / "usr" / "local" / "bin"
@@ -287,14 +284,10 @@ def _node_tree(
     (bin_dir / "containerd").symlink_to("/usr/bin/containerd")
     units = root / "etc" / "systemd" / "system"
     _copy_tree(FILES_DIR / "systemd", units)
-    boot_units = list(BOOT_UNITS)
-    if plugin is not None:
-        _install(plugin, bin_dir / GPU_PLUGIN, 0o755)
-        _install(GPU_UNIT, units / GPU_UNIT.name, 0o644)
-        boot_units.append(GPU_UNIT.name)
+
     wants = units / "multi-user.target.wants"
     _mkdir(wants)
-    for unit in boot_units:
+    for unit in BOOT_UNITS:
         if not (units / unit).is_file():
             raise ImageBuildError(f"unit {unit} is missing from {FILES_DIR / 'systemd'}")
         (wants / unit).symlink_to(f"/etc/systemd/system/{unit}")
@@ -330,7 +323,7 @@ def _sandbox_image(bin_dir: Path, version: str) -> str:
 
 def _recipe_inputs() -> list[str]:
     """Every file the node layer is made of, by content."""
-    files = [*NODE_SCRIPTS, CONTAINERD_CONFIG, GPU_UNIT, FILES_DIR / "crictl.yaml"]
+    files = [*NODE_SCRIPTS, CONTAINERD_CONFIG, FILES_DIR / "crictl.yaml"]
     files += sorted(p for p in (FILES_DIR / "systemd").rglob("*") if p.is_file())
     return [f"{path.relative_to(REPO_ROOT)}:{hashlib.sha256(path.read_bytes()).hexdigest()}" for path in files]
 
@@ -464,7 +457,7 @@ def _one_line(text: str) -> list[dict[str, str]]:
     "--bin-dir",
     type=click.Path(path_type=Path, exists=True, file_okay=False),
     required=True,
-    help="Holds kubeadm, kubelet, kubectl (and vk8s-gpu-plugin for --gpu) of that version.",
+    help="Holds kubeadm, kubelet, kubectl of that version.",
 )
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False), required=True, help="Where the archive goes.")
 @click.option("--gpu", is_flag=True, help="The GPU variant (ref suffix -gpu).")

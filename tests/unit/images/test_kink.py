@@ -164,7 +164,6 @@ def test_the_image_is_the_base_plus_the_node(tmp_path: Path, bin_dir: Path, base
     assert wants == {unit: f"/etc/systemd/system/{unit}" for unit in kink.BOOT_UNITS}
     for unit in ("kubelet.service", "kubelet.service.d/10-kubeadm.conf", "kubelet.service.d/20-vk8s-preload.conf"):
         assert f"etc/systemd/system/{unit}" in members
-    assert "etc/systemd/system/vk8s-gpu-plugin.service" not in members
 
     containerd = node.extractfile("etc/containerd/config.toml").read().decode()  # type: ignore[union-attr]
     assert f'sandbox_image = "{PAUSE}"' in containerd
@@ -214,28 +213,35 @@ def test_a_second_build_is_the_cached_one(
         kink.build_kink_image(bin_dir, "1.36.3", preload, False, tmp_path / "out")
 
 
-def test_the_gpu_image_adds_the_device_plugin(tmp_path: Path, bin_dir: Path, base_tar: Path) -> None:
-    script(bin_dir / "vk8s-gpu-plugin", "exit 0")
-    script(bin_dir / "crictl", "exit 0")
-    archive = kink.build_kink_image(bin_dir, "1.36.3", {}, True, tmp_path / "out")
-
-    assert archive.name == "kink-v1.36-gpu.tar"
-    assert kink.archive_refs(archive) == ["ghcr.io/vk8s/kink:v1.36-gpu"]
-    _, _, (_, node) = read_layout(archive)
-    names = set(node.getnames())
-    assert {"usr/local/bin/vk8s-gpu-plugin", "etc/systemd/system/vk8s-gpu-plugin.service"} <= names
-    assert "etc/systemd/system/multi-user.target.wants/vk8s-gpu-plugin.service" in names
-    assert "usr/local/bin/crictl" in names, "an optional binary of the bin dir"
-    assert not any(name.startswith("var/lib/vk8s/images/") for name in names), "nothing to preload, no list"
-    assert kink.read_build_record(archive).gpu_plugin
+def layer_digests(archive: Path) -> list[str]:
+    with tarfile.open(archive) as tar:
+        index = json.loads(tar.extractfile("index.json").read())  # type: ignore[union-attr]
+        digest = index["manifests"][0]["digest"].removeprefix("sha256:")
+        manifest = json.loads(tar.extractfile(f"blobs/sha256/{digest}").read())  # type: ignore[union-attr]
+    return [layer["digest"] for layer in manifest["layers"]]
 
 
-def test_the_gpu_image_without_the_plugin_is_built_with_a_warning(
-    tmp_path: Path, bin_dir: Path, base_tar: Path, caplog: pytest.LogCaptureFixture
+def test_the_gpu_image_shares_the_plain_ones_layers_and_adds_a_marker(
+    tmp_path: Path, bin_dir: Path, base_tar: Path
 ) -> None:
-    archive = kink.build_kink_image(bin_dir, "1.36.3", {}, True, tmp_path / "out")
-    assert "vk8s-gpu-plugin is not in" in caplog.text
-    assert not kink.read_build_record(archive).gpu_plugin
+    script(bin_dir / "crictl", "exit 0")
+    preload = {PAUSE: image_archive(tmp_path, PAUSE)}
+    plain = kink.build_kink_image(bin_dir, "1.36.3", preload, False, tmp_path / "out")
+    gpu = kink.build_kink_image(bin_dir, "1.36.3", preload, True, tmp_path / "out")
+
+    assert gpu.name == "kink-v1.36-gpu.tar"
+    assert kink.archive_refs(gpu) == ["ghcr.io/vk8s/kink:v1.36-gpu"]
+    # The same blobs: a node importing both stores the big layers once.
+    assert layer_digests(gpu)[:2] == layer_digests(plain) and len(layer_digests(gpu)) == 3
+    _, _, (_, node, marker) = read_layout(gpu)
+    assert "usr/local/bin/crictl" in node.getnames(), "an optional binary of the bin dir"
+    assert kink.GPU_MARKER in marker.getnames()
+
+
+def test_an_image_without_preloads_has_no_list(tmp_path: Path, bin_dir: Path, base_tar: Path) -> None:
+    archive = kink.build_kink_image(bin_dir, "1.36.3", {}, False, tmp_path / "out")
+    _, _, (_, node) = read_layout(archive)
+    assert not any(name.startswith("var/lib/vk8s/images/") for name in node.getnames()), "nothing to preload"
 
 
 def test_a_preload_archive_must_hold_its_ref(tmp_path: Path, bin_dir: Path, base_tar: Path) -> None:
