@@ -476,9 +476,10 @@ def _check_versions(spec: Vk8sSpec, matrix: CompatibilityMatrix, report: _Report
                     f"the image tag is Kubernetes {image_minor} but nodes[{source_index}] runs {minor}; "
                     "all vNodes must run the same Kubernetes minor",
                 )
-    if not matrix.is_supported(minor):
+    if not matrix.is_available(minor):
         report.error(
-            source, f"Kubernetes {minor} is not supported; supported: {_ranges(matrix.supported_kubernetes())}"
+            source,
+            f"Kubernetes {minor} has no node image; available: {_ranges(matrix.available_kubernetes()) or 'none'}",
         )
         return
     if spec.kubeflow is not None:
@@ -492,7 +493,7 @@ def _check_kubeflow_version(version: str | None, kubernetes: str, matrix: Compat
         report.error(
             ("spec", "kubeflow"),
             f"no Kubeflow release is compatible with Kubernetes {kubernetes}; remove the kubeflow block or use "
-            f"Kubernetes {_ranges(matrix.kubernetes_with_kubeflow())}",
+            f"Kubernetes {_ranges(set(matrix.kubernetes_with_kubeflow()) & set(matrix.available_kubernetes()))}",
         )
         return
     if version is None or version in compatible:

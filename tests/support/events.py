@@ -15,7 +15,7 @@ def spec_document(gpus: int = 1, workers: int = 0) -> dict[str, Any]:
     def node(name: str, role: str) -> dict[str, Any]:
         return {
             "name": name,
-            "image": "ghcr.io/vk8s/kink:v1.29",
+            "image": "ghcr.io/vk8s/kink:v1.36",
             "role": role,
             "resources": {
                 "requests": {"cpu": "2", "memory": "4Gi", "nvidia.com/gpu": str(gpus)},
@@ -26,7 +26,7 @@ def spec_document(gpus: int = 1, workers: int = 0) -> dict[str, Any]:
     return {
         "nodes": [node("master", "master")] + [node(f"worker-{i}", "worker") for i in range(workers)],
         "kubeflow": {
-            "version": "v1.9.0",
+            "version": "v1.11.0",
             "email": "user@example.com",
             "passwordSecretRef": {"name": "team-a-kubeflow", "key": "password"},
         },

@@ -303,7 +303,7 @@ async def test_plain_password_moves_into_a_secret_and_never_into_events_or_logs(
     gateway: Service, cluster: Cluster
 ) -> None:
     spec = spec_document()
-    spec["kubeflow"] = {"version": "v1.9.0", "email": "user@example.com", "password": PASSWORD}
+    spec["kubeflow"] = {"version": "v1.11.0", "email": "user@example.com", "password": PASSWORD}
     with structlog.testing.capture_logs() as logs:
         created = await cluster.apply(spec)
         [accepted] = await cluster.next("cluster.accepted")

@@ -14,15 +14,15 @@ SAMPLES = ("sample3.yaml", "sample4.yaml")
 
 
 def valid_document() -> dict[str, Any]:
-    """One master and one GPU worker on Kubernetes 1.29 with Kubeflow v1.9.0; no problem, not even a warning."""
+    """One master and one GPU worker on Kubernetes 1.36 with Kubeflow v1.11.0; no problem, not even a warning."""
     return {
         "apiVersion": "vk8s.skt.co.kr/v1alpha1",
         "kind": "Vk8s",
         "metadata": {"name": "team-a", "namespace": "ml"},
         "spec": {
-            "kubernetes": {"version": "1.29"},
+            "kubernetes": {"version": "1.36"},
             "kubeflow": {
-                "version": "v1.9.0",
+                "version": "v1.11.0",
                 "email": "alice@example.com",
                 "passwordSecretRef": {"name": "alice-kubeflow", "key": "password"},
             },
@@ -30,13 +30,13 @@ def valid_document() -> dict[str, Any]:
                 {
                     "name": "team-a-master",
                     "role": "master",
-                    "image": "ghcr.io/vk8s/kink:v1.29",
+                    "image": "ghcr.io/vk8s/kink:v1.36",
                     "resources": {"requests": {"cpu": "2", "memory": "8Gi"}, "limits": {"cpu": "4", "memory": "16Gi"}},
                 },
                 {
                     "name": "team-a-gpu-1",
                     "role": "worker",
-                    "image": "ghcr.io/vk8s/kink:v1.29",
+                    "image": "ghcr.io/vk8s/kink:v1.36",
                     "resources": {"limits": {"cpu": "8", "memory": "32Gi", "nvidia.com/gpu": 2}},
                 },
             ],

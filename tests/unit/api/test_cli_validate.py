@@ -58,8 +58,8 @@ def test_invalid_file_prints_one_line_per_problem(tmp_path: Path) -> None:
     assert result.stdout.splitlines() == [
         f"{path}: spec.nodes[1].resources.limits.nvidia.com/gpu: request 1 differs from limit 2; nvidia.com/gpu "
         "cannot be overcommitted, so requests must equal limits (or set only one of them)",
-        f"{path}: spec.kubeflow.version: Kubeflow v1.4.0 runs on Kubernetes 1.20, not 1.29; compatible with "
-        "Kubernetes 1.29: v1.9.0",
+        f"{path}: spec.kubeflow.version: Kubeflow v1.4.0 runs on Kubernetes 1.20, not 1.36; compatible with "
+        "Kubernetes 1.36: v1.11.0",
     ]
 
 

@@ -92,7 +92,7 @@ def test_preferred_example_is_clean() -> None:
     assert result.problems == [], result.problems
     assert result.vk8s is not None
     spec = result.vk8s.spec
-    assert [spec.image_for(node) for node in spec.nodes] == ["ghcr.io/vk8s/kink:v1.29"] * 2
+    assert [spec.image_for(node) for node in spec.nodes] == ["ghcr.io/vk8s/kink:v1.36"] * 2
     assert spec.gpus_total() == 2
 
 
@@ -196,9 +196,9 @@ def test_gpu_count_from_requests_only() -> None:
 def test_image_for_uses_the_node_image_or_the_catalog(document: dict[str, Any]) -> None:
     del document["spec"]["nodes"][1]["image"]
     spec = Vk8s.model_validate(document).spec
-    assert spec.image_for(spec.nodes[0]) == "ghcr.io/vk8s/kink:v1.29"
+    assert spec.image_for(spec.nodes[0]) == "ghcr.io/vk8s/kink:v1.36"
     catalog = NodeImageCatalog(repository="registry.local/kink")
-    assert spec.image_for(spec.nodes[1], catalog) == "registry.local/kink:v1.29"
+    assert spec.image_for(spec.nodes[1], catalog) == "registry.local/kink:v1.36"
 
 
 def test_image_for_without_any_version_says_why() -> None:

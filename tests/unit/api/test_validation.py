@@ -229,33 +229,32 @@ ERRORS: list[Any] = [
         "spec.ports[1].nodePort", "used twice", id="nodeport-dup",
     ),
     # Kubernetes version
-    pytest.param(on("1.10"), "spec.kubernetes.version", "Kubernetes 1.10 is not supported; supported: 1.11-1.37",
-                 id="k8s-unsupported"),
-    pytest.param(on("1.38"), "spec.kubernetes.version", "not supported", id="k8s-too-new"),
+    pytest.param(on("1.10"), "spec.kubernetes.version", "Kubernetes 1.10 has no node image; available: 1.20, 1.34-1.36",
+                 id="k8s-unknown"),
+    pytest.param(on("1.29"), "spec.kubernetes.version", "Kubernetes 1.29 has no node image; available: 1.20, 1.34-1.36",
+                 id="k8s-no-node-image"),
+    pytest.param(on("1.38"), "spec.kubernetes.version", "no node image", id="k8s-too-new"),
     pytest.param(lambda d: kubernetes(d).update(version="latest"), "spec.kubernetes.version",
                  "a Kubernetes version such as 1.29", id="k8s-format"),
     pytest.param(lambda d: kubernetes(d).update(version=1.2), "spec.kubernetes.version", "quote the value in YAML",
                  id="k8s-unquoted"),
-    pytest.param(images(["ghcr.io/vk8s/kink:v1.29", "ghcr.io/vk8s/kink:v1.28"]), "spec.nodes[1].image",
-                 "image tag is Kubernetes 1.28 but spec.kubernetes.version is 1.29", id="image-vs-version"),
+    pytest.param(images(["ghcr.io/vk8s/kink:v1.36", "ghcr.io/vk8s/kink:v1.35"]), "spec.nodes[1].image",
+                 "image tag is Kubernetes 1.35 but spec.kubernetes.version is 1.36", id="image-vs-version"),
     pytest.param(on(None, "kink:latest"), "spec.nodes[0].image", "cannot tell the Kubernetes version", id="image-no-tag"),
-    pytest.param(on(None, ["kink:v1.29", None]), "spec.nodes[1].image", "no image and no spec.kubernetes.version",
+    pytest.param(on(None, ["kink:v1.36", None]), "spec.nodes[1].image", "no image and no spec.kubernetes.version",
                  id="image-missing"),
-    pytest.param(on(None, ["kink:v1.29", "kink:v1.28"]), "spec.nodes[1].image", "same Kubernetes minor",
+    pytest.param(on(None, ["kink:v1.36", "kink:v1.35"]), "spec.nodes[1].image", "same Kubernetes minor",
                  id="images-disagree"),
-    pytest.param(on(None, "kink:v1.10"), "spec.nodes[0].image", "Kubernetes 1.10 is not supported", id="image-unsupported"),
+    pytest.param(on(None, "kink:v1.10"), "spec.nodes[0].image", "Kubernetes 1.10 has no node image", id="image-unknown"),
+    pytest.param(on(None, "harbor.example.com/vk8s/kink:v1.29"), "spec.nodes[0].image",
+                 "Kubernetes 1.29 has no node image; available: 1.20, 1.34-1.36", id="image-no-node-image"),
     # Kubeflow version and compatibility
     pytest.param(lambda d: kubeflow(d).update(version="v1.4.0"), "spec.kubeflow.version",
-                 "compatible with Kubernetes 1.29: v1.9.0", id="kf-incompatible"),
+                 "compatible with Kubernetes 1.36: v1.11.0", id="kf-incompatible"),
     pytest.param(lambda d: kubeflow(d).update(version="v1.9.9"), "spec.kubeflow.version", "not a known release",
                  id="kf-unknown"),
     pytest.param(lambda d: kubeflow(d).update(version="1.9.0"), "spec.kubeflow.version", "vX.Y.Z", id="kf-format"),
     pytest.param(lambda d: kubeflow(d).update(version="v1.9"), "spec.kubeflow.version", "vX.Y.Z", id="kf-minor-only"),
-    pytest.param(on("1.28"), "spec.kubeflow", "no Kubeflow release is compatible with Kubernetes 1.28", id="kf-none-1.28"),
-    pytest.param(both(on("1.16"), lambda d: kubeflow(d).pop("version")), "spec.kubeflow",
-                 "no Kubeflow release is compatible with Kubernetes 1.16", id="kf-none-1.16-deck"),
-    pytest.param(both(on("1.16"), lambda d: kubeflow(d).update(version="v0.7.1")), "spec.kubeflow",
-                 "remove the kubeflow block", id="kf-0.7-on-1.16"),
     # Kubeflow user
     pytest.param(lambda d: kubeflow(d).update(email="alice"), "spec.kubeflow.email", "an email address", id="email"),
     pytest.param(lambda d: kubeflow(d).update(email="alice@localhost"), "spec.kubeflow.email", "email", id="email-no-dot"),
@@ -321,15 +320,15 @@ VALID: list[Any] = [
     pytest.param(lambda d: kubernetes(d).update(podNetworkCidr="10.244.0.0/23"), id="pod-cidr-just-enough"),
     pytest.param(both(lambda d: d["spec"]["nodes"].pop(), lambda d: resources(d, 0, "limits").update(cpu="8"),
                       lambda d: kubernetes(d).update(podNetworkCidr="10.244.0.0/24")), id="pod-cidr-one-node"),
-    pytest.param(on(None, "ghcr.io/vk8s/kink:v1.29"), id="version-from-image"),
-    pytest.param(on(None, "host:5000/vk8s/kink:v1.29-ubuntu"), id="version-from-registry-port-image"),
-    pytest.param(on("1.29", [None, None]), id="images-from-catalog"),
-    pytest.param(on("v1.29.4", ["registry.local/kink@sha256:" + "a" * 64, None]), id="untagged-image-with-version"),
+    pytest.param(on(None, "ghcr.io/vk8s/kink:v1.36"), id="version-from-image"),
+    pytest.param(on(None, "host:5000/vk8s/kink:v1.36-ubuntu"), id="version-from-registry-port-image"),
+    pytest.param(on("1.36", [None, None]), id="images-from-catalog"),
+    pytest.param(on("v1.36.3", ["registry.local/kink@sha256:" + "a" * 64, None]), id="untagged-image-with-version"),
     pytest.param(lambda d: kubeflow(d).pop("version"), id="kubeflow-default-version"),
     pytest.param(both(lambda d: d["spec"].pop("kubeflow"), lambda d: d["spec"].pop("ports")), id="no-kubeflow"),
-    pytest.param(both(on("1.16"), lambda d: d["spec"].pop("kubeflow")), id="1.16-without-kubeflow"),
+    pytest.param(both(on("1.35"), lambda d: d["spec"].pop("kubeflow")), id="1.35-without-kubeflow"),
     pytest.param(both(on("1.20"), lambda d: kubeflow(d).update(version="v1.3.0")), id="kf-1.3-on-1.20"),
-    pytest.param(both(on("1.14"), lambda d: kubeflow(d).update(version="v0.4.1")), id="kf-0.4-on-1.14"),
+    pytest.param(both(on("1.20"), lambda d: kubeflow(d).pop("version")), id="kf-default-on-1.20"),
     pytest.param(both(on("1.34"), lambda d: kubeflow(d).update(version="v1.11.0")), id="kf-1.11-on-1.34"),
     pytest.param(lambda d: kubeflow(d).update(email="first.last+ml@corp.example.co.kr"), id="email-plus"),
     pytest.param(lambda d: node(d, 1).update(tolerations=[
@@ -342,7 +341,7 @@ VALID: list[Any] = [
     pytest.param(lambda d: d["spec"].update(accessPodImage="ghcr.io/vk8s/access:1", accessPodPort=22), id="access-pod"),
     pytest.param(lambda d: d["spec"].update(placement={"gpuModel": "NVIDIA-A100-SXM4-80GB", "spreadZones": True}),
                  id="placement"),
-    pytest.param(lambda d: add_worker(d, image="ghcr.io/vk8s/kink:v1.29"), id="three-nodes-in-a-22"),
+    pytest.param(lambda d: add_worker(d, image="ghcr.io/vk8s/kink:v1.36"), id="three-nodes-in-a-22"),
 ]
 
 
@@ -379,7 +378,7 @@ def test_warnings_do_not_invalidate(document: Doc, change: Change, path: str, fr
 
 def test_capacity_warning_skips_unbounded_nodes(document: Doc) -> None:
     resources(document, 1, "limits").update(cpu="100m", memory="1Gi")
-    add_worker(document, image="ghcr.io/vk8s/kink:v1.29")  # no resources: may use the whole host node
+    add_worker(document, image="ghcr.io/vk8s/kink:v1.36")  # no resources: may use the whole host node
     assert validate_document(document).problems == []
 
 
@@ -392,12 +391,49 @@ def test_host_networks_must_not_overlap(document: Doc) -> None:
     assert validate_document(document, host_cidrs=["192.168.0.0/16"]).ok
 
 
+def catalog(*rows: dict[str, Any], kubeflow: tuple[dict[str, Any], ...] = ()) -> CompatibilityMatrix:
+    return CompatibilityMatrix.model_validate({"kubernetes": list(rows), "kubeflow": list(kubeflow)})
+
+
+def with_image(minor: str) -> dict[str, Any]:
+    return {
+        "minor": minor, "release": f"{minor}.1", "kubeadmApi": "kubeadm.k8s.io/v1beta4",
+        "nodeImage": f"ghcr.io/vk8s/kink:v{minor}",
+    }
+
+
 def test_matrix_can_be_replaced(document: Doc) -> None:
-    matrix = CompatibilityMatrix.model_validate(
-        {"kubernetes": ["1.30"], "kubeflow": [{"version": "v1.9.0", "kubernetes": ["1.30"], "source": "test"}]}
+    matrix = catalog(
+        with_image("1.30"), "1.36", kubeflow=({"version": "v1.9.0", "kubernetes": ["1.30"], "source": "test"},)
     )
     result = validate_document(document, matrix=matrix)
-    assert [(p.path, "supported: 1.30" in p.message) for p in result.errors] == [("spec.kubernetes.version", True)]
+    assert [(p.path, p.message) for p in result.errors] == [
+        ("spec.kubernetes.version", "Kubernetes 1.36 has no node image; available: 1.30")
+    ]
+    assert [p.message for p in validate_document(document, matrix=catalog("1.36")).errors] == [
+        "Kubernetes 1.36 has no node image; available: none"
+    ]
+
+
+@pytest.mark.parametrize("version", [None, "v1.11.0"])
+def test_minor_with_a_node_image_but_no_kubeflow(document: Doc, version: str | None) -> None:
+    """Like the deck's 1.16 row: a cluster, but no Kubeflow; the message names the minors that have both."""
+    matrix = catalog(
+        with_image("1.16"), with_image("1.36"), "1.37",
+        kubeflow=({"version": "v1.11.0", "kubernetes": ["1.36", "1.37"], "source": "test"},),
+    )
+    on("1.16")(document)
+    kubeflow(document).update(version=version)
+    if version is None:
+        kubeflow(document).pop("version")
+    result = validate_document(document, matrix=matrix)
+    assert [(p.path, p.message) for p in result.errors] == [
+        ("spec.kubeflow", "no Kubeflow release is compatible with Kubernetes 1.16; remove the kubeflow block or use "
+         "Kubernetes 1.36")
+    ]
+    document["spec"].pop("kubeflow")
+    document["spec"].pop("ports")
+    assert validate_document(document, matrix=matrix).problems == []
 
 
 # --- the gs-optops layout: problems point where the user wrote the block ----------------------------
@@ -423,14 +459,13 @@ def test_problems_in_master_blocks_keep_their_place(change: Change, path: str, f
     assert any(p.path == path and fragment in p.message for p in result.errors), "\n".join(map(str, result.problems))
 
 
-def test_deck_kubernetes_1_16_row_is_none() -> None:
+def test_deck_minor_without_a_node_image_is_refused_before_kubeflow() -> None:
+    """1.16 is in the deck's table (no Kubeflow runs on it) but has no node image: that is what is said."""
     document = valid_document()
     on("1.16")(document)
     kubeflow(document).update(version="v0.5.1")
-    messages = [p.message for p in validate_document(document).errors]
-    assert messages == [
-        "no Kubeflow release is compatible with Kubernetes 1.16; remove the kubeflow block or use Kubernetes "
-        "1.11-1.15, 1.19-1.22, 1.24-1.26, 1.29, 1.31-1.37"
+    assert [(p.path, p.message) for p in validate_document(document).errors] == [
+        ("spec.kubernetes.version", "Kubernetes 1.16 has no node image; available: 1.20, 1.34-1.36")
     ]
 
 

@@ -1,4 +1,4 @@
-"""The Kubernetes <-> Kubeflow matrix, version parsing and the node image catalog."""
+"""The version catalog (Kubernetes minors, Kubeflow matrix), version parsing and the node image catalog."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ DECK_TABLE = {
 def test_old_releases_follow_the_deck_table_exactly(kubernetes: str, kubeflow_minors: set[str]) -> None:
     compatible = MATRIX.compatible_kubeflow(kubernetes)
     assert {version[1:].rsplit(".", 1)[0] for version in compatible} == kubeflow_minors
-    assert MATRIX.is_supported(kubernetes)
+    assert kubernetes in MATRIX.known_kubernetes()
 
 
 @pytest.mark.parametrize(
@@ -80,13 +80,50 @@ def test_default_pick_is_the_newest_compatible(kubernetes: str, default: str | N
     assert MATRIX.default_kubeflow(kubernetes) == default
 
 
-def test_supported_kubernetes_is_ordered_numerically() -> None:
-    supported = MATRIX.supported_kubernetes()
-    assert supported[0] == "1.11"
-    assert supported[-1] == "1.37"
-    assert supported == sorted(supported, key=lambda minor: tuple(map(int, minor.split("."))))
-    assert not MATRIX.is_supported("1.10")
-    assert not MATRIX.is_supported("1.38")
+def test_known_kubernetes_is_ordered_numerically() -> None:
+    known = MATRIX.known_kubernetes()
+    assert known[0] == "1.11"
+    assert known[-1] == "1.37"
+    assert known == sorted(known, key=lambda minor: tuple(map(int, minor.split("."))))
+    assert MATRIX.row("1.10") is None and MATRIX.row("v1.38.0") is None
+
+
+def test_available_minors_are_those_with_a_node_image() -> None:
+    """1.36 (the testbed's), 1.35, 1.34 and the deck's 1.20: the releases built from source here."""
+    assert MATRIX.available_kubernetes() == ["1.20", "1.34", "1.35", "1.36"]
+    for minor in ("1.20", "1.34", "v1.35.8", "1.36"):
+        assert MATRIX.is_available(minor)
+    for minor in ("1.10", "1.16", "1.29", "1.37", "1.38"):
+        assert not MATRIX.is_available(minor)
+    assert MATRIX.node_image("v1.36.3") == "ghcr.io/vk8s/kink:v1.36"
+    assert MATRIX.node_image("1.29") is None
+
+
+@pytest.mark.parametrize(
+    ("version", "api"),
+    [
+        ("1.14", None),
+        ("1.15", "v1beta2"),
+        ("v1.20.15", "v1beta2"),
+        ("1.21", "v1beta2"),
+        ("1.22", "v1beta3"),
+        ("1.30", "v1beta3"),
+        ("1.31", "v1beta4"),
+        ("v1.36.3", "v1beta4"),
+        ("1.38", None),
+    ],
+)
+def test_kubeadm_api_per_minor(version: str, api: str | None) -> None:
+    assert MATRIX.kubeadm_api(version) == (api and f"kubeadm.k8s.io/{api}")
+
+
+def test_every_available_minor_has_a_release_and_kubeadm_api() -> None:
+    for minor in MATRIX.available_kubernetes():
+        row = MATRIX.row(minor)
+        assert row is not None and row.release is not None and row.kubeadm_api is not None
+        assert row.release.rsplit(".", 1)[0] == minor
+        assert row.built_here
+        assert MATRIX.default_kubeflow(minor) is not None, f"{minor} has no Kubeflow"
 
 
 def test_known_kubeflow_is_newest_first() -> None:
@@ -109,7 +146,7 @@ def test_kubernetes_with_kubeflow_skips_minors_without_any() -> None:
 @pytest.mark.parametrize(
     ("text", "problem"),
     [
-        ("kubernetes: ['1.20']\nkubeflow: [{version: v1.3.0, kubernetes: ['1.19'], source: x}]\n", "unsupported"),
+        ("kubernetes: ['1.20']\nkubeflow: [{version: v1.3.0, kubernetes: ['1.19'], source: x}]\n", "unknown"),
         ("kubernetes: [1.20]\nkubeflow: []\n", "string"),
         ("kubernetes: ['1.20', '1.20']\nkubeflow: []\n", "twice"),
         (
@@ -120,6 +157,17 @@ def test_kubernetes_with_kubeflow_skips_minors_without_any() -> None:
         ("kubernetes: ['1.20']\nkubeflow: [{version: v1.3.0, kubernetes: ['1.20'], source: ''}]\n", "at least 1"),
         ("kubernetes: ['1.20']\nkubeflow: [{version: 1.3.0, kubernetes: ['1.20'], source: x}]\n", "pattern"),
         ("kubernetes: ['v1.20']\nkubeflow: []\n", "MAJOR.MINOR"),
+        ("kubernetes: [{minor: '1.20', release: '1.21.1'}]\nkubeflow: []\n", "not a 1.20 release"),
+        ("kubernetes: [{minor: '1.20', release: '1.20'}]\nkubeflow: []\n", "pattern"),
+        ("kubernetes: [{minor: '1.20', kubeadmApi: v1beta2}]\nkubeflow: []\n", "pattern"),
+        ("kubernetes: [{minor: '1.20', nodeImage: 'kink:v1.20'}]\nkubeflow: []\n", "needs its release and kubeadmApi"),
+        (
+            "kubernetes: [{minor: '1.20', release: '1.20.15', kubeadmApi: kubeadm.k8s.io/v1beta2,"
+            " nodeImage: 'kink:v1.21'}]\nkubeflow: []\n",
+            "whose tag is Kubernetes 1.20",
+        ),
+        ("kubernetes: [{minor: '1.20', builtHere: true}]\nkubeflow: []\n", "builtHere needs the release"),
+        ("kubernetes: [{minor: '1.20', image: 'kink:v1.20'}]\nkubeflow: []\n", "Extra inputs"),
     ],
 )
 def test_matrix_file_mistakes_are_refused(tmp_path: Path, text: str, problem: str) -> None:
@@ -171,10 +219,16 @@ def test_kubeflow_sort_key_refuses_non_releases() -> None:
 DIGEST = "sha256:" + "0123456789abcdef" * 4
 
 
-def test_catalog_defaults_to_repository_and_minor_tag() -> None:
+def test_catalog_defaults_to_the_version_catalogs_node_image() -> None:
     catalog = NodeImageCatalog()
-    assert catalog.image_for("1.29") == "ghcr.io/vk8s/kink:v1.29"
-    assert catalog.image_for("v1.29.4") == "ghcr.io/vk8s/kink:v1.29"
+    assert catalog.image_for("1.36") == "ghcr.io/vk8s/kink:v1.36"
+    assert catalog.image_for("v1.35.4") == "ghcr.io/vk8s/kink:v1.35"
+
+
+@pytest.mark.parametrize("version", ["1.29", "v1.29.4", "1.10"])
+def test_catalog_has_no_image_for_a_minor_without_one(version: str) -> None:
+    with pytest.raises(VersionError, match=r"no node image for Kubernetes 1\.\d+; available: 1.20, 1.34, 1.35, 1.36"):
+        NodeImageCatalog(images={"1.29": "mirror.local/kink:v1.29"}).image_for(version)
 
 
 def test_catalog_overrides_and_pins(tmp_path: Path) -> None:
@@ -182,12 +236,12 @@ def test_catalog_overrides_and_pins(tmp_path: Path) -> None:
     path.write_text(
         "repository: registry.local:5000/vk8s/kink\n"
         "images:\n  '1.20': harbor.example.com/vk8s/kink:v1.20-ubuntu\n"
-        f"digests:\n  '1.29': {DIGEST}\n"
+        f"digests:\n  '1.35': {DIGEST}\n"
     )
     catalog = NodeImageCatalog.load(path)
     assert catalog.image_for("1.20") == "harbor.example.com/vk8s/kink:v1.20-ubuntu"
-    assert catalog.image_for("1.29") == f"registry.local:5000/vk8s/kink:v1.29@{DIGEST}"
-    assert catalog.image_for("1.30") == "registry.local:5000/vk8s/kink:v1.30"
+    assert catalog.image_for("1.35") == f"registry.local:5000/vk8s/kink:v1.35@{DIGEST}"
+    assert catalog.image_for("1.36") == "registry.local:5000/vk8s/kink:v1.36"
 
 
 @pytest.mark.parametrize(

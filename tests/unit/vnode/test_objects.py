@@ -56,7 +56,7 @@ def test_vnode_pod_is_privileged_with_read_only_host_dirs_and_its_state_on_a_vol
     mounts = {mount["mountPath"]: mount for mount in container["volumeMounts"]}
 
     assert container["securityContext"] == {"privileged": True}
-    assert container["image"] == "ghcr.io/vk8s/kink:v1.29"
+    assert container["image"] == "ghcr.io/vk8s/kink:v1.36"
     for path, volume in (("/lib/modules", "lib-modules"), ("/usr/src", "usr-src")):
         assert mounts[path] == {"name": volume, "mountPath": path, "readOnly": True}
         assert {"name": volume, "hostPath": {"path": path, "type": "Directory"}} in template["volumes"]
@@ -259,13 +259,22 @@ def test_node_without_image_and_version_is_a_permanent_error() -> None:
 def test_image_catalog_fills_in_a_missing_image() -> None:
     rec = record()
     nodes = tuple(node.model_copy(update={"image": None}) for node in rec.spec.nodes)
-    kubernetes = rec.spec.kubernetes.model_copy(update={"version": "1.31"})
+    kubernetes = rec.spec.kubernetes.model_copy(update={"version": "1.35"})
     rec = rec.model_copy(update={"spec": rec.spec.model_copy(update={"nodes": nodes, "kubernetes": kubernetes})})
     settings = VNodeSettings.model_validate({"image_catalog": {"repository": "mirror.local/kink"}})
 
     container = logic.plan(rec, [], settings).apply[1]["spec"]["template"]["spec"]["containers"][0]
 
-    assert container["image"] == "mirror.local/kink:v1.31"
+    assert container["image"] == "mirror.local/kink:v1.35"
+
+
+def test_minor_without_a_node_image_is_a_permanent_error() -> None:
+    rec = record()
+    nodes = tuple(node.model_copy(update={"image": None}) for node in rec.spec.nodes)
+    kubernetes = rec.spec.kubernetes.model_copy(update={"version": "1.29"})
+    rec = rec.model_copy(update={"spec": rec.spec.model_copy(update={"nodes": nodes, "kubernetes": kubernetes})})
+    with pytest.raises(PermanentError, match="no node image for Kubernetes 1.29; available: 1.20, 1.34"):
+        logic.plan(rec, [], SETTINGS)
 
 
 def test_record_round_trips_through_json() -> None:
