@@ -14,6 +14,7 @@ import pytest
 import yaml
 from kubernetes.aio import client
 
+from libs.api.versions import default_matrix
 from libs.kube import GROUP, VERSION
 from tests.e2e.conftest import ROOT, eventually, run, vk8s_object
 from tests.e2e.test_lifecycle import assert_no_allocation, running, statefulsets
@@ -29,6 +30,21 @@ pytestmark = [pytest.mark.real, pytest.mark.timeout(1200)]
 GPU = "nvidia.com/gpu"
 GPUS_PER_HOST = 4
 VERSION_ASKED = pinned_versions()["KUBERNETES_VERSION"]
+DEFAULT_MINOR = ".".join(VERSION_ASKED.split(".")[:2])
+CATALOG = default_matrix()
+# The deck scenario runs the testbed's release (CI builds it anyway). VK8S_TEST_ALL_MINORS=1 adds a
+# cluster of every other minor with a node image: each builds its binaries and images, minutes cold.
+OTHER_MINORS = (
+    [minor for minor in CATALOG.available_kubernetes() if minor != DEFAULT_MINOR]
+    if os.environ.get("VK8S_TEST_ALL_MINORS") == "1"
+    else []
+)
+
+
+def release_of(minor: str) -> str:
+    row = CATALOG.row(minor)
+    assert row is not None and row.release is not None, f"{minor} has no release in the catalog"
+    return row.release
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +55,8 @@ def real_product(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[sta
             pytest.fail(f"CI must run the real tier, but this machine cannot: {reason}")
         pytest.skip(f"this machine cannot run the real tier: {reason}")
     layout = stack.StackLayout(tmp_path_factory.mktemp("real-stack"))
-    fleet = FleetSpec(nodes=1, gpus_per_node=GPUS_PER_HOST, runtime="real", vnode_images=(VERSION_ASKED,))
+    releases = tuple(release_of(minor) for minor in [DEFAULT_MINOR, *OTHER_MINORS])
+    fleet = FleetSpec(nodes=1, gpus_per_node=GPUS_PER_HOST, runtime="real", vnode_images=releases)
     info = stack.up(layout, fleet)
     try:
         yield layout, info
@@ -106,8 +123,7 @@ async def test_deck_scenario_on_real_vnodes(
     real_host: client.ApiClient, tenant: str, real_env: dict[str, str], real_product: tuple[stack.StackLayout, stack.StackInfo], tmp_path: Path
 ) -> None:
     name = "deck"
-    minor = ".".join(VERSION_ASKED.split(".")[:2])
-    applied = run(["kubectl", "apply", "-f", "-"], real_env, stdin=cluster_manifest(name, tenant, minor))
+    applied = run(["kubectl", "apply", "-f", "-"], real_env, stdin=cluster_manifest(name, tenant, DEFAULT_MINOR))
     assert applied.returncode == 0, applied.stderr
 
     obj = await running(real_host, tenant, name, timeout=600)
@@ -193,3 +209,19 @@ def vnode_gpus(env: dict[str, str], namespace: str, pod: str) -> set[str]:
     result = run(["kubectl", "exec", "-n", namespace, pod, "--", "printenv", "NVIDIA_VISIBLE_DEVICES"], env)
     assert result.returncode == 0, result.stderr
     return set(result.stdout.strip().split(","))
+
+
+@pytest.mark.parametrize("minor", OTHER_MINORS)
+async def test_each_built_minor_runs_and_reports_its_version(
+    real_host: client.ApiClient, tenant: str, real_env: dict[str, str], minor: str
+) -> None:
+    name = f"v{minor.replace('.', '-')}"
+    applied = run(["kubectl", "apply", "-f", "-"], real_env, stdin=cluster_manifest(name, tenant, minor))
+    assert applied.returncode == 0, applied.stderr
+
+    obj = await running(real_host, tenant, name, timeout=600)
+
+    kubernetes = next(c for c in obj["status"]["readiness"] if c["type"] == "KubernetesReady")
+    assert kubernetes["message"] == f"Kubernetes v{release_of(minor)} on 2 nodes", kubernetes
+    deleted = run(["vk8s", "delete", name, "-n", tenant, "--wait", "--timeout", "300"], real_env)
+    assert deleted.returncode == 0, deleted.stdout + deleted.stderr
