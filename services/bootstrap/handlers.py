@@ -93,7 +93,8 @@ class BootstrapHandlers:
 
         runner = workflow.StepRunner(self._exec, progress, self._settings.step_attempts, self._settings.step_backoff_s)
         with self._metrics.bootstrap_seconds.time():
-            done = await workflow.bootstrap(runner, plan, self._settings.nodes_ready_timeout_s)
+            timeouts = workflow.Timeouts(self._settings.control_plane_timeout_s, self._settings.nodes_ready_timeout_s)
+            done = await workflow.bootstrap(runner, plan, timeouts)
         secret = logic.kubeconfig_secret_name(name)
         await self._host.store_kubeconfig(obj, secret, done.kubeconfig)
         ready = ClusterKubernetesReady(

@@ -75,7 +75,13 @@ class ClusterNetwork:
 
 
 def kubeadm_init_config(
-    *, kubeadm_version: str, node_name: str, network: ClusterNetwork, cluster_name: str, schedulable_master: bool
+    *,
+    kubeadm_version: str,
+    node_name: str,
+    network: ClusterNetwork,
+    cluster_name: str,
+    schedulable_master: bool,
+    control_plane_timeout_s: int = 240,
 ) -> str:
     """InitConfiguration + ClusterConfiguration for the kubeadm of the node image (`v1.36.3`):
     its API version and its release as kubernetesVersion (so kubeadm never looks one up online).
@@ -117,6 +123,12 @@ def kubeadm_init_config(
         "kind": "KubeProxyConfiguration",
         "conntrack": {"maxPerCore": 0},
     }
+    # How long kubeadm waits for the control plane to turn healthy (its default is 4 minutes).
+    timeout = f"{control_plane_timeout_s}s"
+    if api.endswith("v1beta4"):
+        init["timeouts"] = {"controlPlaneComponentHealthCheck": timeout}
+    else:
+        cluster["apiServer"]["timeoutForControlPlane"] = timeout
     return yaml.safe_dump_all([init, cluster, proxy], sort_keys=False)
 
 

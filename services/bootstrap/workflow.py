@@ -37,6 +37,12 @@ class ClusterPlan:
     service_cidr: str
 
 
+@dataclass(frozen=True)
+class Timeouts:
+    control_plane_s: int  # kubeadm init's wait for a healthy control plane
+    nodes_ready_s: int  # how long the inner nodes may take to turn Ready with their GPUs
+
+
 class StepRunner:
     def __init__(self, node_exec: NodeExec, progress: Progress, attempts: int, backoff_s: float):
         self._exec = node_exec
@@ -77,7 +83,7 @@ async def _apply(runner: StepRunner, target: VNodeTarget, step: str, path: str, 
     await runner.run(target, step, ["vk8s-node", "apply", path])
 
 
-async def bootstrap_master(runner: StepRunner, plan: ClusterPlan) -> str:
+async def bootstrap_master(runner: StepRunner, plan: ClusterPlan, timeouts: Timeouts) -> str:
     """Init (or restart after a pause) the control plane and install the addons; returns the
     admin kubeconfig."""
     master = plan.master
@@ -93,6 +99,7 @@ async def bootstrap_master(runner: StepRunner, plan: ClusterPlan) -> str:
             network=logic.ClusterNetwork(master.ip, plan.pod_cidr, plan.service_cidr),
             cluster_name=plan.name,
             schedulable_master=not plan.workers,
+            control_plane_timeout_s=timeouts.control_plane_s,
         )
         await runner.run(master, "kubeadm-config", logic.write_command(logic.KUBEADM_CONFIG, config))
         await runner.run(master, "kubeadm-init", ["vk8s-node", "init", logic.KUBEADM_CONFIG])
@@ -122,9 +129,9 @@ class Bootstrapped:
     server_version: str  # what the inner API server reports, e.g. v1.36.3
 
 
-async def bootstrap(runner: StepRunner, plan: ClusterPlan, ready_timeout_s: float) -> Bootstrapped:
+async def bootstrap(runner: StepRunner, plan: ClusterPlan, timeouts: Timeouts) -> Bootstrapped:
     """The cluster is bootstrapped once every node is Ready; its version is what its API server says."""
-    kubeconfig = await bootstrap_master(runner, plan)
+    kubeconfig = await bootstrap_master(runner, plan, timeouts)
     try:
         async with asyncio.TaskGroup() as group:
             for worker in plan.workers:
@@ -132,7 +139,7 @@ async def bootstrap(runner: StepRunner, plan: ClusterPlan, ready_timeout_s: floa
     except* PermanentError as failed:
         raise failed.exceptions[0] from None
     nodes = [f"{target.vnode}={target.gpus}" for target in (plan.master, *plan.workers)]
-    await runner.run(plan.master, "nodes-ready", ["vk8s-node", "wait-ready", str(round(ready_timeout_s)), *nodes])
+    await runner.run(plan.master, "nodes-ready", ["vk8s-node", "wait-ready", str(timeouts.nodes_ready_s), *nodes])
     version = await runner.run(plan.master, "server-version", ["vk8s-node", "server-version"])
     try:
         return Bootstrapped(kubeconfig, logic.server_version(version.stdout))

@@ -57,7 +57,10 @@ def real_product(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[sta
     layout = stack.StackLayout(tmp_path_factory.mktemp("real-stack"))
     releases = tuple(release_of(minor) for minor in [DEFAULT_MINOR, *OTHER_MINORS])
     fleet = FleetSpec(nodes=1, gpus_per_node=GPUS_PER_HOST, runtime="real", vnode_images=releases)
-    info = stack.up(layout, fleet)
+    # A healthy control plane is up in well under a minute here: a failing one need not take
+    # kubeadm's 4 minutes, three times, to fail.
+    settings = {"VK8S_BOOTSTRAP_CONTROL_PLANE_TIMEOUT_S": "60", "VK8S_BOOTSTRAP_STEP_ATTEMPTS": "2"}
+    info = stack.up(layout, fleet, settings)
     try:
         yield layout, info
     finally:
@@ -85,11 +88,12 @@ async def tenant(real_host: client.ApiClient) -> AsyncIterator[str]:
     await delete_namespace(real_host, name)
 
 
-def cluster_manifest(name: str, namespace: str, minor: str) -> str:
+def cluster_manifest(name: str, namespace: str, minor: str, master_memory: str = "4Gi") -> str:
     def node(node_name: str, role: str) -> dict[str, Any]:
         # Small requests: the host is this machine's 2 cores, shared by both vNodes.
-        requests = {"cpu": "250m", "memory": "1Gi", GPU: 1}
-        limits = {"cpu": "2", "memory": "4Gi", GPU: 1}
+        memory = master_memory if role == "master" else "4Gi"
+        requests = {"cpu": "250m", "memory": min(memory, "1Gi", key=_bytes), GPU: 1}
+        limits = {"cpu": "2", "memory": memory, GPU: 1}
         return {"name": node_name, "role": role, "resources": {"requests": requests, "limits": limits}}
 
     document = {
@@ -99,6 +103,10 @@ def cluster_manifest(name: str, namespace: str, minor: str) -> str:
         "spec": {"kubernetes": {"version": minor}, "nodes": [node(f"{name}-master", "master"), node(f"{name}-worker", "worker")]},
     }
     return yaml.safe_dump(document)
+
+
+def _bytes(quantity: str) -> int:
+    return int(quantity[:-2]) * {"Mi": 2**20, "Gi": 2**30}[quantity[-2:]]
 
 
 def inner(kubeconfig: Path, env: dict[str, str], *args: str, stdin: str | None = None) -> str:
@@ -225,3 +233,36 @@ async def test_each_built_minor_runs_and_reports_its_version(
     assert kubernetes["message"] == f"Kubernetes v{release_of(minor)} on 2 nodes", kubernetes
     deleted = run(["vk8s", "delete", name, "-n", tenant, "--wait", "--timeout", "300"], real_env)
     assert deleted.returncode == 0, deleted.stdout + deleted.stderr
+
+
+async def test_a_master_too_small_for_its_control_plane_fails_with_kubeadms_words(
+    real_host: client.ApiClient, tenant: str, real_env: dict[str, str], real_product: tuple[stack.StackLayout, stack.StackInfo]
+) -> None:
+    """A real failure, not a simulated one: 350 MiB cannot hold etcd, the API server, the
+    controller-manager and the scheduler, so they are OOM-killed and kubeadm init gives up."""
+    name = "tiny"
+    applied = run(["kubectl", "apply", "-f", "-"], real_env, stdin=cluster_manifest(name, tenant, DEFAULT_MINOR, "350Mi"))
+    assert applied.returncode == 0, applied.stderr
+
+    async def failed() -> dict[str, Any] | None:
+        status = ((await vk8s_object(real_host, tenant, name)) or {}).get("status") or {}
+        assert status.get("phase") != "Running", status
+        return status if status.get("phase") == "Failed" else None
+
+    status = await eventually(failed, f"{tenant}/{name} Failed", timeout=600)
+
+    assert status["message"].startswith(f"bootstrap: {name}-master: step kubeadm-init failed"), status["message"]
+    assert "wait-control-plane" in status["message"], "kubeadm's own words"
+    setup = status["vnodeKubernetesSetupStatuses"][f"{name}-master"]
+    assert setup["isKubernetesSetup"] == "Failed"
+
+    deleted = run(["vk8s", "delete", name, "-n", tenant, "--wait", "--timeout", "300"], real_env)
+    assert deleted.returncode == 0, deleted.stdout + deleted.stderr
+    core = client.CoreV1Api(real_host)
+
+    async def gone() -> bool:
+        claims = (await core.list_namespaced_persistent_volume_claim(tenant)).items
+        return not (await core.list_namespaced_pod(tenant)).items and not claims
+
+    await eventually(gone, "the vNode pods and claims to go", timeout=120)
+    assert_no_allocation(real_product[1].service_ports["ipmanager"], tenant, name)
