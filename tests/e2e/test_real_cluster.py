@@ -16,13 +16,13 @@ from kubernetes.aio import client
 
 from libs.api.versions import default_matrix
 from libs.kube import GROUP, VERSION
+from tests.support.real_tier import require_real_tier
 from tests.e2e.conftest import ROOT, eventually, run, vk8s_object
 from tests.e2e.test_lifecycle import assert_no_allocation, running, statefulsets
 from vk8s.images.builders import toolbox_ref
 from vk8s.local import stack
 from vk8s.testbed.config import FleetSpec, pinned_versions
 from vk8s.testbed.fixtures import create_namespace, delete_namespace, new_api_client
-from vk8s.testbed.real import preflight
 
 # Booting real vNodes and kubeadm takes minutes on 2 cores; the module's stack start counts too.
 pytestmark = [pytest.mark.real, pytest.mark.timeout(1200)]
@@ -50,10 +50,7 @@ def release_of(minor: str) -> str:
 @pytest.fixture(scope="module")
 def real_product(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[stack.StackLayout, stack.StackInfo]]:
     """The whole product on one real GPU host, so both vNodes share it (and must not share GPUs)."""
-    if reason := preflight.problem():
-        if os.environ.get("CI"):
-            pytest.fail(f"CI must run the real tier, but this machine cannot: {reason}")
-        pytest.skip(f"this machine cannot run the real tier: {reason}")
+    require_real_tier()
     layout = stack.StackLayout(tmp_path_factory.mktemp("real-stack"))
     releases = tuple(release_of(minor) for minor in [DEFAULT_MINOR, *OTHER_MINORS])
     fleet = FleetSpec(nodes=1, gpus_per_node=GPUS_PER_HOST, runtime="real", vnode_images=releases)

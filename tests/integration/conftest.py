@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 from kubernetes.aio import client
 
+from tests.support.real_tier import require_real_tier
 from vk8s.testbed.config import FleetSpec, StateLayout
 from vk8s.testbed.fixtures import (
     ControlPlane,
@@ -18,7 +18,6 @@ from vk8s.testbed.fixtures import (
     new_api_client,
     private_testbed,
 )
-from vk8s.testbed.real import preflight
 
 # Four GPUs a node: two pods of two fill one, a third waits.
 REAL_FLEET = FleetSpec(nodes=2, gpus_per_node=4, runtime="real")
@@ -74,10 +73,7 @@ async def namespace(kube_api: client.ApiClient) -> AsyncIterator[str]:
 @pytest.fixture(scope="session")
 def real_control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
     """A real host tier (kubelets, containerd, runc) of this session's own."""
-    if reason := preflight.problem():
-        if os.environ.get("CI"):
-            pytest.fail(f"CI must run the real tier, but this machine cannot: {reason}")
-        pytest.skip(f"this machine cannot run the real tier: {reason}")
+    require_real_tier()
     with private_testbed(StateLayout(tmp_path_factory.mktemp("real") / "testbed"), REAL_FLEET) as plane:
         yield plane
 
