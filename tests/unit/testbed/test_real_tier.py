@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from ipaddress import IPv4Network
+from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
+from vk8s.commands import testbed as testbed_cli
+from vk8s.testbed import lifecycle
 from vk8s.testbed.config import HOST_POD_NETWORK, NODE_NETWORK, VNODE_IP_POOL, FleetSpec
 from vk8s.testbed.real import cni_ipam
 from vk8s.testbed.real.forwarder import ProxyRefused, connect_target
@@ -45,3 +51,19 @@ def test_real_nodes_get_disjoint_addresses_and_pod_ranges() -> None:
     assert len(set(ranges)) == fleet.nodes
     with pytest.raises(ValueError, match="at most 8"):
         FleetSpec(nodes=9, runtime="real")
+
+
+def test_a_machine_that_cannot_run_the_real_tier_gets_one_line_and_nothing_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(shutil, "which", lambda tool: None if tool == "runc" else f"/usr/bin/{tool}")
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    monkeypatch.setattr(lifecycle, "ensure_binaries", lambda: tmp_path / "bin")
+    state = tmp_path / "state"
+
+    result = CliRunner().invoke(testbed_cli.testbed_command, ["up", "--runtime", "real", "--detach", f"--state-dir={state}"])
+
+    assert result.exit_code == 1
+    [line] = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert "cannot run the real tier: missing runc" in line and "`--runtime kwok` works here" in line
+    assert not state.exists() or not any(state.iterdir())
