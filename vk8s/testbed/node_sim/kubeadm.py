@@ -234,20 +234,30 @@ def _tls_bootstrap(env: NodeEnv, server: str, ca_pem: bytes, token: str, node_na
     )
     request = x509.CertificateSigningRequestBuilder().subject_name(subject).sign(key, hashes.SHA256())
     csr_name = f"node-csr-{hashlib.sha256(f'{node_name}{time.time_ns()}'.encode()).hexdigest()[:20]}"
-    api.request(
-        "POST",
-        "/apis/certificates.k8s.io/v1/certificatesigningrequests",
-        {
-            "apiVersion": "certificates.k8s.io/v1",
-            "kind": "CertificateSigningRequest",
-            "metadata": {"name": csr_name},
-            "spec": {
-                "request": base64.b64encode(request.public_bytes(serialization.Encoding.PEM)).decode(),
-                "signerName": KUBELET_SIGNER,
-                "usages": ["digital signature", "client auth"],
-            },
+    csr = {
+        "apiVersion": "certificates.k8s.io/v1",
+        "kind": "CertificateSigningRequest",
+        "metadata": {"name": csr_name},
+        "spec": {
+            "request": base64.b64encode(request.public_bytes(serialization.Encoding.PEM)).decode(),
+            "signerName": KUBELET_SIGNER,
+            "usages": ["digital signature", "client auth"],
         },
-    )
+    }
+
+    def submitted() -> bool | None:
+        # A token made a moment ago is unknown until the API server's token cache has seen its
+        # Secret (401 meanwhile); a real kubelet retries its bootstrap the same way.
+        try:
+            api.request("POST", "/apis/certificates.k8s.io/v1/certificatesigningrequests", csr)
+        except ApiError as error:
+            if error.status == 401:
+                raise
+            if error.status != 409:  # 409: an earlier try got through
+                raise SimError(str(error)) from error
+        return True
+
+    poll(submitted, "the bootstrap token to be accepted", timeout=30)
 
     def issued() -> bytes | None:
         csr = api.request("GET", f"/apis/certificates.k8s.io/v1/certificatesigningrequests/{csr_name}")
