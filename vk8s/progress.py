@@ -49,7 +49,7 @@ def describe(event: Envelope[Any]) -> str:
             detail = f" - {data.message}" if data.message else ""
             return f"{stage}: {data.vnode} {data.step} {data.status}{detail}"
         case c.ClusterKubernetesReady():
-            return f"{stage}: v{data.kubernetes_version}, nodes {', '.join(data.nodes)}"
+            return f"{stage}: {data.kubernetes_version}, nodes {', '.join(data.nodes)}"
         case c.KubeflowProgressed():
             return f"{stage} {data.release}: {data.step} ({data.ready}/{data.total}) {data.message}".rstrip()
         case c.ClusterReady():

@@ -100,6 +100,16 @@ def readiness(expected: Iterable[tuple[str, str]], observed: Mapping[tuple[str, 
     return Readiness(tuple(ready), tuple(waiting))
 
 
+# Waiting reasons that only say a container is on its way; how long to wait for a real one.
+STARTING_REASONS = ("ContainerCreating", "PodInitializing")
+SETTLE_S = 60.0
+
+
+def still_starting(waiting: Iterable[tuple[str, str]], reasons: Mapping[tuple[str, str], str]) -> bool:
+    """Whether some Deployment not available has no pod reporting why, or only that it is starting."""
+    return any(reasons.get(key, "").split(":", 1)[0] in ("", *STARTING_REASONS) for key in waiting)
+
+
 def unavailable(waiting: Iterable[tuple[str, str]], reasons: Mapping[tuple[str, str], str]) -> list[str]:
     """`namespace/name: why` for each Deployment not available; why is what its pods report."""
     return [f"{ns}/{name}: {reasons.get((ns, name), 'no pod reports why')}" for ns, name in waiting]

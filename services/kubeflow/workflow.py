@@ -53,11 +53,25 @@ async def install(inner: InnerCluster, plan: InstallPlan, progress: Progress) ->
         await progress("user", 1, 1, f"dex user {plan.user.email} and Profile {logic.user_name(plan.user.email)}")
     expected = logic.workloads(objects)
     if not plan.wait_for_available:
-        state = logic.readiness(expected, await inner.deployments())
-        await progress("ready", len(state.ready), len(expected), state.message())
-        return logic.unavailable(state.waiting, await inner.waiting_reasons()) if state.waiting else []
+        return await _unavailable_once_settled(inner, expected, plan, progress)
     await _wait_ready(inner, expected, plan, progress)
     return []
+
+
+async def _unavailable_once_settled(
+    inner: InnerCluster, expected: list[tuple[str, str]], plan: InstallPlan, progress: Progress
+) -> list[str]:
+    """What is not available, once each such Deployment's pods say why (not merely that their
+    containers are being created), or after SETTLE_S."""
+    deadline = time.monotonic() + logic.SETTLE_S
+    while True:
+        state = logic.readiness(expected, await inner.deployments())
+        reasons = await inner.waiting_reasons() if state.waiting else {}
+        if not logic.still_starting(state.waiting, reasons) or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(plan.poll_interval_s)
+    await progress("ready", len(state.ready), len(expected), state.message())
+    return logic.unavailable(state.waiting, reasons)
 
 
 async def _apply_in_rounds(

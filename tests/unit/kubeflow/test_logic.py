@@ -86,3 +86,15 @@ def test_a_manifest_source_is_exactly_one_kind() -> None:
     )
     assert sources.for_release("v1.9.0").git.path == "example"
     assert sources.for_release("v1.3.0").directory == Path("/m")
+
+
+def test_unavailable_deployments_are_named_with_what_their_pods_say() -> None:
+    waiting = [("auth", "dex"), ("kubeflow", "ml-pipeline")]
+    reasons = {("auth", "dex"): 'ErrImageNeverPull: Container image "ghcr.io/dexidp/dex:v2.41.1" is not present'}
+    assert logic.unavailable(waiting, reasons) == [
+        'auth/dex: ErrImageNeverPull: Container image "ghcr.io/dexidp/dex:v2.41.1" is not present',
+        "kubeflow/ml-pipeline: no pod reports why",
+    ]
+    assert logic.still_starting(waiting, reasons), "ml-pipeline's pods say nothing yet"
+    assert logic.still_starting([("auth", "dex")], {("auth", "dex"): "ContainerCreating"})
+    assert not logic.still_starting([("auth", "dex")], reasons)
