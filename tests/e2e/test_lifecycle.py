@@ -8,6 +8,7 @@ import urllib.error
 import urllib.request
 from typing import Any
 
+import aiohttp
 import yaml
 from kubernetes.aio import client, config
 
@@ -65,12 +66,21 @@ def assert_no_allocation(port: int, namespace: str, name: str) -> None:
 
 
 async def inner_nodes(api: client.ApiClient, namespace: str, cluster: str) -> list[client.V1Node]:
+    """The inner cluster's nodes; its API server may still be coming back (after a resume)."""
     secret = await client.CoreV1Api(api).read_namespaced_secret(f"{cluster}-kubeconfig", namespace)
     kubeconfig = yaml.safe_load(base64.b64decode(secret.data["kubeconfig"]))
     configuration = client.Configuration()
     await config.load_kube_config_from_dict(kubeconfig, client_configuration=configuration)
-    async with client.ApiClient(configuration) as inner:
-        return list((await client.CoreV1Api(inner).list_node()).items)
+
+    async def listed() -> list[client.V1Node] | None:
+        try:
+            async with client.ApiClient(configuration) as inner:
+                return list((await client.CoreV1Api(inner).list_node(_request_timeout=10)).items)
+        except (OSError, TimeoutError, aiohttp.ClientError, client.ApiException):
+            return None
+
+    nodes: list[client.V1Node] = await eventually(listed, f"the API server of {namespace}/{cluster}", timeout=120)
+    return nodes
 
 
 async def test_apply_runs_propagates_labels_and_delete_frees_everything(
