@@ -22,13 +22,19 @@ from vk8s.testbed.config import FleetSpec, Runtime, pinned_versions
 DEMO_FILE = Path(__file__).resolve().parents[2] / "examples" / "demo.yaml"
 
 
-def _next_steps(info: stack.StackInfo, detached: bool) -> str:
+def _next_steps(info: stack.StackInfo, detached: bool, real: bool) -> str:
+    # The real tier's nodes carry the vNode images of the testbed's release only.
+    sample = (
+        "  vk8s kubeconfig demo > demo.kubeconfig        # the demo's admin kubeconfig"
+        if real
+        else "  vk8s create -f examples/sample3.yaml --wait  # the seed's sample: Kubernetes 1.20 + Kubeflow 1.3"
+    )
     lines = [
         "",
         "Next:",
         f"  export KUBECONFIG={info.kubeconfig} NATS_URL={info.nats_url}",
         "  kubectl get vk8s -A                          # phases of every cluster",
-        "  vk8s create -f examples/sample3.yaml --wait  # the seed's sample: Kubernetes 1.20 + Kubeflow 1.3",
+        sample,
         "  vk8s get demo -o yaml                        # status with its condition history",
         "  vk8s delete demo --wait                      # frees vNodes, volumes, IPs and GPUs",
         f"  logs: {stack.StackLayout().logs}",
@@ -118,7 +124,7 @@ def up_command(runtime: str, nodes: int | None, gpus_per_node: int, demo: bool, 
         result = asyncio.run(_create_demo(vk8s_client.Endpoints(info.nats_url, info.kubeconfig), timeout_s))
         if result == "Running":
             _show_demo_cluster(layout, info)
-    click.echo(_next_steps(info, detach))
+    click.echo(_next_steps(info, detach, tier == "real"))
     if detach:
         sys.exit(0 if result == "Running" else 1)
     stop = asyncio.Event()
