@@ -165,18 +165,6 @@ async def test_deck_scenario_on_real_vnodes(
     fetched = inner(kubeconfig, real_env, "exec", "client", "--", "sh", "-c", request)
     seen = inner(kubeconfig, real_env, "exec", "client", "--", "sh", "-c", 'echo "$NVIDIA_VISIBLE_DEVICES"; ls /dev')
     assert "Address: " in resolved.split("kubernetes.default.svc.cluster.local", 1)[1]
-    # The default StorageClass binds a claim once a pod uses it.
-    claim = {
-        "apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "data"},
-        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}},
-    }  # fmt: skip
-    user = inner_pod("user", f"{name}-worker", "echo kept > /data/file; exec sleep 3600")
-    user["spec"]["containers"][0]["volumeMounts"] = [{"name": "data", "mountPath": "/data"}]
-    user["spec"]["volumes"] = [{"name": "data", "persistentVolumeClaim": {"claimName": "data"}}]
-    inner(kubeconfig, real_env, "apply", "-f", "-", stdin=f"{yaml.safe_dump(claim)}\n---\n{yaml.safe_dump(user)}")
-    inner(kubeconfig, real_env, "wait", "--for=jsonpath={.status.phase}=Bound", "pvc/data", "--timeout=120s")
-    inner(kubeconfig, real_env, "wait", "--for=condition=Ready", "pod/user", "--timeout=120s")
-    assert inner(kubeconfig, real_env, "exec", "user", "--", "cat", "/data/file").strip() == "kept"
     assert fetched.startswith("HTTP/1.") and fetched.strip().endswith("server"), fetched
 
     # GPU isolation: the inner pod sees exactly its vNode's one GPU; the two vNodes share none.
