@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import logging
-import os
-import shutil
 import sys
 from pathlib import Path
 
 import click
 
 from vk8s.images.builders import build_host_images, kubeadm_image_refs, toolbox_ref
+from vk8s.images.cache import link_into_place
 from vk8s.images.errors import ImageBuildError
 
 VERSION = click.option("--kubernetes-version", required=True, help="e.g. 1.36.3")
@@ -44,7 +43,9 @@ def build(kubernetes_version: str, bin_dir: Path, out: Path | None) -> None:
     except ImageBuildError as exc:
         raise click.ClickException(str(exc)) from exc
     for archive in images.values():
-        click.echo(_place(archive, out) if out else archive)
+        if out:
+            link_into_place(archive, out / archive.name)
+        click.echo(out / archive.name if out else archive)
 
 
 @main.command(name="list")
@@ -58,19 +59,6 @@ def list_refs(kubernetes_version: str, bin_dir: Path) -> None:
         raise click.ClickException(str(exc)) from exc
     for ref in refs:
         click.echo(ref)
-
-
-def _place(archive: Path, out: Path) -> Path:
-    out.mkdir(parents=True, exist_ok=True)
-    dest = out / archive.name
-    tmp = dest.with_name(f"{dest.name}.tmp")
-    tmp.unlink(missing_ok=True)
-    try:
-        os.link(archive, tmp)
-    except OSError:  # another filesystem
-        shutil.copyfile(archive, tmp)
-    tmp.replace(dest)
-    return dest
 
 
 if __name__ == "__main__":

@@ -6,6 +6,8 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import logging
+import os
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -53,3 +55,17 @@ def cached(name: str, key: str, build: Callable[[Path], None]) -> Path:
             tmp.unlink(missing_ok=True)
         log.info("built %s in %.1fs, %.1f MB", archive, time.monotonic() - started, archive.stat().st_size / 1e6)
     return archive
+
+
+def link_into_place(source: Path, target: Path) -> None:
+    """`source` at `target`: a hard link where the filesystem allows, else a copy; renamed into place."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.exists() and target.samefile(source):
+        return
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(source, tmp)
+    except OSError:  # another filesystem
+        shutil.copyfile(source, tmp)
+    tmp.replace(target)

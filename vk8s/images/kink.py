@@ -39,7 +39,7 @@ import click
 
 from libs.api.versions import NodeImageCatalog, VersionError, kubernetes_minor
 from vk8s.images.builders import build_host_images, kubeadm_image_refs
-from vk8s.images.cache import cache_key, cached, file_fingerprint, images_dir
+from vk8s.images.cache import cache_key, cached, file_fingerprint, images_dir, link_into_place
 from vk8s.images.errors import ImageBuildError
 from vk8s.images.oci import CONTAINERD_NAME, ImageConfig, split_ref, write_archive
 from vk8s.images.sources import DPKG_EXCLUDES, apt_sources, run
@@ -383,18 +383,11 @@ def _record_path(archive: Path) -> Path:
 
 
 def _place(archive: Path, dest: Path) -> Path:
-    """`archive` at `dest`, with its build record: hard links where possible, renamed into place."""
+    """`archive` at `dest`, with its build record."""
     _mkdir(dest.parent)
     for source, target in ((_record_path(archive), _record_path(dest)), (archive, dest)):
-        if not source.exists() or (target.exists() and target.samefile(source)):
-            continue
-        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-        tmp.unlink(missing_ok=True)
-        try:
-            os.link(source, tmp)
-        except OSError:  # another filesystem
-            shutil.copyfile(source, tmp)
-        tmp.replace(target)
+        if source.exists():
+            link_into_place(source, target)
     return dest
 
 
