@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from libs.api import validate_document  # noqa: E402
 from libs.api.documents import load_documents  # noqa: E402
+from libs.events.catalog import VNodeSetupProgressed  # noqa: E402
 from vk8s import client as vk8s_client  # noqa: E402
 from vk8s.images.cache import images_dir  # noqa: E402
 from vk8s.local import stack  # noqa: E402
@@ -53,9 +54,11 @@ spec:
 """
 
 
-async def run_one(nc: object, vk8s: object, timeout_s: float) -> tuple[str, float, dict[str, float]]:
-    """(outcome, seconds from request to it, seconds per stage)."""
+async def run_one(nc: object, vk8s: object, timeout_s: float) -> tuple[str, float, dict[str, float], dict[str, float]]:
+    """(outcome, seconds from request to it, seconds per stage, seconds per bootstrap step)."""
     seen: dict[str, float] = {}
+    step_started: dict[str, float] = {}
+    steps: dict[str, float] = {}
     result, started = "TimedOut", time.monotonic()
     try:
         async with asyncio.timeout(timeout_s):
@@ -63,6 +66,12 @@ async def run_one(nc: object, vk8s: object, timeout_s: float) -> tuple[str, floa
             publish = asyncio.create_task(_publish_soon(nc, vk8s))
             async for event in follower:
                 seen.setdefault(event.type, event.time.timestamp())
+                if isinstance(event.data, VNodeSetupProgressed):
+                    key = f"{event.data.vnode.rsplit('-', 1)[-1]} {event.data.step}"
+                    if event.data.status == "Running":
+                        step_started[key] = event.time.timestamp()
+                    elif event.data.status == "Success" and key in step_started:
+                        steps[key] = event.time.timestamp() - step_started[key]
                 if (ended := outcome(event)) in ("Running", "Failed"):
                     result = ended
                     break
@@ -74,7 +83,7 @@ async def run_one(nc: object, vk8s: object, timeout_s: float) -> tuple[str, floa
         if kind in seen and previous is not None:
             stages[label] = seen[kind] - previous
             previous = seen[kind]
-    return result, time.monotonic() - started, stages
+    return result, time.monotonic() - started, stages, steps
 
 
 async def _publish_soon(nc: object, vk8s: object) -> None:
@@ -96,13 +105,20 @@ def describe(stages: dict[str, float]) -> str:
     return ", ".join(f"{label} {seconds:.1f}s" for label, seconds in stages.items())
 
 
+def slowest_steps(steps: dict[str, float], shown: int = 6) -> str:
+    """The bootstrap steps that took longest, which is where the kubeadm stage goes."""
+    ranked = sorted(steps.items(), key=lambda item: -item[1])[:shown]
+    return "kubeadm steps: " + ", ".join(f"{step} {seconds:.1f}s" for step, seconds in ranked)
+
+
 async def measure(endpoints: vk8s_client.Endpoints, layout: StateLayout, clusters: int, timeout_s: float) -> None:
     minor = ".".join(pinned_versions()["KUBERNETES_VERSION"].split(".")[:2])
     make = lambda name: validate_document(load_documents(cluster(name, minor))[0].content).vk8s  # noqa: E731
     async with vk8s_client.connected(endpoints) as (nc, api):
         alone = make("bench-alone")
-        result, seconds, stages = await run_one(nc, alone, timeout_s)
+        result, seconds, stages, steps = await run_one(nc, alone, timeout_s)
         print(f"1 cluster (1 master + 1 worker, no Kubeflow): {result} after {seconds:.1f}s ({describe(stages)})")
+        print(f"  {slowest_steps(steps)}")
         for pod, rss, cache in vnode_memory(layout):
             print(f"  vNode pod {pod}: RSS {rss:.0f} MiB, page cache {cache:.0f} MiB")
         await vk8s_client.delete_object(api, alone.metadata.name, "default")
@@ -112,10 +128,10 @@ async def measure(endpoints: vk8s_client.Endpoints, layout: StateLayout, cluster
         started = time.monotonic()
         outcomes = await asyncio.gather(*(run_one(nc, vk8s, timeout_s) for vk8s in batch))
         wall = time.monotonic() - started
-        times = sorted(seconds for result, seconds, _ in outcomes if result == "Running")
+        times = sorted(seconds for result, seconds, _, _ in outcomes if result == "Running")
         print(f"{clusters} clusters at once: {len(times)} Running in {wall:.1f}s; per cluster p50 "
               f"{statistics.median(times) if times else float('nan'):.1f}s, max {max(times, default=float('nan')):.1f}s")  # fmt: skip
-        for vk8s, (result, seconds, stages) in zip(batch, outcomes, strict=True):
+        for vk8s, (result, seconds, stages, _) in zip(batch, outcomes, strict=True):
             print(f"  {vk8s.metadata.name}: {result} after {seconds:.1f}s ({describe(stages)})")
         memory = vnode_memory(layout)
         print(f"  {len(memory)} vNode pods: RSS {sum(m[1] for m in memory):.0f} MiB in all, "

@@ -196,8 +196,11 @@ class NodeState:
         )
 
 
-def prepare_args(*, cpu_limit: str, memory_limit: str, gpus: int) -> list[str]:
-    return ["vk8s-node", "prepare", "--cpu-limit", cpu_limit, "--memory-limit", memory_limit, "--gpus", str(gpus)]
+def prepare_args(*, node_name: str, cpu_limit: str, memory_limit: str, gpus: int) -> list[str]:
+    return [
+        "vk8s-node", "prepare", "--node-name", node_name,
+        "--cpu-limit", cpu_limit, "--memory-limit", memory_limit, "--gpus", str(gpus),
+    ]  # fmt: skip
 
 
 def write_command(path: str, content: str) -> list[str]:

@@ -73,7 +73,7 @@ class StepRunner:
 
 async def _prepare(runner: StepRunner, target: VNodeTarget) -> logic.NodeState:
     await runner.run(
-        target, "prepare", logic.prepare_args(cpu_limit=target.cpu_limit, memory_limit=target.memory_limit, gpus=target.gpus)
+        target, "prepare", logic.prepare_args(node_name=target.vnode, cpu_limit=target.cpu_limit, memory_limit=target.memory_limit, gpus=target.gpus)
     )
     return logic.NodeState.parse((await runner.run(target, "state", ["vk8s-node", "state"])).stdout)
 

@@ -177,7 +177,7 @@ async def test_vnode_lifecycle_builds_a_real_inner_cluster(
 
     # prepare: the host's capacity minus the limits is reserved; exactly the pod's GPU is listed.
     assert (await state(kube_api, namespace, "c1-master-0"))["prepared"] is False
-    await vk8s_node(kube_api, namespace, "c1-master-0", "prepare --cpu-limit 4 --memory-limit 16Gi --gpus 1")
+    await vk8s_node(kube_api, namespace, "c1-master-0", "prepare --node-name c1-master-0 --cpu-limit 4 --memory-limit 16Gi --gpus 1")
     prepared = await state(kube_api, namespace, "c1-master-0")
     gpus = json.loads((master_sandbox / "etc" / "vk8s" / "gpus.json").read_text())
 
@@ -190,6 +190,7 @@ async def test_vnode_lifecycle_builds_a_real_inner_cluster(
     }
     assert re.fullmatch(r"v1\.\d+\.\d+", prepared["kubernetesVersion"])
     assert gpus["ids"] == [f"GPU-{host}-0"]
+    assert "\tc1-master-0\n" in (master_sandbox / "etc" / "hosts").read_text()
 
     # init: a real inner apiserver answers with admin.conf.
     status, failed = await run(kube_api, namespace, "c1-master-0", "vk8s-node init etc/kubernetes/kubeadm.yaml")
@@ -217,7 +218,7 @@ async def test_vnode_lifecycle_builds_a_real_inner_cluster(
     assert "already initialised" in again
 
     # join: a worker vNode through a fresh token.
-    await vk8s_node(kube_api, namespace, "c1-worker-0", "prepare --cpu-limit 2 --memory-limit 8Gi --gpus 0")
+    await vk8s_node(kube_api, namespace, "c1-worker-0", "prepare --node-name c1-worker-0 --cpu-limit 2 --memory-limit 8Gi --gpus 0")
     join_command = (await vk8s_node(kube_api, namespace, "c1-master-0", "join-command")).strip()
     token, ca_hash = r"[a-z0-9]{6}\.[a-z0-9]{16}", r"sha256:[0-9a-f]{64}"
     assert re.fullmatch(
