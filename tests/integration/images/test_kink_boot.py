@@ -367,6 +367,9 @@ KUBELET_CONFIGURATION = {
     "failCgroupV1": False,
     "failSwapOn": False,
     "imageGCHighThresholdPercent": 100,
+    # As vk8s-node's drop-in: the disk is the host's, shared by every vNode; the host's kubelet
+    # watches it. Left at the defaults, a host with under 15% free evicts the inner pods.
+    "evictionHard": {"memory.available": "100Mi", "nodefs.available": "0%", "nodefs.inodesFree": "0%", "imagefs.available": "0%"},
 }
 # nf_conntrack_max is the host's (not per network namespace): kube-proxy's write of it fails with
 # "permission denied" and kube-proxy exits, unless told to leave it alone.
