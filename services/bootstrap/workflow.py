@@ -89,7 +89,7 @@ async def bootstrap_master(runner: StepRunner, plan: ClusterPlan, timeouts: Time
     master = plan.master
     state = await _prepare(runner, master)
     if state.initialized:
-        await runner.run(master, "start", ["vk8s-node", "start"])
+        await runner.run(master, "start", ["vk8s-node", "start", str(timeouts.control_plane_s)])
     else:
         if not state.kubernetes_version:
             raise PermanentError(f"{master.vnode}: the node image reports no kubeadm version", reason="NodeImageUnsupported")
@@ -102,7 +102,7 @@ async def bootstrap_master(runner: StepRunner, plan: ClusterPlan, timeouts: Time
             control_plane_timeout_s=timeouts.control_plane_s,
         )
         await runner.run(master, "kubeadm-config", logic.write_command(logic.KUBEADM_CONFIG, config))
-        await runner.run(master, "kubeadm-init", ["vk8s-node", "init", logic.KUBEADM_CONFIG])
+        await runner.run(master, "kubeadm-init", ["vk8s-node", "init", logic.KUBEADM_CONFIG, str(timeouts.control_plane_s)])
     await _apply(
         runner, master, "cni", logic.CNI_MANIFEST, logic.cni_manifest(plan.kubernetes_version, plan.pod_cidr, plan.service_cidr)
     )
