@@ -6,6 +6,7 @@ import base64
 import json
 import urllib.error
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -182,7 +183,9 @@ async def test_scale_out_joins_a_new_worker(api: client.ApiClient, namespace: st
     assert len(await statefulsets(api, namespace, name)) == 2
 
 
-async def test_vk8s_create_wait_shows_progress_until_running(api: client.ApiClient, product_env: dict[str, str]) -> None:
+async def test_vk8s_create_wait_shows_progress_until_running(
+    api: client.ApiClient, product_env: dict[str, str], tmp_path: Path
+) -> None:
     created = run(["vk8s", "create", "-f", str(ROOT / "examples/demo.yaml"), "--wait", "--timeout", "600"], product_env, timeout=700)
     assert created.returncode == 0, created.stdout + created.stderr
     lines = created.stdout.splitlines()
@@ -193,6 +196,15 @@ async def test_vk8s_create_wait_shows_progress_until_running(api: client.ApiClie
     status = yaml.safe_load(shown.stdout)["status"]
     assert status["phase"] == "Running"
     assert [c["phase"] for c in status["conditions"]][0] == "Waiting"
+
+    # The simulated tier's admin kubeconfig works from this shell too, and says what runs.
+    kubeconfig = tmp_path / "demo.kubeconfig"
+    written = run(["vk8s", "kubeconfig", "demo", "-o", str(kubeconfig)], product_env)
+    assert written.returncode == 0, written.stderr
+    assert kubeconfig.stat().st_mode & 0o777 == 0o600
+    nodes = run(["kubectl", f"--kubeconfig={kubeconfig}", "get", "nodes", "-o", "name"], product_env)
+    assert nodes.returncode == 0, nodes.stderr
+    assert nodes.stdout.split() == ["node/demo-master", "node/demo-worker"], nodes.stdout
 
 
 async def test_a_failing_bootstrap_step_fails_the_cluster_and_leaks_nothing(

@@ -87,7 +87,7 @@ async def tenant(real_host: client.ApiClient) -> AsyncIterator[str]:
     await delete_namespace(real_host, name)
 
 
-def cluster_manifest(name: str, namespace: str, minor: str, master_memory: str = "4Gi") -> str:
+def cluster_manifest(name: str, namespace: str, minor: str, master_memory: str = "4Gi", *, kubeflow: bool = False) -> str:
     def node(node_name: str, role: str) -> dict[str, Any]:
         # Small requests: the host is this machine's 2 cores, shared by both vNodes.
         memory = master_memory if role == "master" else "4Gi"
@@ -101,6 +101,8 @@ def cluster_manifest(name: str, namespace: str, minor: str, master_memory: str =
         "metadata": {"name": name, "namespace": namespace, "labels": {"team": "deck"}},
         "spec": {"kubernetes": {"version": minor}, "nodes": [node(f"{name}-master", "master"), node(f"{name}-worker", "worker")]},
     }
+    if kubeflow:
+        document["spec"]["kubeflow"] = {"email": "deck@example.com", "password": "deck-password-1"}
     return yaml.safe_dump(document)
 
 
@@ -120,7 +122,11 @@ def inner_pod(name: str, node: str, command: str, *, gpus: int = 0, tolerate: bo
     }  # fmt: skip
     if gpus:
         container["resources"] = {"limits": {GPU: str(gpus)}}
-    spec: dict[str, Any] = {"nodeName": node, "containers": [container], "terminationGracePeriodSeconds": 1}
+    # A node selector rather than nodeName: the scheduler must see the pod for a
+    # WaitForFirstConsumer claim to be provisioned.
+    spec: dict[str, Any] = {
+        "nodeSelector": {"kubernetes.io/hostname": node}, "containers": [container], "terminationGracePeriodSeconds": 1,
+    }  # fmt: skip
     if tolerate:
         spec["tolerations"] = [{"operator": "Exists"}]
     return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name}, "spec": spec}
@@ -130,7 +136,7 @@ async def test_deck_scenario_on_real_vnodes(
     real_host: client.ApiClient, tenant: str, real_env: dict[str, str], real_product: tuple[stack.StackLayout, stack.StackInfo], tmp_path: Path
 ) -> None:
     name = "deck"
-    applied = run(["kubectl", "apply", "-f", "-"], real_env, stdin=cluster_manifest(name, tenant, DEFAULT_MINOR))
+    applied = run(["kubectl", "apply", "-f", "-"], real_env, stdin=cluster_manifest(name, tenant, DEFAULT_MINOR, kubeflow=True))
     assert applied.returncode == 0, applied.stderr
 
     obj = await running(real_host, tenant, name, timeout=600)
@@ -149,6 +155,18 @@ async def test_deck_scenario_on_real_vnodes(
     nodes = json.loads(inner(kubeconfig, real_env, "get", "nodes", "-o", "json"))["items"]
     ready = {n["metadata"]["name"] for n in nodes for c in n["status"]["conditions"] if c["type"] == "Ready" and c["status"] == "True"}
     assert ready == {f"{name}-master", f"{name}-worker"}
+
+    # Kubeflow's manifests are on the real inner apiserver; its images cannot be pulled here, and
+    # the status says which Deployments are not available rather than claiming they are.
+    kubeflow = next(c for c in obj["status"]["readiness"] if c["type"] == "KubeflowReady")
+    assert (kubeflow["status"], kubeflow["reason"]) == ("False", "DeploymentsUnavailable"), kubeflow
+    deployments = json.loads(inner(kubeconfig, real_env, "get", "deployments", "-A", "-o", "json"))["items"]
+    kubeflow_deployments = [d for d in deployments if d["metadata"]["namespace"] not in ("kube-system", "local-path-storage")]
+    assert kubeflow_deployments, "the Kubeflow manifests were applied"
+    for deployment in kubeflow_deployments:
+        assert not deployment["status"].get("availableReplicas"), deployment["metadata"]
+        assert f"{deployment['metadata']['namespace']}/{deployment['metadata']['name']}: " in kubeflow["message"], kubeflow["message"]
+    assert json.loads(inner(kubeconfig, real_env, "get", "profiles.kubeflow.org", "-o", "json"))["items"], "the user's Profile"
     assert {n["status"]["allocatable"][GPU] for n in nodes} == {"1"}
 
     # Names resolve, and pods on different vNodes reach each other (the CNI inside).
@@ -165,6 +183,18 @@ async def test_deck_scenario_on_real_vnodes(
     fetched = inner(kubeconfig, real_env, "exec", "client", "--", "sh", "-c", request)
     seen = inner(kubeconfig, real_env, "exec", "client", "--", "sh", "-c", 'echo "$NVIDIA_VISIBLE_DEVICES"; ls /dev')
     assert "Address: " in resolved.split("kubernetes.default.svc.cluster.local", 1)[1]
+    # The default StorageClass binds a claim once a pod uses it.
+    claim = {
+        "apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "data"},
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}},
+    }  # fmt: skip
+    user = inner_pod("user", f"{name}-worker", "echo kept > /data/file; exec sleep 3600")
+    user["spec"]["containers"][0]["volumeMounts"] = [{"name": "data", "mountPath": "/data"}]
+    user["spec"]["volumes"] = [{"name": "data", "persistentVolumeClaim": {"claimName": "data"}}]
+    inner(kubeconfig, real_env, "apply", "-f", "-", stdin=f"{yaml.safe_dump(claim)}\n---\n{yaml.safe_dump(user)}")
+    inner(kubeconfig, real_env, "wait", "--for=jsonpath={.status.phase}=Bound", "pvc/data", "--timeout=120s")
+    inner(kubeconfig, real_env, "wait", "--for=condition=Ready", "pod/user", "--timeout=120s")
+    assert inner(kubeconfig, real_env, "exec", "user", "--", "cat", "/data/file").strip() == "kept"
     assert fetched.startswith("HTTP/1.") and fetched.strip().endswith("server"), fetched
 
     # GPU isolation: the inner pod sees exactly its vNode's one GPU; the two vNodes share none.
