@@ -79,6 +79,7 @@ class Consumer:
         self._settings = settings
         self._handlers = dict(handlers)
         self._metrics = metrics
+        metrics.start_at_zero(handled=self._handlers, published=registry.subjects())
         self._stream = stream
         self._concurrency = concurrency
         self._batch = batch

@@ -56,7 +56,8 @@ class Gateway:
     async def on_cluster_requested(self, cause: Envelope[ClusterRequested]) -> list[Envelope[Any]]:
         """Makes sure the Vk8s object exists, then accepts it (once per uid) or rejects the request."""
         request = cause.data
-        source = "nats" if request.uid is None else "kubernetes"
+        from_object, from_nats = logic.REQUEST_SOURCES
+        source = from_nats if request.uid is None else from_object
         if request.uid is None:
             problems = logic.request_problems(request, self._settings.host_cidrs, self._settings.namespace)
             if problems:

@@ -224,6 +224,10 @@ def plan_for_gone(record: ClusterRecord, *, now: datetime) -> ObjectPlan:
 # --- cluster.requested -----------------------------------------------------------------------------
 
 
+# Where a cluster.requested came from: built from a Vk8s object, or sent on NATS by a user.
+REQUEST_SOURCES = ("kubernetes", "nats")
+
+
 class Verdict(StrEnum):
     ACCEPT = "accepted"
     ALREADY_ACCEPTED = "already_accepted"

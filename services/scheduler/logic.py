@@ -429,6 +429,18 @@ class Placement:
     assignments: tuple[Assignment, ...]  # in request order
 
 
+# Every VNodeReason.code the placement search gives.
+UNSCHEDULABLE_REASONS = (
+    "NoSchedulableNodes",
+    "NoGpuNodes",
+    "GpuModelUnavailable",
+    "TaintNotTolerated",
+    "GpusExceedNodeSize",
+    "InsufficientGpus",
+    "InsufficientCpuMemory",
+)
+
+
 @dataclass(frozen=True, slots=True)
 class VNodeReason:
     vnode: str
