@@ -15,7 +15,7 @@ import click
 from libs.api import validate_document
 from libs.api.documents import load_documents
 from vk8s import client as vk8s_client
-from vk8s.commands.clusters import watch_until
+from vk8s.commands.clusters import start_watch
 from vk8s.local import stack
 from vk8s.testbed.config import FleetSpec, Runtime, pinned_versions
 
@@ -53,8 +53,7 @@ async def _create_demo(endpoints: vk8s_client.Endpoints, timeout_s: float) -> st
             return str((existing.get("status") or {}).get("phase", "Pending"))
         started = time.monotonic()
         await vk8s_client.ensure_password_secret(api, vk8s)
-        watcher = asyncio.create_task(watch_until(nc, vk8s.cluster_id, started, timeout_s, {"Running", "Failed"}))
-        await asyncio.sleep(0.2)
+        watcher = await start_watch(nc, vk8s.cluster_id, started, timeout_s, {"Running", "Failed"})
         await vk8s_client.publish_request(nc, vk8s)
         await vk8s_client.adopt_password_secret(api, vk8s)
         result = await watcher
