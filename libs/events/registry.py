@@ -4,29 +4,19 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from pydantic import ValidationError
 
+from libs.api.validation import field_path
 from libs.events.envelope import CLUSTER_ID_PATTERN, Envelope, Payload, envelope_of
 from libs.events.errors import InvalidEvent, Problem
 
 
-def pydantic_path(loc: Sequence[int | str]) -> str:
-    """('data', 'spec', 'nodes', 0, 'name') -> 'data.spec.nodes[0].name'"""
-    path = ""
-    for part in loc:
-        if isinstance(part, int):
-            path += f"[{part}]"
-        else:
-            path += f".{part}" if path else str(part)
-    return path
-
-
 def problems_from(error: ValidationError) -> list[Problem]:
     return [
-        Problem(pydantic_path(e["loc"]), e["msg"])
+        Problem(field_path(e["loc"]), e["msg"])
         for e in error.errors(include_url=False, include_context=False)
     ]
 
