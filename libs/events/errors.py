@@ -37,8 +37,19 @@ class Problem:
 class InvalidEvent(Exception):
     """A message that does not decode into its subject's model."""
 
-    def __init__(self, subject: str, problems: list[Problem], cluster_id: str | None):
+    def __init__(
+        self,
+        subject: str,
+        problems: list[Problem],
+        cluster_id: str | None,
+        *,
+        event_id: str | None = None,
+        correlation_id: str | None = None,
+    ):
         super().__init__("; ".join(str(p) for p in problems))
         self.subject = subject
         self.problems = problems
+        # What could be read of the message, so an answer to it can name it (each None when unusable).
         self.cluster_id = cluster_id
+        self.event_id = event_id
+        self.correlation_id = correlation_id

@@ -20,7 +20,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, SecretStr
 
 from libs.api.models import API_VERSION, GROUP, KIND, Vk8sSpec
-from libs.api.validation import Problem, validate_document
+from libs.api.validation import ROOT_PATH, Problem, validate_document
 from libs.events import Envelope, cluster_id_of
 from libs.events.catalog import (
     ClusterAccepted,
@@ -248,9 +248,10 @@ def request_problems(
     request: ClusterRequested, host_cidrs: Sequence[str], namespace: str | None = None
 ) -> tuple[str, ...]:
     """What is wrong with a request, before any object is made for it: libs.api's findings, or a
-    namespace this gateway does not serve (`namespace`; None serves all)."""
+    namespace this gateway does not serve (`namespace`; None serves all). Paths name the fields of
+    the request (`data.spec...`), as the consumer wrapper's rejections of the same request do."""
     if namespace is not None and request.namespace != namespace:
-        return (f"namespace: this gateway serves namespace {namespace!r} only, not {request.namespace!r}",)
+        return (f"data.namespace: this gateway serves namespace {namespace!r} only, not {request.namespace!r}",)
     document = {
         "apiVersion": API_VERSION,
         "kind": KIND,
@@ -262,7 +263,15 @@ def request_problems(
         },
         "spec": request.spec.model_dump(mode="json", by_alias=True, exclude_none=True),
     }
-    return assess(document, host_cidrs).errors
+    errors = validate_document(document, host_cidrs=host_cidrs).errors
+    return tuple(str(Problem(_request_path(problem.path), problem.message)) for problem in errors)
+
+
+def _request_path(path: str) -> str:
+    """A Vk8s document's field path as the field of the cluster.requested that carried it."""
+    if path == ROOT_PATH:
+        return "data"
+    return f"data.{path.removeprefix('metadata.')}"
 
 
 def object_for_request(cause: Envelope[ClusterRequested]) -> dict[str, Any]:
