@@ -51,18 +51,26 @@ async def run_consumer(
 ) -> AsyncIterator[Callable[..., Awaitable[Consumer]]]:
     started: list[Consumer] = []
 
-    async def start(handler: Handler, *, subjects: Sequence[str] = ("cluster.requested",), **settings: Any) -> Consumer:
-        metrics = EventMetrics("test", registry)
+    async def start(
+        handler: Handler,
+        *,
+        subjects: Sequence[str] = ("cluster.requested",),
+        durable: str = "test",
+        answers_invalid_requests: bool = True,
+        **settings: Any,
+    ) -> Consumer:
+        metrics = EventMetrics(durable, registry)
         consumer = Consumer(
-            service="test",
+            service=durable,
             js=js,
             publisher=Publisher(js, metrics),
             registry=REGISTRY,
-            settings=ConsumerSettings(durable="test", filter_subjects=tuple(subjects), **settings),
+            settings=ConsumerSettings(durable=durable, filter_subjects=tuple(subjects), **settings),
             handlers={s: handler for s in subjects},
             metrics=metrics,
             backoff=Backoff(base_s=0.1, max_s=0.2),
             clock=lambda: NOW,
+            answers_invalid_requests=answers_invalid_requests,
         )
         await consumer.start()
         started.append(consumer)
@@ -330,26 +338,12 @@ async def test_one_rejection_per_bad_request_when_several_services_read_requests
 
     sub = await nc.subscribe("cluster.rejected", cb=record)
     await run_consumer(nothing)
-    metrics = EventMetrics("reader", CollectorRegistry())
-    reader = Consumer(
-        service="reader",
-        js=js,
-        publisher=Publisher(js, metrics),
-        registry=REGISTRY,
-        settings=ConsumerSettings(durable="reader", filter_subjects=("cluster.requested",)),
-        handlers={"cluster.requested": nothing},
-        metrics=metrics,
-        answers_invalid_requests=False,
-    )
-    await reader.start()
-    try:
-        await js.publish("cluster.requested", b"{not json", headers={"Nats-Msg-Id": "bad-3"})
-        await wait_settled(js)
-        await wait_settled(js, durable="reader")
-        # Both settled: each published before it terminated, on this connection; the flush's
-        # round trip comes back after the server delivered those publishes to `sub`.
-        await nc.flush()
-    finally:
-        await reader.stop()
-        await sub.unsubscribe()
+    await run_consumer(nothing, durable="reader", answers_invalid_requests=False)
+    await js.publish("cluster.requested", b"{not json", headers={"Nats-Msg-Id": "bad-3"})
+    await wait_settled(js)
+    await wait_settled(js, durable="reader")
+    # Both settled: each published before it terminated, on this connection; the flush's
+    # round trip comes back after the server delivered those publishes to `sub`.
+    await nc.flush()
+    await sub.unsubscribe()
     assert len(seen) == 1, seen
