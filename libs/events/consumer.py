@@ -27,7 +27,7 @@ from nats.js import JetStreamContext
 from libs.events.broker import STREAM_NAME, ConsumerSettings, Publisher, ensure_consumer
 from libs.events.catalog import UNKNOWN_CLUSTER_ID, ClusterFailed, ClusterRejected, ClusterRequested
 from libs.events.envelope import ID_MAX_LENGTH, Envelope
-from libs.events.errors import InvalidEvent, PermanentError, TransientError
+from libs.events.errors import InvalidEvent, PermanentError, TransientError, plain_message
 from libs.events.metrics import EventMetrics
 from libs.events.registry import Registry
 
@@ -172,12 +172,12 @@ class Consumer:
             results = await handler(envelope)
             await self._publisher.publish_all(results)
         except PermanentError as error:
-            outcome = await self._fail(msg, envelope, error.reason, str(error))
+            outcome = await self._fail(msg, envelope, error.reason, plain_message(error))
             return outcome, {"reason": error.reason, "error": str(error)}
         except Exception as error:  # noqa: BLE001 - every other failure is retried, boundedly
             reason = error.reason if isinstance(error, TransientError) else type(error).__name__
             if delivery >= self._settings.max_deliver:
-                message = f"gave up after {delivery} attempts: {error}"
+                message = f"gave up after {delivery} attempts: {plain_message(error)}"
                 outcome = await self._fail(msg, envelope, "RetriesExhausted", message)
                 return outcome, {"reason": "RetriesExhausted", "error": str(error)}
             delay = error.delay if isinstance(error, TransientError) and error.delay is not None else None

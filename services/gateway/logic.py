@@ -19,7 +19,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, SecretStr
 
-from libs.api.models import API_VERSION, GROUP, KIND, Vk8sSpec
+from libs.api.models import API_VERSION, GROUP, KIND, SecretKeyRef, Vk8sSpec
 from libs.api.validation import ROOT_PATH, Problem, validate_document
 from libs.events import Envelope, cluster_id_of
 from libs.events.catalog import (
@@ -265,6 +265,33 @@ def request_problems(
     }
     errors = validate_document(document, host_cidrs=host_cidrs).errors
     return tuple(str(Problem(_request_path(problem.path), problem.message)) for problem in errors)
+
+
+def reference_problems(
+    request: ClusterRequested, *, namespace_exists: bool, secret_keys: set[str] | None
+) -> tuple[str, ...]:
+    """What a request names that is not there: its namespace, or the Secret (and key) holding the
+    Kubeflow password (`secret_keys` is None when that Secret does not exist)."""
+    if not namespace_exists:
+        return (f"data.namespace: namespace {request.namespace!r} does not exist; create it first",)
+    reference = password_reference(request)
+    if reference is None:
+        return ()
+    where = "data.spec.kubeflow.passwordSecretRef"
+    if secret_keys is None:
+        return (
+            f"{where}.name: Secret {reference.name!r} does not exist in namespace {request.namespace!r}; create it "
+            f"first, e.g. kubectl -n {request.namespace} create secret generic {reference.name} "
+            f"--from-literal={reference.key}=...",
+        )
+    if reference.key not in secret_keys:
+        return (f"{where}.key: Secret {reference.name!r} has no key {reference.key!r}",)
+    return ()
+
+
+def password_reference(request: ClusterRequested) -> SecretKeyRef | None:
+    kubeflow = request.spec.kubeflow
+    return kubeflow.password_secret_ref if kubeflow is not None else None
 
 
 def _request_path(path: str) -> str:
