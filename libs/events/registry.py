@@ -16,7 +16,7 @@ from libs.events.errors import InvalidEvent, Problem
 
 def problems_from(error: ValidationError) -> list[Problem]:
     return [
-        Problem(field_path(e["loc"]), e["msg"])
+        Problem(field_path(e["loc"]), e["msg"].removeprefix("Value error, "))
         for e in error.errors(include_url=False, include_context=False)
     ]
 
