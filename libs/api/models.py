@@ -56,7 +56,9 @@ GPU_RESOURCE = "nvidia.com/gpu"
 # kubernetes.io. They are counted in whole devices, written as digits: the schema and validation share this.
 EXTENDED_RESOURCE_PATTERN = r"^(?!.*kubernetes\.io/)[^/]+/"
 WHOLE_COUNT_PATTERN = r"^[0-9]+$"
-_WHOLE_COUNT_SCHEMA = {"anyOf": [{"type": "integer", "minimum": 0}, {"type": "string", "pattern": WHOLE_COUNT_PATTERN}]}
+_WHOLE_COUNT_SCHEMA = {
+    "anyOf": [{"type": "integer", "minimum": 0}, {"type": "string", "pattern": WHOLE_COUNT_PATTERN}]
+}
 DEFAULT_POD_NETWORK_CIDR = "90.244.0.0/16"
 DEFAULT_SERVICE_CIDR = "90.96.0.0/12"
 KUBEFLOW_UI_PORT_NAME = "kubeflow"

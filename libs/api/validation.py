@@ -2,7 +2,8 @@
 
 `validate_document` parses a document (a dict from YAML or the apiserver) and checks the rules
 that span fields. Every problem names the field by path, keys that are not plain names in brackets
-(`spec.nodes[1].resources.limits["nvidia.com/gpu"]`), and says what is wrong and what is allowed. Warnings never make a document invalid.
+(`spec.nodes[1].resources.limits["nvidia.com/gpu"]`), and says what is wrong and what is allowed.
+Warnings never make a document invalid.
 """
 
 from __future__ import annotations

@@ -204,7 +204,7 @@ class Consumer:
         if invalid.subject == ClusterRequested.subject:
             if not self._answers_invalid_requests:
                 await msg.term()
-                return "invalid", {"problems": problems, "cluster_id": cluster_id, "answered_by": "gateway"}
+                return "invalid", {"problems": problems, "cluster_id": cluster_id, "answered": False}
             payload: ClusterRejected | ClusterFailed = ClusterRejected(request_id=request_id, problems=problems)
         else:
             payload = ClusterFailed(
