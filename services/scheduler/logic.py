@@ -447,6 +447,10 @@ class VNodeReason:
     code: str  # CamelCase category, for metrics
     text: str  # what a person can act on
 
+    def __post_init__(self) -> None:
+        if self.code not in UNSCHEDULABLE_REASONS:  # its metric series would not start at 0
+            raise ValueError(f"unschedulable reason {self.code!r} is not in UNSCHEDULABLE_REASONS")
+
 
 @dataclass(frozen=True, slots=True)
 class Unschedulable:
