@@ -104,8 +104,11 @@ async def publish_request(nc: NATS, vk8s: Vk8s) -> Envelope[ClusterRequested]:
     return envelope
 
 
-async def follow(nc: NATS, cluster_id: str, *, since_s: float = 0) -> AsyncIterator[Envelope[Any]]:
-    """The cluster's events as they arrive (and those of the last `since_s` seconds)."""
+async def follow(
+    nc: NATS, cluster_id: str, *, since_s: float = 0, live: asyncio.Event | None = None
+) -> AsyncIterator[Envelope[Any]]:
+    """The cluster's events as they arrive (and those of the last `since_s` seconds). `live` is set
+    once the subscription is in place: every event stored after that is delivered."""
     js = nc.jetstream()
     if since_s:
         start = time.time() - since_s
@@ -115,7 +118,11 @@ async def follow(nc: NATS, cluster_id: str, *, since_s: float = 0) -> AsyncItera
         )
     else:
         config = js_api.ConsumerConfig(deliver_policy=js_api.DeliverPolicy.NEW)
+    # Returns once the server created the consumer; the flush makes sure it has our interest too.
     sub = await js.subscribe("cluster.>", ordered_consumer=True, config=config)
+    await nc.flush()
+    if live is not None:
+        live.set()
     try:
         async for msg in sub.messages:
             try:

@@ -52,6 +52,13 @@ API_VERSION = f"{GROUP}/{VERSION}"
 KIND = "Vk8s"
 
 GPU_RESOURCE = "nvidia.com/gpu"
+# Kubernetes' extended resources (nvidia.com/gpu, any vendor's): a domain-prefixed name outside
+# kubernetes.io. They are counted in whole devices, written as digits: the schema and validation share this.
+EXTENDED_RESOURCE_PATTERN = r"^(?!.*kubernetes\.io/)[^/]+/"
+WHOLE_COUNT_PATTERN = r"^[0-9]+$"
+_WHOLE_COUNT_SCHEMA = {
+    "anyOf": [{"type": "integer", "minimum": 0}, {"type": "string", "pattern": WHOLE_COUNT_PATTERN}]
+}
 DEFAULT_POD_NETWORK_CIDR = "90.244.0.0/16"
 DEFAULT_SERVICE_CIDR = "90.96.0.0/12"
 KUBEFLOW_UI_PORT_NAME = "kubeflow"
@@ -228,9 +235,13 @@ class Toleration(ApiModel):
 class Resources(ApiModel):
     """Requests and limits of a vNode pod; `nvidia.com/gpu` asks for GPUs."""
 
-    requests: dict[str, Quantity] = Field(default_factory=dict)
+    requests: dict[str, Quantity] = Field(
+        default_factory=dict, json_schema_extra={"patternProperties": {EXTENDED_RESOURCE_PATTERN: _WHOLE_COUNT_SCHEMA}}
+    )
     """Guaranteed amounts (cpu, memory, nvidia.com/gpu, ...); default to the limits."""
-    limits: dict[str, Quantity] = Field(default_factory=dict)
+    limits: dict[str, Quantity] = Field(
+        default_factory=dict, json_schema_extra={"patternProperties": {EXTENDED_RESOURCE_PATTERN: _WHOLE_COUNT_SCHEMA}}
+    )
     """Caps; the inner node advertises these as its capacity."""
 
 

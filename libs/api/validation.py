@@ -1,15 +1,18 @@
 """Validation of Vk8s documents for services and the CLI.
 
 `validate_document` parses a document (a dict from YAML or the apiserver) and checks the rules
-that span fields. Every problem names the field by path (`spec.nodes[1].resources.limits.nvidia.com/gpu`)
-and says what is wrong and what is allowed. Warnings never make a document invalid.
+that span fields. Every problem names the field by path, keys that are not plain names in brackets
+(`spec.nodes[1].resources.limits["nvidia.com/gpu"]`), and says what is wrong and what is allowed.
+Warnings never make a document invalid.
 """
 
 from __future__ import annotations
 
 import functools
 import ipaddress
+import json
 import math
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -18,7 +21,9 @@ from typing import Any, NamedTuple
 from pydantic import ValidationError
 
 from libs.api.models import (
+    EXTENDED_RESOURCE_PATTERN,
     GPU_RESOURCE,
+    WHOLE_COUNT_PATTERN,
     KUBEFLOW_PASSWORD_KEY,
     KUBEFLOW_UI_PORT_NAME,
     NODE_LEVEL_BLOCKS,
@@ -40,6 +45,8 @@ from libs.api.versions import (
 
 Loc = tuple[str | int, ...]
 ROOT_PATH = "(document)"
+# A key written after a dot; any other (nvidia.com/gpu) is written in brackets, quoted.
+_PLAIN_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
 
 _STANDARD_RESOURCES = ("cpu", "memory", "ephemeral-storage")
 _ALLOWED_RESOURCES = "cpu, memory, ephemeral-storage, hugepages-<size>, or a vendor resource such as nvidia.com/gpu"
@@ -88,12 +95,24 @@ class Validation(NamedTuple):
         return not self.errors
 
 
-def format_path(loc: Iterable[str | int]) -> str:
-    """('spec', 'nodes', 0, 'role') -> 'spec.nodes[0].role'."""
+def field_path(loc: Iterable[str | int]) -> str:
+    """('spec', 'nodes', 0, 'resources', 'limits', 'nvidia.com/gpu') ->
+    'spec.nodes[0].resources.limits["nvidia.com/gpu"]'; '' for the root. The one path format of
+    every problem: `vk8s validate`, rejections and the status."""
     path = ""
     for part in loc:
-        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
-    return path or ROOT_PATH
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif _PLAIN_KEY.fullmatch(part):
+            path += f".{part}" if path else part
+        else:
+            path += f"[{json.dumps(part)}]"
+    return path
+
+
+def format_path(loc: Iterable[str | int]) -> str:
+    """field_path, with the whole document named when the path is empty."""
+    return field_path(loc) or ROOT_PATH
 
 
 def validate_document(
@@ -301,7 +320,7 @@ def _check_nodes(spec: Vk8sSpec, report: _Report) -> None:
 
 def _is_extended_resource(name: str) -> bool:
     """Vendor resources (nvidia.com/gpu): whole counts, no overcommit; Kubernetes' own rule."""
-    return "/" in name and "kubernetes.io/" not in name
+    return re.match(EXTENDED_RESOURCE_PATTERN, name) is not None
 
 
 def _check_resources(node: NodeSpec, node_loc: Loc, report: _Report) -> None:
@@ -317,8 +336,10 @@ def _check_resources(node: NodeSpec, node_loc: Loc, report: _Report) -> None:
             if quantity < 0:
                 report.error(loc, f"{value} is negative; quantities must be 0 or more")
                 continue
-            if _is_extended_resource(name) and quantity != quantity.to_integral_value():
-                report.error(loc, f"{value} is not a whole number; {name} is counted in whole devices, e.g. 1 or 2")
+            if _is_extended_resource(name) and re.fullmatch(WHOLE_COUNT_PATTERN, str(value)) is None:
+                report.error(
+                    loc, f"{value} is not a whole number in digits; {name} is counted in whole devices, e.g. 1 or 2"
+                )
                 continue
             parsed[kind][name] = (quantity, value)
     for name in parsed["requests"].keys() & parsed["limits"].keys():

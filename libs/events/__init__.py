@@ -13,7 +13,7 @@ from libs.events.catalog import EVENTS, REGISTRY, UNKNOWN_CLUSTER_ID
 from libs.events.consumer import Backoff, Consumer, Handler, utc_now
 from libs.events.envelope import Envelope, EventModel, Payload, cluster_id_of
 from libs.events.errors import InvalidEvent, PermanentError, Problem, TransientError
-from libs.events.metrics import EventMetrics
+from libs.events.metrics import EventMetrics, start_at_zero
 from libs.events.registry import Registry
 
 __all__ = [
@@ -40,5 +40,6 @@ __all__ = [
     "ensure_consumer",
     "ensure_kv",
     "ensure_stream",
+    "start_at_zero",
     "utc_now",
 ]

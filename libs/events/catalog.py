@@ -43,7 +43,7 @@ class _ClusterSpecEvent(Payload):
     def _no_plain_password(cls, spec: Vk8sSpec) -> Vk8sSpec:
         if spec.kubeflow is not None and spec.kubeflow.password is not None:
             raise ValueError(
-                "kubeflow.password: plain passwords are not accepted on the event bus; "
+                "kubeflow.password is set: plain passwords are not accepted on the event bus; "
                 "store it in a Secret and set kubeflow.passwordSecretRef {name, key}"
             )
         return spec

@@ -26,8 +26,8 @@ from nats.js import JetStreamContext
 
 from libs.events.broker import STREAM_NAME, ConsumerSettings, Publisher, ensure_consumer
 from libs.events.catalog import UNKNOWN_CLUSTER_ID, ClusterFailed, ClusterRejected, ClusterRequested
-from libs.events.envelope import Envelope
-from libs.events.errors import InvalidEvent, PermanentError, TransientError
+from libs.events.envelope import ID_MAX_LENGTH, Envelope
+from libs.events.errors import InvalidEvent, PermanentError, TransientError, plain_message
 from libs.events.metrics import EventMetrics
 from libs.events.registry import Registry
 
@@ -68,6 +68,7 @@ class Consumer:
         batch: int = 32,
         backoff: Backoff = Backoff(),
         clock: Clock = utc_now,
+        answers_invalid_requests: bool = True,
     ):
         unknown = [s for s in handlers if s not in registry.subjects()]
         if unknown:
@@ -79,11 +80,14 @@ class Consumer:
         self._settings = settings
         self._handlers = dict(handlers)
         self._metrics = metrics
+        metrics.start_at_zero(handled=self._handlers, published=registry.subjects())
         self._stream = stream
         self._concurrency = concurrency
         self._batch = batch
         self._backoff = backoff
         self._clock = clock
+        # One rejection per bad request: only the gateway's consumer answers; others just drop it.
+        self._answers_invalid_requests = answers_invalid_requests
         self._workers: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
         self._log = log.bind(service=service, consumer=settings.durable)
@@ -168,12 +172,12 @@ class Consumer:
             results = await handler(envelope)
             await self._publisher.publish_all(results)
         except PermanentError as error:
-            outcome = await self._fail(msg, envelope, error.reason, str(error))
+            outcome = await self._fail(msg, envelope, error.reason, plain_message(error))
             return outcome, {"reason": error.reason, "error": str(error)}
         except Exception as error:  # noqa: BLE001 - every other failure is retried, boundedly
             reason = error.reason if isinstance(error, TransientError) else type(error).__name__
             if delivery >= self._settings.max_deliver:
-                message = f"gave up after {delivery} attempts: {error}"
+                message = f"gave up after {delivery} attempts: {plain_message(error)}"
                 outcome = await self._fail(msg, envelope, "RetriesExhausted", message)
                 return outcome, {"reason": "RetriesExhausted", "error": str(error)}
             delay = error.delay if isinstance(error, TransientError) and error.delay is not None else None
@@ -198,14 +202,26 @@ class Consumer:
         request_id = _header(msg, "Nats-Msg-Id")
         now = self._clock()
         if invalid.subject == ClusterRequested.subject:
+            if not self._answers_invalid_requests:
+                await msg.term()
+                return "invalid", {"problems": problems, "cluster_id": cluster_id, "answered": False}
             payload: ClusterRejected | ClusterFailed = ClusterRejected(request_id=request_id, problems=problems)
         else:
             payload = ClusterFailed(
                 stage=self._service, reason="InvalidEvent", message="; ".join(problems), failed_event=invalid.subject
             )
+        # The answer follows the message as far as its ids could be read (else its Nats-Msg-Id).
+        causation_id = invalid.event_id or (request_id if request_id and len(request_id) <= ID_MAX_LENGTH else None)
         # Derived from the stream sequence: a redelivered bad message is rejected only once.
         event_id = f"{payload.subject}-{self._stream}-{msg.metadata.sequence.stream}"
-        event = Envelope.new(payload, cluster_id=cluster_id, now=now, event_id=event_id)
+        event = Envelope.new(
+            payload,
+            cluster_id=cluster_id,
+            now=now,
+            event_id=event_id,
+            correlation_id=invalid.correlation_id or causation_id,
+            causation_id=causation_id,
+        )
         outcome = await self._publish_then_term(msg, event)
         return ("invalid" if outcome == "term" else outcome), {"problems": problems, "cluster_id": cluster_id}
 

@@ -18,6 +18,7 @@ from pydantic.alias_generators import to_camel
 # and the broker's Nats-Msg-Id dedupe drops the repeats.
 EVENT_ID_NAMESPACE = uuid.UUID("6f7c3f52-2a55-4c57-9c36-0a6c1d3b8b11")
 
+ID_MAX_LENGTH = 128
 CLUSTER_ID_PATTERN = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?/[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
 
 
@@ -44,15 +45,15 @@ class Envelope(BaseModel, Generic[P]):
         frozen=True, extra="forbid", populate_by_name=True, alias_generator=to_camel
     )
 
-    id: str = Field(min_length=1, max_length=128, description="Unique event id; the Nats-Msg-Id.")
+    id: str = Field(min_length=1, max_length=ID_MAX_LENGTH, description="Unique event id; the Nats-Msg-Id.")
     type: str = Field(description="Event type, equal to the NATS subject.")
     schema_version: int = Field(ge=1, description="Version of the payload schema.")
     time: AwareDatetime
     cluster_id: str = Field(
         pattern=CLUSTER_ID_PATTERN, description="The virtual cluster: '<namespace>/<name>'."
     )
-    correlation_id: str = Field(min_length=1, max_length=128)
-    causation_id: str | None = Field(default=None, max_length=128)
+    correlation_id: str = Field(min_length=1, max_length=ID_MAX_LENGTH)
+    causation_id: str | None = Field(default=None, max_length=ID_MAX_LENGTH)
     data: P
 
     @classmethod
@@ -63,8 +64,11 @@ class Envelope(BaseModel, Generic[P]):
         cluster_id: str,
         now: datetime,
         event_id: str | None = None,
+        correlation_id: str | None = None,
+        causation_id: str | None = None,
     ) -> Envelope[P]:
-        """Starts a new causal chain (a request from outside the pipeline)."""
+        """Starts a new causal chain (a request from outside the pipeline), or answers a message that
+        could not be read as an event, with what could be read of its ids."""
         event_id = event_id or str(uuid.uuid4())
         return envelope_of(type(data))(
             id=event_id,
@@ -72,7 +76,8 @@ class Envelope(BaseModel, Generic[P]):
             schema_version=data.version,
             time=now,
             cluster_id=cluster_id,
-            correlation_id=event_id,
+            correlation_id=correlation_id or event_id,
+            causation_id=causation_id,
             data=data,
         )
 

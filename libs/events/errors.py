@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from typing import Any
+
+# Longest error sentence put into an event (and from there the status); the log has the rest.
+MESSAGE_MAX_CHARS = 300
 
 
 class TransientError(Exception):
@@ -37,8 +42,43 @@ class Problem:
 class InvalidEvent(Exception):
     """A message that does not decode into its subject's model."""
 
-    def __init__(self, subject: str, problems: list[Problem], cluster_id: str | None):
+    def __init__(
+        self,
+        subject: str,
+        problems: list[Problem],
+        cluster_id: str | None,
+        *,
+        event_id: str | None = None,
+        correlation_id: str | None = None,
+    ):
         super().__init__("; ".join(str(p) for p in problems))
         self.subject = subject
         self.problems = problems
+        # What could be read of the message, so an answer to it can name it (each None when unusable).
         self.cluster_id = cluster_id
+        self.event_id = event_id
+        self.correlation_id = correlation_id
+
+
+def plain_message(error: BaseException) -> str:
+    """An error as one line a person can act on, for events and the status: an HTTP API error
+    (kubernetes' ApiException) as its status and the server's own message, anything else as its
+    first line. The whole error, headers and all, belongs in the log only."""
+    status, reason = getattr(error, "status", None), getattr(error, "reason", None)
+    if isinstance(status, int) and isinstance(reason, str):
+        detail = _server_message(getattr(error, "body", None))
+        text = f"the API server answered {status} {reason}" + (f": {detail}" if detail else "")
+    else:
+        lines = str(error).strip().splitlines()
+        text = lines[0] if lines else type(error).__name__
+    return text if len(text) <= MESSAGE_MAX_CHARS else text[: MESSAGE_MAX_CHARS - 3] + "..."
+
+
+def _server_message(body: Any) -> str | None:
+    """`message` of the Status document an API server sends with an error."""
+    try:
+        document = json.loads(body) if isinstance(body, (str, bytes)) else None
+    except ValueError:
+        return None
+    message = document.get("message") if isinstance(document, dict) else None
+    return " ".join(message.split()) if isinstance(message, str) else None

@@ -2,9 +2,25 @@
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.metrics import MetricWrapperBase
 
 OUTCOMES = ("ack", "nak", "term", "invalid")
+DUPLICATE = ("true", "false")
+
+
+def start_at_zero(metric: MetricWrapperBase, **label_values: Iterable[str]) -> None:
+    """Creates the series of every combination of the known label values, at 0.
+
+    A labelled counter or histogram series otherwise appears with its first increment, and
+    rate()/increase() need a sample before it: a panel or alert would miss the first event.
+    """
+    names = tuple(label_values)
+    for values in itertools.product(*(tuple(label_values[name]) for name in names)):
+        metric.labels(**dict(zip(names, values, strict=True)))
 
 
 class EventMetrics:
@@ -48,6 +64,14 @@ class EventMetrics:
             ["consumer"],
             registry=registry,
         )
+
+    def start_at_zero(self, *, handled: Iterable[str], published: Iterable[str]) -> None:
+        """Series at 0 for the subjects this service handles and those it may publish."""
+        handled = tuple(handled)
+        start_at_zero(self.messages, subject=handled, outcome=OUTCOMES)
+        start_at_zero(self.duration, subject=handled, outcome=OUTCOMES)
+        start_at_zero(self.redeliveries, subject=handled)
+        start_at_zero(self.published_events, subject=published, duplicate=DUPLICATE)
 
     def settled(self, subject: str, outcome: str, seconds: float) -> None:
         self.messages.labels(subject, outcome).inc()

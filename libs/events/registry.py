@@ -4,29 +4,19 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from pydantic import ValidationError
 
-from libs.events.envelope import CLUSTER_ID_PATTERN, Envelope, Payload, envelope_of
+from libs.api.validation import field_path
+from libs.events.envelope import CLUSTER_ID_PATTERN, ID_MAX_LENGTH, Envelope, Payload, envelope_of
 from libs.events.errors import InvalidEvent, Problem
-
-
-def pydantic_path(loc: Sequence[int | str]) -> str:
-    """('data', 'spec', 'nodes', 0, 'name') -> 'data.spec.nodes[0].name'"""
-    path = ""
-    for part in loc:
-        if isinstance(part, int):
-            path += f"[{part}]"
-        else:
-            path += f".{part}" if path else str(part)
-    return path
 
 
 def problems_from(error: ValidationError) -> list[Problem]:
     return [
-        Problem(pydantic_path(e["loc"]), e["msg"])
+        Problem(field_path(e["loc"]), e["msg"].removeprefix("Value error, "))
         for e in error.errors(include_url=False, include_context=False)
     ]
 
@@ -62,9 +52,10 @@ class Registry:
         if not isinstance(document, Mapping):
             raise InvalidEvent(subject, [Problem("", "must be a JSON object (the event envelope)")], None)
         cluster_id = _cluster_id_hint(document)
+        ids = {"event_id": _id_hint(document, "id"), "correlation_id": _id_hint(document, "correlationId")}
         model = self._models.get(subject)
         if model is None:
-            raise InvalidEvent(subject, [Problem("type", f"unknown event type {subject!r}")], cluster_id)
+            raise InvalidEvent(subject, [Problem("type", f"unknown event type {subject!r}")], cluster_id, **ids)
         problems: list[Problem] = []
         if document.get("type") != subject:
             problems.append(Problem("type", f"must be {subject!r}, the subject it was published on"))
@@ -80,7 +71,7 @@ class Registry:
         if envelope is not None and (named := _named_cluster(envelope.data)) and named != envelope.cluster_id:
             problems.append(Problem("clusterId", f"must be {named!r}, the data's namespace/name"))
         if problems or envelope is None:
-            raise InvalidEvent(subject, problems, cluster_id)
+            raise InvalidEvent(subject, problems, cluster_id, **ids)
         return envelope
 
     def json_schema(self, subject: str) -> dict[str, Any]:
@@ -100,6 +91,12 @@ def _named_cluster(data: Payload) -> str | None:
     """`<namespace>/<name>` of a payload that names its cluster (requests, acceptances, updates)."""
     name, namespace = getattr(data, "name", None), getattr(data, "namespace", None)
     return f"{namespace}/{name}" if isinstance(name, str) and isinstance(namespace, str) else None
+
+
+def _id_hint(document: Mapping[str, Any], key: str) -> str | None:
+    """An id field of an invalid event, if it is one the envelope would take (1-128 characters)."""
+    value = document.get(key)
+    return value if isinstance(value, str) and 1 <= len(value) <= ID_MAX_LENGTH else None
 
 
 def _cluster_id_hint(document: Mapping[str, Any]) -> str | None:

@@ -91,7 +91,12 @@ class Service:
         await self.shutdown()
 
     def consume(
-        self, durable: str, handlers: Mapping[str, Handler], *, concurrency: int | None = None
+        self,
+        durable: str,
+        handlers: Mapping[str, Handler],
+        *,
+        concurrency: int | None = None,
+        answers_invalid_requests: bool = True,
     ) -> Consumer:
         consumer = Consumer(
             service=self.name,
@@ -108,6 +113,7 @@ class Service:
             metrics=self.event_metrics,
             concurrency=concurrency or self.settings.consumer_concurrency,
             backoff=Backoff(self.settings.backoff_base_s, self.settings.backoff_max_s),
+            answers_invalid_requests=answers_invalid_requests,
         )
         self._consumers.append(consumer)
         self.http.add_readiness_check(f"consumer:{durable}", lambda: consumer.ready)

@@ -88,7 +88,7 @@ class BootstrapHandlers:
             update = VNodeSetupProgressed(
                 generation=generation, vnode=vnode, step=step, status=status, message=message, attempt=attempt  # type: ignore[arg-type]
             )
-            self._metrics.steps.labels(step.split("-write")[0], status).inc()
+            self._metrics.steps.labels(logic.metric_step(step), status).inc()
             await self._publisher.publish(event.follow(update, now=self._clock(), key=f"{vnode}/{step}/{status}/{attempt}"))
 
         runner = workflow.StepRunner(self._exec, progress, self._settings.step_attempts, self._settings.step_backoff_s)

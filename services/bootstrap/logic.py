@@ -38,6 +38,20 @@ TOOLBOX_IMAGE = "vk8s.local/toolbox:1.35.0"
 LOCAL_PATH_DIR = "/var/lib/vk8s-node/local-path"
 
 
+# The steps of workflow.py as the metrics name them: a manifest's write counts as its apply, and the
+# per-worker join-command as one step, so the label has a fixed set of values (each starts at 0).
+METRIC_STEPS = (
+    "prepare", "state", "start", "kubeadm-config", "kubeadm-init", "cni", "gpu-device-plugin", "storage",
+    "kubeconfig", "join-command", "kubeadm-join", "nodes-ready", "server-version",
+)  # fmt: skip
+
+
+def metric_step(step: str) -> str:
+    """`cni-write` -> `cni`, `join-command-worker-1` -> `join-command`."""
+    step = step.removesuffix("-write")
+    return "join-command" if step.startswith("join-command-") else step
+
+
 def minor(version: str) -> int:
     """'1.20' / 'v1.20.15' -> 20"""
     parts = version.lstrip("v").split(".")

@@ -56,13 +56,17 @@ class Gateway:
     async def on_cluster_requested(self, cause: Envelope[ClusterRequested]) -> list[Envelope[Any]]:
         """Makes sure the Vk8s object exists, then accepts it (once per uid) or rejects the request."""
         request = cause.data
-        source = "nats" if request.uid is None else "kubernetes"
+        from_object, from_nats = logic.REQUEST_SOURCES
+        source = from_nats if request.uid is None else from_object
         if request.uid is None:
-            problems = logic.request_problems(request, self._settings.host_cidrs, self._settings.namespace)
+            body = logic.object_for_request(cause)
+            problems = logic.request_problems(
+                request, self._settings.host_cidrs, self._settings.namespace
+            ) or await self._reference_problems(request, body)
             if problems:
                 plan = logic.reject_request(cause, problems, now=self._clock())
                 return self._answered(source, plan)
-            obj, created = await self._objects.create_or_get(logic.object_for_request(cause))
+            obj, created = await self._objects.create_or_get(body)
             if created:
                 log.info("Created Vk8s for request", uid=obj["metadata"]["uid"])
         else:
@@ -81,6 +85,17 @@ class Gateway:
             await self._store_password(obj, plan.assessment)
             await self._announce(plan.event, live, accepted=True, resync=False)
         return self._answered(source, plan)
+
+    async def _reference_problems(self, request: ClusterRequested, body: dict[str, Any]) -> tuple[str, ...]:
+        """Checked before the object is made: a request naming what is not there is rejected at once."""
+        namespace_exists = await self._objects.namespace_exists(body)
+        reference = logic.password_reference(request)
+        secret_keys = (
+            await self._objects.secret_keys(request.namespace, reference.name)
+            if namespace_exists and reference is not None
+            else None
+        )
+        return logic.reference_problems(request, namespace_exists=namespace_exists, secret_keys=secret_keys)
 
     def _answered(self, source: str, plan: logic.RequestPlan) -> list[Envelope[Any]]:
         self._metrics.requests.labels(source, plan.verdict.value).inc()

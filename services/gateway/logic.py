@@ -19,8 +19,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, SecretStr
 
-from libs.api.models import API_VERSION, GROUP, KIND, Vk8sSpec
-from libs.api.validation import Problem, validate_document
+from libs.api.models import API_VERSION, GROUP, KIND, SecretKeyRef, Vk8sSpec
+from libs.api.validation import ROOT_PATH, Problem, validate_document
 from libs.events import Envelope, cluster_id_of
 from libs.events.catalog import (
     ClusterAccepted,
@@ -224,6 +224,10 @@ def plan_for_gone(record: ClusterRecord, *, now: datetime) -> ObjectPlan:
 # --- cluster.requested -----------------------------------------------------------------------------
 
 
+# Where a cluster.requested came from: built from a Vk8s object, or sent on NATS by a user.
+REQUEST_SOURCES = ("kubernetes", "nats")
+
+
 class Verdict(StrEnum):
     ACCEPT = "accepted"
     ALREADY_ACCEPTED = "already_accepted"
@@ -244,9 +248,10 @@ def request_problems(
     request: ClusterRequested, host_cidrs: Sequence[str], namespace: str | None = None
 ) -> tuple[str, ...]:
     """What is wrong with a request, before any object is made for it: libs.api's findings, or a
-    namespace this gateway does not serve (`namespace`; None serves all)."""
+    namespace this gateway does not serve (`namespace`; None serves all). Paths name the fields of
+    the request (`data.spec...`), as the consumer wrapper's rejections of the same request do."""
     if namespace is not None and request.namespace != namespace:
-        return (f"namespace: this gateway serves namespace {namespace!r} only, not {request.namespace!r}",)
+        return (f"data.namespace: this gateway serves namespace {namespace!r} only, not {request.namespace!r}",)
     document = {
         "apiVersion": API_VERSION,
         "kind": KIND,
@@ -258,7 +263,42 @@ def request_problems(
         },
         "spec": request.spec.model_dump(mode="json", by_alias=True, exclude_none=True),
     }
-    return assess(document, host_cidrs).errors
+    errors = validate_document(document, host_cidrs=host_cidrs).errors
+    return tuple(str(Problem(_request_path(problem.path), problem.message)) for problem in errors)
+
+
+def reference_problems(
+    request: ClusterRequested, *, namespace_exists: bool, secret_keys: set[str] | None
+) -> tuple[str, ...]:
+    """What a request names that is not there: its namespace, or the Secret (and key) holding the
+    Kubeflow password (`secret_keys` is None when that Secret does not exist)."""
+    if not namespace_exists:
+        return (f"data.namespace: namespace {request.namespace!r} does not exist; create it first",)
+    reference = password_reference(request)
+    if reference is None:
+        return ()
+    where = "data.spec.kubeflow.passwordSecretRef"
+    if secret_keys is None:
+        return (
+            f"{where}.name: Secret {reference.name!r} does not exist in namespace {request.namespace!r}; create it "
+            f"first, e.g. kubectl -n {request.namespace} create secret generic {reference.name} "
+            f"--from-literal={reference.key}=...",
+        )
+    if reference.key not in secret_keys:
+        return (f"{where}.key: Secret {reference.name!r} has no key {reference.key!r}",)
+    return ()
+
+
+def password_reference(request: ClusterRequested) -> SecretKeyRef | None:
+    kubeflow = request.spec.kubeflow
+    return kubeflow.password_secret_ref if kubeflow is not None else None
+
+
+def _request_path(path: str) -> str:
+    """A Vk8s document's field path as the field of the cluster.requested that carried it."""
+    if path == ROOT_PATH:
+        return "data"
+    return f"data.{path.removeprefix('metadata.')}"
 
 
 def object_for_request(cause: Envelope[ClusterRequested]) -> dict[str, Any]:

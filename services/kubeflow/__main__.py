@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+from libs.api.versions import default_matrix
 from libs.events import utc_now
 from libs.kube import kube_client
 from libs.runtime import Service
@@ -22,7 +23,7 @@ async def main(settings: KubeflowSettings | None = None) -> None:
             settings,
             settings.sources(),
             service.publisher,
-            KubeflowMetrics(service.metrics_registry),
+            KubeflowMetrics(service.metrics_registry, default_matrix().known_kubeflow()),
             utc_now,
         )
         service.consume("kubeflow", handlers.handlers())

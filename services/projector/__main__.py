@@ -30,7 +30,10 @@ async def projector_service(settings: ProjectorSettings, *, configure_logs: bool
         view = ClusterView(kv, on_change=metrics.set_phases)
         read_api.serve(store, view)
         projector = Projector(store, StatusWriter(api), metrics, confirm_attempts=settings.status_confirm_attempts)
-        service.consume(settings.durable, dict.fromkeys(REGISTRY.subjects(), projector.handle))
+        # It reads every subject to fold it into the status; the gateway alone answers bad requests.
+        service.consume(
+            settings.durable, dict.fromkeys(REGISTRY.subjects(), projector.handle), answers_invalid_requests=False
+        )
         service.add_task("cluster-view", view.run)
         service.http.add_readiness_check("cluster-view", view.synced.is_set)
         yield service

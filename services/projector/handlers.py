@@ -8,7 +8,7 @@ from typing import Any
 import structlog
 
 from libs.events import UNKNOWN_CLUSTER_ID, Envelope
-from services.projector.adapters.metrics import ProjectorMetrics
+from services.projector.adapters.metrics import REPATCHED, ProjectorMetrics
 from services.projector.adapters.read_model import ClusterRecord, ClusterStore
 from services.projector.adapters.status import StatusWriter, Written
 
@@ -50,4 +50,4 @@ class Projector:
             if latest is None or latest_revision == revision:
                 return
             record, revision = latest, latest_revision
-            self._metrics.status_writes.labels("repatched").inc()
+            self._metrics.status_writes.labels(REPATCHED).inc()

@@ -60,6 +60,8 @@ DELETION = (
     ev.ClusterDeleted.subject,
 )
 FAILURES = (ev.ClusterFailed.subject, ev.ClusterRejected.subject)
+# (stage, reason) a rejection is counted and shown as.
+REJECTION_FAILURE = ("gateway", "Rejected")
 
 # Progress within one run: the phase follows the highest rank reached. Equal ranks let a
 # newer fact of the same stage refresh details (a newer unschedulable reason, Kubeflow count).
@@ -145,7 +147,8 @@ def fact_from(envelope: Envelope[Any]) -> Fact:
                 "paused": getattr(data, "paused", False),
             }
         case ev.ClusterRejected():
-            extra = {"step": "gateway", "reason": "Rejected", "detail": "; ".join(data.problems)}
+            step, reason = REJECTION_FAILURE
+            extra = {"step": step, "reason": reason, "detail": "; ".join(data.problems)}
         case ev.ClusterFailed():
             extra = {"step": data.stage, "reason": data.reason, "detail": data.message}
         case ev.ClusterUnschedulable():

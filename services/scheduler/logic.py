@@ -429,11 +429,27 @@ class Placement:
     assignments: tuple[Assignment, ...]  # in request order
 
 
+# Every VNodeReason.code the placement search gives.
+UNSCHEDULABLE_REASONS = (
+    "NoSchedulableNodes",
+    "NoGpuNodes",
+    "GpuModelUnavailable",
+    "TaintNotTolerated",
+    "GpusExceedNodeSize",
+    "InsufficientGpus",
+    "InsufficientCpuMemory",
+)
+
+
 @dataclass(frozen=True, slots=True)
 class VNodeReason:
     vnode: str
     code: str  # CamelCase category, for metrics
     text: str  # what a person can act on
+
+    def __post_init__(self) -> None:
+        if self.code not in UNSCHEDULABLE_REASONS:  # its metric series would not start at 0
+            raise ValueError(f"unschedulable reason {self.code!r} is not in UNSCHEDULABLE_REASONS")
 
 
 @dataclass(frozen=True, slots=True)

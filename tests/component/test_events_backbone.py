@@ -8,6 +8,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import pytest
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from prometheus_client import CollectorRegistry
 
@@ -49,18 +51,26 @@ async def run_consumer(
 ) -> AsyncIterator[Callable[..., Awaitable[Consumer]]]:
     started: list[Consumer] = []
 
-    async def start(handler: Handler, *, subjects: Sequence[str] = ("cluster.requested",), **settings: Any) -> Consumer:
-        metrics = EventMetrics("test", registry)
+    async def start(
+        handler: Handler,
+        *,
+        subjects: Sequence[str] = ("cluster.requested",),
+        durable: str = "test",
+        answers_invalid_requests: bool = True,
+        **settings: Any,
+    ) -> Consumer:
+        metrics = EventMetrics(durable, registry)
         consumer = Consumer(
-            service="test",
+            service=durable,
             js=js,
             publisher=Publisher(js, metrics),
             registry=REGISTRY,
-            settings=ConsumerSettings(durable="test", filter_subjects=tuple(subjects), **settings),
+            settings=ConsumerSettings(durable=durable, filter_subjects=tuple(subjects), **settings),
             handlers={s: handler for s in subjects},
             metrics=metrics,
             backoff=Backoff(base_s=0.1, max_s=0.2),
             clock=lambda: NOW,
+            answers_invalid_requests=answers_invalid_requests,
         )
         await consumer.start()
         started.append(consumer)
@@ -214,10 +224,10 @@ async def test_long_handler_is_kept_alive(js: JetStreamContext, run_consumer: An
 
 
 @pytest.mark.parametrize(
-    ("raw", "expected"),
+    ("raw", "expected", "causation", "correlation"),
     [
-        (b"{not json", "not valid JSON"),
-        (b"[]", "must be a JSON object"),
+        (b"{not json", "not valid JSON", "bad-1", "bad-1"),
+        (b"[]", "must be a JSON object", "bad-1", "bad-1"),
         (
             json.dumps(
                 {
@@ -226,20 +236,30 @@ async def test_long_handler_is_kept_alive(js: JetStreamContext, run_consumer: An
                     "schemaVersion": 1,
                     "time": "2026-11-28T12:00:00Z",
                     "clusterId": "default/team-b",
-                    "correlationId": "r-1",
+                    "correlationId": "portal-7",
                     "data": {"name": "team-b", "spec": {"nodes": []}},
                 }
             ).encode(),
             "data.spec.nodes",
+            "r-1",
+            "portal-7",
         ),
         (
             json.dumps({"id": "r-2", "type": "cluster.requested", "schemaVersion": 7, "data": {}}).encode(),
             "schemaVersion: must be 1",
+            "r-2",
+            "r-2",
+        ),
+        (
+            json.dumps({"id": "x" * 129, "correlationId": 5, "type": "cluster.requested", "data": {}}).encode(),
+            "id:",
+            "bad-1",
+            "bad-1",
         ),
     ],
 )
 async def test_malformed_request_is_rejected_and_consumer_goes_on(
-    js: JetStreamContext, run_consumer: Any, raw: bytes, expected: str
+    js: JetStreamContext, run_consumer: Any, raw: bytes, expected: str, causation: str, correlation: str
 ) -> None:
     handled: list[str] = []
 
@@ -253,6 +273,8 @@ async def test_malformed_request_is_rejected_and_consumer_goes_on(
     assert isinstance(rejected.data, ClusterRejected)
     assert rejected.data.request_id == "bad-1"
     assert any(expected in problem for problem in rejected.data.problems), rejected.data.problems
+    # The rejection answers the request, as far as its ids could be read (else its Nats-Msg-Id).
+    assert (rejected.causation_id, rejected.correlation_id) == (causation, correlation)
     # the bad message is terminated, and the next good one is handled
     await Publisher(js).publish(request_envelope("team-c"))
     for _ in range(100):
@@ -298,3 +320,30 @@ async def test_consumer_lag_is_observed(js: JetStreamContext, run_consumer: Any,
     await wait_settled(js)
     await consumer.observe_lag()
     assert registry.get_sample_value("vk8s_test_consumer_ack_pending_messages", {"consumer": "test"}) == 0
+
+
+async def test_one_rejection_per_bad_request_when_several_services_read_requests(
+    nc: NATS, js: JetStreamContext, stream: str, run_consumer: Any
+) -> None:
+    """The gateway answers; another reader of cluster.requested (the projector) drops it silently, so a
+    plain subscriber sees one rejection, not one per consumer (the broker's dedupe hides only the stored copy)."""
+
+    async def nothing(event: Envelope[ClusterRequested]) -> list[Envelope[Any]]:
+        return []
+
+    seen: list[bytes] = []
+
+    async def record(msg: Msg) -> None:
+        seen.append(msg.data)
+
+    sub = await nc.subscribe("cluster.rejected", cb=record)
+    await run_consumer(nothing)
+    await run_consumer(nothing, durable="reader", answers_invalid_requests=False)
+    await js.publish("cluster.requested", b"{not json", headers={"Nats-Msg-Id": "bad-3"})
+    await wait_settled(js)
+    await wait_settled(js, durable="reader")
+    # Both settled: each published before it terminated, on this connection; the flush's
+    # round trip comes back after the server delivered those publishes to `sub`.
+    await nc.flush()
+    await sub.unsubscribe()
+    assert len(seen) == 1, seen

@@ -28,11 +28,23 @@ def endpoint_options(function: Any) -> Any:
     return function
 
 
-async def watch_until(nc: Any, cluster_id: str, started: float, timeout_s: float, ends: set[str]) -> str:
-    """Prints each event of the cluster with the elapsed time until one ends the wait."""
+async def start_watch(nc: Any, cluster_id: str, started: float, timeout_s: float, ends: set[str]) -> asyncio.Task[str]:
+    """Subscribes to the cluster's events and returns once the subscription is live, so nothing
+    published afterwards is missed; the task prints each event until one of `ends` (its result)."""
+    live = asyncio.Event()
+    watcher = asyncio.create_task(_watch_until(nc, cluster_id, started, timeout_s, ends, live))
+    subscribed = asyncio.create_task(live.wait())
+    await asyncio.wait((watcher, subscribed), return_when=asyncio.FIRST_COMPLETED)
+    subscribed.cancel()
+    return watcher
+
+
+async def _watch_until(
+    nc: Any, cluster_id: str, started: float, timeout_s: float, ends: set[str], live: asyncio.Event
+) -> str:
     try:
         async with asyncio.timeout(timeout_s):
-            async for event in vk8s_client.follow(nc, cluster_id):
+            async for event in vk8s_client.follow(nc, cluster_id, live=live):
                 click.echo(f"[{time.monotonic() - started:7.1f}s] {describe(event)}")
                 if (result := outcome(event)) in ends:
                     return result
@@ -75,10 +87,9 @@ def create_command(files: tuple[Path, ...], namespace: str | None, wait: bool, t
             for vk8s in clusters:
                 started = time.monotonic()
                 await vk8s_client.ensure_password_secret(api, vk8s)
-                watcher = asyncio.create_task(
-                    watch_until(nc, vk8s.cluster_id, started, timeout_s, {"Running", "Failed"})
-                ) if wait else None
-                await asyncio.sleep(0.2 if wait else 0)  # the watch subscribes before the request lands
+                watcher = (
+                    await start_watch(nc, vk8s.cluster_id, started, timeout_s, {"Running", "Failed"}) if wait else None
+                )
                 request = await vk8s_client.publish_request(nc, vk8s)
                 click.echo(f"vk8s/{vk8s.metadata.name} requested (event {request.id})", err=True)
                 await vk8s_client.adopt_password_secret(api, vk8s)
@@ -143,8 +154,7 @@ def delete_command(name: str, namespace: str, wait: bool, timeout_s: float, nats
         async with vk8s_client.connected(endpoints) as (nc, api):
             started = time.monotonic()
             cluster_id = vk8s_client.cluster_id_of(namespace, name)
-            watcher = asyncio.create_task(watch_until(nc, cluster_id, started, timeout_s, {"Deleted"})) if wait else None
-            await asyncio.sleep(0.2 if wait else 0)
+            watcher = await start_watch(nc, cluster_id, started, timeout_s, {"Deleted"}) if wait else None
             if not await vk8s_client.delete_object(api, name, namespace):
                 if watcher:
                     watcher.cancel()

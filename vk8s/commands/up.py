@@ -15,14 +15,23 @@ import click
 from libs.api import validate_document
 from libs.api.documents import load_documents
 from vk8s import client as vk8s_client
-from vk8s.commands.clusters import watch_until
+from vk8s.commands.clusters import start_watch
 from vk8s.local import stack
 from vk8s.testbed.config import FleetSpec, Runtime, pinned_versions
 
 DEMO_FILE = Path(__file__).resolve().parents[2] / "examples" / "demo.yaml"
 
 
-def _next_steps(info: stack.StackInfo, detached: bool, real: bool) -> str:
+_state_dir_option = click.option(
+    "--state-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Where the stack keeps its state (NATS, testbed, logs, stack.json), so stacks can run side by side "
+    "[default: $VK8S_STATE_DIR or ~/.local/state/vk8s].",
+)
+
+
+def _next_steps(layout: stack.StackLayout, info: stack.StackInfo, detached: bool, real: bool) -> str:
     # The real tier's nodes carry the vNode images of the testbed's release only.
     sample = (
         "  vk8s kubeconfig demo > demo.kubeconfig        # the demo's admin kubeconfig"
@@ -37,9 +46,10 @@ def _next_steps(info: stack.StackInfo, detached: bool, real: bool) -> str:
         sample,
         "  vk8s get demo -o yaml                        # status with its condition history",
         "  vk8s delete demo --wait                      # frees vNodes, volumes, IPs and GPUs",
-        f"  logs: {stack.StackLayout().logs}",
+        f"  logs: {layout.logs}",
     ]
-    lines.append("  vk8s down                                    # stop everything" if detached else "Ctrl-C stops everything.")
+    down = "vk8s down" if layout.root == stack.StackLayout().root else f"vk8s down --state-dir {layout.root}"
+    lines.append(f"  {down:<44} # stop everything" if detached else "Ctrl-C stops everything.")
     return "\n".join(lines)
 
 
@@ -53,8 +63,7 @@ async def _create_demo(endpoints: vk8s_client.Endpoints, timeout_s: float) -> st
             return str((existing.get("status") or {}).get("phase", "Pending"))
         started = time.monotonic()
         await vk8s_client.ensure_password_secret(api, vk8s)
-        watcher = asyncio.create_task(watch_until(nc, vk8s.cluster_id, started, timeout_s, {"Running", "Failed"}))
-        await asyncio.sleep(0.2)
+        watcher = await start_watch(nc, vk8s.cluster_id, started, timeout_s, {"Running", "Failed"})
         await vk8s_client.publish_request(nc, vk8s)
         await vk8s_client.adopt_password_secret(api, vk8s)
         result = await watcher
@@ -102,9 +111,12 @@ def _show_demo_cluster(layout: stack.StackLayout, info: stack.StackInfo) -> None
 @click.option("--demo/--no-demo", default=True, show_default=True, help="Create the demo cluster (examples/demo.yaml).")
 @click.option("--detach", is_flag=True, help="Return once ready; `vk8s down` stops everything.")
 @click.option("--timeout", "timeout_s", type=float, default=900.0, show_default=True, help="Seconds to wait for the demo.")
-def up_command(runtime: str, nodes: int | None, gpus_per_node: int, demo: bool, detach: bool, timeout_s: float) -> None:
+@_state_dir_option
+def up_command(
+    runtime: str, nodes: int | None, gpus_per_node: int, demo: bool, detach: bool, timeout_s: float, state_dir: Path | None
+) -> None:
     """Start NATS, the testbed and every service; then create the demo cluster."""
-    layout = stack.StackLayout()
+    layout = stack.StackLayout(state_dir)
     tier, why = pick_runtime(runtime)
     click.echo(f"Host tier: {why}.", err=True)
     nodes = nodes or (2 if tier == "real" else 4)
@@ -124,7 +136,7 @@ def up_command(runtime: str, nodes: int | None, gpus_per_node: int, demo: bool, 
         result = asyncio.run(_create_demo(vk8s_client.Endpoints(info.nats_url, info.kubeconfig), timeout_s))
         if result == "Running":
             _show_demo_cluster(layout, info)
-    click.echo(_next_steps(info, detach, tier == "real"))
+    click.echo(_next_steps(layout, info, detach, tier == "real"))
     if detach:
         sys.exit(0 if result == "Running" else 1)
     stop = asyncio.Event()
@@ -143,7 +155,8 @@ def up_command(runtime: str, nodes: int | None, gpus_per_node: int, demo: bool, 
 
 
 @click.command("down")
-def down_command() -> None:
+@_state_dir_option
+def down_command(state_dir: Path | None) -> None:
     """Stop what `vk8s up` started and remove the testbed's state."""
-    stopped = stack.down(stack.StackLayout())
+    stopped = stack.down(stack.StackLayout(state_dir))
     click.echo("stopped" if stopped else "nothing was running")

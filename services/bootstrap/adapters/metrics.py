@@ -6,7 +6,13 @@
 
 from __future__ import annotations
 
+from typing import get_args
+
 from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from libs.events import start_at_zero
+from libs.events.catalog import SetupStatus
+from services.bootstrap.logic import METRIC_STEPS
 
 
 class BootstrapMetrics:
@@ -20,3 +26,4 @@ class BootstrapMetrics:
             registry=registry,
             buckets=(5, 15, 30, 60, 120, 300, 600, 1200),
         )
+        start_at_zero(self.steps, step=METRIC_STEPS, status=get_args(SetupStatus))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
@@ -66,6 +67,30 @@ class ClusterObjects:
             lambda: self._custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body),
             lambda: self._custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name),
         )
+
+    async def namespace_exists(self, body: Object) -> bool:
+        """Whether the object's namespace exists, asked as the apiserver would answer creating it
+        (a dry run), so no right to read namespaces is needed."""
+        namespace = body["metadata"]["namespace"]
+        try:
+            await self._custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body, dry_run="All")
+        except ApiException as error:
+            if conflict(error):
+                return True  # the object exists, so its namespace does
+            if not_found(error) and _status_details_kind(error) == "namespaces":
+                return False
+            raise
+        return True
+
+    async def secret_keys(self, namespace: str, name: str) -> set[str] | None:
+        """The keys of a Secret, None when there is no such Secret."""
+        try:
+            secret = await self._core.read_namespaced_secret(name, namespace)
+        except ApiException as error:
+            if not_found(error):
+                return None
+            raise
+        return set(secret.data or {}) | set(secret.string_data or {})
 
     async def ensure_finalizer(self, obj: Object) -> tuple[Object | None, bool]:
         """The object carrying the cleanup finalizer, and whether this call added it; None when the
@@ -183,3 +208,13 @@ class ClusterObjects:
         except ApiException as error:
             if not conflict(error):
                 log.warning("Creating event failed", reason=reason, status=error.status, error=str(error.reason))
+
+
+def _status_details_kind(error: ApiException) -> str | None:
+    """`details.kind` of the Status an apiserver error carries (e.g. "namespaces" for a missing namespace)."""
+    try:
+        status = json.loads(error.body or "{}")
+    except (TypeError, ValueError):
+        return None
+    details = status.get("details") if isinstance(status, dict) else None
+    return details.get("kind") if isinstance(details, dict) else None

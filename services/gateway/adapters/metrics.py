@@ -14,7 +14,15 @@
 
 from __future__ import annotations
 
+from typing import get_args
+
 from prometheus_client import CollectorRegistry, Counter
+
+from libs.events import start_at_zero
+from libs.kube.watch import EventType
+from services.gateway.logic import REQUEST_SOURCES, Verdict
+
+FINALIZER_CHANGES = ("added", "removed")
 
 
 class GatewayMetrics:
@@ -55,3 +63,6 @@ class GatewayMetrics:
             "Failed tries at handling a Vk8s watch event; each is retried.",
             registry=registry,
         )
+        start_at_zero(self.objects_observed, event=get_args(EventType))
+        start_at_zero(self.requests, source=REQUEST_SOURCES, outcome=(verdict.value for verdict in Verdict))
+        start_at_zero(self.finalizer_changes, change=FINALIZER_CHANGES)

@@ -32,8 +32,11 @@ from collections.abc import Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from libs.events import start_at_zero
 from services.ipmanager.logic import Orphan, PoolUsage
 
+# Kinds of claim whose compare-and-set write can lose to another writer.
+CLAIM_KINDS = ("networks", "cluster", "ip")
 PREFIX = "vk8s_ipmanager"
 
 
@@ -70,6 +73,7 @@ class IpManagerMetrics:
             "Unix time of the last successful reconcile.",
             registry=registry,
         )
+        start_at_zero(self.claim_conflicts, key=CLAIM_KINDS)
         for reason in ("ClusterGone", "Superseded"):
             self.orphans.labels(reason).set(0)
 

@@ -19,11 +19,13 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from libs.api.models import Phase
-from libs.events import Envelope
+from libs.events import Envelope, start_at_zero
 from services.projector.adapters.read_model import Change
-from services.projector.logic import FAILURES, fact_from
+from services.projector.adapters.status import Written
+from services.projector.logic import FAILURES, REJECTION_FAILURE, STAGE_TIMINGS, fact_from
 
 # Clusters take minutes to tens of minutes; single stages from under a second to many minutes.
+REPATCHED = "repatched"  # a newer read-model revision was written while the status was patched
 DURATION_BUCKETS = (0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200)
 
 
@@ -56,6 +58,10 @@ class ProjectorMetrics:
         self.status_writes = Counter(
             "vk8s_projector_status_writes_total", "Status patches, by outcome.", ["outcome"], registry=registry
         )
+        start_at_zero(self.stage_duration, stage=(label for label, _, _ in STAGE_TIMINGS))
+        # Other (stage, reason) pairs are open-ended: each series starts with its first failure.
+        start_at_zero(self.failures, stage=[REJECTION_FAILURE[0]], reason=[REJECTION_FAILURE[1]])
+        start_at_zero(self.status_writes, outcome=[*(written.value for written in Written), REPATCHED])
 
     def set_phases(self, phases: dict[str, str]) -> None:
         counts = {phase.value: 0 for phase in Phase}

@@ -35,6 +35,7 @@ log = structlog.get_logger(__name__)
 CLUSTERS = "clusters"
 PENDING = "pending"
 NODES = "nodes"
+KEY_KINDS = (CLUSTERS, PENDING, NODES)
 # JetStream's "wrong last sequence" error codes, which a delete with `last` reports as a plain APIError.
 _WRONG_LAST_SEQUENCE = (10071, 10164)
 

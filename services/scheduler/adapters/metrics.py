@@ -34,7 +34,9 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from services.scheduler.adapters.ledger import Ledger
-from services.scheduler.logic import Inventory, ReservationState
+from libs.events import start_at_zero
+from services.scheduler.adapters.ledger import KEY_KINDS
+from services.scheduler.logic import UNSCHEDULABLE_REASONS, Inventory, ReservationState
 
 PREFIX = "vk8s_scheduler"
 
@@ -60,6 +62,8 @@ class SchedulerMetrics:
             ["key"],
             registry=registry,
         )
+        start_at_zero(self.unschedulable, reason=UNSCHEDULABLE_REASONS)
+        start_at_zero(self.ledger_conflicts, key=KEY_KINDS)
         self.lost_races = Counter(
             f"{PREFIX}_lost_races_total",
             "Placements re-done because another request took the capacity first.",

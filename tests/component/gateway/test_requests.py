@@ -81,5 +81,5 @@ async def test_invalid_request_is_rejected_naming_the_field(gateway_consumer: Se
         "invalid-1",
         "invalid-1",
     )
-    [problem] = [p for p in rejected.data.problems if p.startswith("spec.kubeflow.version:")]
+    [problem] = [p for p in rejected.data.problems if p.startswith("data.spec.kubeflow.version:")]
     assert "compatible with Kubernetes 1.36: v1.11.0" in problem

@@ -7,21 +7,27 @@ import asyncio
 import base64
 import contextlib
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 import structlog
+from prometheus_client import CollectorRegistry
 from kubernetes.aio import client
 from kubernetes.aio.client.exceptions import ApiException
 from nats.js import JetStreamContext
 
-from libs.events import REGISTRY, STREAM_NAME, Envelope, Publisher
-from libs.events.catalog import ClusterDeleted, ClusterRequested
-from libs.kube import FINALIZER, GROUP, PLURAL, VERSION
+from libs.events import REGISTRY, STREAM_NAME, Envelope, Publisher, ensure_kv
+from libs.events.catalog import ClusterDeleted, ClusterRejected, ClusterRequested
+from libs.kube import FINALIZER, GROUP, PLURAL, VERSION, read_vk8s
 from libs.runtime import Service
 from services.gateway.__main__ import gateway_service
+from services.gateway.adapters.kubernetes import ClusterObjects
+from services.gateway.adapters.ledger import Ledger
+from services.gateway.adapters.metrics import GatewayMetrics
+from services.gateway.handlers import Gateway
 from services.gateway.logic import PAUSED_ANNOTATION, REQUEST_ID_ANNOTATION
 from services.gateway.settings import GatewaySettings
 from tests.support.events import NOW, spec_document
@@ -29,6 +35,7 @@ from tests.support.events import NOW, spec_document
 T = TypeVar("T")
 NAME = "team-a"
 PASSWORD = "n0t-in-any-event"
+SECRET = spec_document()["kubeflow"]["passwordSecretRef"]["name"]
 
 
 async def eventually(probe: Callable[[], Awaitable[T | None]], what: str, timeout: float = 30.0) -> T:
@@ -119,8 +126,15 @@ class Cluster:
         return await self.events(subject)
 
 
+async def create_password_secret(api: client.ApiClient, namespace: str, name: str, key: str = "password") -> None:
+    body = client.V1Secret.model_validate({"metadata": {"name": name}, "stringData": {key: PASSWORD}})
+    await client.CoreV1Api(api).create_namespaced_secret(namespace, body)
+
+
 @pytest.fixture
 async def cluster(kube_api: client.ApiClient, js: JetStreamContext, namespace: str) -> AsyncIterator[Cluster]:
+    # The Secret spec_document's requests name: the gateway checks it exists before accepting.
+    await create_password_secret(kube_api, namespace, SECRET)
     yield Cluster(kube_api, js, namespace)
     # Nothing serves cluster.deleted once the test ends: let the namespace's deletion finish.
     custom = client.CustomObjectsApi(kube_api)
@@ -356,3 +370,68 @@ async def test_restart_requests_cleanup_for_an_object_deleted_while_down(
         [delete_requested] = await cluster.next("cluster.delete.requested")
         assert delete_requested.data.uid == created["metadata"]["uid"]
         assert metric(service, "vk8s_gateway_resync_published_total", {"event": "cluster.delete.requested"}) == 1
+
+
+# --- referenced objects, checked before anything is created ----------------------------------------
+
+
+@pytest.fixture
+async def handler(
+    kube_api: client.ApiClient, js: JetStreamContext, settings: GatewaySettings
+) -> AsyncIterator[Gateway]:
+    """The gateway's request handler alone, serving every namespace (no watch runs, so no other
+    test's objects are touched)."""
+    serving_all = settings.model_copy(update={"namespace": None})
+    yield Gateway(
+        objects=ClusterObjects(kube_api),
+        ledger=Ledger(await ensure_kv(js, serving_all.kv_bucket)),
+        publisher=Publisher(js),
+        metrics=GatewayMetrics(CollectorRegistry()),
+        settings=serving_all,
+    )
+
+
+async def rejected_at_once(handler: Gateway, request: Envelope[ClusterRequested]) -> list[str]:
+    started = time.monotonic()
+    [answer] = await handler.on_cluster_requested(request)
+    assert time.monotonic() - started < 10, "answered at once, not after retries"
+    assert isinstance(answer.data, ClusterRejected)
+    assert (answer.causation_id, answer.correlation_id, answer.data.request_id) == (request.id, request.id, request.id)
+    return answer.data.problems
+
+
+async def test_request_for_a_namespace_that_does_not_exist_is_rejected_naming_it(handler: Gateway) -> None:
+    missing = f"missing-{uuid.uuid4().hex[:8]}"
+    request = ClusterRequested.model_validate({"name": NAME, "namespace": missing, "spec": spec_document()})
+    envelope = Envelope.new(request, cluster_id=f"{missing}/{NAME}", now=NOW, event_id="no-namespace-1")
+    assert await rejected_at_once(handler, envelope) == [
+        f"data.namespace: namespace '{missing}' does not exist; create it first"
+    ]
+
+
+async def test_request_naming_a_password_secret_that_does_not_exist_is_rejected_naming_it(
+    handler: Gateway, kube_api: client.ApiClient, namespace: str
+) -> None:
+    spec = spec_document()
+    spec["kubeflow"]["passwordSecretRef"] = {"name": "not-there", "key": "password"}
+    request = ClusterRequested.model_validate({"name": NAME, "namespace": namespace, "spec": spec})
+    envelope = Envelope.new(request, cluster_id=f"{namespace}/{NAME}", now=NOW, event_id="no-secret-1")
+    [problem] = await rejected_at_once(handler, envelope)
+    assert problem.startswith(
+        f"data.spec.kubeflow.passwordSecretRef.name: Secret 'not-there' does not exist in namespace '{namespace}'"
+    ), problem
+    assert await read_vk8s(kube_api, namespace, NAME) is None, "nothing is created for a rejected request"
+
+
+async def test_request_naming_a_secret_without_the_key_is_rejected_naming_it(
+    handler: Gateway, kube_api: client.ApiClient, namespace: str
+) -> None:
+    await create_password_secret(kube_api, namespace, "wrong-key", key="pass")
+    spec = spec_document()
+    spec["kubeflow"]["passwordSecretRef"] = {"name": "wrong-key", "key": "password"}
+    request = ClusterRequested.model_validate({"name": NAME, "namespace": namespace, "spec": spec})
+    envelope = Envelope.new(request, cluster_id=f"{namespace}/{NAME}", now=NOW, event_id="no-key-1")
+    assert await rejected_at_once(handler, envelope) == [
+        "data.spec.kubeflow.passwordSecretRef.key: Secret 'wrong-key' has no key 'password'"
+    ]
+    assert await read_vk8s(kube_api, namespace, NAME) is None

@@ -56,7 +56,7 @@ def test_invalid_file_prints_one_line_per_problem(tmp_path: Path) -> None:
     result = run("-f", path)
     assert result.exit_code == 1
     assert result.stdout.splitlines() == [
-        f"{path}: spec.nodes[1].resources.limits.nvidia.com/gpu: request 1 differs from limit 2; nvidia.com/gpu "
+        f'{path}: spec.nodes[1].resources.limits["nvidia.com/gpu"]: request 1 differs from limit 2; nvidia.com/gpu '
         "cannot be overcommitted, so requests must equal limits (or set only one of them)",
         f"{path}: spec.kubeflow.version: Kubeflow v1.4.0 runs on Kubernetes 1.20, not 1.36; compatible with "
         "Kubernetes 1.36: v1.11.0",
@@ -141,7 +141,7 @@ def test_host_cidr_option(tmp_path: Path) -> None:
 def test_reads_standard_input() -> None:
     result = run("-f", "-", stdin=yaml.safe_dump(invalid_document()))
     assert result.exit_code == 1
-    assert result.stdout.startswith("-: spec.nodes[1].resources.limits.nvidia.com/gpu: ")
+    assert result.stdout.startswith('-: spec.nodes[1].resources.limits["nvidia.com/gpu"]: ')
 
 
 def test_installed_entry_point(tmp_path: Path) -> None:

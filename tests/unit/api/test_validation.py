@@ -139,27 +139,27 @@ ERRORS: list[Any] = [
     # GPUs: whole, non-negative, requests == limits
     pytest.param(
         lambda d: resources(d, 1, "limits").update({"nvidia.com/gpu": "0.5"}),
-        "spec.nodes[1].resources.limits.nvidia.com/gpu", "not a whole number", id="gpu-fraction",
+        'spec.nodes[1].resources.limits["nvidia.com/gpu"]', "not a whole number", id="gpu-fraction",
     ),
     pytest.param(
         lambda d: resources(d, 1, "limits").update({"nvidia.com/gpu": "500m"}),
-        "spec.nodes[1].resources.limits.nvidia.com/gpu", "not a whole number", id="gpu-millis",
+        'spec.nodes[1].resources.limits["nvidia.com/gpu"]', "not a whole number", id="gpu-millis",
     ),
     pytest.param(
         lambda d: resources(d, 1, "limits").update({"nvidia.com/gpu": -1}),
-        "spec.nodes[1].resources.limits.nvidia.com/gpu", "negative", id="gpu-negative",
+        'spec.nodes[1].resources.limits["nvidia.com/gpu"]', "negative", id="gpu-negative",
     ),
     pytest.param(
         lambda d: resources(d, 1, "requests").update({"nvidia.com/gpu": 1}),
-        "spec.nodes[1].resources.limits.nvidia.com/gpu", "requests must equal limits", id="gpu-request-below-limit",
+        'spec.nodes[1].resources.limits["nvidia.com/gpu"]', "requests must equal limits", id="gpu-request-below-limit",
     ),
     pytest.param(
         lambda d: resources(d, 1, "requests").update({"nvidia.com/gpu": 3}),
-        "spec.nodes[1].resources.limits.nvidia.com/gpu", "cannot be overcommitted", id="gpu-request-above-limit",
+        'spec.nodes[1].resources.limits["nvidia.com/gpu"]', "cannot be overcommitted", id="gpu-request-above-limit",
     ),
     pytest.param(
         lambda d: resources(d, 1, "limits").update({"nvidia.com/gpu": 1.0}),
-        "spec.nodes[1].resources.limits.nvidia.com/gpu", "as strings", id="gpu-float",
+        'spec.nodes[1].resources.limits["nvidia.com/gpu"]', "as strings", id="gpu-float",
     ),
     # networks: CIDRs, no overlap, sizes
     pytest.param(
@@ -479,7 +479,7 @@ def test_non_mapping_documents(document: Any) -> None:
 @pytest.mark.parametrize(
     ("loc", "path"),
     [
-        (("spec", "nodes", 1, "resources", "limits", "nvidia.com/gpu"), "spec.nodes[1].resources.limits.nvidia.com/gpu"),
+        (("spec", "nodes", 1, "resources", "limits", "nvidia.com/gpu"), 'spec.nodes[1].resources.limits["nvidia.com/gpu"]'),
         (("metadata", "name"), "metadata.name"),
         (("spec", "ports", 0), "spec.ports[0]"),
         ((), "(document)"),
@@ -502,7 +502,7 @@ def test_all_errors_of_a_document_are_reported_at_once(document: Doc) -> None:
     paths = {p.path for p in validate_document(document).errors}
     assert paths == {
         "spec.nodes[0].resources.requests.cpu",
-        "spec.nodes[1].resources.limits.nvidia.com/gpu",
+        'spec.nodes[1].resources.limits["nvidia.com/gpu"]',
         "spec.kubeflow.version",
     }
 

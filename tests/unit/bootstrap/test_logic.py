@@ -186,3 +186,12 @@ def test_node_commands_run_through_the_vnode_shell() -> None:
     assert out.stdout == "a b c\n"
     written = logic.write_command("x", "y")
     assert logic.via_shell(written) == written
+
+
+@pytest.mark.parametrize(
+    ("step", "metric"),
+    [("cni-write", "cni"), ("cni", "cni"), ("join-command-worker-1", "join-command"), ("kubeadm-join", "kubeadm-join")],
+)
+def test_metric_steps_have_a_fixed_set_of_names(step: str, metric: str) -> None:
+    assert logic.metric_step(step) == metric
+    assert metric in logic.METRIC_STEPS

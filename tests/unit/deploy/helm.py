@@ -16,8 +16,8 @@ from vk8s.testbed.config import REPO_ROOT, pinned_versions
 
 CHART_DIR = REPO_ROOT / "deploy" / "helm" / "vk8s"
 SERVICES = ("gateway", "scheduler", "ipmanager", "vnode", "bootstrap", "kubeflow", "projector")
-# go-installed helm carries no Kubernetes version of its own (it would claim 1.20); render for the testbed's.
-KUBE_VERSION = pinned_versions()["KUBERNETES_VERSION"]
+# What the helm built here assumes without a cluster (its release's), set by deploy/testbed/build.sh.
+HELM_KUBE_VERSION = pinned_versions()["HELM_KUBE_VERSION"]
 
 Manifest = dict[str, Any]
 
@@ -44,8 +44,8 @@ def template(
     extra: Iterable[str] = (),
 ) -> subprocess.CompletedProcess[str]:
     return helm(
-        "template", release, str(CHART_DIR), "--namespace", namespace, "--kube-version", KUBE_VERSION,
-        "--include-crds", *set_args(values), *extra, check=False,
+        "template", release, str(CHART_DIR), "--namespace", namespace, "--include-crds", *set_args(values), *extra,
+        check=False,
     )  # fmt: skip
 
 

@@ -24,14 +24,6 @@ RULE_FILES = tuple(sorted(path for path in RULES_DIR.glob("*.yaml") if not path.
 EXTERNAL_METRICS: dict[str, str] = {
     # Prometheus itself, one series per scrape target.
     "up": "Prometheus (scrape target health)",
-    # prometheus-nats-exporter -jsz=consumers (standalone); the NATS chart's exporter runs it with
-    # -prefix=nats, which names them nats_consumer_*; the panels match both by __name__.
-    "jetstream_consumer_num_pending": "prometheus-nats-exporter -jsz",
-    "jetstream_consumer_num_ack_pending": "prometheus-nats-exporter -jsz",
-    "jetstream_consumer_num_redelivered": "prometheus-nats-exporter -jsz",
-    "nats_consumer_num_pending": "prometheus-nats-exporter -jsz -prefix=nats (NATS chart)",
-    "nats_consumer_num_ack_pending": "prometheus-nats-exporter -jsz -prefix=nats (NATS chart)",
-    "nats_consumer_num_redelivered": "prometheus-nats-exporter -jsz -prefix=nats (NATS chart)",
     # kube-state-metrics: GPUs requested by vNode pods per tenant namespace (no vk8s service exports tenants).
     "kube_pod_container_resource_requests": "kube-state-metrics",
     "kube_pod_labels": "kube-state-metrics --metric-labels-allowlist=pods=[app]",

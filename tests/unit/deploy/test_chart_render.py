@@ -4,12 +4,22 @@ from __future__ import annotations
 
 import importlib
 import json
+from pathlib import Path
 
 import pytest
 import yaml
 
 from libs.runtime import ServiceSettings
-from tests.unit.deploy.helm import CHART_DIR, KUBE_VERSION, SERVICES, Manifest, by_component, helm, of_kind, render
+from tests.unit.deploy.helm import (
+    CHART_DIR,
+    HELM_KUBE_VERSION,
+    SERVICES,
+    Manifest,
+    by_component,
+    helm,
+    of_kind,
+    render,
+)
 
 MESH_ON = {"mesh": {"enabled": True}}
 TENANTS = {"rbac": {"tenantNamespaces": ["team-a", "team-b"]}}
@@ -36,7 +46,7 @@ def env_of(deployment: Manifest) -> dict[str, Manifest]:
 
 @pytest.mark.parametrize("values", [{}, MESH_ON], ids=["defaults", "mesh"])
 def test_lint_is_clean(values: dict[str, object]) -> None:
-    args = ["lint", "--strict", "--kube-version", KUBE_VERSION, str(CHART_DIR)]
+    args = ["lint", "--strict", str(CHART_DIR)]
     for key, value in values.items():
         args += ["--set-json", f"{key}={json.dumps(value)}"]
     result = helm(*args, check=False)
@@ -303,3 +313,16 @@ def test_kubeflow_gets_a_manifest_cache_and_its_sources_file() -> None:
     assert yaml.safe_load(configmap["data"]["sources.yaml"]) == sources
     assert "checksum/kubeflow-manifest-sources" in deployment["spec"]["template"]["metadata"]["annotations"]
     assert "VK8S_KUBEFLOW_SOURCES_FILE" not in env_of(by_component(render(), "Deployment")["kubeflow"])
+
+
+
+def test_helm_assumes_the_kubernetes_of_its_release(tmp_path: Path) -> None:
+    """Rendering without a cluster, as a user does (no --kube-version), helm assumes the Kubernetes its
+    release build sets (go-installed without those ldflags it would claim v1.20.0 and refuse this chart's
+    kubeVersion >=1.27)."""
+    chart = tmp_path / "probe"
+    (chart / "templates").mkdir(parents=True)
+    (chart / "Chart.yaml").write_text("apiVersion: v2\nname: probe\nversion: 0.1.0\n")
+    (chart / "templates" / "version.yaml").write_text("kubeVersion: {{ .Capabilities.KubeVersion.Version }}\n")
+    rendered = helm("template", "probe", str(chart))
+    assert yaml.safe_load(rendered.stdout.split("---", 1)[1]) == {"kubeVersion": f"v{HELM_KUBE_VERSION}.0"}

@@ -11,6 +11,7 @@ from click.testing import CliRunner
 from pydantic import ValidationError
 
 from libs.api.models import Vk8sSpec
+from libs.api.validation import validate_document
 from libs.events import EVENTS, REGISTRY, Envelope, InvalidEvent, Payload, Registry
 from libs.events import catalog as c
 from tests.support.events import NOW, cluster_requested, spec_document
@@ -138,3 +139,28 @@ def test_the_envelope_names_the_same_cluster_as_the_request() -> None:
     with pytest.raises(InvalidEvent) as raised:
         REGISTRY.decode("cluster.requested", mismatched.to_json())
     assert [str(p) for p in raised.value.problems] == ["clusterId: must be 'default/team-a', the data's namespace/name"]
+
+
+@pytest.mark.parametrize("gpus", ["1.5", "2.0", "500m", "1k", "-1", -1, 1.5, "0", 0, "2", 2])
+def test_the_schema_and_validation_agree_on_whole_gpus(gpus: object) -> None:
+    """One truth: a GPU count the published schema refuses, `vk8s validate` refuses, and the reverse."""
+    spec = spec_document()
+    for node in spec["nodes"]:
+        for kind in ("requests", "limits"):
+            node["resources"][kind]["nvidia.com/gpu"] = gpus
+    document = json.loads(Envelope.new(cluster_requested(), cluster_id="default/team-a", now=NOW).to_json())
+    document["data"]["spec"] = spec
+    schema_refuses = not jsonschema.Draft202012Validator(REGISTRY.json_schema("cluster.requested")).is_valid(document)
+    manifest = {"apiVersion": "vk8s.skt.co.kr/v1alpha1", "kind": "Vk8s", "metadata": {"name": "team-a"}, "spec": spec}
+    gpu_paths = [p.path for p in validate_document(manifest).errors if "nvidia.com/gpu" in p.path]
+    assert schema_refuses == bool(gpu_paths), (schema_refuses, gpu_paths)
+    if gpu_paths:
+        assert gpu_paths[0] == 'spec.nodes[0].resources.requests["nvidia.com/gpu"]', gpu_paths
+
+
+def test_problem_paths_bracket_dotted_keys_in_rejections_too() -> None:
+    document = json.loads(Envelope.new(cluster_requested(), cluster_id="default/team-a", now=NOW).to_json())
+    document["data"]["spec"]["nodes"][0]["resources"]["limits"]["nvidia.com/gpu"] = 1.5
+    with pytest.raises(InvalidEvent) as raised:
+        REGISTRY.decode("cluster.requested", json.dumps(document).encode())
+    assert raised.value.problems[0].path == 'data.spec.nodes[0].resources.limits["nvidia.com/gpu"]'

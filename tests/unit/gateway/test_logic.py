@@ -327,11 +327,11 @@ def test_accepting_validates_the_live_object() -> None:
 
 def test_request_problems_name_the_field() -> None:
     problems = logic.request_problems(user_request(incompatible_spec()).data, ())
-    assert any(problem.startswith("spec.kubeflow.version:") for problem in problems)
+    assert any(problem.startswith("data.spec.kubeflow.version:") for problem in problems), problems
     assert logic.request_problems(user_request().data, ()) == ()
 
 
 def test_gateway_serving_one_namespace_rejects_requests_for_others() -> None:
     problems = logic.request_problems(user_request().data, (), "team-ns")
-    assert problems == ("namespace: this gateway serves namespace 'team-ns' only, not 'default'",)
+    assert problems == ("data.namespace: this gateway serves namespace 'team-ns' only, not 'default'",)
     assert logic.request_problems(user_request().data, (), "default") == ()

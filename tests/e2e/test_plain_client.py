@@ -1,0 +1,172 @@
+"""The event contract as an outside publisher meets it: nats-py alone (not the project's publisher),
+the example of docs/events.md and each bad request documented beside it, against the running
+stack. Each bad request gets exactly one cluster.rejected, naming the field, with causationId = the
+request's id and correlationId = the request's correlationId; the example is accepted."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+import re
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import nats
+import pytest
+from kubernetes.aio import client
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+
+from libs.events import STREAM_NAME
+from tests.e2e.conftest import ROOT
+from vk8s.local import stack
+
+EVENTS_DOC = ROOT / "docs" / "events.md"
+Document = dict[str, Any]
+
+
+def documented_example() -> Document:
+    match = re.search(r"```json\n(.*?)```", EVENTS_DOC.read_text(), re.S)
+    assert match, "docs/events.md has no JSON example"
+    return json.loads(match.group(1))
+
+
+def _password(document: Document) -> None:
+    kubeflow = document["data"]["spec"]["kubeflow"]
+    del kubeflow["passwordSecretRef"]
+    kubeflow["password"] = "plain"
+
+
+# (case, change to the documented example, how the one rejection's problem starts; docs/events.md lists each)
+BAD_REQUESTS: list[tuple[str, Callable[[Document], None], str]] = [
+    ("plain-password", _password, "data.spec: kubeflow.password is set"),
+    ("other-cluster-id", lambda d: d.update(clusterId="other/gpu-lab"), "clusterId: must be"),
+    ("time-without-offset", lambda d: d.update(time="2026-11-28T12:00:00"), "time:"),
+    ("wrong-type", lambda d: d.update(type="cluster.accepted"), "type: must be 'cluster.requested'"),
+    ("schema-version", lambda d: d.update(schemaVersion=2), "schemaVersion: must be 1"),
+    ("unknown-field", lambda d: d["data"]["spec"].update(color="red"), "data.spec.color:"),
+    ("bad-name", lambda d: d["data"].update(name="GPU_Lab"), "data.name:"),
+    (
+        "gpu-fraction",
+        lambda d: d["data"]["spec"]["nodes"][1]["resources"]["limits"].update({"nvidia.com/gpu": "1.5"}),
+        'data.spec.nodes[1].resources.limits["nvidia.com/gpu"]:',
+    ),
+    (
+        "incompatible-kubeflow",
+        lambda d: d["data"]["spec"]["kubeflow"].update(version="v1.4.0"),
+        "data.spec.kubeflow.version:",
+    ),
+    ("missing-namespace", lambda d: _move(d, f"absent-{uuid.uuid4().hex[:8]}"), "data.namespace: namespace"),
+    (
+        "missing-secret",
+        lambda d: d["data"]["spec"]["kubeflow"]["passwordSecretRef"].update(name="not-there"),
+        "data.spec.kubeflow.passwordSecretRef.name: Secret",
+    ),
+]
+
+
+def _move(document: Document, namespace: str) -> None:
+    document["data"]["namespace"] = namespace
+    document["clusterId"] = f"{namespace}/{document['data']['name']}"
+
+
+def request_in(namespace: str, case: str) -> Document:
+    document = copy.deepcopy(documented_example())
+    _move(document, namespace)
+    document["id"] = f"plain-{case}-{uuid.uuid4()}"
+    document["correlationId"] = f"portal-{case}"
+    return document
+
+
+async def publish(nc: NATS, document: Document) -> None:
+    """As docs/events.md shows it: JetStream publish, Nats-Msg-Id = the id."""
+    ack = await nc.jetstream().publish(
+        "cluster.requested", json.dumps(document).encode(), headers={"Nats-Msg-Id": document["id"]}
+    )
+    assert not ack.duplicate
+
+
+async def settled(nc: NATS, durables: tuple[str, ...] = ("gateway", "projector")) -> None:
+    """Every service that reads requests has settled every message it was given."""
+    js = nc.jetstream()
+    for _ in range(600):
+        infos = [await js.consumer_info(STREAM_NAME, durable) for durable in durables]
+        if all(info.num_pending == 0 and info.num_ack_pending == 0 for info in infos):
+            await nc.flush()
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"consumers did not settle: {infos}")
+
+
+@pytest.fixture
+async def plain_client(product: tuple[stack.StackLayout, stack.StackInfo]) -> Any:
+    nc = await nats.connect(product[1].nats_url)
+    yield nc
+    await nc.drain()
+
+
+@pytest.fixture
+async def secret_of_the_example(api: client.ApiClient, namespace: str) -> None:
+    reference = documented_example()["data"]["spec"]["kubeflow"]["passwordSecretRef"]
+    body = client.V1Secret.model_validate({"metadata": {"name": reference["name"]}, "stringData": {reference["key"]: "p"}})
+    await client.CoreV1Api(api).create_namespaced_secret(namespace, body)
+
+
+def test_every_bad_request_checked_here_is_documented() -> None:
+    text = EVENTS_DOC.read_text()
+    assert [start for _, _, start in BAD_REQUESTS if f"`{start}`" not in text] == []
+
+
+@pytest.mark.parametrize(("case", "change", "expected"), BAD_REQUESTS, ids=[case for case, _, _ in BAD_REQUESTS])
+async def test_a_documented_bad_request_gets_one_rejection_naming_the_field(
+    plain_client: NATS, namespace: str, secret_of_the_example: None, case: str, change: Callable[[Document], None], expected: str
+) -> None:
+    document = request_in(namespace, case)
+    change(document)
+    answers: list[Document] = []
+
+    async def record(msg: Msg) -> None:
+        event = json.loads(msg.data)
+        if event.get("causationId") == document["id"] or event.get("data", {}).get("requestId") == document["id"]:
+            answers.append(event)
+
+    sub = await plain_client.subscribe("cluster.>", cb=record)
+    await plain_client.flush()
+    try:
+        await publish(plain_client, document)
+        for _ in range(300):
+            if answers:
+                break
+            await asyncio.sleep(0.1)
+        await settled(plain_client)
+    finally:
+        await sub.unsubscribe()
+    assert [answer["type"] for answer in answers] == ["cluster.rejected"], answers
+    [rejected] = answers
+    assert (rejected["causationId"], rejected["correlationId"]) == (document["id"], document["correlationId"])
+    assert rejected["data"]["requestId"] == document["id"]
+    assert rejected["data"]["problems"][0].startswith(expected), rejected["data"]["problems"]
+
+
+async def test_the_documented_example_is_accepted(
+    plain_client: NATS, namespace: str, secret_of_the_example: None
+) -> None:
+    document = request_in(namespace, "example")
+    accepted: asyncio.Future[Document] = asyncio.get_running_loop().create_future()
+
+    async def record(msg: Msg) -> None:
+        event = json.loads(msg.data)
+        if event.get("causationId") == document["id"] and not accepted.done():
+            accepted.set_result(event)
+
+    sub = await plain_client.subscribe("cluster.>", cb=record)
+    await plain_client.flush()
+    try:
+        await publish(plain_client, document)
+        answer = await asyncio.wait_for(accepted, timeout=60)
+    finally:
+        await sub.unsubscribe()
+    assert answer["type"] == "cluster.accepted", answer
+    assert (answer["clusterId"], answer["correlationId"]) == (document["clusterId"], document["correlationId"])
