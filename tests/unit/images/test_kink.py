@@ -306,15 +306,14 @@ def test_preload_imports_pins_and_marks(preload_env: dict[str, str], tmp_path: P
     calls = (tmp_path / "ctr-state" / "calls").read_text().splitlines()
     imports = [c for c in calls if " images import " in c]
     directory = preload_env["VK8S_PRELOAD_DIR"]
-    # The imports run at once, so in any order.
-    assert sorted(imports) == sorted(
+    assert imports == [
         f"--namespace k8s.io images import --base-name {ref.rsplit(':', 1)[0]} --all-platforms --no-unpack --digests"
         f" {directory}/{n}.tar"
         for n, ref in enumerate((PAUSE, ETCD))
-    )
-    assert sorted(c for c in calls if " images label " in c) == sorted(
+    ]
+    assert [c for c in calls if " images label " in c] == [
         f"--namespace k8s.io images label {ref} io.cri-containerd.pinned=pinned" for ref in (PAUSE, ETCD)
-    )
+    ]
     assert Path(preload_env["VK8S_PRELOAD_MARKER"]).read_text().split() == [PAUSE, ETCD]
 
     # containerd kept its content (a pod restart with the same volume): nothing is imported again.
