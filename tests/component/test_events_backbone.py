@@ -50,6 +50,7 @@ async def run_consumer(
     js: JetStreamContext, stream: str, registry: CollectorRegistry
 ) -> AsyncIterator[Callable[..., Awaitable[Consumer]]]:
     started: list[Consumer] = []
+    metrics: dict[str, EventMetrics] = {}  # one per durable in the registry; its replicas share it
 
     async def start(
         handler: Handler,
@@ -57,17 +58,22 @@ async def run_consumer(
         subjects: Sequence[str] = ("cluster.requested",),
         durable: str = "test",
         answers_invalid_requests: bool = True,
+        concurrency: int = 1,
+        prefetch: int = 0,
         **settings: Any,
     ) -> Consumer:
-        metrics = EventMetrics(durable, registry)
+        if durable not in metrics:
+            metrics[durable] = EventMetrics(durable, registry)
         consumer = Consumer(
             service=durable,
             js=js,
-            publisher=Publisher(js, metrics),
+            publisher=Publisher(js, metrics[durable]),
             registry=REGISTRY,
             settings=ConsumerSettings(durable=durable, filter_subjects=tuple(subjects), **settings),
             handlers={s: handler for s in subjects},
-            metrics=metrics,
+            metrics=metrics[durable],
+            concurrency=concurrency,
+            prefetch=prefetch,
             backoff=Backoff(base_s=0.1, max_s=0.2),
             clock=lambda: NOW,
             answers_invalid_requests=answers_invalid_requests,
@@ -221,6 +227,97 @@ async def test_long_handler_is_kept_alive(js: JetStreamContext, run_consumer: An
     await asyncio.sleep(4.5)
     assert calls == 1
     await wait_settled(js)
+
+
+@pytest.mark.parametrize(("concurrency", "prefetch"), [(2, 0), (1, 2)], ids=["waiting-in-the-broker", "prefetched"])
+async def test_messages_waiting_for_a_slow_handler_run_exactly_once(
+    js: JetStreamContext, run_consumer: Any, concurrency: int, prefetch: int
+) -> None:
+    """More messages than handler slots, each handled for over two ack_waits: none may expire
+    while it waits (in the broker, or fetched ahead) and run a second time, nor run twice at once."""
+    calls: list[str] = []
+    running: set[str] = set()
+    overlapping: list[str] = []
+
+    async def slow(event: Envelope[ClusterRequested]) -> list[Envelope[Any]]:
+        calls.append(event.id)
+        if event.id in running:
+            overlapping.append(event.id)
+        running.add(event.id)
+        await asyncio.sleep(2.5)
+        running.discard(event.id)
+        return []
+
+    await run_consumer(slow, ack_wait_s=1.0, concurrency=concurrency, prefetch=prefetch)
+    requests = [request_envelope(f"team-{index}") for index in range(3)]
+    for request in requests:
+        await Publisher(js).publish(request)
+    for _ in range(300):
+        if len(calls) >= 3 and not running:
+            break
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(1.5)  # past another ack_wait: nothing comes back
+    assert sorted(calls) == sorted(r.id for r in requests)
+    assert overlapping == []
+    await wait_settled(js)
+
+
+async def deliver_unsettled(js: JetStreamContext, times: int) -> None:
+    """Takes the next message `times` times without settling it, as a replica that crashes while
+    handling it would (ack_wait must be short)."""
+    sub = await js.pull_subscribe_bind("test", STREAM_NAME)
+    try:
+        for delivery in range(1, times + 1):
+            [msg] = await sub.fetch(1, timeout=10)
+            assert msg.metadata.num_delivered == delivery
+    finally:
+        await sub.unsubscribe()
+
+
+async def test_unsettled_deliveries_do_not_use_up_the_retries(js: JetStreamContext, run_consumer: Any) -> None:
+    """Two deliveries lost to crashes with max_deliver 2: the broker does not drop the message,
+    the next replica still handles it."""
+    await ensure_consumer(js, STREAM_NAME, ConsumerSettings("test", ("cluster.requested",), ack_wait_s=1.0, max_deliver=2))
+    request = request_envelope()
+    await Publisher(js).publish(request)
+    await deliver_unsettled(js, 2)
+    handled: list[str] = []
+
+    async def record(event: Envelope[ClusterRequested]) -> list[Envelope[Any]]:
+        handled.append(event.id)
+        return []
+
+    await run_consumer(record, ack_wait_s=1.0, max_deliver=2)
+    for _ in range(100):
+        if handled:
+            break
+        await asyncio.sleep(0.05)
+    assert handled == [request.id]
+    await wait_settled(js)
+    assert await count(js, "cluster.failed") == 0
+
+
+async def test_a_message_never_settled_ends_in_cluster_failed(js: JetStreamContext, run_consumer: Any) -> None:
+    """Past twice max_deliver deliveries without an outcome (a handler that crashes its service),
+    the loop ends with an answer instead of another try."""
+    await ensure_consumer(js, STREAM_NAME, ConsumerSettings("test", ("cluster.requested",), ack_wait_s=1.0, max_deliver=1))
+    request = request_envelope()
+    await Publisher(js).publish(request)
+    await deliver_unsettled(js, 2)
+    calls = 0
+
+    async def record(event: Envelope[ClusterRequested]) -> list[Envelope[Any]]:
+        nonlocal calls
+        calls += 1
+        return []
+
+    await run_consumer(record, ack_wait_s=1.0, max_deliver=1)
+    failed = await next_event(js, "cluster.failed")
+    assert failed.data.reason == "RetriesExhausted"
+    assert "delivered 3 times, never settled" in failed.data.message
+    assert failed.causation_id == request.id
+    await wait_settled(js)
+    assert calls == 0
 
 
 @pytest.mark.parametrize(
