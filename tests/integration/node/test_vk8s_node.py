@@ -266,3 +266,33 @@ async def test_vnode_lifecycle_builds_a_real_inner_cluster(
 
 async def _true(value: bool) -> bool:
     return value
+
+
+async def test_a_second_init_while_the_first_runs_waits_and_keeps_its_control_plane(
+    kube_api: client.ApiClient, namespace: str, gpu_host: client.V1Node, sandbox_root: Path, tmp_path: Path
+) -> None:
+    """A bootstrap step delivered again while the first `init` still runs on the node: the
+    second waits for the first (the node's lock), then finds it initialised; one kubeadm init
+    runs, nothing resets the control plane it started."""
+    core = client.CoreV1Api(kube_api)
+    await core.create_namespaced_persistent_volume_claim(namespace, claim("node-state-twice"))
+    master = vnode_pod("c2-master-0", "node-state-twice", gpu_host.metadata.name, cpu="2", memory="4Gi", gpus=0)
+    await core.create_namespaced_pod(namespace, master)
+    await running(core, namespace, "c2-master-0")
+    await vk8s_node(kube_api, namespace, "c2-master-0", "prepare --cpu-limit 2 --memory-limit 4Gi --gpus 0")
+    config = KUBEADM_CONFIG.replace("c1-master-0", "c2-master-0").replace("clusterName: c1", "clusterName: c2")
+    await vk8s_node(kube_api, namespace, "c2-master-0", f"write etc/kubernetes/kubeadm.yaml <<'EOF'\n{config}EOF")
+
+    first, second = await asyncio.gather(
+        run(kube_api, namespace, "c2-master-0", "vk8s-node init etc/kubernetes/kubeadm.yaml"),
+        run(kube_api, namespace, "c2-master-0", "vk8s-node init etc/kubernetes/kubeadm.yaml"),
+    )
+    kubeconfig = tmp_path / "inner.conf"
+    kubeconfig.write_text(await vk8s_node(kube_api, namespace, "c2-master-0", "kubeconfig"))
+
+    outputs = sorted([first, second], key=lambda result: "already initialised" in result[1])
+    assert [status for status, _ in outputs] == [0, 0], outputs
+    assert "initialized successfully" in outputs[0][1]
+    assert "already initialised" in outputs[1][1]
+    assert list(await inner_nodes(kubeconfig)) == ["c2-master-0"]
+    assert (await state(kube_api, namespace, "c2-master-0"))["kubeletActive"] is True
