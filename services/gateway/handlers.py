@@ -215,7 +215,7 @@ class Gateway:
                 else:
                     await self._store_password(obj, plan.assessment)
                 accepted = plan.action is Action.UPDATE
-                await self._announce(plan.event, Observed.of(obj), accepted=accepted, resync=resync)
+                await self._announce(plan.event, Observed.of(obj), accepted=accepted, resync=resync, change=plan.change)
             case Action.DELETE:
                 assert plan.event is not None
                 await self._publish(plan.event, resync)
@@ -236,11 +236,13 @@ class Gateway:
     def _serves(self, namespace: str) -> bool:
         return self._settings.namespace is None or namespace == self._settings.namespace
 
-    async def _announce(self, event: Envelope[Any], observed: Observed, *, accepted: bool, resync: bool) -> None:
+    async def _announce(
+        self, event: Envelope[Any], observed: Observed, *, accepted: bool, resync: bool, change: int | None = None
+    ) -> None:
         await self._publish(event, resync)
 
         def published(record: ClusterRecord | None) -> ClusterRecord:
-            return logic.record_published(record, observed, accepted=accepted)
+            return logic.record_published(record, observed, accepted=accepted, change=change)
 
         await self._ledger.change(observed.uid, published)
 
@@ -248,7 +250,12 @@ class Gateway:
         ack = await self._publisher.publish(event)
         if resync:
             self._metrics.resync_published.labels(event.type).inc()
-        log.info("Published event", **event.log_context(), duplicate=bool(ack.duplicate), resync=resync)
+        if ack.duplicate:
+            # Ids are per object and change, so the stream has this very event: a retry after a
+            # crash before the ledger write. Said, because a duplicate of anything else would be lost.
+            log.warning("Event was stored before under this id; not stored again", **event.log_context(), resync=resync)
+        else:
+            log.info("Published event", **event.log_context(), resync=resync)
 
     async def _store_password(self, obj: Object, assessment: Assessment | None) -> None:
         if assessment is None or assessment.password is None:

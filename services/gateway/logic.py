@@ -2,9 +2,12 @@
 the gateway already told the pipeline about it (its ledger record), and how to answer a
 `cluster.requested`. Time is passed in.
 
-Event ids derive from the object (uid, generation, labels and annotations), never from the path
-that led to them: an object seen by the watch and the same cluster requested on NATS both end in
-`accepted-<uid>-<generation>`, and the broker keeps only the first (Nats-Msg-Id dedupe).
+Event ids derive from the object (uid, generation, and for later changes their number), never
+from the path that led to them: an object seen by the watch and the same cluster requested on NATS
+both end in `accepted-<uid>-<generation>`, and the broker keeps only the first (Nats-Msg-Id
+dedupe). Changes after acceptance are numbered in the ledger record (`updated-<uid>-<generation>-
+<number>`), so each change has an id of its own (pause, resume, pause again: three ids) while a
+retry of the same change, before the record says it went out, publishes the same id again.
 """
 
 from __future__ import annotations
@@ -140,6 +143,8 @@ class ClusterRecord(BaseModel):
     """Labels and annotations published with it."""
     accepted_generation: int | None = None
     """The pipeline has the cluster at this generation (cluster.accepted or cluster.updated)."""
+    announced_changes: int = 0
+    """cluster.updated and cluster.rejected published for the object so far; numbers the next one."""
     delete_requested: bool = False
 
     @property
@@ -147,15 +152,20 @@ class ClusterRecord(BaseModel):
         return self.accepted_generation is not None
 
 
-def record_published(record: ClusterRecord | None, observed: Observed, *, accepted: bool) -> ClusterRecord:
-    """The record after publishing for `observed`. A compare-and-set retry applies it again to a
-    newer record, so it never moves a generation backwards."""
+def record_published(
+    record: ClusterRecord | None, observed: Observed, *, accepted: bool, change: int | None = None
+) -> ClusterRecord:
+    """The record after publishing for `observed` (as change number `change`, if numbered). A
+    compare-and-set retry applies it again to a newer record, so it never moves a generation or
+    the change count backwards."""
     record = record or ClusterRecord(uid=observed.uid, cluster_id=observed.cluster_id)
     update: dict[str, Any] = {}
     if record.announced_generation is None or observed.generation >= record.announced_generation:
         update.update(announced_generation=observed.generation, announced_hash=observed.metadata_hash)
     if accepted and (record.accepted_generation or 0) < observed.generation:
         update.update(accepted_generation=observed.generation)
+    if change is not None and change > record.announced_changes:
+        update.update(announced_changes=change)
     return record.model_copy(update=update)
 
 
@@ -187,6 +197,8 @@ class ObjectPlan:
     action: Action
     event: Envelope[Any] | None = None
     assessment: Assessment | None = None
+    change: int | None = None
+    """The number of the change `event` announces (cluster.updated, cluster.rejected)."""
 
 
 def plan_for_object(
@@ -205,11 +217,13 @@ def plan_for_object(
         if not record.accepted or record.announced_hash == observed.metadata_hash:
             return ObjectPlan(Action.NONE)
     assessment = assess(observed.document(), host_cidrs)
+    change = (record.announced_changes if record is not None else 0) + 1
     if assessment.spec is None:
-        return ObjectPlan(Action.REJECT, object_rejected_event(observed, assessment.errors, now), assessment)
+        rejected = object_rejected_event(observed, assessment.errors, change, now)
+        return ObjectPlan(Action.REJECT, rejected, assessment, change)
     if record is None or not record.accepted:
         return ObjectPlan(Action.REQUEST, requested_event(observed, assessment.spec, now), assessment)
-    return ObjectPlan(Action.UPDATE, updated_event(observed, assessment.spec, now), assessment)
+    return ObjectPlan(Action.UPDATE, updated_event(observed, assessment.spec, change, now), assessment, change)
 
 
 def plan_for_gone(record: ClusterRecord, *, now: datetime) -> ObjectPlan:
@@ -384,16 +398,18 @@ def accepted_event(
     return followed.model_copy(update={"id": f"accepted-{live.uid}-{live.generation}"})
 
 
-def updated_event(observed: Observed, spec: Vk8sSpec, now: datetime) -> Envelope[ClusterUpdated]:
+def updated_event(observed: Observed, spec: Vk8sSpec, change: int, now: datetime) -> Envelope[ClusterUpdated]:
     payload = ClusterUpdated(
         **_cluster_fields(observed, spec), uid=observed.uid, generation=observed.generation, paused=observed.paused
     )
-    event_id = f"updated-{observed.uid}-{observed.generation}-{observed.metadata_hash}"
+    event_id = f"updated-{observed.uid}-{observed.generation}-{change}"
     return Envelope.new(payload, cluster_id=observed.cluster_id, now=now, event_id=event_id)
 
 
-def object_rejected_event(observed: Observed, problems: Sequence[str], now: datetime) -> Envelope[ClusterRejected]:
-    event_id = f"rejected-{observed.uid}-{observed.generation}-{observed.metadata_hash}"
+def object_rejected_event(
+    observed: Observed, problems: Sequence[str], change: int, now: datetime
+) -> Envelope[ClusterRejected]:
+    event_id = f"rejected-{observed.uid}-{observed.generation}-{change}"
     payload = ClusterRejected(problems=list(problems))
     return Envelope.new(payload, cluster_id=observed.cluster_id, now=now, event_id=event_id)
 

@@ -239,6 +239,19 @@ async def test_label_and_pause_changes_are_published_as_updates(gateway: Service
     only(await cluster.events("cluster.accepted"))
 
 
+async def test_pause_resume_pause_resume_quickly_publishes_each_change(gateway: Service, cluster: Cluster) -> None:
+    """Within the duplicate window: the second pause and resume are changes of their own, not
+    duplicates of the first (which the broker would drop, leaving the cluster paused)."""
+    await cluster.apply()
+    await cluster.next("cluster.accepted")
+    for annotations in ({PAUSED_ANNOTATION: "true"}, {PAUSED_ANNOTATION: None}) * 2:
+        await cluster.patch({"metadata": {"annotations": annotations}})
+    updates = await cluster.next("cluster.updated", count=4)
+    assert [update.data.paused for update in updates] == [True, False, True, False]
+    assert len({update.id for update in updates}) == 4
+    assert len(await cluster.settled("cluster.updated")) == 4
+
+
 async def test_request_on_nats_creates_the_object_and_is_accepted_once(
     gateway: Service, cluster: Cluster, js: JetStreamContext
 ) -> None:

@@ -141,9 +141,25 @@ def test_changes_after_acceptance_are_updates(change: dict[str, Any], paused: bo
     result = plan(changed, accepted_record())
     assert result.action is Action.UPDATE and result.event is not None
     assert result.event.type == "cluster.updated"
-    assert result.event.id == f"updated-{UID}-{changed.generation}-{changed.metadata_hash}"
+    assert result.event.id == f"updated-{UID}-{changed.generation}-1"
+    assert result.change == 1
     assert result.event.data.generation == changed.generation
     assert result.event.data.paused is paused
+
+
+def test_each_change_has_an_id_of_its_own_and_a_retry_the_same() -> None:
+    """Pause, resume, pause, resume: the same object states again, each a change of its own (the
+    broker would drop a repeated id as a duplicate and lose the second pause)."""
+    paused, running = observed(annotations={PAUSED_ANNOTATION: "true"}), observed()
+    current, ids = accepted_record(), []
+    for state in (paused, running, paused, running):
+        result = plan(state, current)
+        assert result.action is Action.UPDATE and result.event is not None
+        assert plan(state, current).event == result.event  # before the record is written: same id
+        ids.append(result.event.id)
+        current = logic.record_published(current, state, accepted=True, change=result.change)
+    assert ids == [f"updated-{UID}-1-{number}" for number in (1, 2, 3, 4)]
+    assert plan(running, current).action is Action.NONE
 
 
 def test_invalid_new_object_is_rejected_naming_the_field() -> None:
