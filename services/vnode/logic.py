@@ -255,7 +255,24 @@ def on_allocated(
 
 def retain_volumes(record: ClusterRecord | None, default: bool) -> bool:
     """Whether node-state volumes outlive the cluster: its annotation, else the service default."""
-    value = (record.annotations if record is not None else {}).get(RETAIN_VOLUMES_ANNOTATION)
+    return _retain_annotation(record.annotations if record is not None else {}, default)
+
+
+def retain_volumes_on_delete(
+    record: ClusterRecord | None, live_annotations: Mapping[str, str] | None, default: bool
+) -> bool:
+    """Whether a deletion keeps the volumes: by the cluster's record, else by the Vk8s object (it
+    outlives the record until cluster.deleted). With neither, the deletion completed before (this
+    is a redelivery): whatever volumes are left were retained, so they stay."""
+    if record is not None:
+        return retain_volumes(record, default)
+    if live_annotations is not None:
+        return _retain_annotation(live_annotations, default)
+    return True
+
+
+def _retain_annotation(annotations: Mapping[str, str], default: bool) -> bool:
+    value = annotations.get(RETAIN_VOLUMES_ANNOTATION)
     return default if value is None else value.strip().lower() == "true"
 
 

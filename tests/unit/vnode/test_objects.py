@@ -106,6 +106,15 @@ def test_retain_annotation_keeps_volumes() -> None:
     assert logic.retain_volumes(None, default=True)
 
 
+def test_deletion_takes_retain_from_the_record_else_the_object_else_keeps_the_volumes() -> None:
+    retained = {"vk8s.skt.co.kr/retain-volumes": "true"}
+    assert logic.retain_volumes_on_delete(record(annotations=retained), None, default=False)
+    assert not logic.retain_volumes_on_delete(record(), retained, default=False)  # the record decides
+    assert logic.retain_volumes_on_delete(None, retained, default=False)
+    assert not logic.retain_volumes_on_delete(None, {}, default=False)
+    assert logic.retain_volumes_on_delete(None, None, default=False)  # a deletion that completed before
+
+
 def test_gpu_requests_equal_limits_even_when_only_limits_are_asked() -> None:
     rec = record(gpus=1)
     nodes = [
