@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
@@ -41,6 +41,7 @@ class Cluster:
     spec: Vk8sSpec
     labels: dict[str, str]
     generation: int = 1
+    annotations: dict[str, str] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -81,6 +82,7 @@ class Cluster:
             uid=self.uid,
             generation=self.generation,
             labels=self.labels,
+            annotations=self.annotations,
             paused=paused,
         )
         await self.bus.publish(payload, self.cluster_id)
@@ -273,16 +275,7 @@ async def test_a_redelivered_delete_keeps_retained_volumes(
     custom, core = client.CustomObjectsApi(kube_api), client.CoreV1Api(kube_api)
     retained = {RETAIN_VOLUMES_ANNOTATION: "true"}
     await patch_vk8s(custom, cluster, {"metadata": {"annotations": retained}})
-    update = ClusterUpdated(
-        name=cluster.name,
-        namespace=cluster.namespace,
-        spec=cluster.spec,
-        uid=cluster.uid,
-        generation=cluster.generation,
-        labels=cluster.labels,
-        annotations=retained,
-    )
-    await cluster.bus.publish(update, cluster.cluster_id)
+    await cluster.update(annotations=retained)
     await cluster.allocate({"master": gpu_hosts[0], "worker-0": gpu_hosts[1]})
     await cluster.ready()
     selector = "clusterName=team-a"
