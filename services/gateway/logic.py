@@ -16,13 +16,13 @@ import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, SecretStr
 
-from libs.api.models import API_VERSION, GROUP, KIND, SecretKeyRef, Vk8sSpec
+from libs.api.models import API_VERSION, GROUP, KIND, ReconcileStatus, SecretKeyRef, Vk8sSpec
 from libs.api.validation import ROOT_PATH, Problem, validate_document
 from libs.events import Envelope, cluster_id_of
 from libs.events.catalog import (
@@ -92,6 +92,12 @@ class Observed:
     @property
     def metadata_hash(self) -> str:
         return metadata_hash(self.labels, self.annotations)
+
+    @property
+    def change_key(self) -> tuple[Any, ...]:
+        """What a reconcile depends on: two observations with the same key (a status update in
+        between) need no second try."""
+        return (self.generation, self.metadata_hash, self.deleting, self.finalizers)
 
     def document(self) -> dict[str, Any]:
         """The object as validation reads it; status is left out, it is not part of the request."""
@@ -427,3 +433,23 @@ def _cluster_fields(observed: Observed, spec: Vk8sSpec) -> dict[str, Any]:
         "labels": observed.labels,
         "annotations": observed.annotations,
     }
+
+
+# --- failures: one object's trouble is its own ---------------------------------------------------
+
+
+def retry_delay(attempts: int, first_s: float, max_s: float) -> float:
+    """Delay before the next try of an object that failed `attempts` times in a row."""
+    return min(max_s, first_s * 2 ** max(0, attempts - 1))
+
+
+def reconcile_status(reason: str, message: str, attempts: int, now: datetime, delay_s: float) -> dict[str, Any]:
+    """`status.reconcile` of an object whose change failed `attempts` times in a row."""
+    status = ReconcileStatus(
+        reason=reason,
+        message=message,
+        attempts=attempts,
+        last_attempt_time=now,
+        next_attempt_time=now + timedelta(seconds=delay_s),
+    )
+    return status.model_dump(mode="json", by_alias=True)

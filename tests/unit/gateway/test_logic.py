@@ -351,3 +351,25 @@ def test_gateway_serving_one_namespace_rejects_requests_for_others() -> None:
     problems = logic.request_problems(user_request().data, (), "team-ns")
     assert problems == ("data.namespace: this gateway serves namespace 'team-ns' only, not 'default'",)
     assert logic.request_problems(user_request().data, (), "default") == ()
+
+
+# --- failures -----------------------------------------------------------------------------------------
+
+
+def test_a_failing_object_is_tried_again_later_and_later() -> None:
+    assert [logic.retry_delay(n, 0.5, 4.0) for n in (1, 2, 3, 4, 5, 50)] == [0.5, 1.0, 2.0, 4.0, 4.0, 4.0]
+    status = logic.reconcile_status("Invalid", "Secret is immutable", 3, NOW, 2.0)
+    assert status == {
+        "reason": "Invalid",
+        "message": "Secret is immutable",
+        "attempts": 3,
+        "lastAttemptTime": "2026-11-28T12:00:00Z",
+        "nextAttemptTime": "2026-11-28T12:00:02Z",
+    }
+
+
+def test_a_status_change_alone_is_not_a_change_to_reconcile() -> None:
+    assert observed().change_key == observed().change_key
+    assert observed(generation=2).change_key != observed().change_key
+    assert observed(labels={"tier": "gold"}).change_key != observed().change_key
+    assert observed(deleting=True).change_key != observed().change_key
