@@ -232,9 +232,10 @@ def on_allocated(
     if record.allocation is not None and event.generation < record.allocation.generation:
         return Ignore(f"stale: generation {record.allocation.generation} is allocated already")
     if record.paused:
-        # A resume reaches the scheduler and us by separate paths; ours may still be on its way.
+        # A resume reaches the scheduler and us by separate paths; ours may still be on its way. The
+        # consumer's doubling backoff spaces the tries (settings check they outlast the grace).
         if now - envelope.time < timedelta(seconds=resume_grace_s):
-            raise TransientError("the cluster is recorded as paused; waiting for its resume", delay=1, reason="Paused")
+            raise TransientError("the cluster is recorded as paused; waiting for its resume", reason="Paused")
         return Ignore("the cluster is paused")
     missing = sorted(p.vnode for p in event.placements if p.vnode not in event.vnode_ips)
     if missing:

@@ -290,3 +290,10 @@ def test_record_round_trips_through_json() -> None:
     rec = record()
     assert logic.ClusterRecord.from_json(rec.to_json()) == rec
     assert json.loads(rec.to_json())["spec"]["nodes"][0]["name"] == "master"
+
+
+def test_the_retries_of_an_allocation_outlast_the_resume_grace() -> None:
+    assert VNodeSettings().resume_grace_s == 10  # defaults: 1+2+4+...+60 s over 7 retries
+    with pytest.raises(ValueError, match=r"resume_grace_s: 10 s is not shorter than the 7 s"):
+        VNodeSettings(max_deliver=4, backoff_base_s=1, backoff_max_s=60)
+    assert VNodeSettings(max_deliver=4, backoff_base_s=1, backoff_max_s=60, resume_grace_s=6).max_deliver == 4
