@@ -95,6 +95,9 @@ class Gateway:
         if plan.verdict is Verdict.ACCEPT:
             assert obj is not None and live is not None and plan.event is not None
             await self._store_password(obj, plan.assessment)
+            # Recorded first: a crash right after publishing must not let a quick delete of the
+            # object skip the delete chain (the pipeline would provision an orphan).
+            await self._ledger.change(live.uid, lambda r: logic.record_accepting(r, live))
             await self._announce(plan.event, live, accepted=True, resync=False)
         return self._answered(source, plan)
 

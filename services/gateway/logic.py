@@ -151,11 +151,19 @@ class ClusterRecord(BaseModel):
     """The pipeline has the cluster at this generation (cluster.accepted or cluster.updated)."""
     announced_changes: int = 0
     """cluster.updated and cluster.rejected published for the object so far; numbers the next one."""
+    accepting_generation: int | None = None
+    """cluster.accepted is being published at this generation (written before publishing it)."""
     delete_requested: bool = False
 
     @property
     def accepted(self) -> bool:
         return self.accepted_generation is not None
+
+    @property
+    def maybe_accepted(self) -> bool:
+        """Accepted, or about to be: a crash between publishing cluster.accepted and recording it
+        leaves only `accepting_generation`, and the pipeline may have the cluster all the same."""
+        return self.accepted or self.accepting_generation is not None
 
 
 def record_published(
@@ -173,6 +181,12 @@ def record_published(
     if change is not None and change > record.announced_changes:
         update.update(announced_changes=change)
     return record.model_copy(update=update)
+
+
+def record_accepting(record: ClusterRecord | None, observed: Observed) -> ClusterRecord:
+    """The record before publishing cluster.accepted for `observed`."""
+    record = record or ClusterRecord(uid=observed.uid, cluster_id=observed.cluster_id)
+    return record.model_copy(update={"accepting_generation": max(record.accepting_generation or 0, observed.generation)})
 
 
 def record_delete_requested(record: ClusterRecord) -> ClusterRecord:
@@ -211,7 +225,7 @@ def plan_for_object(
     observed: Observed, record: ClusterRecord | None, *, host_cidrs: Sequence[str], now: datetime
 ) -> ObjectPlan:
     if observed.deleting:
-        if record is not None and record.accepted:
+        if record is not None and record.maybe_accepted:
             if record.delete_requested:
                 return ObjectPlan(Action.NONE)
             return ObjectPlan(Action.DELETE, delete_requested_event(record, now))
@@ -234,7 +248,7 @@ def plan_for_object(
 
 def plan_for_gone(record: ClusterRecord, *, now: datetime) -> ObjectPlan:
     """The object of `record` no longer exists (deleted, or deleted and created again)."""
-    if not record.accepted:
+    if not record.maybe_accepted:
         return ObjectPlan(Action.FORGET)
     if record.delete_requested:
         return ObjectPlan(Action.NONE)

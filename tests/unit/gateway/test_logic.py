@@ -373,3 +373,15 @@ def test_a_status_change_alone_is_not_a_change_to_reconcile() -> None:
     assert observed(generation=2).change_key != observed().change_key
     assert observed(labels={"tier": "gold"}).change_key != observed().change_key
     assert observed(deleting=True).change_key != observed().change_key
+
+
+def test_a_deletion_after_a_crash_between_accepting_and_recording_runs_the_delete_chain() -> None:
+    """cluster.accepted may have gone out (the record says only that it was about to): the object's
+    deletion, or its absence, requests cleanup instead of releasing it quietly."""
+    accepting = logic.record_accepting(None, observed())
+    assert not accepting.accepted and accepting.maybe_accepted
+    deleting = plan(observed(deleting=True), accepting)
+    assert deleting.action is Action.DELETE and deleting.event is not None
+    assert deleting.event.id == f"delete-requested-{UID}"
+    assert logic.plan_for_gone(accepting, now=NOW).action is Action.DELETE
+    assert plan(observed(deleting=True), record(announced_generation=1)).action is Action.RELEASE
