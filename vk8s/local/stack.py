@@ -108,8 +108,9 @@ def start_services(
     for name in names:
         port = _free_port()
         with (logs / f"{name}.log").open("ab") as log:
+            # Under a keeper, as under a Deployment: a service process that dies is started again.
             process = subprocess.Popen(
-                [sys.executable, "-m", f"services.{name}"],
+                [sys.executable, "-m", "vk8s.local.keeper", name, "--", sys.executable, "-m", f"services.{name}"],
                 env=environment.for_service(name, port),
                 stdout=log,
                 stderr=subprocess.STDOUT,
