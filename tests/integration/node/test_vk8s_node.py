@@ -279,7 +279,7 @@ async def test_a_second_init_while_the_first_runs_waits_and_keeps_its_control_pl
     master = vnode_pod("c2-master-0", "node-state-twice", gpu_host.metadata.name, cpu="2", memory="4Gi", gpus=0)
     await core.create_namespaced_pod(namespace, master)
     await running(core, namespace, "c2-master-0")
-    await vk8s_node(kube_api, namespace, "c2-master-0", "prepare --cpu-limit 2 --memory-limit 4Gi --gpus 0")
+    await vk8s_node(kube_api, namespace, "c2-master-0", "prepare --node-name c2-master-0 --cpu-limit 2 --memory-limit 4Gi --gpus 0")
     config = KUBEADM_CONFIG.replace("c1-master-0", "c2-master-0").replace("clusterName: c1", "clusterName: c2")
     await vk8s_node(kube_api, namespace, "c2-master-0", f"write etc/kubernetes/kubeadm.yaml <<'EOF'\n{config}EOF")
 
