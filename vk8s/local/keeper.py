@@ -21,6 +21,7 @@ from types import FrameType
 
 # A process that ran this long was healthy: its next exit starts the delays from the first again.
 STABLE_S = 60.0
+RESTART_EVENT = "Service process exited; restarting it"
 
 
 def restart_delay(restarts: int, first_s: float, max_s: float) -> float:
@@ -62,7 +63,7 @@ def keep(name: str, command: list[str], *, first_delay_s: float, max_delay_s: fl
         _log(
             name,
             "warning",
-            "Service process exited; restarting it",
+            RESTART_EVENT,
             pid=child.pid,
             exit_code=code,
             ran_s=round(ran_s, 1),

@@ -7,11 +7,15 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
+
+import pytest
 
 from vk8s.local import stack
 from vk8s.local.keeper import restart_delay
@@ -58,6 +62,26 @@ def alive(pid: int) -> bool:
 
 def test_restart_delays_double_up_to_the_longest() -> None:
     assert [restart_delay(n, 1.0, 60.0) for n in (1, 2, 3, 7, 8)] == [1.0, 2.0, 4.0, 60.0, 60.0]
+
+
+def test_a_service_failing_at_start_up_is_reported_at_once_not_restarted_until_the_timeout(tmp_path: Path) -> None:
+    """Under its keeper a failing service never exits for good: `vk8s up` reads the keeper's log."""
+    with (tmp_path / "broken.log").open("wb") as log:
+        keeper = subprocess.Popen(
+            [sys.executable, "-m", "vk8s.local.keeper", "broken", "--", sys.executable, "-c", "raise SystemExit('no config')"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    started = time.monotonic()
+    try:
+        with pytest.raises(RuntimeError, match="service broken exited during start-up") as failed:
+            stack.wait_ready({"broken": 9}, {"broken": keeper.pid}, tmp_path, timeout_s=60)
+    finally:
+        stack.stop_pids([keeper.pid])
+        keeper.wait()
+    assert time.monotonic() - started < 20
+    assert "no config" in str(failed.value)
 
 
 async def test_a_killed_service_comes_back_and_a_stopped_one_does_not(
