@@ -296,3 +296,28 @@ async def test_a_second_init_while_the_first_runs_waits_and_keeps_its_control_pl
     assert "already initialised" in outputs[1][1]
     assert list(await inner_nodes(kubeconfig)) == ["c2-master-0"]
     assert (await state(kube_api, namespace, "c2-master-0"))["kubeletActive"] is True
+
+
+async def test_an_init_failing_after_its_control_plane_came_up_keeps_it(
+    kube_api: client.ApiClient, namespace: str, gpu_host: client.V1Node, tmp_path: Path
+) -> None:
+    """kubeadm init fails in a late phase (here: marking the node with a taint the API server
+    refuses): the control plane it started answers, so the failure path keeps it instead of
+    `kubeadm reset`, and the next init goes on from there."""
+    core = client.CoreV1Api(kube_api)
+    await core.create_namespaced_persistent_volume_claim(namespace, claim("node-state-late"))
+    master = vnode_pod("c3-master-0", "node-state-late", gpu_host.metadata.name, cpu="2", memory="4Gi", gpus=0)
+    await core.create_namespaced_pod(namespace, master)
+    await running(core, namespace, "c3-master-0")
+    await vk8s_node(kube_api, namespace, "c3-master-0", "prepare --node-name c3-master-0 --cpu-limit 2 --memory-limit 4Gi --gpus 0")
+    config = KUBEADM_CONFIG.replace("c1-master-0", "c3-master-0\n  taints: [{key: example.org/late, effect: Bogus}]")
+    await vk8s_node(kube_api, namespace, "c3-master-0", f"write etc/kubernetes/kubeadm.yaml <<'EOF'\n{config}EOF")
+
+    status, failed = await run(kube_api, namespace, "c3-master-0", "vk8s-node init etc/kubernetes/kubeadm.yaml")
+    kubeconfig = tmp_path / "inner.conf"
+    kubeconfig.write_text(await vk8s_node(kube_api, namespace, "c3-master-0", "kubeconfig"))
+
+    assert status != 0 and "kept it, not reset" in failed, failed
+    assert list(await inner_nodes(kubeconfig)) == ["c3-master-0"]
+    again = await vk8s_node(kube_api, namespace, "c3-master-0", "init etc/kubernetes/kubeadm.yaml")
+    assert "already initialised" in again
