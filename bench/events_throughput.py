@@ -99,8 +99,9 @@ async def wrapper_round(js: JetStreamContext, batch: list[Envelope[Any]]) -> tup
         settings=ConsumerSettings(durable="wrapper", filter_subjects=("cluster.requested",), max_ack_pending=10_000),
         handlers={"cluster.requested": handle},
         metrics=metrics,
-        batch=BATCH,
-        concurrency=ServiceSettings().consumer_concurrency,  # as every service runs it
+        # As every service runs it (VK8S_CONSUMER_CONCURRENCY, VK8S_CONSUMER_PREFETCH).
+        concurrency=ServiceSettings().consumer_concurrency,
+        prefetch=ServiceSettings().consumer_prefetch,
     )
     started = time.perf_counter()
     await consumer.start()

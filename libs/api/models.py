@@ -488,6 +488,16 @@ class Condition(ApiModel):
     observed_generation: Count | None = None
 
 
+class ReconcileStatus(ApiModel):
+    """What keeps the gateway from carrying out a change of this object; it retries on its own."""
+
+    reason: Annotated[str, StringConstraints(min_length=1, max_length=1024, pattern=CONDITION_REASON_PATTERN)]
+    message: Annotated[str, StringConstraints(max_length=32768)] = ""
+    attempts: Count
+    last_attempt_time: AwareDatetime
+    next_attempt_time: AwareDatetime
+
+
 class Vk8sStatus(ApiModel):
     """Observed state, written by the controllers through the status subresource."""
 
@@ -509,6 +519,9 @@ class Vk8sStatus(ApiModel):
     """Number of vNodes (printer column)."""
     gpus: Count | None = None
     """GPUs requested by all vNodes together (printer column)."""
+    reconcile: ReconcileStatus | None = None
+    """Set by the gateway while a change of the object fails (the reason, its retries); removed once it
+    succeeds. The projector never writes it."""
 
     def with_phase(self, phase: Phase, message: str, at: datetime) -> Vk8sStatus:
         """Sets phase and message, appending to the history only when either changes."""

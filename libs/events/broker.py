@@ -35,6 +35,8 @@ class ConsumerSettings:
     durable: str
     filter_subjects: tuple[str, ...]
     ack_wait_s: float = 30.0
+    # Counted by the consumer wrapper, which answers the last failure with `cluster.failed`; the
+    # broker itself redelivers without limit, so no message ends silently.
     max_deliver: int = 8
     max_ack_pending: int = 1000
     # Redeliveries after an ack timeout (a crashed consumer) back off too.
@@ -73,7 +75,7 @@ async def ensure_consumer(
         ack_policy=js_api.AckPolicy.EXPLICIT,
         deliver_policy=js_api.DeliverPolicy.ALL,
         ack_wait=settings.ack_wait_s,
-        max_deliver=settings.max_deliver,
+        max_deliver=-1,
         max_ack_pending=settings.max_ack_pending,
         filter_subjects=list(settings.filter_subjects),
         backoff=list(settings.timeout_backoff_s) or None,

@@ -5,7 +5,13 @@
 - TransientError (and any unexpected exception) naks with exponential backoff until the
   consumer's max_deliver, then it is handled as permanent;
 - PermanentError terminates the message and publishes `cluster.failed`;
-- while a handler runs, in-progress acks keep the message from being redelivered;
+- a message is fetched only when a handler slot is free, and from then until it is settled
+  in-progress acks keep it from being redelivered: no message waits unheld in a batch;
+- the broker never drops a message by itself (its max_deliver is unlimited): the wrapper counts
+  deliveries, so every message ends handled or answered with `cluster.failed`, also when earlier
+  deliveries timed out (a crash, a drain);
+- `stop` drains: no more fetching, handlers in flight get a grace period, the rest are cancelled
+  and their messages nak'd for another replica;
 - each message ends in exactly one outcome log line and one metrics observation.
 """
 
@@ -65,7 +71,7 @@ class Consumer:
         metrics: EventMetrics,
         stream: str = STREAM_NAME,
         concurrency: int = 1,
-        batch: int = 32,
+        prefetch: int = 0,
         backoff: Backoff = Backoff(),
         clock: Clock = utc_now,
         answers_invalid_requests: bool = True,
@@ -83,31 +89,52 @@ class Consumer:
         metrics.start_at_zero(handled=self._handlers, published=registry.subjects())
         self._stream = stream
         self._concurrency = concurrency
-        self._batch = batch
+        self._prefetch = prefetch
         self._backoff = backoff
         self._clock = clock
         # One rejection per bad request: only the gateway's consumer answers; others just drop it.
         self._answers_invalid_requests = answers_invalid_requests
+        self._held: _Held | None = None
+        self._queue: asyncio.Queue[Msg | None] = asyncio.Queue()
+        self._room = asyncio.Event()
+        self._fetcher: asyncio.Task[None] | None = None
         self._workers: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
         self._log = log.bind(service=service, consumer=settings.durable)
 
     @property
     def ready(self) -> bool:
-        return bool(self._workers) and all(not w.done() for w in self._workers)
+        tasks = [self._fetcher, *self._workers] if self._fetcher else []
+        return bool(tasks) and all(not task.done() for task in tasks)
 
     async def start(self) -> None:
         await ensure_consumer(self._js, self._stream, self._settings)
-        for index in range(self._concurrency):
-            sub = await self._js.pull_subscribe_bind(self._settings.durable, self._stream)
-            self._workers.append(asyncio.create_task(self._work(sub), name=f"{self._settings.durable}-{index}"))
+        sub = await self._js.pull_subscribe_bind(self._settings.durable, self._stream)
+        self._held = _Held(max(0.5, self._settings.ack_wait_s / 3))
+        name = self._settings.durable
+        self._fetcher = asyncio.create_task(self._fetch(sub, self._held), name=f"{name}-fetch")
+        self._workers = [asyncio.create_task(self._work(), name=f"{name}-{i}") for i in range(self._concurrency)]
 
-    async def stop(self) -> None:
-        """Finishes the messages in hand, then stops fetching."""
+    async def stop(self, grace_s: float | None = None) -> None:
+        """Drains: stops fetching, gives back the messages not started yet, lets the handlers in
+        flight finish within `grace_s` (None: as long as they take), then cancels the rest and
+        naks their messages, so another replica takes them at once."""
         self._stopping.set()
+        self._room.set()
+        if self._fetcher is not None:
+            await asyncio.gather(self._fetcher, return_exceptions=True)
+        while not self._queue.empty():
+            if (msg := self._queue.get_nowait()) is not None:
+                await self._give_back(msg)
+        for _ in self._workers:
+            self._queue.put_nowait(None)
         if self._workers:
-            await asyncio.gather(*self._workers, return_exceptions=True)
-        self._workers.clear()
+            _, late = await asyncio.wait(self._workers, timeout=grace_s)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
+        if self._held is not None:
+            self._held.cancel()
 
     async def observe_lag(self) -> None:
         """Updates the consumer's lag gauges from the broker's view of it."""
@@ -115,12 +142,25 @@ class Consumer:
         self._metrics.consumer_pending.labels(self._settings.durable).set(info.num_pending or 0)
         self._metrics.consumer_ack_pending.labels(self._settings.durable).set(info.num_ack_pending or 0)
 
-    async def _work(self, sub: JetStreamContext.PullSubscription) -> None:
+    async def _fetch(self, sub: JetStreamContext.PullSubscription, held: _Held) -> None:
+        """Holds at most `concurrency + prefetch` messages, every one kept from expiring from the
+        moment it is fetched (a message waiting in a batch would otherwise reach ack_wait and be
+        redelivered to another replica while this one still means to handle it). Idle, it asks
+        for one message (the fetch returns as it comes); then, while there is room, for what is
+        queued already (a short fetch that returns at once with it)."""
+        idle = True
         try:
             while not self._stopping.is_set():
+                room = self._concurrency + self._prefetch - len(held)
+                # Refill once half the prefetch is used: fewer, larger fetches.
+                if room <= self._prefetch // 2:
+                    self._room.clear()
+                    await self._room.wait()
+                    continue
                 try:
-                    messages = await sub.fetch(self._batch, timeout=1.0)
+                    messages = await (sub.fetch(1, timeout=1.0) if idle else sub.fetch(room, timeout=0.05))
                 except TimeoutError:  # nats-py raises both its own and asyncio's: nothing to fetch
+                    idle = True
                     continue
                 except (nats.errors.ConnectionClosedError, nats.errors.ConnectionDrainingError):
                     return
@@ -129,14 +169,56 @@ class Consumer:
                     self._log.warning("Fetching messages failed; retrying", error=repr(error))
                     await asyncio.sleep(1.0)
                     continue
+                idle = False
                 for msg in messages:
-                    try:
-                        await self.handle_message(msg)
-                    except Exception:  # noqa: BLE001 - a bug in one message must not stop the worker
-                        self._log.exception("Handling a message failed unexpectedly; it will be redelivered")
+                    held.add(msg)
+                    self._queue.put_nowait(msg)
         finally:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
+
+    async def _work(self) -> None:
+        while (msg := await self._queue.get()) is not None:
+            if self._stopping.is_set():
+                await self._give_back(msg)
+            else:
+                await self._handle_held(msg)
+
+    async def _give_back(self, msg: Msg) -> None:
+        """A message fetched but not started when the drain began: at once to another replica."""
+        with contextlib.suppress(Exception):
+            await msg.nak()
+        self._release(msg)
+
+    def _release(self, msg: Msg) -> None:
+        if self._held is not None:
+            self._held.discard(msg)
+        self._room.set()
+
+    async def _handle_held(self, msg: Msg) -> None:
+        started = time.perf_counter()
+        try:
+            await self.handle_message(msg)
+        except asyncio.CancelledError:
+            # The drain's grace period is over: another replica takes the message now. Whatever
+            # the handler started may still be running; handlers and node commands are idempotent.
+            with contextlib.suppress(Exception):
+                await msg.nak()
+            seconds = time.perf_counter() - started
+            self._metrics.settled(msg.subject, "nak", seconds)
+            self._log.warning(
+                "Handled message",
+                outcome="nak",
+                reason="ShuttingDown",
+                subject=msg.subject,
+                delivery=msg.metadata.num_delivered,
+                duration_ms=round(seconds * 1000, 2),
+            )
+            raise
+        except Exception:  # noqa: BLE001 - a bug in one message must not stop the consumer
+            self._log.exception("Handling a message failed unexpectedly; it will be redelivered")
+        finally:
+            self._release(msg)
 
     async def handle_message(self, msg: Msg) -> None:
         started = time.perf_counter()
@@ -167,7 +249,12 @@ class Consumer:
             # The filter let through a subject this service does not handle: nothing to do.
             await msg.ack()
             return "ack", {"skipped": True}
-        keepalive = _InProgress(msg, max(0.5, self._settings.ack_wait_s / 3))
+        if delivery > 2 * self._settings.max_deliver:
+            # Delivered this often, most deliveries ended unsettled (the service crashed or
+            # stopped while handling it): stop the loop, with an answer.
+            message = f"delivered {delivery} times, never settled (the handler crashed or timed out)"
+            outcome = await self._fail(msg, envelope, "RetriesExhausted", message)
+            return outcome, {"reason": "RetriesExhausted", "error": message}
         try:
             results = await handler(envelope)
             await self._publisher.publish_all(results)
@@ -184,8 +271,6 @@ class Consumer:
             delay = self._backoff.delay(delivery) if delay is None else delay
             await msg.nak(delay=delay)
             return "nak", {"reason": reason, "error": str(error), "retry_in_s": delay}
-        finally:
-            keepalive.cancel()
         await msg.ack()
         return "ack", {"published": [r.type for r in results]} if results else {}
 
@@ -236,25 +321,42 @@ class Consumer:
         return "term"
 
 
-class _InProgress:
-    """Sends in-progress acks every `interval` while a handler runs. A timer, not a task: most
-    handlers finish long before the first tick, and a task per message costs throughput."""
+class _Held:
+    """The messages a consumer has fetched and not settled, waiting or being handled: one timer
+    sends an in-progress ack for each of them every `interval`. A timer, not a task per message:
+    most messages are settled long before the first tick, and a task per message costs throughput."""
 
-    def __init__(self, msg: Msg, interval: float):
-        self._msg = msg
+    def __init__(self, interval: float):
         self._interval = interval
+        self._messages: dict[int, Msg] = {}
         self._loop = asyncio.get_running_loop()
         self._handle = self._loop.call_later(interval, self._tick)
         self._sending: set[asyncio.Task[None]] = set()
 
+    def __len__(self) -> int:
+        return len(self._messages)
+
+    def add(self, msg: Msg) -> None:
+        self._messages[id(msg)] = msg
+
+    def discard(self, msg: Msg) -> None:
+        self._messages.pop(id(msg), None)
+
     def _tick(self) -> None:
-        task = self._loop.create_task(self._msg.in_progress())
-        self._sending.add(task)
-        task.add_done_callback(self._sending.discard)
+        if self._messages:
+            task = self._loop.create_task(_in_progress(list(self._messages.values())))
+            self._sending.add(task)
+            task.add_done_callback(self._sending.discard)
         self._handle = self._loop.call_later(self._interval, self._tick)
 
     def cancel(self) -> None:
         self._handle.cancel()
+
+
+async def _in_progress(messages: list[Msg]) -> None:
+    for msg in messages:
+        with contextlib.suppress(Exception):  # settled meanwhile, or the connection is going
+            await msg.in_progress()
 
 
 def _header(msg: Msg, name: str) -> str | None:

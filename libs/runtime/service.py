@@ -112,6 +112,7 @@ class Service:
             handlers=handlers,
             metrics=self.event_metrics,
             concurrency=concurrency or self.settings.consumer_concurrency,
+            prefetch=self.settings.consumer_prefetch,
             backoff=Backoff(self.settings.backoff_base_s, self.settings.backoff_max_s),
             answers_invalid_requests=answers_invalid_requests,
         )
@@ -170,9 +171,10 @@ class Service:
     async def shutdown(self) -> None:
         self._stop.set()
         self.log.info("Stopping service")
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(self.settings.shutdown_timeout_s):
-                await asyncio.gather(*(c.stop() for c in self._consumers), return_exceptions=True)
+        # Each consumer drains: handlers in flight get the grace period, then their messages are
+        # nak'd for another replica (before NATS is drained below).
+        grace_s = self.settings.shutdown_timeout_s
+        await asyncio.gather(*(c.stop(grace_s) for c in self._consumers), return_exceptions=True)
         for task in self._running:
             task.cancel()
         await asyncio.gather(*self._running, return_exceptions=True)

@@ -24,6 +24,13 @@ class ServiceSettings(BaseSettings):
     stream_replicas: int = Field(default=1, ge=1, le=5)
     duplicate_window_s: float = Field(default=120.0, gt=0)
     consumer_concurrency: int = Field(default=4, ge=1, le=64)
+    consumer_prefetch: int = Field(
+        default=0,
+        ge=0,
+        le=1000,
+        description="Messages fetched ahead of a free handler slot (kept alive while they wait). 0: none wait in "
+        "this replica's hands, so another replica can take them; more: throughput for fast handlers.",
+    )
     ack_wait_s: float = Field(default=30.0, gt=0)
     max_deliver: int = Field(default=8, ge=1)
     backoff_base_s: float = Field(default=1.0, gt=0)

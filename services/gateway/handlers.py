@@ -8,7 +8,9 @@ event id on the retry, which the broker drops, instead of recording something ne
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -18,7 +20,7 @@ from libs.events import Envelope, Handler, Publisher, utc_now
 from libs.events.catalog import ClusterDeleted, ClusterRequested
 from libs.kube import WatchEvent
 from services.gateway import logic
-from services.gateway.adapters.kubernetes import ClusterObjects, Object
+from services.gateway.adapters.kubernetes import ClusterObjects, Object, describe_failure
 from services.gateway.adapters.ledger import Ledger
 from services.gateway.adapters.metrics import GatewayMetrics
 from services.gateway.logic import Action, Assessment, ClusterRecord, Observed, ObjectPlan, Verdict
@@ -28,6 +30,13 @@ log = structlog.get_logger(__name__)
 
 PLAIN_PASSWORD_REASON = "PlainPasswordDeprecated"
 SPEC_WARNING_REASON = "SpecWarning"
+
+
+@dataclass(frozen=True)
+class _Failure:
+    attempts: int
+    change_key: tuple[Any, ...] | None
+    """Of the object the failed try was for (None: it was gone)."""
 
 
 class Gateway:
@@ -47,6 +56,9 @@ class Gateway:
         self._metrics = metrics
         self._settings = settings
         self._clock = clock
+        # Objects whose last try failed, and their next try.
+        self._failures: dict[str, _Failure] = {}
+        self._retries: dict[str, asyncio.Task[None]] = {}
 
     def subscriptions(self) -> dict[str, Handler]:
         return {ClusterRequested.subject: self.on_cluster_requested, ClusterDeleted.subject: self.on_cluster_deleted}
@@ -83,6 +95,9 @@ class Gateway:
         if plan.verdict is Verdict.ACCEPT:
             assert obj is not None and live is not None and plan.event is not None
             await self._store_password(obj, plan.assessment)
+            # Recorded first: a crash right after publishing must not let a quick delete of the
+            # object skip the delete chain (the pipeline would provision an orphan).
+            await self._ledger.change(live.uid, lambda r: logic.record_accepting(r, live))
             await self._announce(plan.event, live, accepted=True, resync=False)
         return self._answered(source, plan)
 
@@ -124,15 +139,20 @@ class Gateway:
 
     async def watch(self) -> None:
         """Reconciles every Vk8s on each (re)list and on every change; after a list, records whose
-        object was not in it are settled too (deleted while no watch ran)."""
+        object was not in it are settled too (deleted while no watch ran). An object whose change
+        fails is tried again on its own, with backoff and the reason on its status: the others go on."""
         listed: set[str] = set()
         events = self._objects.watch(self._settings.namespace, timeout_s=self._settings.watch_timeout_s)
-        async for event in events:
-            if event.object is not None:
-                await self._on_watch_event(event, listed)
-            if event.synced:
-                await self._retrying("sweep", lambda _: self._sweep(listed))
-                listed = set()
+        try:
+            async for event in events:
+                if event.object is not None:
+                    await self._on_watch_event(event, listed)
+                if event.synced:
+                    await self._sweep(listed)
+                    listed = set()
+        finally:
+            for retry in self._retries.values():
+                retry.cancel()
 
     async def _on_watch_event(self, event: WatchEvent, listed: set[str]) -> None:
         metadata = event.object["metadata"]
@@ -144,27 +164,68 @@ class Gateway:
         cluster_id = f"{metadata.get('namespace')}/{metadata['name']}"
         with structlog.contextvars.bound_contextvars(cluster_id=cluster_id, uid=uid, watch_event=event.type):
             if event.type == "DELETED":
-                await self._retrying(cluster_id, lambda _: self._gone(uid, resync=False))
+                await self._isolated(uid, lambda _: self._gone(uid, resync=False))
+            elif self._waiting_to_retry(uid, event.object):
+                log.debug("Change of a failing object left to its retry")
             else:
-                await self._retrying(cluster_id, lambda refresh: self._reconcile(event.object, resync, refresh))
+                obj = event.object
+                await self._isolated(uid, lambda refresh: self._reconcile(obj, resync, refresh), obj)
 
-    async def _retrying(self, what: str, attempt: Callable[[bool], Awaitable[None]]) -> None:
-        """Tries with doubling delays, re-reading the object on each retry. Giving up raises, which
-        stops the service: its restart lists every object again."""
-        delay = self._settings.reconcile_retry_s
-        for number in range(1, self._settings.reconcile_attempts + 1):
+    def _waiting_to_retry(self, uid: str, obj: Object) -> bool:
+        """Whether a retry is pending for the same state of the object (only its status changed, as
+        by the report of the failure itself): no immediate try, or each report would cause the next."""
+        failure, retry = self._failures.get(uid), self._retries.get(uid)
+        pending = retry is not None and not retry.done()
+        return pending and failure is not None and failure.change_key == Observed.of(obj).change_key
+
+    async def _isolated(self, uid: str, attempt: Callable[[bool], Awaitable[None]], obj: Object | None = None) -> None:
+        """Tries `attempt` (re-reading the object on retries); a failure schedules this object's
+        next try and reports it on its status instead of stopping or blocking the others."""
+        pending = self._retries.pop(uid, None)
+        if pending is not None and pending is not asyncio.current_task():
+            pending.cancel()  # this try supersedes it
+        failure = self._failures.get(uid)
+        try:
+            await attempt(failure is not None)
+        except Exception as error:  # noqa: BLE001 - one object's trouble must not stop the gateway
+            self._metrics.reconcile_errors.inc()
+            reason, message = describe_failure(error)
+            attempts = (failure.attempts if failure is not None else 0) + 1
+            delay = logic.retry_delay(attempts, self._settings.reconcile_retry_s, self._settings.reconcile_retry_max_s)
+            log.warning(
+                "Reconciling failed; trying this object again later",
+                reason=reason,
+                error=message,
+                attempt=attempts,
+                retry_in_s=delay,
+            )
+            change_key = Observed.of(obj).change_key if obj is not None else None
+            self._failures[uid] = _Failure(attempts, change_key)
+            status = logic.reconcile_status(reason, message, attempts, self._clock(), delay) if obj is not None else None
+            self._retries[uid] = asyncio.create_task(self._retry(uid, attempt, obj, status, delay))
+            return
+        self._failures.pop(uid, None)
+        if obj is not None and (failure is not None or (obj.get("status") or {}).get("reconcile")):
+            # Best effort, like the report: a failure here is not the object's.
+            with contextlib.suppress(Exception):
+                await self._objects.report_reconcile(obj, None)
+            log.info("Reconciled after failing", attempts=failure.attempts if failure is not None else None)
+
+    async def _retry(
+        self,
+        uid: str,
+        attempt: Callable[[bool], Awaitable[None]],
+        obj: Object | None,
+        status: dict[str, Any] | None,
+        delay: float,
+    ) -> None:
+        if obj is not None and status is not None:
             try:
-                await attempt(number > 1)
-                return
-            except Exception as error:
-                self._metrics.reconcile_errors.inc()
-                if number == self._settings.reconcile_attempts:
-                    raise
-                log.warning(
-                    "Reconciling failed; retrying", what=what, attempt=number, error=str(error), retry_in_s=delay
-                )
-                await asyncio.sleep(delay)
-                delay *= 2
+                await self._objects.report_reconcile(obj, status)
+            except Exception as error:  # noqa: BLE001 - the report is best effort, the retry is not
+                log.warning("Reporting the reconcile status failed", error=str(error))
+        await asyncio.sleep(delay)
+        await self._isolated(uid, attempt, obj)
 
     async def _reconcile(self, obj: Object, resync: bool, refresh: bool) -> None:
         metadata = obj["metadata"]
@@ -192,17 +253,26 @@ class Gateway:
             await self._carry_out(logic.plan_for_gone(record, now=self._clock()), uid, resync)
 
     async def _sweep(self, listed: set[str]) -> None:
-        for record in await self._ledger.records():
-            namespace, name = record.cluster_id.split("/", 1)
+        try:
+            records = await self._ledger.records()
+        except Exception as error:  # noqa: BLE001 - the next relist sweeps again
+            log.warning("Reading the ledger for the sweep failed; sweeping after the next list", error=str(error))
+            return
+        for record in records:
+            namespace = record.cluster_id.split("/", 1)[0]
             if record.uid in listed or not self._serves(namespace):
                 continue
             if logic.plan_for_gone(record, now=self._clock()).action is Action.NONE:
                 continue
-            current = await self._objects.get(namespace, name)
-            if current is not None and current["metadata"]["uid"] == record.uid:
-                continue  # created after the list was taken
             with structlog.contextvars.bound_contextvars(cluster_id=record.cluster_id, uid=record.uid):
-                await self._gone(record.uid, resync=True)
+                await self._isolated(record.uid, lambda _, record=record: self._swept(record))
+
+    async def _swept(self, record: ClusterRecord) -> None:
+        namespace, name = record.cluster_id.split("/", 1)
+        current = await self._objects.get(namespace, name)
+        if current is not None and current["metadata"]["uid"] == record.uid:
+            return  # created after the list was taken
+        await self._gone(record.uid, resync=True)
 
     async def _carry_out(self, plan: ObjectPlan, uid: str, resync: bool, obj: Object | None = None) -> None:
         """`obj` is the object the plan was made for; None when it is gone."""
@@ -215,7 +285,7 @@ class Gateway:
                 else:
                     await self._store_password(obj, plan.assessment)
                 accepted = plan.action is Action.UPDATE
-                await self._announce(plan.event, Observed.of(obj), accepted=accepted, resync=resync)
+                await self._announce(plan.event, Observed.of(obj), accepted=accepted, resync=resync, change=plan.change)
             case Action.DELETE:
                 assert plan.event is not None
                 await self._publish(plan.event, resync)
@@ -236,11 +306,13 @@ class Gateway:
     def _serves(self, namespace: str) -> bool:
         return self._settings.namespace is None or namespace == self._settings.namespace
 
-    async def _announce(self, event: Envelope[Any], observed: Observed, *, accepted: bool, resync: bool) -> None:
+    async def _announce(
+        self, event: Envelope[Any], observed: Observed, *, accepted: bool, resync: bool, change: int | None = None
+    ) -> None:
         await self._publish(event, resync)
 
         def published(record: ClusterRecord | None) -> ClusterRecord:
-            return logic.record_published(record, observed, accepted=accepted)
+            return logic.record_published(record, observed, accepted=accepted, change=change)
 
         await self._ledger.change(observed.uid, published)
 
@@ -248,7 +320,12 @@ class Gateway:
         ack = await self._publisher.publish(event)
         if resync:
             self._metrics.resync_published.labels(event.type).inc()
-        log.info("Published event", **event.log_context(), duplicate=bool(ack.duplicate), resync=resync)
+        if ack.duplicate:
+            # Ids are per object and change, so the stream has this very event: a retry after a
+            # crash before the ledger write. Said, because a duplicate of anything else would be lost.
+            log.warning("Event was stored before under this id; not stored again", **event.log_context(), resync=resync)
+        else:
+            log.info("Published event", **event.log_context(), resync=resync)
 
     async def _store_password(self, obj: Object, assessment: Assessment | None) -> None:
         if assessment is None or assessment.password is None:

@@ -2,9 +2,12 @@
 the gateway already told the pipeline about it (its ledger record), and how to answer a
 `cluster.requested`. Time is passed in.
 
-Event ids derive from the object (uid, generation, labels and annotations), never from the path
-that led to them: an object seen by the watch and the same cluster requested on NATS both end in
-`accepted-<uid>-<generation>`, and the broker keeps only the first (Nats-Msg-Id dedupe).
+Event ids derive from the object (uid, generation, and for later changes their number), never
+from the path that led to them: an object seen by the watch and the same cluster requested on NATS
+both end in `accepted-<uid>-<generation>`, and the broker keeps only the first (Nats-Msg-Id
+dedupe). Changes after acceptance are numbered in the ledger record (`updated-<uid>-<generation>-
+<number>`), so each change has an id of its own (pause, resume, pause again: three ids) while a
+retry of the same change, before the record says it went out, publishes the same id again.
 """
 
 from __future__ import annotations
@@ -13,13 +16,13 @@ import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, SecretStr
 
-from libs.api.models import API_VERSION, GROUP, KIND, SecretKeyRef, Vk8sSpec
+from libs.api.models import API_VERSION, GROUP, KIND, ReconcileStatus, SecretKeyRef, Vk8sSpec
 from libs.api.validation import ROOT_PATH, Problem, validate_document
 from libs.events import Envelope, cluster_id_of
 from libs.events.catalog import (
@@ -90,6 +93,12 @@ class Observed:
     def metadata_hash(self) -> str:
         return metadata_hash(self.labels, self.annotations)
 
+    @property
+    def change_key(self) -> tuple[Any, ...]:
+        """What a reconcile depends on: two observations with the same key (a status update in
+        between) need no second try."""
+        return (self.generation, self.metadata_hash, self.deleting, self.finalizers)
+
     def document(self) -> dict[str, Any]:
         """The object as validation reads it; status is left out, it is not part of the request."""
         return {
@@ -140,23 +149,44 @@ class ClusterRecord(BaseModel):
     """Labels and annotations published with it."""
     accepted_generation: int | None = None
     """The pipeline has the cluster at this generation (cluster.accepted or cluster.updated)."""
+    announced_changes: int = 0
+    """cluster.updated and cluster.rejected published for the object so far; numbers the next one."""
+    accepting_generation: int | None = None
+    """cluster.accepted is being published at this generation (written before publishing it)."""
     delete_requested: bool = False
 
     @property
     def accepted(self) -> bool:
         return self.accepted_generation is not None
 
+    @property
+    def maybe_accepted(self) -> bool:
+        """Accepted, or about to be: a crash between publishing cluster.accepted and recording it
+        leaves only `accepting_generation`, and the pipeline may have the cluster all the same."""
+        return self.accepted or self.accepting_generation is not None
 
-def record_published(record: ClusterRecord | None, observed: Observed, *, accepted: bool) -> ClusterRecord:
-    """The record after publishing for `observed`. A compare-and-set retry applies it again to a
-    newer record, so it never moves a generation backwards."""
+
+def record_published(
+    record: ClusterRecord | None, observed: Observed, *, accepted: bool, change: int | None = None
+) -> ClusterRecord:
+    """The record after publishing for `observed` (as change number `change`, if numbered). A
+    compare-and-set retry applies it again to a newer record, so it never moves a generation or
+    the change count backwards."""
     record = record or ClusterRecord(uid=observed.uid, cluster_id=observed.cluster_id)
     update: dict[str, Any] = {}
     if record.announced_generation is None or observed.generation >= record.announced_generation:
         update.update(announced_generation=observed.generation, announced_hash=observed.metadata_hash)
     if accepted and (record.accepted_generation or 0) < observed.generation:
         update.update(accepted_generation=observed.generation)
+    if change is not None and change > record.announced_changes:
+        update.update(announced_changes=change)
     return record.model_copy(update=update)
+
+
+def record_accepting(record: ClusterRecord | None, observed: Observed) -> ClusterRecord:
+    """The record before publishing cluster.accepted for `observed`."""
+    record = record or ClusterRecord(uid=observed.uid, cluster_id=observed.cluster_id)
+    return record.model_copy(update={"accepting_generation": max(record.accepting_generation or 0, observed.generation)})
 
 
 def record_delete_requested(record: ClusterRecord) -> ClusterRecord:
@@ -187,13 +217,15 @@ class ObjectPlan:
     action: Action
     event: Envelope[Any] | None = None
     assessment: Assessment | None = None
+    change: int | None = None
+    """The number of the change `event` announces (cluster.updated, cluster.rejected)."""
 
 
 def plan_for_object(
     observed: Observed, record: ClusterRecord | None, *, host_cidrs: Sequence[str], now: datetime
 ) -> ObjectPlan:
     if observed.deleting:
-        if record is not None and record.accepted:
+        if record is not None and record.maybe_accepted:
             if record.delete_requested:
                 return ObjectPlan(Action.NONE)
             return ObjectPlan(Action.DELETE, delete_requested_event(record, now))
@@ -205,16 +237,18 @@ def plan_for_object(
         if not record.accepted or record.announced_hash == observed.metadata_hash:
             return ObjectPlan(Action.NONE)
     assessment = assess(observed.document(), host_cidrs)
+    change = (record.announced_changes if record is not None else 0) + 1
     if assessment.spec is None:
-        return ObjectPlan(Action.REJECT, object_rejected_event(observed, assessment.errors, now), assessment)
+        rejected = object_rejected_event(observed, assessment.errors, change, now)
+        return ObjectPlan(Action.REJECT, rejected, assessment, change)
     if record is None or not record.accepted:
         return ObjectPlan(Action.REQUEST, requested_event(observed, assessment.spec, now), assessment)
-    return ObjectPlan(Action.UPDATE, updated_event(observed, assessment.spec, now), assessment)
+    return ObjectPlan(Action.UPDATE, updated_event(observed, assessment.spec, change, now), assessment, change)
 
 
 def plan_for_gone(record: ClusterRecord, *, now: datetime) -> ObjectPlan:
     """The object of `record` no longer exists (deleted, or deleted and created again)."""
-    if not record.accepted:
+    if not record.maybe_accepted:
         return ObjectPlan(Action.FORGET)
     if record.delete_requested:
         return ObjectPlan(Action.NONE)
@@ -384,16 +418,18 @@ def accepted_event(
     return followed.model_copy(update={"id": f"accepted-{live.uid}-{live.generation}"})
 
 
-def updated_event(observed: Observed, spec: Vk8sSpec, now: datetime) -> Envelope[ClusterUpdated]:
+def updated_event(observed: Observed, spec: Vk8sSpec, change: int, now: datetime) -> Envelope[ClusterUpdated]:
     payload = ClusterUpdated(
         **_cluster_fields(observed, spec), uid=observed.uid, generation=observed.generation, paused=observed.paused
     )
-    event_id = f"updated-{observed.uid}-{observed.generation}-{observed.metadata_hash}"
+    event_id = f"updated-{observed.uid}-{observed.generation}-{change}"
     return Envelope.new(payload, cluster_id=observed.cluster_id, now=now, event_id=event_id)
 
 
-def object_rejected_event(observed: Observed, problems: Sequence[str], now: datetime) -> Envelope[ClusterRejected]:
-    event_id = f"rejected-{observed.uid}-{observed.generation}-{observed.metadata_hash}"
+def object_rejected_event(
+    observed: Observed, problems: Sequence[str], change: int, now: datetime
+) -> Envelope[ClusterRejected]:
+    event_id = f"rejected-{observed.uid}-{observed.generation}-{change}"
     payload = ClusterRejected(problems=list(problems))
     return Envelope.new(payload, cluster_id=observed.cluster_id, now=now, event_id=event_id)
 
@@ -411,3 +447,23 @@ def _cluster_fields(observed: Observed, spec: Vk8sSpec) -> dict[str, Any]:
         "labels": observed.labels,
         "annotations": observed.annotations,
     }
+
+
+# --- failures: one object's trouble is its own ---------------------------------------------------
+
+
+def retry_delay(attempts: int, first_s: float, max_s: float) -> float:
+    """Delay before the next try of an object that failed `attempts` times in a row."""
+    return min(max_s, first_s * 2 ** max(0, attempts - 1))
+
+
+def reconcile_status(reason: str, message: str, attempts: int, now: datetime, delay_s: float) -> dict[str, Any]:
+    """`status.reconcile` of an object whose change failed `attempts` times in a row."""
+    status = ReconcileStatus(
+        reason=reason,
+        message=message,
+        attempts=attempts,
+        last_attempt_time=now,
+        next_attempt_time=now + timedelta(seconds=delay_s),
+    )
+    return status.model_dump(mode="json", by_alias=True)

@@ -26,7 +26,9 @@ class GatewaySettings(ServiceSettings):
     watch_timeout_s: int = Field(
         default=300, ge=10, description="Each watch lasts this long, then the gateway lists again (a full resync)."
     )
-    reconcile_attempts: int = Field(
-        default=8, ge=1, description="Tries per watch event before the gateway gives up and stops (to be restarted)."
+    reconcile_retry_s: float = Field(
+        default=0.5, gt=0, description="First delay before an object whose change failed is tried again; it doubles."
     )
-    reconcile_retry_s: float = Field(default=0.5, gt=0, description="First delay between tries; it doubles.")
+    reconcile_retry_max_s: float = Field(
+        default=300.0, gt=0, description="Longest delay between tries of one object; it is tried for as long as it fails."
+    )

@@ -294,10 +294,13 @@ class Scheduler:
         await self._change(cluster_id, change)
 
     async def fail(self, cluster_id: str, generation: int | None, at: datetime) -> None:
-        """A stage gave up on the cluster: its bookings go back (its pods, if any, still count)."""
+        """A stage gave up on the cluster: its bookings go back (its pods, if any, still count). A
+        paused cluster books nothing and keeps its placements, so a resume still finds its volumes."""
 
         async def change(current: Reservation, revision: int) -> bool:
             if (generation is not None and generation < current.generation) or at < current.placed_at:
+                return True
+            if current.state is ReservationState.PAUSED:
                 return True
             if not await self._drop(current, revision):
                 return False

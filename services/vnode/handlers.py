@@ -103,14 +103,21 @@ class VNodeHandlers:
         The Vk8s object still exists (its finalizer waits for cluster.deleted), so garbage
         collection by owner reference has not started: everything is deleted explicitly."""
         uid = envelope.data.uid
-        namespace, _ = envelope.cluster_id.split("/")
+        namespace, name = envelope.cluster_id.split("/")
         stored = await self._store.get(envelope.cluster_id)
         record = stored.record if stored is not None and stored.record.uid == uid else None
         revision = stored.revision if stored is not None else None
         if record is not None and not record.deleting:
             record = record.model_copy(update={"deleting": True, "awaiting": None})
             revision = await self._store.save(record, revision)
-        retain = logic.retain_volumes(record, self._settings.retain_volumes)
+        live_annotations = None
+        if record is None:
+            # Redelivered after the record went: the object (held by its finalizer until
+            # cluster.deleted) says whether the volumes stay, never the service default alone.
+            vk8s = await self._kube.read_vk8s(namespace, name)
+            if vk8s is not None and vk8s["metadata"]["uid"] == uid:
+                live_annotations = vk8s["metadata"].get("annotations") or {}
+        retain = logic.retain_volumes_on_delete(record, live_annotations, self._settings.retain_volumes)
         remaining = await self._kube.delete_cluster(namespace, uid, retain_volumes=retain)
         if remaining:
             shown = ", ".join(remaining[:5]) + (", ..." if len(remaining) > 5 else "")

@@ -232,9 +232,10 @@ def on_allocated(
     if record.allocation is not None and event.generation < record.allocation.generation:
         return Ignore(f"stale: generation {record.allocation.generation} is allocated already")
     if record.paused:
-        # A resume reaches the scheduler and us by separate paths; ours may still be on its way.
+        # A resume reaches the scheduler and us by separate paths; ours may still be on its way. The
+        # consumer's doubling backoff spaces the tries (settings check they outlast the grace).
         if now - envelope.time < timedelta(seconds=resume_grace_s):
-            raise TransientError("the cluster is recorded as paused; waiting for its resume", delay=1, reason="Paused")
+            raise TransientError("the cluster is recorded as paused; waiting for its resume", reason="Paused")
         return Ignore("the cluster is paused")
     missing = sorted(p.vnode for p in event.placements if p.vnode not in event.vnode_ips)
     if missing:
@@ -255,7 +256,24 @@ def on_allocated(
 
 def retain_volumes(record: ClusterRecord | None, default: bool) -> bool:
     """Whether node-state volumes outlive the cluster: its annotation, else the service default."""
-    value = (record.annotations if record is not None else {}).get(RETAIN_VOLUMES_ANNOTATION)
+    return _retain_annotation(record.annotations if record is not None else {}, default)
+
+
+def retain_volumes_on_delete(
+    record: ClusterRecord | None, live_annotations: Mapping[str, str] | None, default: bool
+) -> bool:
+    """Whether a deletion keeps the volumes: by the cluster's record, else by the Vk8s object (it
+    outlives the record until cluster.deleted). With neither, the deletion completed before (this
+    is a redelivery): whatever volumes are left were retained, so they stay."""
+    if record is not None:
+        return retain_volumes(record, default)
+    if live_annotations is not None:
+        return _retain_annotation(live_annotations, default)
+    return True
+
+
+def _retain_annotation(annotations: Mapping[str, str], default: bool) -> bool:
+    value = annotations.get(RETAIN_VOLUMES_ANNOTATION)
     return default if value is None else value.strip().lower() == "true"
 
 

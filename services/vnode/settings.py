@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import Field, StringConstraints
+from pydantic import Field, StringConstraints, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from libs.api.models import Quantity
 from libs.api.versions import NodeImageCatalog
+from libs.events import Backoff
 from libs.runtime import ServiceSettings
 
 AbsolutePath = Annotated[str, StringConstraints(pattern=r"^/")]
@@ -60,3 +61,17 @@ class VNodeSettings(ServiceSettings):
         ge=0,
         description="How long an allocation for a cluster recorded as paused waits for the resume to be recorded.",
     )
+
+    @model_validator(mode="after")
+    def _retries_outlast_the_resume_grace(self) -> VNodeSettings:
+        """An allocation waiting for the resume is retried with the consumer's backoff: if its
+        max_deliver tries ran out inside the grace, a resume would end in cluster.failed."""
+        backoff = Backoff(self.backoff_base_s, self.backoff_max_s)
+        waited = sum(backoff.delay(delivery) for delivery in range(1, self.max_deliver))
+        if waited <= self.resume_grace_s:
+            raise ValueError(
+                f"resume_grace_s: {self.resume_grace_s:g} s is not shorter than the {waited:g} s that max_deliver "
+                f"({self.max_deliver}) tries with backoff_base_s {self.backoff_base_s:g} / backoff_max_s "
+                f"{self.backoff_max_s:g} wait in all; raise max_deliver or the backoff, or lower resume_grace_s"
+            )
+        return self

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
@@ -30,14 +31,17 @@ from libs.events import (
 )
 from libs.events.catalog import ClusterAccepted, ClusterFailed, ClusterRejected, ClusterRequested
 from tests.support.events import NOW, cluster_requested
+from tests.support.streams import answering, caused_by, next_event
 
 Handler = Callable[[Envelope[Any]], Awaitable[Sequence[Envelope[Any]]]]
 
 
 @pytest.fixture
 async def stream(js: JetStreamContext) -> str:
-    await ensure_stream(js, StreamSettings())
-    return STREAM_NAME
+    """This test's own stream: its consumers, pending messages and redeliveries are nobody else's."""
+    name = f"BACKBONE-{uuid.uuid4().hex[:12]}"
+    await ensure_stream(js, StreamSettings(name=name))
+    return name
 
 
 @pytest.fixture
@@ -50,6 +54,7 @@ async def run_consumer(
     js: JetStreamContext, stream: str, registry: CollectorRegistry
 ) -> AsyncIterator[Callable[..., Awaitable[Consumer]]]:
     started: list[Consumer] = []
+    metrics: dict[str, EventMetrics] = {}  # one per durable in the registry; its replicas share it
 
     async def start(
         handler: Handler,
@@ -57,17 +62,23 @@ async def run_consumer(
         subjects: Sequence[str] = ("cluster.requested",),
         durable: str = "test",
         answers_invalid_requests: bool = True,
+        concurrency: int = 1,
+        prefetch: int = 0,
         **settings: Any,
     ) -> Consumer:
-        metrics = EventMetrics(durable, registry)
+        if durable not in metrics:
+            metrics[durable] = EventMetrics(durable, registry)
         consumer = Consumer(
             service=durable,
             js=js,
-            publisher=Publisher(js, metrics),
+            publisher=Publisher(js, metrics[durable]),
             registry=REGISTRY,
             settings=ConsumerSettings(durable=durable, filter_subjects=tuple(subjects), **settings),
             handlers={s: handler for s in subjects},
-            metrics=metrics,
+            metrics=metrics[durable],
+            stream=stream,
+            concurrency=concurrency,
+            prefetch=prefetch,
             backoff=Backoff(base_s=0.1, max_s=0.2),
             clock=lambda: NOW,
             answers_invalid_requests=answers_invalid_requests,
@@ -81,17 +92,8 @@ async def run_consumer(
         await consumer.stop()
 
 
-async def next_event(js: JetStreamContext, subject: str, timeout: float = 10.0) -> Envelope[Any]:
-    sub = await js.subscribe(subject, ordered_consumer=True)
-    try:
-        msg = await sub.next_msg(timeout=timeout)
-        return REGISTRY.decode(msg.subject, msg.data)
-    finally:
-        await sub.unsubscribe()
-
-
-async def count(js: JetStreamContext, subject: str) -> int:
-    info = await js.stream_info(STREAM_NAME, subjects_filter=subject)
+async def count(js: JetStreamContext, stream: str, subject: str) -> int:
+    info = await js.stream_info(stream, subjects_filter=subject)
     return sum((info.state.subjects or {}).values())
 
 
@@ -117,10 +119,10 @@ async def test_publish_dedupes_by_event_id(js: JetStreamContext, stream: str) ->
     again = await publisher.publish(event)
     assert not first.duplicate
     assert again.duplicate
-    assert await count(js, "cluster.requested") == 1
+    assert await count(js, stream, "cluster.requested") == 1
 
 
-async def test_success_publishes_results_then_acks(js: JetStreamContext, run_consumer: Any) -> None:
+async def test_success_publishes_results_then_acks(js: JetStreamContext, stream: str, run_consumer: Any) -> None:
     handled: list[str] = []
 
     async def accept(event: Envelope[ClusterRequested]) -> list[Envelope[Any]]:
@@ -133,25 +135,25 @@ async def test_success_publishes_results_then_acks(js: JetStreamContext, run_con
     consumer = await run_consumer(accept)
     request = request_envelope()
     await Publisher(js).publish(request)
-    accepted = await next_event(js, "cluster.accepted")
+    accepted = await next_event(js, "cluster.accepted", caused_by(request))
     assert accepted.causation_id == request.id
     assert accepted.correlation_id == request.correlation_id
     assert accepted.cluster_id == "default/team-a"
-    await wait_settled(js)
+    await wait_settled(js, stream)
     assert handled == [request.id]
     assert consumer.ready
 
 
-async def wait_settled(js: JetStreamContext, durable: str = "test") -> None:
+async def wait_settled(js: JetStreamContext, stream: str, durable: str = "test") -> None:
     for _ in range(100):
-        info = await js.consumer_info(STREAM_NAME, durable)
+        info = await js.consumer_info(stream, durable)
         if info.num_ack_pending == 0 and info.num_pending == 0 and info.num_redelivered == 0:
             return
         await asyncio.sleep(0.05)
     raise AssertionError(f"consumer not settled: {info}")
 
 
-async def test_transient_error_naks_and_redelivers(js: JetStreamContext, run_consumer: Any) -> None:
+async def test_transient_error_naks_and_redelivers(js: JetStreamContext, stream: str, run_consumer: Any) -> None:
     deliveries: list[int] = []
 
     async def flaky(event: Envelope[ClusterRequested]) -> list[Envelope[Any]]:
@@ -167,10 +169,10 @@ async def test_transient_error_naks_and_redelivers(js: JetStreamContext, run_con
             break
         await asyncio.sleep(0.05)
     assert deliveries == [1, 2, 3]
-    assert await count(js, "cluster.failed") == 0
+    assert await count(js, stream, "cluster.failed") == 0
 
 
-async def test_permanent_error_terms_and_publishes_failure(js: JetStreamContext, run_consumer: Any) -> None:
+async def test_permanent_error_terms_and_publishes_failure(js: JetStreamContext, stream: str, run_consumer: Any) -> None:
     calls = 0
 
     async def broken(event: Envelope[ClusterRequested]) -> list[Envelope[Any]]:
@@ -181,7 +183,7 @@ async def test_permanent_error_terms_and_publishes_failure(js: JetStreamContext,
     await run_consumer(broken, ack_wait_s=1.0)
     request = request_envelope()
     await Publisher(js).publish(request)
-    failed = await next_event(js, "cluster.failed")
+    failed = await next_event(js, "cluster.failed", caused_by(request))
     assert isinstance(failed.data, ClusterFailed)
     assert failed.data.reason == "ImageUnsupported"
     assert failed.data.stage == "test"
@@ -191,7 +193,7 @@ async def test_permanent_error_terms_and_publishes_failure(js: JetStreamContext,
     assert calls == 1
 
 
-async def test_redelivery_is_bounded(js: JetStreamContext, run_consumer: Any) -> None:
+async def test_redelivery_is_bounded(js: JetStreamContext, stream: str, run_consumer: Any) -> None:
     calls = 0
 
     async def always_down(event: Envelope[ClusterRequested]) -> list[Envelope[Any]]:
@@ -200,14 +202,15 @@ async def test_redelivery_is_bounded(js: JetStreamContext, run_consumer: Any) ->
         raise ConnectionError("apiserver unreachable")
 
     await run_consumer(always_down, max_deliver=3)
-    await Publisher(js).publish(request_envelope())
-    failed = await next_event(js, "cluster.failed")
+    request = request_envelope()
+    await Publisher(js).publish(request)
+    failed = await next_event(js, "cluster.failed", caused_by(request))
     assert failed.data.reason == "RetriesExhausted"
     assert "apiserver unreachable" in failed.data.message
     assert calls == 3
 
 
-async def test_long_handler_is_kept_alive(js: JetStreamContext, run_consumer: Any) -> None:
+async def test_long_handler_is_kept_alive(js: JetStreamContext, stream: str, run_consumer: Any) -> None:
     calls = 0
 
     async def slow(event: Envelope[ClusterRequested]) -> list[Envelope[Any]]:
@@ -220,7 +223,98 @@ async def test_long_handler_is_kept_alive(js: JetStreamContext, run_consumer: An
     await Publisher(js).publish(request_envelope())
     await asyncio.sleep(4.5)
     assert calls == 1
-    await wait_settled(js)
+    await wait_settled(js, stream)
+
+
+@pytest.mark.parametrize(("concurrency", "prefetch"), [(2, 0), (1, 2)], ids=["waiting-in-the-broker", "prefetched"])
+async def test_messages_waiting_for_a_slow_handler_run_exactly_once(
+    js: JetStreamContext, stream: str, run_consumer: Any, concurrency: int, prefetch: int
+) -> None:
+    """More messages than handler slots, each handled for over two ack_waits: none may expire
+    while it waits (in the broker, or fetched ahead) and run a second time, nor run twice at once."""
+    calls: list[str] = []
+    running: set[str] = set()
+    overlapping: list[str] = []
+
+    async def slow(event: Envelope[ClusterRequested]) -> list[Envelope[Any]]:
+        calls.append(event.id)
+        if event.id in running:
+            overlapping.append(event.id)
+        running.add(event.id)
+        await asyncio.sleep(2.5)
+        running.discard(event.id)
+        return []
+
+    await run_consumer(slow, ack_wait_s=1.0, concurrency=concurrency, prefetch=prefetch)
+    requests = [request_envelope(f"team-{index}") for index in range(3)]
+    for request in requests:
+        await Publisher(js).publish(request)
+    for _ in range(300):
+        if len(calls) >= 3 and not running:
+            break
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(1.5)  # past another ack_wait: nothing comes back
+    assert sorted(calls) == sorted(r.id for r in requests)
+    assert overlapping == []
+    await wait_settled(js, stream)
+
+
+async def deliver_unsettled(js: JetStreamContext, stream: str, times: int) -> None:
+    """Takes the next message `times` times without settling it, as a replica that crashes while
+    handling it would (ack_wait must be short)."""
+    sub = await js.pull_subscribe_bind("test", stream)
+    try:
+        for delivery in range(1, times + 1):
+            [msg] = await sub.fetch(1, timeout=10)
+            assert msg.metadata.num_delivered == delivery
+    finally:
+        await sub.unsubscribe()
+
+
+async def test_unsettled_deliveries_do_not_use_up_the_retries(js: JetStreamContext, stream: str, run_consumer: Any) -> None:
+    """Two deliveries lost to crashes with max_deliver 2: the broker does not drop the message,
+    the next replica still handles it."""
+    await ensure_consumer(js, stream, ConsumerSettings("test", ("cluster.requested",), ack_wait_s=1.0, max_deliver=2))
+    request = request_envelope()
+    await Publisher(js).publish(request)
+    await deliver_unsettled(js, stream, 2)
+    handled: list[str] = []
+
+    async def record(event: Envelope[ClusterRequested]) -> list[Envelope[Any]]:
+        handled.append(event.id)
+        return []
+
+    await run_consumer(record, ack_wait_s=1.0, max_deliver=2)
+    for _ in range(100):
+        if handled:
+            break
+        await asyncio.sleep(0.05)
+    assert handled == [request.id]
+    await wait_settled(js, stream)
+    assert await count(js, stream, "cluster.failed") == 0
+
+
+async def test_a_message_never_settled_ends_in_cluster_failed(js: JetStreamContext, stream: str, run_consumer: Any) -> None:
+    """Past twice max_deliver deliveries without an outcome (a handler that crashes its service),
+    the loop ends with an answer instead of another try."""
+    await ensure_consumer(js, stream, ConsumerSettings("test", ("cluster.requested",), ack_wait_s=1.0, max_deliver=1))
+    request = request_envelope()
+    await Publisher(js).publish(request)
+    await deliver_unsettled(js, stream, 2)
+    calls = 0
+
+    async def record(event: Envelope[ClusterRequested]) -> list[Envelope[Any]]:
+        nonlocal calls
+        calls += 1
+        return []
+
+    await run_consumer(record, ack_wait_s=1.0, max_deliver=1)
+    failed = await next_event(js, "cluster.failed", caused_by(request))
+    assert failed.data.reason == "RetriesExhausted"
+    assert "delivered 3 times, never settled" in failed.data.message
+    assert failed.causation_id == request.id
+    await wait_settled(js, stream)
+    assert calls == 0
 
 
 @pytest.mark.parametrize(
@@ -259,7 +353,7 @@ async def test_long_handler_is_kept_alive(js: JetStreamContext, run_consumer: An
     ],
 )
 async def test_malformed_request_is_rejected_and_consumer_goes_on(
-    js: JetStreamContext, run_consumer: Any, raw: bytes, expected: str, causation: str, correlation: str
+    js: JetStreamContext, stream: str, run_consumer: Any, raw: bytes, expected: str, causation: str, correlation: str
 ) -> None:
     handled: list[str] = []
 
@@ -269,7 +363,7 @@ async def test_malformed_request_is_rejected_and_consumer_goes_on(
 
     await run_consumer(record)
     await js.publish("cluster.requested", raw, headers={"Nats-Msg-Id": "bad-1"})
-    rejected = await next_event(js, "cluster.rejected")
+    rejected = await next_event(js, "cluster.rejected", answering("bad-1"))
     assert isinstance(rejected.data, ClusterRejected)
     assert rejected.data.request_id == "bad-1"
     assert any(expected in problem for problem in rejected.data.problems), rejected.data.problems
@@ -282,26 +376,26 @@ async def test_malformed_request_is_rejected_and_consumer_goes_on(
             break
         await asyncio.sleep(0.05)
     assert handled == ["team-c"]
-    await wait_settled(js)
-    assert await count(js, "cluster.rejected") == 1
+    await wait_settled(js, stream)
+    assert await count(js, stream, "cluster.rejected") == 1
 
 
-async def test_metrics_count_outcomes(js: JetStreamContext, run_consumer: Any, registry: CollectorRegistry) -> None:
+async def test_metrics_count_outcomes(js: JetStreamContext, stream: str, run_consumer: Any, registry: CollectorRegistry) -> None:
     async def ok(event: Envelope[ClusterRequested]) -> list[Envelope[Any]]:
         return []
 
     await run_consumer(ok)
     await Publisher(js).publish(request_envelope())
     await js.publish("cluster.requested", b"{}", headers={"Nats-Msg-Id": "bad-2"})
-    await next_event(js, "cluster.rejected")
-    await wait_settled(js)
+    await next_event(js, "cluster.rejected", answering("bad-2"))
+    await wait_settled(js, stream)
     labels = {"subject": "cluster.requested"}
     assert registry.get_sample_value("vk8s_test_messages_total", {**labels, "outcome": "ack"}) == 1
     assert registry.get_sample_value("vk8s_test_messages_total", {**labels, "outcome": "invalid"}) == 1
     assert registry.get_sample_value("vk8s_test_events_published_total", {"subject": "cluster.rejected", "duplicate": "false"}) == 1
 
 
-async def test_consumer_lag_is_observed(js: JetStreamContext, run_consumer: Any, registry: CollectorRegistry) -> None:
+async def test_consumer_lag_is_observed(js: JetStreamContext, stream: str, run_consumer: Any, registry: CollectorRegistry) -> None:
     gate = asyncio.Event()
 
     async def blocked(event: Envelope[ClusterRequested]) -> list[Envelope[Any]]:
@@ -317,7 +411,7 @@ async def test_consumer_lag_is_observed(js: JetStreamContext, run_consumer: Any,
     in_hand = registry.get_sample_value("vk8s_test_consumer_ack_pending_messages", {"consumer": "test"})
     assert pending + in_hand == 3 and in_hand >= 1
     gate.set()
-    await wait_settled(js)
+    await wait_settled(js, stream)
     await consumer.observe_lag()
     assert registry.get_sample_value("vk8s_test_consumer_ack_pending_messages", {"consumer": "test"}) == 0
 
@@ -340,8 +434,8 @@ async def test_one_rejection_per_bad_request_when_several_services_read_requests
     await run_consumer(nothing)
     await run_consumer(nothing, durable="reader", answers_invalid_requests=False)
     await js.publish("cluster.requested", b"{not json", headers={"Nats-Msg-Id": "bad-3"})
-    await wait_settled(js)
-    await wait_settled(js, durable="reader")
+    await wait_settled(js, stream)
+    await wait_settled(js, stream, durable="reader")
     # Both settled: each published before it terminated, on this connection; the flush's
     # round trip comes back after the server delivered those publishes to `sub`.
     await nc.flush()

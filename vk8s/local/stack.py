@@ -15,6 +15,7 @@ import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from vk8s.local.keeper import RESTART_EVENT
 from vk8s.local.nats_server import LocalNatsServer
 from vk8s.testbed import lifecycle
 from vk8s.testbed.config import NODE_NETWORK, FleetSpec, ReadyInfo, StateLayout
@@ -108,8 +109,9 @@ def start_services(
     for name in names:
         port = _free_port()
         with (logs / f"{name}.log").open("ab") as log:
+            # Under a keeper, as under a Deployment: a service process that dies is started again.
             process = subprocess.Popen(
-                [sys.executable, "-m", f"services.{name}"],
+                [sys.executable, "-m", "vk8s.local.keeper", name, "--", sys.executable, "-m", f"services.{name}"],
                 env=environment.for_service(name, port),
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -125,8 +127,10 @@ def wait_ready(ports: dict[str, int], pids: dict[str, int], logs: Path, timeout_
     waiting = dict(ports)
     while waiting:
         for name, port in list(waiting.items()):
-            if not _alive(pids[name]) or _reaped(pids[name]):
-                tail = (logs / f"{name}.log").read_text(errors="replace").splitlines()[-15:]
+            log = logs / f"{name}.log"
+            # Its keeper would start it again and again: a start-up failure is reported at once.
+            if not _alive(pids[name]) or _reaped(pids[name]) or _restarted(log):
+                tail = log.read_text(errors="replace").splitlines()[-15:]
                 raise RuntimeError(f"service {name} exited during start-up:\n" + "\n".join(tail))
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as response:
@@ -137,6 +141,14 @@ def wait_ready(ports: dict[str, int], pids: dict[str, int], logs: Path, timeout_
         if time.monotonic() > deadline:
             raise TimeoutError(f"services not ready after {timeout_s:.0f}s: {', '.join(waiting)} (logs in {logs})")
         time.sleep(0.2)
+
+
+def _restarted(log: Path) -> bool:
+    """Whether the service's keeper has logged an exit of the service process."""
+    try:
+        return RESTART_EVENT in log.read_text(errors="replace")
+    except FileNotFoundError:
+        return False
 
 
 def _reaped(pid: int) -> bool:

@@ -7,7 +7,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-from collections.abc import AsyncIterator
+import re
+from collections.abc import AsyncIterator, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -16,7 +17,7 @@ from kubernetes.aio import client
 from kubernetes.aio.client.exceptions import ApiException
 from pydantic import SecretStr
 
-from libs.api.models import KUBEFLOW_PASSWORD_KEY, kubeflow_user_secret_name
+from libs.api.models import CONDITION_REASON_PATTERN, KUBEFLOW_PASSWORD_KEY, kubeflow_user_secret_name
 from libs.kube import (
     FINALIZER,
     GROUP,
@@ -176,6 +177,24 @@ class ClusterObjects:
             secret = await self._core.read_namespaced_secret(name, namespace)
         raise ContendedObject(f"Secret {namespace}/{name} kept changing")
 
+    async def report_reconcile(self, obj: Object, status: Mapping[str, Any] | None) -> None:
+        """Sets `status.reconcile` (None: removes it) with a merge patch of that one field through the
+        status subresource, beside what the projector writes. Best effort: a failure is logged."""
+        metadata = obj["metadata"]
+        try:
+            await self._custom.patch_namespaced_custom_object_status(
+                GROUP,
+                VERSION,
+                metadata["namespace"],
+                PLURAL,
+                metadata["name"],
+                {"status": {"reconcile": status}},
+                _content_type=MERGE_PATCH,
+            )
+        except ApiException as error:
+            if not not_found(error):
+                log.warning("Reporting the reconcile status failed", status=error.status, error=str(error.reason))
+
     async def warn(self, obj: Object, reason: str, message: str, *, now: datetime) -> None:
         """A Warning Event on the Vk8s; one per generation and message (a deterministic name, so a
         repeat is a 409). Best effort, as Events are: a failure is logged, not raised."""
@@ -210,11 +229,30 @@ class ClusterObjects:
                 log.warning("Creating event failed", reason=reason, status=error.status, error=str(error.reason))
 
 
-def _status_details_kind(error: ApiException) -> str | None:
-    """`details.kind` of the Status an apiserver error carries (e.g. "namespaces" for a missing namespace)."""
+def _status(error: ApiException) -> dict[str, Any]:
+    """The Status object an apiserver error carries; {} when its body is not one."""
     try:
         status = json.loads(error.body or "{}")
     except (TypeError, ValueError):
-        return None
-    details = status.get("details") if isinstance(status, dict) else None
+        return {}
+    return status if isinstance(status, dict) else {}
+
+
+def _status_details_kind(error: ApiException) -> str | None:
+    """`details.kind` of the Status an apiserver error carries (e.g. "namespaces" for a missing namespace)."""
+    details = _status(error).get("details")
     return details.get("kind") if isinstance(details, dict) else None
+
+
+def describe_failure(error: Exception) -> tuple[str, str]:
+    """A reason (a condition reason: CamelCase) and a one-line message for a failed reconcile; for
+    an API error, the apiserver's own reason and message."""
+    if isinstance(error, ApiException):
+        status = _status(error)
+        reason = str(status.get("reason") or "") or ("ApiServerError" if (error.status or 500) >= 500 else "ApiError")
+        message = f"HTTP {error.status}: {status.get('message') or error.reason}"
+    else:
+        reason, message = type(error).__name__, str(error) or type(error).__name__
+    if not re.match(CONDITION_REASON_PATTERN, reason):
+        reason = "ReconcileFailed"
+    return reason, " ".join(message.split())[:2000]

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-from typing import Any
 
 import pytest
 from kubernetes.aio import client
 from nats.js import JetStreamContext
 
-from libs.events import REGISTRY, Envelope, ensure_kv
+from libs.events import Envelope, ensure_kv
 from libs.events.catalog import ClusterRequested
 from libs.runtime import Service
 from services.gateway.__main__ import DURABLE, NAME
@@ -20,6 +19,7 @@ from services.gateway.adapters.metrics import GatewayMetrics
 from services.gateway.handlers import Gateway
 from services.gateway.settings import GatewaySettings
 from tests.support.events import NOW, spec_document
+from tests.support.streams import answering, next_event
 
 
 @pytest.fixture
@@ -41,15 +41,6 @@ async def gateway_consumer(nats_url: str, js: JetStreamContext) -> AsyncIterator
         yield service
 
 
-async def next_event(js: JetStreamContext, subject: str, timeout: float = 10.0) -> Envelope[Any]:
-    sub = await js.subscribe(subject, ordered_consumer=True)
-    try:
-        msg = await sub.next_msg(timeout=timeout)
-        return REGISTRY.decode(msg.subject, msg.data)
-    finally:
-        await sub.unsubscribe()
-
-
 async def test_malformed_request_is_rejected_naming_the_field(gateway_consumer: Service, js: JetStreamContext) -> None:
     spec = spec_document()
     spec["nodes"][0]["role"] = "boss"
@@ -63,9 +54,8 @@ async def test_malformed_request_is_rejected_naming_the_field(gateway_consumer: 
         "data": {"name": "team-a", "namespace": "default", "spec": spec},
     }
     await js.publish("cluster.requested", json.dumps(document).encode(), headers={"Nats-Msg-Id": "malformed-1"})
-    rejected = await next_event(js, "cluster.rejected")
+    rejected = await next_event(js, "cluster.rejected", answering("malformed-1"))
     assert rejected.cluster_id == "default/team-a"
-    assert rejected.data.request_id == "malformed-1"
     assert any(problem.startswith("data.spec.nodes[0].role:") for problem in rejected.data.problems)
 
 
@@ -75,7 +65,7 @@ async def test_invalid_request_is_rejected_naming_the_field(gateway_consumer: Se
     request = ClusterRequested.model_validate({"name": "team-a", "namespace": "default", "spec": spec})
     envelope = Envelope.new(request, cluster_id="default/team-a", now=NOW, event_id="invalid-1")
     await gateway_consumer.publisher.publish(envelope)
-    rejected = await next_event(js, "cluster.rejected")
+    rejected = await next_event(js, "cluster.rejected", answering("invalid-1"))
     assert (rejected.cluster_id, rejected.causation_id, rejected.data.request_id) == (
         "default/team-a",
         "invalid-1",

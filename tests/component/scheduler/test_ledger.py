@@ -117,7 +117,7 @@ async def test_scale_out_keeps_placed_vnodes_and_places_new_ones(replica: Replic
     assert grown.reservation.generation == 2
 
 
-async def test_pause_releases_the_gpus_and_resume_goes_back_to_the_same_nodes(
+async def test_pause_releases_the_gpus_and_resume_goes_back_to_the_same_nodes_failed_or_not(
     js: JetStreamContext, replica: ReplicaFactory, clock: Clock
 ) -> None:
     r = await replica(host("n1"), host("n2"))
@@ -129,9 +129,11 @@ async def test_pause_releases_the_gpus_and_resume_goes_back_to_the_same_nodes(
     await r.scheduler.pause("team/a", 2, clock.now)
 
     assert await bookings_in_bucket(js, home) == {}
+    paused_at = clock.now
+    clock.advance(5)
+    await r.scheduler.fail("team/a", 2, clock.now)  # a stage gave up meanwhile: the placements stay
     paused, _ = await r.ledger.reservation("team/a")
     assert paused is not None and paused.state is ReservationState.PAUSED
-    paused_at = clock.now
     clock.advance(30)
     resumed = await r.scheduler.schedule(ask(updated(first, 4, generation=3)))
     assert isinstance(resumed, Scheduled)

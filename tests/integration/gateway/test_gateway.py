@@ -239,6 +239,19 @@ async def test_label_and_pause_changes_are_published_as_updates(gateway: Service
     only(await cluster.events("cluster.accepted"))
 
 
+async def test_pause_resume_pause_resume_quickly_publishes_each_change(gateway: Service, cluster: Cluster) -> None:
+    """Within the duplicate window: the second pause and resume are changes of their own, not
+    duplicates of the first (which the broker would drop, leaving the cluster paused)."""
+    await cluster.apply()
+    await cluster.next("cluster.accepted")
+    for annotations in ({PAUSED_ANNOTATION: "true"}, {PAUSED_ANNOTATION: None}) * 2:
+        await cluster.patch({"metadata": {"annotations": annotations}})
+    updates = await cluster.next("cluster.updated", count=4)
+    assert [update.data.paused for update in updates] == [True, False, True, False]
+    assert len({update.id for update in updates}) == 4
+    assert len(await cluster.settled("cluster.updated")) == 4
+
+
 async def test_request_on_nats_creates_the_object_and_is_accepted_once(
     gateway: Service, cluster: Cluster, js: JetStreamContext
 ) -> None:
@@ -342,6 +355,50 @@ async def test_plain_password_moves_into_a_secret_and_never_into_events_or_logs(
         e.reason == "PlainPasswordDeprecated" and e.involved_object.uid == created["metadata"]["uid"]
         for e in warnings.items
     )
+
+
+async def test_one_object_that_cannot_be_reconciled_does_not_stop_the_others(
+    gateway: Service, cluster: Cluster, kube_api: client.ApiClient, js: JetStreamContext
+) -> None:
+    """A plain password whose Secret `<name>-kubeflow-user` exists immutable with another value: its
+    object fails every try. It says why on its status and is tried again with backoff, while the
+    gateway runs on and provisions a good object applied after it; once the Secret is fixed, it
+    goes through too."""
+    poisoned = Cluster(kube_api, js, cluster.namespace, "poisoned")
+    secret = client.V1Secret(
+        metadata=client.V1ObjectMeta(name="poisoned-kubeflow-user"), data={"password": "b2xk"}, immutable=True
+    )
+    await cluster.core.create_namespaced_secret(cluster.namespace, secret)
+    spec = spec_document()
+    spec["kubeflow"] = {"version": "v1.11.0", "email": "user@example.com", "password": PASSWORD}
+    await poisoned.apply(spec)
+
+    async def reported() -> dict[str, Any] | None:
+        obj = await poisoned.get()
+        return ((obj or {}).get("status") or {}).get("reconcile")
+
+    first = await eventually(reported, "the failure on the poisoned object's status")
+    assert first["reason"] == "Invalid" and "immutable" in first["message"], first
+    await cluster.apply()
+    await cluster.next("cluster.accepted")
+    assert await poisoned.events("cluster.requested") == []
+    later = await eventually(
+        lambda: _more_attempts(reported, first["attempts"] + 2), "more tries of the poisoned object"
+    )
+    assert later["nextAttemptTime"] > later["lastAttemptTime"]
+
+    await cluster.core.delete_namespaced_secret("poisoned-kubeflow-user", cluster.namespace)
+    await poisoned.next("cluster.accepted")
+    await eventually(lambda: _true(reported, None), "the failure to leave the status")
+
+
+async def _more_attempts(read: Callable[[], Awaitable[dict[str, Any] | None]], attempts: int) -> dict[str, Any] | None:
+    status = await read()
+    return status if status is not None and status["attempts"] >= attempts else None
+
+
+async def _true(read: Callable[[], Awaitable[object]], expected: object) -> bool:
+    return await read() == expected
 
 
 async def test_restart_publishes_for_an_object_created_while_down(

@@ -266,3 +266,59 @@ async def test_vnode_lifecycle_builds_a_real_inner_cluster(
 
 async def _true(value: bool) -> bool:
     return value
+
+
+async def prepared_master(
+    kube_api: client.ApiClient, namespace: str, host: client.V1Node, pod: str, kubeadm_config: str
+) -> None:
+    """A master vNode pod with its own claim, prepared, with `kubeadm_config` written for `init`."""
+    core = client.CoreV1Api(kube_api)
+    await core.create_namespaced_persistent_volume_claim(namespace, claim(f"node-state-{pod}"))
+    master = vnode_pod(pod, f"node-state-{pod}", host.metadata.name, cpu="2", memory="4Gi", gpus=0)
+    await core.create_namespaced_pod(namespace, master)
+    await running(core, namespace, pod)
+    await vk8s_node(kube_api, namespace, pod, f"prepare --node-name {pod} --cpu-limit 2 --memory-limit 4Gi --gpus 0")
+    await vk8s_node(kube_api, namespace, pod, f"write etc/kubernetes/kubeadm.yaml <<'EOF'\n{kubeadm_config}EOF")
+
+
+async def test_a_second_init_while_the_first_runs_waits_and_keeps_its_control_plane(
+    kube_api: client.ApiClient, namespace: str, gpu_host: client.V1Node, tmp_path: Path
+) -> None:
+    """A bootstrap step delivered again while the first `init` still runs on the node: the
+    second waits for the first (the node's lock), then finds it initialised; one kubeadm init
+    runs, nothing resets the control plane it started."""
+    config = KUBEADM_CONFIG.replace("c1-master-0", "c2-master-0").replace("clusterName: c1", "clusterName: c2")
+    await prepared_master(kube_api, namespace, gpu_host, "c2-master-0", config)
+
+    first, second = await asyncio.gather(
+        run(kube_api, namespace, "c2-master-0", "vk8s-node init etc/kubernetes/kubeadm.yaml"),
+        run(kube_api, namespace, "c2-master-0", "vk8s-node init etc/kubernetes/kubeadm.yaml"),
+    )
+    kubeconfig = tmp_path / "inner.conf"
+    kubeconfig.write_text(await vk8s_node(kube_api, namespace, "c2-master-0", "kubeconfig"))
+
+    outputs = sorted([first, second], key=lambda result: "already initialised" in result[1])
+    assert [status for status, _ in outputs] == [0, 0], outputs
+    assert "initialized successfully" in outputs[0][1]
+    assert "already initialised" in outputs[1][1]
+    assert list(await inner_nodes(kubeconfig)) == ["c2-master-0"]
+    assert (await state(kube_api, namespace, "c2-master-0"))["kubeletActive"] is True
+
+
+async def test_an_init_failing_after_its_control_plane_came_up_keeps_it(
+    kube_api: client.ApiClient, namespace: str, gpu_host: client.V1Node, tmp_path: Path
+) -> None:
+    """kubeadm init fails in a late phase (here: marking the node with a taint the API server
+    refuses): the control plane it started answers, so the failure path keeps it instead of
+    `kubeadm reset`, and the next init goes on from there."""
+    config = KUBEADM_CONFIG.replace("c1-master-0", "c3-master-0\n  taints: [{key: example.org/late, effect: Bogus}]")
+    await prepared_master(kube_api, namespace, gpu_host, "c3-master-0", config)
+
+    status, failed = await run(kube_api, namespace, "c3-master-0", "vk8s-node init etc/kubernetes/kubeadm.yaml")
+    kubeconfig = tmp_path / "inner.conf"
+    kubeconfig.write_text(await vk8s_node(kube_api, namespace, "c3-master-0", "kubeconfig"))
+
+    assert status != 0 and "kept it, not reset" in failed, failed
+    assert list(await inner_nodes(kubeconfig)) == ["c3-master-0"]
+    again = await vk8s_node(kube_api, namespace, "c3-master-0", "init etc/kubernetes/kubeadm.yaml")
+    assert "already initialised" in again

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
@@ -24,6 +24,7 @@ from libs.events.catalog import (
 )
 from libs.kube import GROUP, PLURAL, VERSION
 from libs.runtime import Service
+from services.vnode.logic import RETAIN_VOLUMES_ANNOTATION
 from tests.integration.vnode.conftest import Bus, eventually
 from tests.support.events import spec_document
 
@@ -40,6 +41,7 @@ class Cluster:
     spec: Vk8sSpec
     labels: dict[str, str]
     generation: int = 1
+    annotations: dict[str, str] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -80,6 +82,7 @@ class Cluster:
             uid=self.uid,
             generation=self.generation,
             labels=self.labels,
+            annotations=self.annotations,
             paused=paused,
         )
         await self.bus.publish(payload, self.cluster_id)
@@ -260,3 +263,59 @@ async def test_delete_frees_objects_and_volumes_then_answers(
     assert not (await core.list_namespaced_pod(cluster.namespace, label_selector=selector)).items
     with pytest.raises(ApiException):
         await core.read_namespaced_pod("team-a-master-0", cluster.namespace)
+
+
+async def test_a_redelivered_delete_keeps_retained_volumes(
+    kube_api: client.ApiClient, cluster: Cluster, gpu_hosts: list[str]
+) -> None:
+    """The first delete.requested deletes everything but the retained volumes and the record; the
+    same request again (a redelivery after the record went, while the object waits for
+    cluster.deleted, and once the object is gone too) must not fall back to the default and
+    delete them."""
+    custom, core = client.CustomObjectsApi(kube_api), client.CoreV1Api(kube_api)
+    retained = {RETAIN_VOLUMES_ANNOTATION: "true"}
+    await patch_vk8s(custom, cluster, {"metadata": {"annotations": retained}})
+    await cluster.update(annotations=retained)
+    await cluster.allocate({"master": gpu_hosts[0], "worker-0": gpu_hosts[1]})
+    await cluster.ready()
+    selector = "clusterName=team-a"
+
+    async def claims() -> list[str]:
+        listing = await core.list_namespaced_persistent_volume_claim(cluster.namespace, label_selector=selector)
+        return sorted(claim.metadata.name for claim in listing.items)
+
+    kept = await eventually(lambda: _nonempty(claims()), "the vNodes' volume claims")
+    await custom.delete_namespaced_custom_object(GROUP, VERSION, cluster.namespace, PLURAL, cluster.name)
+    await cluster.bus.publish(ClusterDeleteRequested(uid=cluster.uid), cluster.cluster_id)
+    await cluster.bus.next("cluster.vnodes.deleted")
+    assert await claims() == kept
+
+    await cluster.bus.publish(ClusterDeleteRequested(uid=cluster.uid), cluster.cluster_id)
+    await cluster.bus.next("cluster.vnodes.deleted")
+    assert await claims() == kept
+
+    await patch_vk8s(custom, cluster, {"metadata": {"finalizers": None}})
+    await eventually(lambda: _gone(custom, cluster), "the Vk8s object to go")
+    await cluster.bus.publish(ClusterDeleteRequested(uid=cluster.uid), cluster.cluster_id)
+    await cluster.bus.next("cluster.vnodes.deleted")
+    assert await claims() == kept
+
+
+async def patch_vk8s(custom: client.CustomObjectsApi, cluster: Cluster, patch: dict[str, Any]) -> None:
+    await custom.patch_namespaced_custom_object(
+        GROUP, VERSION, cluster.namespace, PLURAL, cluster.name, patch, _content_type="application/merge-patch+json"
+    )
+
+
+async def _nonempty(listing: Awaitable[list[str]]) -> list[str] | None:
+    return (await listing) or None
+
+
+async def _gone(custom: client.CustomObjectsApi, cluster: Cluster) -> bool:
+    try:
+        await custom.get_namespaced_custom_object(GROUP, VERSION, cluster.namespace, PLURAL, cluster.name)
+    except ApiException as error:
+        if error.status == 404:
+            return True
+        raise
+    return False

@@ -40,6 +40,7 @@ NEEDED: dict[str, tuple[Access, ...]] = {
         *_all("create patch", "vk8s", VK8S),
         *_all("get create patch", "secrets"),
         Access("create", "events"),
+        Access("patch", "vk8s/status", VK8S),
     ),
     # services/scheduler/adapters/inventory.py: list + watch of nodes and of assigned pods
     "scheduler": (*_all("list watch", "nodes", scope="cluster"), *_all("list watch", "pods", scope="cluster")),
@@ -85,7 +86,7 @@ _NOBODY: tuple[Access, ...] = (
 REFUSED: dict[str, tuple[Access, ...]] = {
     "gateway": (
         *_all("delete update", "vk8s", VK8S),
-        Access("patch", "vk8s/status", VK8S),
+        Access("update", "vk8s/status", VK8S),
         *_all("list delete", "secrets"),
         Access("get", "pods"),
         Access("create", "pods"),

@@ -141,9 +141,25 @@ def test_changes_after_acceptance_are_updates(change: dict[str, Any], paused: bo
     result = plan(changed, accepted_record())
     assert result.action is Action.UPDATE and result.event is not None
     assert result.event.type == "cluster.updated"
-    assert result.event.id == f"updated-{UID}-{changed.generation}-{changed.metadata_hash}"
+    assert result.event.id == f"updated-{UID}-{changed.generation}-1"
+    assert result.change == 1
     assert result.event.data.generation == changed.generation
     assert result.event.data.paused is paused
+
+
+def test_each_change_has_an_id_of_its_own_and_a_retry_the_same() -> None:
+    """Pause, resume, pause, resume: the same object states again, each a change of its own (the
+    broker would drop a repeated id as a duplicate and lose the second pause)."""
+    paused, running = observed(annotations={PAUSED_ANNOTATION: "true"}), observed()
+    current, ids = accepted_record(), []
+    for state in (paused, running, paused, running):
+        result = plan(state, current)
+        assert result.action is Action.UPDATE and result.event is not None
+        assert plan(state, current).event == result.event  # before the record is written: same id
+        ids.append(result.event.id)
+        current = logic.record_published(current, state, accepted=True, change=result.change)
+    assert ids == [f"updated-{UID}-1-{number}" for number in (1, 2, 3, 4)]
+    assert plan(running, current).action is Action.NONE
 
 
 def test_invalid_new_object_is_rejected_naming_the_field() -> None:
@@ -335,3 +351,37 @@ def test_gateway_serving_one_namespace_rejects_requests_for_others() -> None:
     problems = logic.request_problems(user_request().data, (), "team-ns")
     assert problems == ("data.namespace: this gateway serves namespace 'team-ns' only, not 'default'",)
     assert logic.request_problems(user_request().data, (), "default") == ()
+
+
+# --- failures -----------------------------------------------------------------------------------------
+
+
+def test_a_failing_object_is_tried_again_later_and_later() -> None:
+    assert [logic.retry_delay(n, 0.5, 4.0) for n in (1, 2, 3, 4, 5, 50)] == [0.5, 1.0, 2.0, 4.0, 4.0, 4.0]
+    status = logic.reconcile_status("Invalid", "Secret is immutable", 3, NOW, 2.0)
+    assert status == {
+        "reason": "Invalid",
+        "message": "Secret is immutable",
+        "attempts": 3,
+        "lastAttemptTime": "2026-11-28T12:00:00Z",
+        "nextAttemptTime": "2026-11-28T12:00:02Z",
+    }
+
+
+def test_a_status_change_alone_is_not_a_change_to_reconcile() -> None:
+    assert observed().change_key == observed().change_key
+    assert observed(generation=2).change_key != observed().change_key
+    assert observed(labels={"tier": "gold"}).change_key != observed().change_key
+    assert observed(deleting=True).change_key != observed().change_key
+
+
+def test_a_deletion_after_a_crash_between_accepting_and_recording_runs_the_delete_chain() -> None:
+    """cluster.accepted may have gone out (the record says only that it was about to): the object's
+    deletion, or its absence, requests cleanup instead of releasing it quietly."""
+    accepting = logic.record_accepting(None, observed())
+    assert not accepting.accepted and accepting.maybe_accepted
+    deleting = plan(observed(deleting=True), accepting)
+    assert deleting.action is Action.DELETE and deleting.event is not None
+    assert deleting.event.id == f"delete-requested-{UID}"
+    assert logic.plan_for_gone(accepting, now=NOW).action is Action.DELETE
+    assert plan(observed(deleting=True), record(announced_generation=1)).action is Action.RELEASE

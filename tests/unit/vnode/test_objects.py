@@ -106,6 +106,15 @@ def test_retain_annotation_keeps_volumes() -> None:
     assert logic.retain_volumes(None, default=True)
 
 
+def test_deletion_takes_retain_from_the_record_else_the_object_else_keeps_the_volumes() -> None:
+    retained = {"vk8s.skt.co.kr/retain-volumes": "true"}
+    assert logic.retain_volumes_on_delete(record(annotations=retained), None, default=False)
+    assert not logic.retain_volumes_on_delete(record(), retained, default=False)  # the record decides
+    assert logic.retain_volumes_on_delete(None, retained, default=False)
+    assert not logic.retain_volumes_on_delete(None, {}, default=False)
+    assert logic.retain_volumes_on_delete(None, None, default=False)  # a deletion that completed before
+
+
 def test_gpu_requests_equal_limits_even_when_only_limits_are_asked() -> None:
     rec = record(gpus=1)
     nodes = [
@@ -281,3 +290,10 @@ def test_record_round_trips_through_json() -> None:
     rec = record()
     assert logic.ClusterRecord.from_json(rec.to_json()) == rec
     assert json.loads(rec.to_json())["spec"]["nodes"][0]["name"] == "master"
+
+
+def test_the_retries_of_an_allocation_outlast_the_resume_grace() -> None:
+    assert VNodeSettings().resume_grace_s == 10  # defaults: 1+2+4+...+60 s over 7 retries
+    with pytest.raises(ValueError, match=r"resume_grace_s: 10 s is not shorter than the 7 s"):
+        VNodeSettings(max_deliver=4, backoff_base_s=1, backoff_max_s=60)
+    assert VNodeSettings(max_deliver=4, backoff_base_s=1, backoff_max_s=60, resume_grace_s=6).max_deliver == 4
