@@ -140,20 +140,19 @@ class HostNode:
     cordoned: bool = False
 
 
-VNodeKey = tuple[str, str]
-"""(cluster id, vNode name): what a vNode pod's labels and a booking have in common."""
-
 BookingKey = tuple[str, str]
-"""(cluster uid, vNode name)."""
+"""(cluster uid, vNode name): a booking, and the vNode pod that realises it."""
 
 
 @dataclass(frozen=True, slots=True)
 class PodUsage:
-    """A pod bound to a node, not Succeeded/Failed: its requests are taken from the node."""
+    """A pod bound to a node, not Succeeded/Failed: its requests are taken from the node.
+    `vnode` is set only for the pod the vNode stage made for that vNode of that cluster uid
+    (the adapter checks its name and owner, not just labels a tenant could copy)."""
 
     node: str
     requests: Resources
-    vnode: VNodeKey | None = None
+    vnode: BookingKey | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,10 +193,12 @@ def _bucket(key: GroupKey, free: Resources) -> int:
 class Inventory:
     """Host nodes, pod usage and ledger bookings, with free capacity kept indexed per node.
 
-    A booking counts on its node only while no pod of that vNode is bound to the node: once the
-    vNode pod exists the API counts its requests, and counting the booking too would take the
-    same GPUs twice. Bookings stay in the ledger after that, so capacity stays held for the
-    vNode if its pod is restarted or rescheduled onto the same node.
+    A booking counts on its node for what its own vNode pod there does not already take: the API
+    counts the pod's requests, so the booking adds only the rest (a vNode grown in place from 2 to
+    8 GPUs books 6 more while its 2-GPU pod still runs; nothing once the 8-GPU pod runs). Only the
+    pod of the same cluster uid and vNode covers a booking, never a pod of an earlier cluster of
+    the same name. Bookings stay in the ledger after that, so capacity stays held for the vNode if
+    its pod is restarted or rescheduled onto the same node.
 
     Mutators return True when capacity may have grown (so pending clusters are worth a retry).
     """
@@ -206,9 +207,9 @@ class Inventory:
         self._nodes: dict[str, HostNode] = {}
         self._pods: dict[str, PodUsage] = {}
         self._pod_used: dict[str, Resources] = {}
-        # node -> vNode -> requests of its pods bound there (`pods` counts them)
-        self._vnode_pods: dict[str, dict[VNodeKey, Resources]] = {}
-        self._vnode_hosts: dict[str, dict[str, str]] = {}  # cluster id -> vNode -> node of its pod
+        # node -> (cluster uid, vNode) -> requests of its pods bound there (`pods` counts them)
+        self._vnode_pods: dict[str, dict[BookingKey, Resources]] = {}
+        self._vnode_hosts: dict[str, dict[str, str]] = {}  # cluster uid -> vNode -> node of its pod
         self._bookings: dict[str, dict[BookingKey, Booking]] = {}
         self._free: dict[str, Resources] = {}
         self._groups: dict[GroupKey, _Group] = {}
@@ -317,22 +318,20 @@ class Inventory:
             return NOTHING
         return host.allocatable - self.in_use(name) - self._free[name]
 
-    def vnode_hosts(self, cluster_id: str) -> dict[str, str]:
-        """vNode -> node its pod is bound to, for the cluster's existing vNode pods."""
-        return dict(self._vnode_hosts.get(cluster_id, {}))
+    def vnode_hosts(self, uid: str) -> dict[str, str]:
+        """vNode -> node its pod is bound to, for the existing vNode pods of the cluster `uid`."""
+        return dict(self._vnode_hosts.get(uid, {}))
 
-    def vnode_pods_on(self, node: str, vnode: VNodeKey) -> Resources:
+    def vnode_pods_on(self, node: str, vnode: BookingKey) -> Resources:
         """What the vNode's own pods already take on the node."""
         return self._vnode_pods.get(node, {}).get(vnode, NOTHING)
 
     # -- index -------------------------------------------------------------------------------
 
     def _free_with(self, host: HostNode, bookings: Iterable[Booking]) -> Resources:
-        covered = self._vnode_pods.get(host.name, ())
         free = host.allocatable - self._pod_used.get(host.name, NOTHING)
         for booking in bookings:
-            if (booking.cluster_id, booking.vnode) not in covered:
-                free = free - booking.resources
+            free = free - booking.resources.beyond(self.vnode_pods_on(host.name, booking.key))
         return free
 
     def _refresh(self, name: str) -> bool:
@@ -394,6 +393,7 @@ class PlacementRequest:
     """The vNodes of one cluster to place now, as one gang."""
 
     cluster_id: str
+    uid: str
     vnodes: tuple[VNodeRequest, ...]
     spread_zones: bool = False
     kept_zones: tuple[str | None, ...] = ()  # zones of the cluster's vNodes that keep their place
@@ -520,7 +520,7 @@ class _Search:
             else:
                 host = self._best_fit(vnode, groups)
         if host is not None:
-            added = vnode.resources.beyond(self._inv.vnode_pods_on(host, (self._request.cluster_id, vnode.name)))
+            added = vnode.resources.beyond(self._inv.vnode_pods_on(host, (self._request.uid, vnode.name)))
             self._taken[host] = self._taken.get(host, NOTHING) + added
             self._zones[self._inv._indexed[host][0].zone] += 1
         return host
@@ -550,7 +550,7 @@ class _Search:
         if indexed is None or not any(g.key == indexed[0] for g in groups):
             return None
         # Where the vNode's pod runs already, what that pod takes is its own to keep.
-        own = self._inv.vnode_pods_on(name, (self._request.cluster_id, vnode.name))
+        own = self._inv.vnode_pods_on(name, (self._request.uid, vnode.name))
         return name if self._effective_free(name).covers(vnode.resources.beyond(own)) else None
 
     def _spread(self, vnode: VNodeRequest, groups: list[_Group]) -> str | None:
@@ -837,7 +837,7 @@ class PendingCluster(_Record):
 
 
 def plan(
-    cluster_id: str, spec: Vk8sSpec, previous: Reservation | None, inventory: Inventory
+    cluster_id: str, uid: str, spec: Vk8sSpec, previous: Reservation | None, inventory: Inventory
 ) -> tuple[PlacementRequest, tuple[ReservedVNode, ...]]:
     """What to place for `spec` given the cluster's reservation so far: returns the gang to place
     and the vNodes that keep their place (unchanged, on a node that still exists)."""
@@ -850,11 +850,12 @@ def plan(
     )
     kept_names = {v.vnode for v in kept}
     # Where each vNode ran: its pod's node, else its earlier placement (a paused cluster's disks).
-    preferred = inventory.vnode_hosts(cluster_id)
+    preferred = inventory.vnode_hosts(uid)
     if previous is not None:
         preferred = {v.vnode: v.host_node for v in previous.vnodes} | preferred
     request = PlacementRequest(
         cluster_id=cluster_id,
+        uid=uid,
         vnodes=tuple(w for w in wanted if w.name not in kept_names),
         spread_zones=bool(spec.placement and spec.placement.spread_zones),
         kept_zones=tuple(v.zone for v in kept),

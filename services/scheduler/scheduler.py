@@ -158,7 +158,7 @@ class Scheduler:
             await self._drop(current, revision)
             return None
 
-        request, kept = plan(ask.cluster_id, ask.spec, current, self._inventory)
+        request, kept = plan(ask.cluster_id, ask.uid, ask.spec, current, self._inventory)
         started = time.perf_counter()
         decision = place(request, self._inventory) if request.vnodes else Placement(())
         self._metrics.placement_seconds.observe(time.perf_counter() - started)

@@ -16,7 +16,6 @@ for the first consumer still provision on that host.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -37,15 +36,20 @@ from libs.events.catalog import (
     VNodeRef,
 )
 from libs.kube.objects import GROUP, owner_reference
+from libs.kube.vnodes import (
+    APP,
+    APP_LABEL,
+    CLUSTER_LABEL,
+    CLUSTER_UID_LABEL,
+    VNODE_LABEL,
+    bounded,
+    pod_name,
+    statefulset_name,
+)
 from services.vnode.settings import VNodeSettings
 
-APP = "vk8s"
-APP_LABEL = "app"
-CLUSTER_LABEL = "clusterName"
 ROLE_LABEL = "role"
-VNODE_LABEL = "vnode"
 ISTIO_INJECT_LABEL = "sidecar.istio.io/inject"
-CLUSTER_UID_LABEL = f"{GROUP}/cluster-uid"
 COMPONENT_LABEL = f"{GROUP}/component"
 VNODE_COMPONENT = "vnode"
 ACCESS_COMPONENT = "access"
@@ -59,37 +63,16 @@ VNODE_CONTAINER = "vnode"
 ACCESS_PORT_NAME = "access"
 INNER_API_SERVER_PORT = 6443
 
-# A StatefulSet's pods carry `controller-revision-hash: <name>-<10 chars>`, a label value (<= 63).
-MAX_STATEFULSET_NAME = 52
 MAX_NAME = 63
 
 # ---------------------------------------------------------------------------------------------
 # Names and labels
 
 
-def _bounded(name: str, limit: int) -> str:
-    """`name`, or when longer than `limit` a prefix of it plus a hash of all of it (still unique)."""
-    if len(name) <= limit:
-        return name
-    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
-    return f"{name[: limit - len(digest) - 1].rstrip('-')}-{digest}"
-
-
-def statefulset_name(cluster: str, vnode: str) -> str:
-    """`<cluster>-<vnode>`: node names repeat across clusters (every cluster has a `master`), so the
-    cluster name keeps them apart within a namespace. The rare pair that still collides
-    (`a` + `b-c` vs `a-b` + `c`) is refused by `clashes`."""
-    return _bounded(f"{cluster}-{vnode}", MAX_STATEFULSET_NAME)
-
-
-def pod_name(cluster: str, vnode: str) -> str:
-    return f"{statefulset_name(cluster, vnode)}-0"
-
-
 def _service_name(cluster: str, suffix: str) -> str:
     # Service names are DNS-1035 labels: they must start with a letter, cluster names need not.
     base = f"{cluster}-{suffix}" if cluster[0].isalpha() else f"vk8s-{cluster}-{suffix}"
-    return _bounded(base, MAX_NAME)
+    return bounded(base, MAX_NAME)
 
 
 def headless_service_name(cluster: str) -> str:

@@ -18,18 +18,14 @@ from kubernetes.aio import client
 
 from libs.api.models import GPU_RESOURCE
 from libs.api.quantity import QuantityError, parse_quantity
-from libs.events.envelope import cluster_id_of
 from libs.kube import ApiClient, watch_objects
-from services.scheduler.logic import HostNode, Inventory, PodUsage, Resources, Taint
+from libs.kube.vnodes import APP, APP_LABEL, CLUSTER_LABEL, CLUSTER_UID_LABEL, VNODE_LABEL, pod_name, statefulset_name
+from services.scheduler.logic import BookingKey, HostNode, Inventory, PodUsage, Resources, Taint
 
 log = structlog.get_logger(__name__)
 
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
 ZONE_LABEL = "topology.kubernetes.io/zone"
-# The vNode stage labels vNode pods as the original controller did: app=vk8s, clusterName, vnode.
-VNODE_APP_LABEL = ("app", "vk8s")
-CLUSTER_NAME_LABEL = "clusterName"
-VNODE_LABEL = "vnode"
 # Bound pods that still hold resources (what kube-scheduler counts as assigned).
 ASSIGNED_PODS = "spec.nodeName!=,status.phase!=Succeeded,status.phase!=Failed"
 # The kubelet's default; a node that reports no pod capacity gets it.
@@ -114,14 +110,28 @@ def pod_requests(pod: client.V1Pod) -> Resources:
     )
 
 
+def vnode_of(pod: client.V1Pod) -> BookingKey | None:
+    """(cluster uid, vNode) when the pod is the vNode stage's pod of that vNode: labelled for it,
+    named `<cluster>-<vnode>-0` and controlled by the StatefulSet `<cluster>-<vnode>`. Labels alone
+    are not enough: a tenant's pod can carry them. A pod cannot take the name of the vNode's own
+    pod while that pod exists, so a look-alike can at most keep the vNode from starting, and covers
+    no more of the booking than it takes itself."""
+    labels = pod.metadata.labels or {}
+    cluster, vnode, uid = labels.get(CLUSTER_LABEL), labels.get(VNODE_LABEL), labels.get(CLUSTER_UID_LABEL)
+    if labels.get(APP_LABEL) != APP or not cluster or not vnode or not uid:
+        return None
+    if pod.metadata.name != pod_name(cluster, vnode):
+        return None
+    owner = next((o for o in pod.metadata.owner_references or () if o.controller), None)
+    if owner is None or owner.kind != "StatefulSet" or owner.name != statefulset_name(cluster, vnode):
+        return None
+    return (uid, vnode)
+
+
 def pod_usage(pod: client.V1Pod) -> PodUsage | None:
     if not pod.spec.node_name or (pod.status is not None and pod.status.phase in ("Succeeded", "Failed")):
         return None
-    labels = pod.metadata.labels or {}
-    vnode = None
-    if labels.get(VNODE_APP_LABEL[0]) == VNODE_APP_LABEL[1] and CLUSTER_NAME_LABEL in labels and VNODE_LABEL in labels:
-        vnode = (cluster_id_of(pod.metadata.namespace, labels[CLUSTER_NAME_LABEL]), labels[VNODE_LABEL])
-    return PodUsage(pod.spec.node_name, pod_requests(pod), vnode)
+    return PodUsage(pod.spec.node_name, pod_requests(pod), vnode_of(pod))
 
 
 def _pod_key(pod: client.V1Pod) -> str:

@@ -27,6 +27,16 @@ from libs.events.catalog import (
     ClusterIPsReleased,
     ClusterScheduled,
     ClusterUnschedulable,
+    ClusterUpdated,
+)
+from libs.kube.vnodes import (
+    APP,
+    APP_LABEL,
+    CLUSTER_LABEL,
+    CLUSTER_UID_LABEL,
+    VNODE_LABEL,
+    pod_name,
+    statefulset_name,
 )
 from libs.runtime import Service
 from services.scheduler.__main__ import scheduler_service
@@ -145,6 +155,12 @@ class Recorder:
         return events[0]
 
 
+async def recording(js: JetStreamContext) -> tuple[Recorder, Publisher]:
+    recorder = Recorder(js)
+    await recorder.start()
+    return recorder, Publisher(js)
+
+
 def cluster(namespace: str, name: str, gpus: int, pool: Pool) -> Envelope[ClusterAccepted]:
     def node(vnode: str, role: str, resources: dict[str, str]) -> dict[str, Any]:
         return {
@@ -180,6 +196,41 @@ async def gpus_in_use(service: Service, node: str) -> float | None:
     return None
 
 
+def vnode_statefulset(accepted: Envelope[ClusterAccepted], vnode: str, gpus: int, pool: Pool) -> dict[str, Any]:
+    """What the vnode stage makes for one vNode (names and labels of libs.kube.vnodes), pinned to
+    the pool's node; the StatefulSet controller makes its pod."""
+    name = accepted.data.name
+    labels = {
+        APP_LABEL: APP,
+        CLUSTER_LABEL: name,
+        VNODE_LABEL: vnode,
+        CLUSTER_UID_LABEL: accepted.data.uid,
+    }
+    resources = {"cpu": "8", "memory": "32Gi", GPU_RESOURCE: str(gpus)}
+    return {
+        "metadata": {"name": statefulset_name(name, vnode), "labels": labels},
+        "spec": {
+            "replicas": 1,
+            "serviceName": f"{name}-vnodes",
+            "selector": {"matchLabels": labels},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "nodeName": pool.nodes[0],
+                    "tolerations": [pool.toleration],
+                    "containers": [
+                        {
+                            "name": "vnode",
+                            "image": "registry.invalid/kink:1",
+                            "resources": {"requests": resources, "limits": resources},
+                        }
+                    ],
+                },
+            },
+        },
+    }
+
+
 async def test_two_clusters_race_for_the_last_gpus_and_the_loser_is_placed_once_the_winner_is_deleted(
     nats_url: str, js: JetStreamContext, kube_config_path: Path, namespace: str, pool: Pool
 ) -> None:
@@ -188,9 +239,7 @@ async def test_two_clusters_race_for_the_last_gpus_and_the_loser_is_placed_once_
         running_scheduler(nats_url, kube_config_path, pool) as first,
         running_scheduler(nats_url, kube_config_path, pool),
     ):
-        recorder = Recorder(js)
-        await recorder.start()
-        publisher = Publisher(js)
+        recorder, publisher = await recording(js)
         a, b = cluster(namespace, "alpha", 8, pool), cluster(namespace, "beta", 8, pool)
 
         await asyncio.gather(publisher.publish(a), publisher.publish(b))
@@ -248,9 +297,7 @@ async def test_pods_on_a_node_count_and_a_clusters_own_vnode_pods_are_not_counte
 
     await core.create_namespaced_pod(namespace, pod("trainer", 6, {"app": "trainer"}))
     async with running_scheduler(nats_url, kube_config_path, pool) as service:
-        recorder = Recorder(js)
-        await recorder.start()
-        publisher = Publisher(js)
+        recorder, publisher = await recording(js)
         gamma = cluster(namespace, "gamma", 4, pool)
 
         await publisher.publish(gamma)
@@ -263,8 +310,10 @@ async def test_pods_on_a_node_count_and_a_clusters_own_vnode_pods_are_not_counte
         assert placed.data.placements[1].host_node == node
 
         # gamma's vNode pod appears on its node: 4 GPUs in use, and its booking no longer counts.
-        labels = {"app": "vk8s", "clusterName": "gamma", "vnode": "worker-0", "role": "worker"}
-        await core.create_namespaced_pod(namespace, pod("worker-0-0", 4, labels))
+        await client.AppsV1Api(kube_api).create_namespaced_stateful_set(
+            namespace, vnode_statefulset(gamma, "worker-0", 4, pool)
+        )
+
         async def pod_counted() -> bool:
             return await gpus_in_use(service, node) == 4
 
@@ -279,6 +328,54 @@ async def test_pods_on_a_node_count_and_a_clusters_own_vnode_pods_are_not_counte
             "an answer for delta",
         )
         assert answer[0].type == ClusterScheduled.subject, answer[0].data
+
+
+async def test_a_vnode_grown_in_place_keeps_its_whole_booking_while_its_smaller_pod_runs(
+    nats_url: str, js: JetStreamContext, kube_api: client.ApiClient, kube_config_path: Path, namespace: str, pool: Pool
+) -> None:
+    core, apps = client.CoreV1Api(kube_api), client.AppsV1Api(kube_api)
+    node = pool.nodes[0]
+    async with running_scheduler(nats_url, kube_config_path, pool) as service:
+        recorder, publisher = await recording(js)
+        small = cluster(namespace, "grow", 2, pool)
+        await publisher.publish(small)
+        await recorder.next(ClusterScheduled.subject, small.cluster_id)
+
+        # Its vNode pod runs on the node with 2 GPUs, made by a real StatefulSet.
+        await apps.create_namespaced_stateful_set(namespace, vnode_statefulset(small, "worker-0", 2, pool))
+        pod = pod_name("grow", "worker-0")
+
+        async def running() -> bool:
+            try:
+                found = await core.read_namespaced_pod(pod, namespace)
+            except ApiException:
+                return False
+            return found.spec.node_name == node and found.status.phase == "Running"
+
+        await eventually(running, "the 2-GPU vNode pod to run", timeout=60)
+
+        async def in_use(gpus: int) -> bool:
+            return await gpus_in_use(service, node) == gpus
+
+        await eventually(lambda: in_use(2), "the vNode pod in the inventory")
+
+        # Grown to 8 GPUs in place: the same host, and all 8 held while the 2-GPU pod still runs.
+        grown_spec = cluster(namespace, "grow", 8, pool).data.spec
+        grown = small.follow(
+            ClusterUpdated(name="grow", namespace=namespace, spec=grown_spec, uid=small.data.uid, generation=2),
+            now=datetime.now(UTC),
+        )
+        await publisher.publish(grown)
+        placed = await recorder.next(ClusterScheduled.subject, small.cluster_id, after=1)
+        assert placed.data.generation == 2
+        assert [(p.host_node, p.gpus) for p in placed.data.placements][1] == (node, 8)
+
+        # Another cluster asking for the 6 GPUs not in use yet is refused: they are booked.
+        other = cluster(namespace, "other", 6, pool)
+        await publisher.publish(other)
+        refused = await recorder.next(ClusterUnschedulable.subject, other.cluster_id)
+        assert refused.data.vnodes[0].reason.startswith("needs 6 nvidia.com/gpu; no node has a free GPU"), refused
+        assert recorder.of(ClusterScheduled.subject, other.cluster_id) == []
 
 
 async def test_metrics_name_the_gpus_of_each_node(
