@@ -907,7 +907,9 @@ def reservation_for(
 
 
 def scheduled_event(cause: Envelope, reservation: Reservation, now: datetime) -> Envelope[ClusterScheduled]:
-    data = ClusterScheduled(generation=reservation.generation, placements=reservation.placements())
+    data = ClusterScheduled(
+        generation=reservation.generation, placements=reservation.placements(), uid=reservation.uid
+    )
     return cause.follow(data, now=now)
 
 
