@@ -49,6 +49,7 @@ async def scheduler_service(
             synced=synced,
             capacity_grew=capacity_grew,
             hold_s=settings.hold_s,
+            head_protection_s=settings.head_protection_s,
             commit_attempts=settings.commit_attempts,
             sync_timeout_s=settings.sync_timeout_s,
             clock=clock,

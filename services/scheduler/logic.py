@@ -398,6 +398,7 @@ class PlacementRequest:
     spread_zones: bool = False
     kept_zones: tuple[str | None, ...] = ()  # zones of the cluster's vNodes that keep their place
     preferred: Mapping[str, str] = field(default_factory=dict)  # vNode -> host it ran on
+    excluded: frozenset[str] = frozenset()  # nodes kept for the head of the pending queue
 
 
 def vnode_request(node: NodeSpec, spec: Vk8sSpec) -> VNodeRequest:
@@ -429,7 +430,7 @@ class Placement:
     assignments: tuple[Assignment, ...]  # in request order
 
 
-# Every VNodeReason.code the placement search gives.
+# Every VNodeReason.code the placement search (and the head-of-queue protection) gives.
 UNSCHEDULABLE_REASONS = (
     "NoSchedulableNodes",
     "NoGpuNodes",
@@ -438,6 +439,7 @@ UNSCHEDULABLE_REASONS = (
     "GpusExceedNodeSize",
     "InsufficientGpus",
     "InsufficientCpuMemory",
+    "BehindHeadOfQueue",  # fits, but on nodes kept for the head of the pending queue
 )
 
 
@@ -501,6 +503,55 @@ def place(request: PlacementRequest, inventory: Inventory) -> Placement | Unsche
     return Placement(tuple(assignments))
 
 
+def _could_hold(key: GroupKey, vnode: VNodeRequest) -> bool:
+    """Whether nodes of the group could ever hold the vNode: GPU count, model, taints."""
+    return (
+        (not vnode.resources.gpus or key.gpu_capacity >= vnode.resources.gpus)
+        and (vnode.gpu_model is None or key.gpu_model == vnode.gpu_model)
+        and tolerated(key.taints, vnode.tolerations)
+    )
+
+
+def nodes_awaited(request: PlacementRequest, inventory: Inventory) -> frozenset[str]:
+    """The nodes a cluster at the head of the pending queue waits on: for each vNode (largest
+    first) the eligible node that could hold it once emptied, preferring a node already chosen
+    for the cluster, then the most free now (GPUs first for a GPU vNode). Kept from other
+    clusters, they fill up for the head as their pods and bookings go away."""
+    chosen: dict[str, Resources] = {}
+    order = sorted(request.vnodes, key=lambda v: (-v.resources.gpus, -v.resources.cpu_millis, v.name))
+    for vnode in order:
+        best: str | None = None
+        best_free: tuple[bool, int, int, int] | None = None
+        for group in inventory._groups.values():
+            if not _could_hold(group.key, vnode):
+                continue
+            for bucket in group.buckets.values():
+                for name in bucket:
+                    planned = chosen.get(name, NOTHING)
+                    host = inventory._nodes[name]
+                    if not (host.allocatable - planned).covers(vnode.resources):
+                        continue
+                    free = inventory._free[name] - planned
+                    gpus = free.gpus if vnode.resources.gpus else 0
+                    rank = (name in chosen, gpus, free.cpu_millis, free.memory_bytes)
+                    if best_free is None or rank > best_free:
+                        best, best_free = name, rank
+        if best is not None:
+            chosen[best] = chosen.get(best, NOTHING) + vnode.resources
+    return frozenset(chosen)
+
+
+def behind_head(decision: Unschedulable, head: str, since: datetime, nodes: frozenset[str]) -> Unschedulable:
+    """The reasons of a cluster that would fit but for the nodes kept for the head of the queue."""
+    shown = ", ".join(sorted(nodes)[:3]) + (f" and {len(nodes) - 3} more" if len(nodes) > 3 else "")
+    text = (
+        f"fits, but waits behind {head} (pending since {since.isoformat(timespec='seconds')}), "
+        f"the oldest waiting cluster, which has the nodes it waits on kept for it ({shown})"
+    )
+    reasons = tuple(VNodeReason(r.vnode, "BehindHeadOfQueue", text) for r in decision.reasons)
+    return Unschedulable(reasons, decision.vnodes_total)
+
+
 class _Search:
     """One gang placement: trial usage of the gang on top of the inventory, never written to it."""
 
@@ -529,13 +580,7 @@ class _Search:
         signature = (vnode.resources.gpus > 0, vnode.gpu_model, vnode.tolerations)
         groups = self._eligible.get(signature)
         if groups is None:
-            groups = [
-                g
-                for g in self._inv._groups.values()
-                if (not vnode.resources.gpus or g.key.gpu_capacity >= vnode.resources.gpus)
-                and (vnode.gpu_model is None or g.key.gpu_model == vnode.gpu_model)
-                and tolerated(g.key.taints, vnode.tolerations)
-            ]
+            groups = [g for g in self._inv._groups.values() if _could_hold(g.key, vnode)]
             self._eligible[signature] = groups
         return groups
 
@@ -547,7 +592,7 @@ class _Search:
     def _preferred(self, vnode: VNodeRequest, groups: list[_Group]) -> str | None:
         name = self._request.preferred.get(vnode.name)
         indexed = self._inv._indexed.get(name) if name is not None else None
-        if indexed is None or not any(g.key == indexed[0] for g in groups):
+        if indexed is None or name in self._request.excluded or not any(g.key == indexed[0] for g in groups):
             return None
         # Where the vNode's pod runs already, what that pod takes is its own to keep.
         own = self._inv.vnode_pods_on(name, (self._request.uid, vnode.name))
@@ -593,6 +638,7 @@ class _Search:
                     best, best_rank = name, rank
         free_of = self._inv._free
         taken = self._taken
+        excluded = self._request.excluded
         for group in groups:
             # The group's lowest bucket with a node that fits is its best; the best group wins.
             for bucket in sorted(group.buckets):
@@ -601,7 +647,14 @@ class _Search:
                     continue
                 if best_rank is not None and rank >= best_rank:
                     break
-                found = next((n for n in group.buckets[bucket] if n not in taken and free_of[n].covers(need)), None)
+                found = next(
+                    (
+                        n
+                        for n in group.buckets[bucket]
+                        if n not in taken and n not in excluded and free_of[n].covers(need)
+                    ),
+                    None,
+                )
                 if found is not None:
                     best, best_rank = found, rank
                     break
@@ -834,6 +887,13 @@ class PendingCluster(_Record):
     message: str
     subject: str
     event: str
+
+
+def head_of_queue(pending: Iterable[PendingCluster], now: datetime, after: timedelta) -> PendingCluster | None:
+    """The oldest pending cluster once it has waited `after`: from then on the nodes it waits on
+    are kept from clusters behind it (else a stream of small clusters starves a big one)."""
+    waiting = [p for p in pending if now - p.since >= after]
+    return min(waiting, key=lambda p: (p.since, p.cluster_id), default=None)
 
 
 def plan(

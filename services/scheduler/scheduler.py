@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -32,6 +33,9 @@ from services.scheduler.logic import (
     Reservation,
     ReservationState,
     Unschedulable,
+    behind_head,
+    head_of_queue,
+    nodes_awaited,
     place,
     plan,
     reservation_for,
@@ -86,6 +90,7 @@ class Scheduler:
         synced: tuple[asyncio.Event, ...],
         capacity_grew: asyncio.Event,
         hold_s: float,
+        head_protection_s: float,
         commit_attempts: int,
         sync_timeout_s: float,
         clock: Clock,
@@ -96,6 +101,7 @@ class Scheduler:
         self._synced = synced
         self._capacity_grew = capacity_grew
         self._hold = timedelta(seconds=hold_s)
+        self._head_protection = timedelta(seconds=head_protection_s)
         self._attempts = commit_attempts
         self._sync_timeout_s = sync_timeout_s
         self._clock = clock
@@ -159,10 +165,19 @@ class Scheduler:
             return None
 
         request, kept = plan(ask.cluster_id, ask.uid, ask.spec, current, self._inventory)
+        now = self._clock()
+        head = self._head_waiting(ask.cluster_id, now)
+        if head is not None:
+            request = dataclasses.replace(request, excluded=head[1])
         started = time.perf_counter()
         decision = place(request, self._inventory) if request.vnodes else Placement(())
         self._metrics.placement_seconds.observe(time.perf_counter() - started)
-        now = self._clock()
+        if (
+            isinstance(decision, Unschedulable)
+            and head is not None
+            and isinstance(place(dataclasses.replace(request, excluded=frozenset()), self._inventory), Placement)
+        ):
+            decision = behind_head(decision, head[0].cluster_id, head[0].since, head[1])
         if isinstance(decision, Unschedulable):
             await self._remember(ask, decision, now)
             return decision
@@ -190,6 +205,22 @@ class Scheduler:
             kept=len(kept),
         )
         return Scheduled(reservation)
+
+    def _head_waiting(self, asking: str, now: datetime) -> tuple[PendingCluster, frozenset[str]] | None:
+        """The head of the pending queue, if it waited long enough and is another cluster, and the
+        nodes kept for it."""
+        head = head_of_queue(self._ledger.pending(), now, self._head_protection)
+        if head is None or head.cluster_id == asking:
+            return None
+        try:
+            spec = ClusterAsk.from_event(REGISTRY.decode(head.subject, head.event.encode())).spec
+        except InvalidEvent:
+            return None  # dropped by the next retry, which says why
+        previous = next(
+            (r for r in self._ledger.reservations() if r.cluster_id == head.cluster_id and r.uid == head.uid), None
+        )
+        request, _ = plan(head.cluster_id, head.uid, spec, previous, self._inventory)
+        return head, nodes_awaited(request, self._inventory)
 
     async def _book(self, reservation: Reservation, previous: Reservation | None) -> bool:
         """Books the reservation's vNodes, replacing the bookings of `previous`; all or none."""

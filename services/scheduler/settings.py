@@ -39,6 +39,12 @@ class SchedulerSettings(ServiceSettings):
     commit_attempts: int = Field(
         default=8, ge=1, description="Placements tried per request when other schedulers take the capacity first."
     )
+    head_protection_s: float = Field(
+        default=600.0,
+        gt=0,
+        description="Once the oldest pending cluster has waited this long, the nodes it waits on are kept "
+        "from every other cluster until it is placed (clusters are retried oldest first).",
+    )
     sync_timeout_s: float = Field(
         default=30.0, gt=0, description="How long an event waits for the inventory and ledger to be loaded."
     )

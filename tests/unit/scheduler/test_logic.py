@@ -10,6 +10,7 @@ import pytest
 from services.scheduler.logic import (
     Booking,
     Inventory,
+    PendingCluster,
     Placement,
     PodUsage,
     Reservation,
@@ -18,6 +19,8 @@ from services.scheduler.logic import (
     Taint,
     Toleration,
     Unschedulable,
+    head_of_queue,
+    nodes_awaited,
     place,
     plan,
     reservation_for,
@@ -563,3 +566,45 @@ def test_a_vnode_whose_pod_runs_on_a_full_node_is_placed_there_again() -> None:
     assert hosts == {"w1": "home", "w2": "home"}
     mine = {("uid-a", v): Booking("uid-a", "team/a", v, r) for v, r in (("w1", Resources(8, 4000, 16 * GI, 1)),)}
     assert inv.admits("home", mine, "uid-a")  # covered by its pod, so it adds nothing
+
+
+# -- the head of the pending queue ---------------------------------------------------------------
+
+
+def pending(cluster_id: str, waited_s: float) -> PendingCluster:
+    return PendingCluster(
+        cluster_id=cluster_id, uid=f"uid-{cluster_id}", generation=1, since=NOW - timedelta(seconds=waited_s),
+        message="does not fit", subject="cluster.accepted", event="{}",
+    )  # fmt: skip
+
+
+def test_the_head_of_the_queue_is_the_oldest_once_it_waited_past_the_bound() -> None:
+    queue = [pending("team/b", 700), pending("team/a", 900), pending("team/c", 60)]
+
+    assert head_of_queue(queue, NOW, timedelta(minutes=10)).cluster_id == "team/a"  # type: ignore[union-attr]
+    assert head_of_queue(queue, NOW, timedelta(minutes=20)) is None
+    assert head_of_queue([], NOW, timedelta(0)) is None
+
+
+def test_the_head_waits_on_the_nodes_closest_to_fitting_it_and_keeps_its_gang_together() -> None:
+    inv = inventory(host("n1"), host("n2"), host("n3"), host("l4", model="L4"))
+    booked(inv, "n1", 6)
+    booked(inv, "n2", 3)
+    booked(inv, "n3", 7)
+
+    awaited = nodes_awaited(gang(vnode("master", role="master"), vnode("w0", 8), vnode("w1", 8, model="A100")), inv)
+
+    # Each needs a whole node: w0 any model (l4, all free), w1 an A100 (n2, the most free of
+    # them); the master joins one of theirs rather than hold a third node.
+    assert awaited == {"l4", "n2"}
+    assert nodes_awaited(gang(vnode("w1", 8, model="A100"), vnode("w2", 8, model="A100")), inv) == {"n1", "n2"}
+
+
+def test_excluded_nodes_are_left_alone() -> None:
+    inv = inventory(host("n1"), host("n2"))
+    booked(inv, "n1", 6)
+
+    assert hosts_of(place(gang(vnode("w", 2)), inv)) == {"w": "n1"}
+    assert hosts_of(place(gang(vnode("w", 2), excluded=frozenset({"n1"})), inv)) == {"w": "n2"}
+    assert hosts_of(place(gang(vnode("w", 2), preferred={"w": "n1"}, excluded=frozenset({"n1"})), inv)) == {"w": "n2"}
+    assert isinstance(place(gang(vnode("w", 2), excluded=frozenset({"n1", "n2"})), inv), Unschedulable)
