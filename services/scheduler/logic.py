@@ -27,15 +27,17 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
-from libs.api.models import GPU_RESOURCE, NodeSpec, Vk8sSpec
+from libs.api.models import GPU_RESOURCE, GROUP, NodeSpec, Vk8sSpec
 from libs.api.models import Toleration as TolerationSpec
 from libs.events.catalog import ClusterScheduled, ClusterUnschedulable, VNodePlacement, VNodeUnschedulable
 from libs.events.envelope import Envelope
+from libs.kube import vnodes as vnode_names
+from libs.kube.objects import owner_reference
 
 HARD_EFFECTS = frozenset({"NoSchedule", "NoExecute"})
 
@@ -147,12 +149,14 @@ BookingKey = tuple[str, str]
 @dataclass(frozen=True, slots=True)
 class PodUsage:
     """A pod bound to a node, not Succeeded/Failed: its requests are taken from the node.
-    `vnode` is set only for the pod the vNode stage made for that vNode of that cluster uid
-    (the adapter checks its name and owner, not just labels a tenant could copy)."""
+    `vnode` is set only for the pod the vNode stage made for that vNode of that cluster uid, or
+    for the scheduler's placeholder of it (`placeholder`); the adapter checks name and owner, not
+    just labels a tenant could copy."""
 
     node: str
     requests: Resources
     vnode: BookingKey | None = None
+    placeholder: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,10 +210,12 @@ class Inventory:
     def __init__(self) -> None:
         self._nodes: dict[str, HostNode] = {}
         self._pods: dict[str, PodUsage] = {}
-        self._pod_used: dict[str, Resources] = {}
+        self._pod_used: dict[str, Resources] = {}  # every pod, placeholders included
+        self._placeholder_used: dict[str, Resources] = {}
         # node -> (cluster uid, vNode) -> requests of its pods bound there (`pods` counts them)
         self._vnode_pods: dict[str, dict[BookingKey, Resources]] = {}
         self._vnode_hosts: dict[str, dict[str, str]] = {}  # cluster uid -> vNode -> node of its pod
+        self._own_pods: Counter[tuple[str, BookingKey]] = Counter()  # (node, vNode) -> its own pods there
         self._bookings: dict[str, dict[BookingKey, Booking]] = {}
         self._free: dict[str, Resources] = {}
         self._groups: dict[GroupKey, _Group] = {}
@@ -241,7 +247,13 @@ class Inventory:
             if usage.vnode is not None:
                 bound = self._vnode_pods.setdefault(usage.node, {})
                 bound[usage.vnode] = bound.get(usage.vnode, NOTHING) + usage.requests
-                self._vnode_hosts.setdefault(usage.vnode[0], {})[usage.vnode[1]] = usage.node
+                if usage.placeholder:
+                    self._placeholder_used[usage.node] = (
+                        self._placeholder_used.get(usage.node, NOTHING) + usage.requests
+                    )
+                else:
+                    self._own_pods[(usage.node, usage.vnode)] += 1
+                    self._vnode_hosts.setdefault(usage.vnode[0], {})[usage.vnode[1]] = usage.node
         grew = False
         for node in {p.node for p in (previous, usage) if p is not None}:
             grew |= self._refresh(node)
@@ -249,6 +261,9 @@ class Inventory:
 
     def pod_keys(self) -> set[str]:
         return set(self._pods)
+
+    def has_pod(self, key: str) -> bool:
+        return key in self._pods
 
     def node_names(self) -> set[str]:
         return set(self._nodes)
@@ -259,8 +274,15 @@ class Inventory:
         remaining = bound[pod.vnode] - pod.requests
         if remaining.pods > 0:
             bound[pod.vnode] = remaining
+        else:
+            del bound[pod.vnode]
+        if pod.placeholder:
+            self._placeholder_used[pod.node] = self._placeholder_used[pod.node] - pod.requests
             return
-        del bound[pod.vnode]
+        self._own_pods[(pod.node, pod.vnode)] -= 1
+        if self._own_pods[(pod.node, pod.vnode)] > 0:
+            return
+        del self._own_pods[(pod.node, pod.vnode)]
         hosts = self._vnode_hosts.get(pod.vnode[0], {})
         if hosts.get(pod.vnode[1]) == pod.node:
             del hosts[pod.vnode[1]]
@@ -309,7 +331,8 @@ class Inventory:
         return self._free.get(name)
 
     def in_use(self, name: str) -> Resources:
-        return self._pod_used.get(name, NOTHING)
+        """What pods take on the node, placeholders aside (they hold bookings: `reserved`)."""
+        return self._pod_used.get(name, NOTHING) - self._placeholder_used.get(name, NOTHING)
 
     def reserved(self, name: str) -> Resources:
         """Booked resources not yet covered by a vNode pod on the node."""
@@ -961,6 +984,67 @@ def reservation_for(
         expires_at=None if everything_confirmed else now + hold,
         vnodes=vnodes,
     )
+
+
+# -- placeholder pods --------------------------------------------------------------------------
+
+HOLDS_ANNOTATION = f"{GROUP}/holds"
+
+
+def namespace_and_name(cluster_id: str) -> tuple[str, str]:
+    namespace, name = cluster_id.split("/", 1)
+    return namespace, name
+
+
+def placeholders_wanted(reservation: Reservation, inventory: Inventory) -> list[ReservedVNode]:
+    """The booked vNodes whose own pod is not on their host yet: a placeholder pod holds their
+    resources there, so kube-scheduler puts no other pod in the room kept for them."""
+    running = inventory.vnode_hosts(reservation.uid)
+    return [v for v in reservation.active() if running.get(v.vnode) != v.host_node]
+
+
+def placeholder_pod(reservation: Reservation, vnode: ReservedVNode, image: str) -> dict[str, Any]:
+    """A pod doing nothing, pinned to the vNode's host with the vNode's requests, owned by the Vk8s
+    object. It tolerates every taint: the host was chosen for the vNode. Its finalizer keeps it
+    (and its room, to kube-scheduler) after the vnode stage deletes it, until the scheduler sees
+    the vNode pod on the host or the booking goes."""
+    namespace, name = namespace_and_name(reservation.cluster_id)
+    requests = {"cpu": f"{vnode.cpu_millis}m", "memory": str(vnode.memory_bytes)}
+    if vnode.gpus:
+        requests[GPU_RESOURCE] = str(vnode.gpus)
+    owner = owner_reference({"metadata": {"name": name, "uid": reservation.uid}})
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": vnode_names.placeholder_name(name, vnode.vnode),
+            "namespace": namespace,
+            "labels": {
+                vnode_names.APP_LABEL: vnode_names.APP,
+                vnode_names.CLUSTER_LABEL: name,
+                vnode_names.VNODE_LABEL: vnode.vnode,
+                vnode_names.CLUSTER_UID_LABEL: reservation.uid,
+                vnode_names.COMPONENT_LABEL: vnode_names.PLACEHOLDER_COMPONENT,
+            },
+            # What it holds, to tell a placeholder left from an earlier placement from the wanted one.
+            "annotations": {HOLDS_ANNOTATION: holds(vnode)},
+            # Not blocking the owner's deletion: that would need rights on the Vk8s finalizers.
+            "ownerReferences": [{**owner, "blockOwnerDeletion": False}],
+            "finalizers": [vnode_names.PLACEHOLDER_FINALIZER],
+        },
+        "spec": {
+            "nodeName": vnode.host_node,
+            "automountServiceAccountToken": False,
+            "enableServiceLinks": False,
+            "terminationGracePeriodSeconds": 0,
+            "tolerations": [{"operator": "Exists"}],
+            "containers": [{"name": "hold", "image": image, "resources": {"requests": requests, "limits": requests}}],
+        },
+    }
+
+
+def holds(vnode: ReservedVNode) -> str:
+    return f"{vnode.host_node}/{vnode.gpus}/{vnode.cpu_millis}m/{vnode.memory_bytes}"
 
 
 # -- events ------------------------------------------------------------------------------------

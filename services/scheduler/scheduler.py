@@ -25,6 +25,7 @@ from libs.events import REGISTRY, Envelope, InvalidEvent, TransientError
 from libs.events.catalog import ClusterAccepted, ClusterUpdated
 from services.scheduler.adapters.ledger import Ledger
 from services.scheduler.adapters.metrics import SchedulerMetrics
+from services.scheduler.adapters.placeholders import PlaceholderPods
 from services.scheduler.logic import (
     BookingKey,
     Inventory,
@@ -37,6 +38,7 @@ from services.scheduler.logic import (
     head_of_queue,
     nodes_awaited,
     place,
+    placeholders_wanted,
     plan,
     reservation_for,
     scheduled_event,
@@ -94,6 +96,7 @@ class Scheduler:
         commit_attempts: int,
         sync_timeout_s: float,
         clock: Clock,
+        placeholders: PlaceholderPods | None = None,
     ):
         self._inventory = inventory
         self._ledger = ledger
@@ -106,6 +109,7 @@ class Scheduler:
         self._sync_timeout_s = sync_timeout_s
         self._clock = clock
         self._lock = asyncio.Lock()
+        self._placeholders = placeholders  # None: bookings stay in the ledger only
         self._suspects: set[tuple[str, str]] = set()
 
     async def _wait_synced(self) -> None:
@@ -158,6 +162,7 @@ class Scheduler:
         ):
             # Placed before (a redelivery, or another replica's retry): make sure it is all booked.
             if await self._book(current, previous=None):
+                await self._hold_places(current, previous=None)
                 if forget_pending:
                     await self._ledger.delete_pending(ask.cluster_id)
                 return Scheduled(current)
@@ -196,6 +201,7 @@ class Scheduler:
             else:
                 await self._ledger.delete_reservation(ask.cluster_id, written)
             return None
+        await self._hold_places(reservation, previous=current)
         if forget_pending:
             await self._ledger.delete_pending(ask.cluster_id)
         log.info(
@@ -243,7 +249,26 @@ class Scheduler:
         for node in sorted(reservation.hosts()):
             remaining = keep.bookings_on(node) if keep is not None else {}
             await self._ledger.replace_bookings(node, reservation.uid, remaining, admit=False)
+        kept = {v.vnode for v in keep.active()} if keep is not None else set()
+        await self._release_places(reservation, [v.vnode for v in reservation.active() if v.vnode not in kept])
         self._capacity_grew.set()
+
+    async def _hold_places(self, reservation: Reservation, previous: Reservation | None) -> None:
+        """Placeholder pods for the booked vNodes not running yet; those of vNodes the cluster no
+        longer has go."""
+        if self._placeholders is None:
+            return
+        for vnode in placeholders_wanted(reservation, self._inventory):
+            await self._placeholders.hold(reservation, vnode)
+        if previous is not None and previous.uid == reservation.uid:
+            wanted = {v.vnode for v in reservation.vnodes}
+            await self._release_places(previous, [v.vnode for v in previous.vnodes if v.vnode not in wanted])
+
+    async def _release_places(self, reservation: Reservation, vnodes: list[str]) -> None:
+        if self._placeholders is None:
+            return
+        for vnode in vnodes:
+            await self._placeholders.release(reservation.cluster_id, (reservation.uid, vnode))
 
     async def _drop(self, reservation: Reservation, revision: int) -> bool:
         await self._unbook(reservation)

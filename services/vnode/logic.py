@@ -41,8 +41,11 @@ from libs.kube.vnodes import (
     APP_LABEL,
     CLUSTER_LABEL,
     CLUSTER_UID_LABEL,
+    COMPONENT_LABEL,
+    VNODE_COMPONENT,
     VNODE_LABEL,
     bounded,
+    placeholder_name,
     pod_name,
     statefulset_name,
 )
@@ -50,8 +53,6 @@ from services.vnode.settings import VNodeSettings
 
 ROLE_LABEL = "role"
 ISTIO_INJECT_LABEL = "sidecar.istio.io/inject"
-COMPONENT_LABEL = f"{GROUP}/component"
-VNODE_COMPONENT = "vnode"
 ACCESS_COMPONENT = "access"
 RETAIN_VOLUMES_ANNOTATION = f"{GROUP}/retain-volumes"
 SELECTED_NODE_ANNOTATION = "volume.kubernetes.io/selected-node"
@@ -284,11 +285,14 @@ class ObjectRef:
 
 @dataclass(frozen=True)
 class Plan:
-    """Objects to apply (in order) and objects that should no longer exist, in one namespace."""
+    """Objects to apply (in order) and objects that should no longer exist, in one namespace.
+    `placeholders`: the scheduler's placeholder pods to delete before applying, so the vNode pods
+    pinned to those hosts find the resources free."""
 
     namespace: str
     apply: tuple[dict[str, Any], ...]
     delete: tuple[ObjectRef, ...]
+    placeholders: tuple[str, ...] = ()
 
 
 def clashes(record: ClusterRecord, current: Iterable[CurrentStatefulSet]) -> list[str]:
@@ -341,7 +345,8 @@ def plan(record: ClusterRecord, current: Iterable[CurrentStatefulSet], settings:
         objects += [access_deployment(record, master, replicas, settings), access_service(record, settings)]
     else:
         deletes += [ObjectRef("Deployment", access_name(record.name)), ObjectRef("Service", access_name(record.name))]
-    return Plan(namespace=record.namespace, apply=tuple(objects), delete=tuple(deletes))
+    placeholders = tuple(placeholder_name(record.name, vnode.node.name) for vnode in placed) if replicas else ()
+    return Plan(namespace=record.namespace, apply=tuple(objects), delete=tuple(deletes), placeholders=placeholders)
 
 
 def _metadata(record: ClusterRecord, name: str, labels: Mapping[str, str]) -> dict[str, Any]:

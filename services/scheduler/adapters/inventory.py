@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from decimal import Decimal
 from typing import Any
 
@@ -18,8 +18,9 @@ from kubernetes.aio import client
 
 from libs.api.models import GPU_RESOURCE
 from libs.api.quantity import QuantityError, parse_quantity
-from libs.kube import ApiClient, watch_objects
-from libs.kube.vnodes import APP, APP_LABEL, CLUSTER_LABEL, CLUSTER_UID_LABEL, VNODE_LABEL, pod_name, statefulset_name
+from libs.events.envelope import cluster_id_of
+from libs.kube import ApiClient, vnodes, watch_objects
+from libs.kube.objects import KIND
 from services.scheduler.logic import BookingKey, HostNode, Inventory, PodUsage, Resources, Taint
 
 log = structlog.get_logger(__name__)
@@ -116,21 +117,49 @@ def vnode_of(pod: client.V1Pod) -> BookingKey | None:
     are not enough: a tenant's pod can carry them. A pod cannot take the name of the vNode's own
     pod while that pod exists, so a look-alike can at most keep the vNode from starting, and covers
     no more of the booking than it takes itself."""
-    labels = pod.metadata.labels or {}
-    cluster, vnode, uid = labels.get(CLUSTER_LABEL), labels.get(VNODE_LABEL), labels.get(CLUSTER_UID_LABEL)
-    if labels.get(APP_LABEL) != APP or not cluster or not vnode or not uid:
+    if (pod.metadata.labels or {}).get(vnodes.APP_LABEL) != vnodes.APP:
         return None
-    if pod.metadata.name != pod_name(cluster, vnode):
+
+    def its_statefulset(owner: client.V1OwnerReference, cluster: str, vnode: str, uid: str) -> bool:
+        return owner.kind == "StatefulSet" and owner.name == vnodes.statefulset_name(cluster, vnode)
+
+    return _identity(pod, vnodes.pod_name, its_statefulset)
+
+
+def placeholder_of(pod: client.V1Pod) -> BookingKey | None:
+    """(cluster uid, vNode) when the pod is the scheduler's placeholder of that vNode: named for it,
+    labelled as one, and controlled by the Vk8s object of that uid."""
+    if (pod.metadata.labels or {}).get(vnodes.COMPONENT_LABEL) != vnodes.PLACEHOLDER_COMPONENT:
+        return None
+
+    def its_vk8s(owner: client.V1OwnerReference, cluster: str, vnode: str, uid: str) -> bool:
+        return owner.kind == KIND and owner.uid == uid
+
+    return _identity(pod, vnodes.placeholder_name, its_vk8s)
+
+
+def _identity(
+    pod: client.V1Pod,
+    expected_name: Callable[[str, str], str],
+    owned: Callable[[client.V1OwnerReference, str, str, str], bool],
+) -> BookingKey | None:
+    """(uid, vNode) from the pod's labels, if its name is `expected_name(cluster, vNode)` and its
+    controller is `owned(owner, cluster, vNode, uid)`."""
+    labels = pod.metadata.labels or {}
+    cluster = labels.get(vnodes.CLUSTER_LABEL)
+    vnode = labels.get(vnodes.VNODE_LABEL)
+    uid = labels.get(vnodes.CLUSTER_UID_LABEL)
+    if not cluster or not vnode or not uid or pod.metadata.name != expected_name(cluster, vnode):
         return None
     owner = next((o for o in pod.metadata.owner_references or () if o.controller), None)
-    if owner is None or owner.kind != "StatefulSet" or owner.name != statefulset_name(cluster, vnode):
-        return None
-    return (uid, vnode)
+    return (uid, vnode) if owner is not None and owned(owner, cluster, vnode, uid) else None
 
 
 def pod_usage(pod: client.V1Pod) -> PodUsage | None:
     if not pod.spec.node_name or (pod.status is not None and pod.status.phase in ("Succeeded", "Failed")):
         return None
+    if placeholder := placeholder_of(pod):
+        return PodUsage(pod.spec.node_name, pod_requests(pod), placeholder, placeholder=True)
     return PodUsage(pod.spec.node_name, pod_requests(pod), vnode_of(pod))
 
 
@@ -148,11 +177,14 @@ class KubeInventory:
         *,
         node_selector: str = "",
         on_growth: Callable[[], None],
+        on_vnode_pod: Callable[[str, BookingKey], Awaitable[None]] | None = None,
     ):
+        """`on_vnode_pod(cluster id, vNode)` runs when a vNode pod is first seen bound to a node."""
         self._core = client.CoreV1Api(api)
         self._inventory = inventory
         self._node_selector = node_selector
         self._on_growth = on_growth
+        self._on_vnode_pod = on_vnode_pod
         self.nodes_synced = asyncio.Event()
         self.pods_synced = asyncio.Event()
 
@@ -184,7 +216,10 @@ class KubeInventory:
             if event.object is not None:
                 key = _pod_key(event.object)
                 usage = None if event.type == "DELETED" else pod_usage(event.object)
+                appeared = usage is not None and not self._inventory.has_pod(key)
                 grew = self._inventory.upsert_pod(key, usage)
+                if appeared and usage is not None and usage.vnode is not None and not usage.placeholder:
+                    await self._displace_placeholder(event.object.metadata, usage.vnode)
                 if event.type == "SYNC":
                     seen.add(key)
             if event.synced:
@@ -194,6 +229,17 @@ class KubeInventory:
                 self._settle(self.pods_synced, "pods")
             if grew:
                 self._on_growth()
+
+    async def _displace_placeholder(self, metadata: client.V1ObjectMeta, vnode: BookingKey) -> None:
+        """A vNode pod is bound: its placeholder goes, finalizer and all (the vnode stage deleted it
+        before starting the pod; the finalizer kept its room counted until now)."""
+        if self._on_vnode_pod is None:
+            return
+        cluster_id = cluster_id_of(metadata.namespace, (metadata.labels or {})[vnodes.CLUSTER_LABEL])
+        try:
+            await self._on_vnode_pod(cluster_id, vnode)
+        except Exception:  # noqa: BLE001 - the next event of the pod tries again; the watch goes on
+            log.exception("Deleting a displaced placeholder pod failed", cluster_id=cluster_id, vnode=vnode[1])
 
     @staticmethod
     def _settle(synced: asyncio.Event, what: str) -> None:

@@ -2,15 +2,28 @@
 
 from __future__ import annotations
 
+import json
+from datetime import UTC, datetime
+
 import pytest
 from kubernetes.aio import client
 
 from services.scheduler.adapters.inventory import DEFAULT_MAX_PODS, host_node, pod_requests, pod_usage
 from services.scheduler.adapters.ledger import cluster_key, decode_bookings, encode_bookings, node_key
-from services.scheduler.logic import Booking, Resources, Taint
+from services.scheduler.logic import (
+    Booking,
+    PodUsage,
+    Reservation,
+    ReservationState,
+    ReservedVNode,
+    Resources,
+    Taint,
+    placeholder_pod,
+)
 from services.scheduler.settings import SchedulerSettings
 
 GI = 1 << 30
+NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 
 
 def v1_node(
@@ -154,6 +167,25 @@ def test_other_pods_cover_no_booking(
 
     assert usage is not None and usage.vnode is None
     assert usage.requests.gpus == 4  # it still takes its GPUs from the node
+
+
+def test_a_placeholder_is_told_by_its_name_label_and_owner() -> None:
+    reservation = Reservation(
+        cluster_id="team/team-a", uid="uid-a", generation=1, state=ReservationState.HELD, placed_at=NOW,
+        vnodes=(ReservedVNode(vnode="worker-1", role="worker", host_node="gpu-node-1", gpus=4, cpu_millis=8000,
+                              memory_bytes=32 * GI),),
+    )  # fmt: skip
+    body = placeholder_pod(reservation, reservation.vnodes[0], "pause:1")
+    pod = client.ApiClient().deserialize(json.dumps(body), "V1Pod", None)
+    pod.status = client.V1PodStatus(phase="Running")
+
+    usage = pod_usage(pod)
+
+    assert usage == PodUsage("gpu-node-1", Resources(4, 8000, 32 * GI, 1), ("uid-a", "worker-1"), placeholder=True)
+    assert body["metadata"]["name"] == "team-a-worker-1-hold"
+    assert body["metadata"]["finalizers"] == ["vk8s.skt.co.kr/placeholder"]
+    pod.metadata.owner_references[0].uid = "uid-other"  # another object's: just a pod
+    assert pod_usage(pod) == PodUsage("gpu-node-1", Resources(4, 8000, 32 * GI, 1))
 
 
 def test_bookings_round_trip_through_the_wire_format() -> None:

@@ -235,6 +235,13 @@ def test_objects_no_longer_asked_for_are_deleted() -> None:
 def test_paused_cluster_has_zero_replicas() -> None:
     plan = logic.plan(record(paused=True, scaled_up=False), [], SETTINGS)
     assert {body["spec"]["replicas"] for body in plan.apply if "replicas" in body["spec"]} == {0}
+    assert plan.placeholders == ()  # the scheduler's placeholders keep holding the room
+
+
+def test_the_schedulers_placeholders_go_before_the_vnode_pods_start() -> None:
+    plan = logic.plan(record(workers=1), [], SETTINGS)
+
+    assert plan.placeholders == ("team-a-master-hold", "team-a-worker-0-hold")
 
 
 def test_name_taken_by_another_cluster_is_refused() -> None:
