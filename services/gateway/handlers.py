@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
@@ -47,6 +47,7 @@ class Gateway:
         self._metrics = metrics
         self._settings = settings
         self._clock = clock
+        self._delete_resync = timedelta(seconds=settings.delete_resync_s)
 
     def subscriptions(self) -> dict[str, Handler]:
         return {ClusterRequested.subject: self.on_cluster_requested, ClusterDeleted.subject: self.on_cluster_deleted}
@@ -183,20 +184,23 @@ class Gateway:
             obj = ensured
         observed = Observed.of(obj)
         record = await self._ledger.get(observed.uid)
-        plan = logic.plan_for_object(observed, record, host_cidrs=self._settings.host_cidrs, now=self._clock())
+        plan = logic.plan_for_object(
+            observed, record, host_cidrs=self._settings.host_cidrs, now=self._clock(), delete_resync=self._delete_resync
+        )
         await self._carry_out(plan, observed.uid, resync, obj)
 
     async def _gone(self, uid: str, *, resync: bool) -> None:
         record = await self._ledger.get(uid)
         if record is not None:
-            await self._carry_out(logic.plan_for_gone(record, now=self._clock()), uid, resync)
+            plan = logic.plan_for_gone(record, now=self._clock(), delete_resync=self._delete_resync)
+            await self._carry_out(plan, uid, resync)
 
     async def _sweep(self, listed: set[str]) -> None:
         for record in await self._ledger.records():
             namespace, name = record.cluster_id.split("/", 1)
             if record.uid in listed or not self._serves(namespace):
                 continue
-            if logic.plan_for_gone(record, now=self._clock()).action is Action.NONE:
+            if logic.plan_for_gone(record, now=self._clock(), delete_resync=self._delete_resync).action is Action.NONE:
                 continue
             current = await self._objects.get(namespace, name)
             if current is not None and current["metadata"]["uid"] == record.uid:
@@ -219,7 +223,8 @@ class Gateway:
             case Action.DELETE:
                 assert plan.event is not None
                 await self._publish(plan.event, resync)
-                await self._ledger.change(uid, lambda r: None if r is None else logic.record_delete_requested(r))
+                now = self._clock()
+                await self._ledger.change(uid, lambda r: None if r is None else logic.record_delete_requested(r, now))
             case Action.RELEASE:
                 assert obj is not None
                 if await self._objects.remove_finalizer(obj):

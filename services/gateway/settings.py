@@ -30,3 +30,9 @@ class GatewaySettings(ServiceSettings):
         default=8, ge=1, description="Tries per watch event before the gateway gives up and stops (to be restarted)."
     )
     reconcile_retry_s: float = Field(default=0.5, gt=0, description="First delay between tries; it doubles.")
+    delete_resync_s: float = Field(
+        default=600.0,
+        gt=0,
+        description="An object still being deleted this long after cluster.delete.requested was published gets "
+        "it again (checked at each relist, every watch_timeout_s): a deletion a stage gave up on resumes by itself.",
+    )
