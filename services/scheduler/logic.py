@@ -259,6 +259,14 @@ class Inventory:
             grew |= self._refresh(node)
         return grew
 
+    def unbooked_placeholders(self) -> dict[str, BookingKey]:
+        """Placeholder pods (pod key -> what they hold) with no booking of theirs on their node."""
+        return {
+            key: pod.vnode
+            for key, pod in self._pods.items()
+            if pod.placeholder and pod.vnode is not None and pod.vnode not in self._bookings.get(pod.node, {})
+        }
+
     def pod_keys(self) -> set[str]:
         return set(self._pods)
 

@@ -111,6 +111,7 @@ class Scheduler:
         self._lock = asyncio.Lock()
         self._placeholders = placeholders  # None: bookings stay in the ledger only
         self._suspects: set[tuple[str, str]] = set()
+        self._unbooked_placeholders: set[str] = set()
 
     async def _wait_synced(self) -> None:
         try:
@@ -431,7 +432,7 @@ class Scheduler:
                 log.exception("Sweeping the ledger failed")
 
     async def sweep(self) -> None:
-        """Releases holds past their expiry, and repairs bookings a crash left out of line."""
+        """Releases holds past their expiry, and repairs bookings and placeholders a crash left out of line."""
         await self._wait_synced()
         now = self._clock()
         for reservation in self._ledger.reservations():
@@ -439,6 +440,7 @@ class Scheduler:
                 with structlog.contextvars.bound_contextvars(cluster_id=reservation.cluster_id):
                     await self._expire(reservation.cluster_id, now)
         await self._repair()
+        await self._release_unbooked_placeholders()
 
     async def _expire(self, cluster_id: str, now: datetime) -> None:
         async def change(current: Reservation, revision: int) -> bool:
@@ -460,6 +462,17 @@ class Scheduler:
             return done
 
         await self._change(cluster_id, change)
+
+    async def _release_unbooked_placeholders(self) -> None:
+        """Placeholders whose booking is gone in two sweeps in a row (left by a crash between the
+        two): released, so neither their room nor their finalizer stays behind."""
+        if self._placeholders is None:
+            return
+        unbooked = self._inventory.unbooked_placeholders()
+        for key in sorted(unbooked.keys() & self._unbooked_placeholders):
+            namespace, name = key.split("/", 1)
+            await self._placeholders.release_pod(namespace, name, unbooked[key][0])
+        self._unbooked_placeholders = set(unbooked)
 
     async def _repair(self) -> None:
         """Bookings must be what their reservation lists. A difference seen in two sweeps in a row

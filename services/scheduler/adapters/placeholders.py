@@ -68,10 +68,13 @@ class PlaceholderPods:
         """Removes the vNode's placeholder (its finalizer too), if it is this cluster uid's."""
         uid, vnode_name = vnode
         namespace, name = namespace_and_name(cluster_id)
-        existing = await self._read(namespace, placeholder_name(name, vnode_name))
+        await self.release_pod(namespace, placeholder_name(name, vnode_name), uid)
+
+    async def release_pod(self, namespace: str, name: str, uid: str) -> None:
+        existing = await self._read(namespace, name)
         if existing is not None and (existing.metadata.labels or {}).get(CLUSTER_UID_LABEL) == uid:
             await self._remove(existing)
-            log.info("Released a placeholder pod", pod=f"{namespace}/{existing.metadata.name}")
+            log.info("Released a placeholder pod", pod=f"{namespace}/{name}")
 
     async def _read(self, namespace: str, name: str) -> Any:
         try:

@@ -608,3 +608,25 @@ def test_excluded_nodes_are_left_alone() -> None:
     assert hosts_of(place(gang(vnode("w", 2), excluded=frozenset({"n1"})), inv)) == {"w": "n2"}
     assert hosts_of(place(gang(vnode("w", 2), preferred={"w": "n1"}, excluded=frozenset({"n1"})), inv)) == {"w": "n2"}
     assert isinstance(place(gang(vnode("w", 2), excluded=frozenset({"n1", "n2"})), inv), Unschedulable)
+
+
+def test_a_placeholder_covers_its_booking_and_counts_as_reserved_not_in_use() -> None:
+    inv = inventory(host("n1"))
+    mine = Booking("uid-a", "team/a", "w1", Resources(4, 0, 0, 1))
+    inv.set_bookings("n1", {mine.key: mine})
+    inv.upsert_pod("team/a-w1-hold", PodUsage("n1", Resources(4, 0, 0, 1), ("uid-a", "w1"), placeholder=True))
+
+    assert inv.free("n1").gpus == 4
+    assert (inv.in_use("n1").gpus, inv.reserved("n1").gpus) == (0, 4)
+    assert inv.vnode_hosts("uid-a") == {}  # a placeholder is not the vNode's pod
+    assert inv.unbooked_placeholders() == {}
+
+    # The vNode pod arrives beside it: counted both until the placeholder goes (never less).
+    inv.upsert_pod("team/a-w1-0", PodUsage("n1", Resources(4, 0, 0, 1), ("uid-a", "w1")))
+    assert inv.free("n1").gpus == 0 and inv.vnode_hosts("uid-a") == {"w1": "n1"}
+    inv.upsert_pod("team/a-w1-hold", None)
+    assert inv.free("n1").gpus == 4 and (inv.in_use("n1").gpus, inv.reserved("n1").gpus) == (4, 0)
+
+    # A placeholder whose booking is gone (a crash between the two) is found.
+    inv.upsert_pod("team/b-w1-hold", PodUsage("n1", Resources(2, 0, 0, 1), ("uid-b", "w1"), placeholder=True))
+    assert inv.unbooked_placeholders() == {"team/b-w1-hold": ("uid-b", "w1")}
