@@ -67,7 +67,8 @@ class IpManagerSettings(ServiceSettings):
         default=14 * 24 * 3600.0,
         gt=0,
         description="How long a deleted cluster's uid is remembered, refusing late claims for it: the "
-        "stream's max age (14 days), the oldest an undelivered event can be.",
+        "stream's max age (14 days), the oldest an undelivered event can be. Tombstones share the networks "
+        "document (~70 bytes each), so 14 days fit ~1,000 deletions a day under NATS's 1 MiB payload limit.",
     )
 
     @field_validator("host_pod_cidrs", "host_service_cidrs", "host_node_cidrs", mode="before")
