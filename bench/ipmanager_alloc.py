@@ -16,6 +16,7 @@ import logging
 import os
 import sys
 import time
+from datetime import timedelta
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
@@ -40,7 +41,7 @@ async def provision(allocator: Allocator, index: int, vnodes: list[str]) -> tupl
     started = time.perf_counter()
     cluster_id = f"bench-{index % 10}/cluster-{index}"
     await allocator.claim_network(uid=f"uid-{index}", cluster_id=cluster_id, generation=1, request=NetworkRequest())
-    _, addresses = await allocator.allocate_vnode_ips(cluster_id, vnodes)
+    _, addresses = await allocator.allocate_vnode_ips(cluster_id, 1, vnodes)
     return time.perf_counter() - started, list(addresses.values())
 
 
@@ -59,6 +60,7 @@ async def run(url: str, args: argparse.Namespace) -> None:
             layout=settings.network_layout(),
             pool=settings.address_pool(),
             metrics=IpManagerMetrics(registry),
+            tombstone_retention=timedelta(seconds=settings.tombstone_retention_s),
         )
         for client, registry in zip(clients, registries, strict=True)
     ]

@@ -64,7 +64,9 @@ def random_request(index: int, rng: random.Random, size: int | None = None) -> P
         VNodeRequest(f"worker-{i}", "worker", Resources(gpus, 8000 * gpus, 64 * GI * gpus, 1), model, tolerations)
         for i in range(size - 1)
     ]
-    return PlacementRequest(cluster_id=f"bench/c{index}", vnodes=tuple(vnodes), spread_zones=rng.random() < 0.3)
+    return PlacementRequest(
+        cluster_id=f"bench/c{index}", uid=f"uid-{index}", vnodes=tuple(vnodes), spread_zones=rng.random() < 0.3
+    )
 
 
 def book(inventory: Inventory, uid: str, request: PlacementRequest, placement: Placement) -> None:

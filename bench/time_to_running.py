@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -90,23 +92,35 @@ async def measure(endpoints: vk8s_client.Endpoints, clusters: int, timeout_s: fl
             await vk8s_client.delete_object(api, vk8s.metadata.name, "default")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--clusters", type=int, default=20)
-    parser.add_argument("--timeout", type=float, default=1200.0)
-    parser.add_argument("--use-running", action="store_true", help="measure on the stack `vk8s up` started")
-    args = parser.parse_args()
-    if args.use_running:
-        asyncio.run(measure(vk8s_client.Endpoints.resolve(), args.clusters, args.timeout))
+@contextlib.contextmanager
+def local_stack(use_running: bool) -> Iterator[tuple[vk8s_client.Endpoints, Path]]:
+    """The stack to measure on and its log directory: the one `vk8s up` started, or a new one on the
+    kwok tier (4 nodes x 8 GPUs) stopped afterwards."""
+    if use_running:
+        yield vk8s_client.Endpoints.resolve(), stack.StackLayout().logs
         return
     layout = stack.StackLayout(Path(tempfile.mkdtemp(prefix="vk8s-bench-")))
     started = time.monotonic()
     info = stack.up(layout, FleetSpec(nodes=4, gpus_per_node=8))
     print(f"stack up in {time.monotonic() - started:.1f}s")
     try:
-        asyncio.run(measure(vk8s_client.Endpoints(info.nats_url, info.kubeconfig), args.clusters, args.timeout))
+        yield vk8s_client.Endpoints(info.nats_url, info.kubeconfig), layout.logs
     finally:
         stack.down(layout)
+
+
+def arguments(description: str | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--clusters", type=int, default=20)
+    parser.add_argument("--timeout", type=float, default=1200.0)
+    parser.add_argument("--use-running", action="store_true", help="measure on the stack `vk8s up` started")
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = arguments(__doc__)
+    with local_stack(args.use_running) as (endpoints, _):
+        asyncio.run(measure(endpoints, args.clusters, args.timeout))
 
 
 if __name__ == "__main__":

@@ -104,6 +104,11 @@ class ClusterScheduled(Payload):
     subject = "cluster.scheduled"
     generation: int = Field(ge=1)
     placements: list[VNodePlacement] = Field(min_length=1)
+    uid: str | None = Field(
+        default=None,
+        min_length=1,
+        description="The Vk8s object's uid the placement is for (absent in events of earlier versions).",
+    )
 
 
 class VNodeUnschedulable(EventModel):

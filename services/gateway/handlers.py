@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
@@ -59,6 +59,7 @@ class Gateway:
         # Objects whose last try failed, and their next try.
         self._failures: dict[str, _Failure] = {}
         self._retries: dict[str, asyncio.Task[None]] = {}
+        self._delete_resync = timedelta(seconds=settings.delete_resync_s)
 
     def subscriptions(self) -> dict[str, Handler]:
         return {ClusterRequested.subject: self.on_cluster_requested, ClusterDeleted.subject: self.on_cluster_deleted}
@@ -244,13 +245,16 @@ class Gateway:
             obj = ensured
         observed = Observed.of(obj)
         record = await self._ledger.get(observed.uid)
-        plan = logic.plan_for_object(observed, record, host_cidrs=self._settings.host_cidrs, now=self._clock())
+        plan = logic.plan_for_object(
+            observed, record, host_cidrs=self._settings.host_cidrs, now=self._clock(), delete_resync=self._delete_resync
+        )
         await self._carry_out(plan, observed.uid, resync, obj)
 
     async def _gone(self, uid: str, *, resync: bool) -> None:
         record = await self._ledger.get(uid)
         if record is not None:
-            await self._carry_out(logic.plan_for_gone(record, now=self._clock()), uid, resync)
+            plan = logic.plan_for_gone(record, now=self._clock(), delete_resync=self._delete_resync)
+            await self._carry_out(plan, uid, resync)
 
     async def _sweep(self, listed: set[str]) -> None:
         try:
@@ -262,7 +266,7 @@ class Gateway:
             namespace = record.cluster_id.split("/", 1)[0]
             if record.uid in listed or not self._serves(namespace):
                 continue
-            if logic.plan_for_gone(record, now=self._clock()).action is Action.NONE:
+            if logic.plan_for_gone(record, now=self._clock(), delete_resync=self._delete_resync).action is Action.NONE:
                 continue
             with structlog.contextvars.bound_contextvars(cluster_id=record.cluster_id, uid=record.uid):
                 await self._isolated(record.uid, lambda _, record=record: self._swept(record))
@@ -289,7 +293,8 @@ class Gateway:
             case Action.DELETE:
                 assert plan.event is not None
                 await self._publish(plan.event, resync)
-                await self._ledger.change(uid, lambda r: None if r is None else logic.record_delete_requested(r))
+                now = self._clock()
+                await self._ledger.change(uid, lambda r: None if r is None else logic.record_delete_requested(r, now))
             case Action.RELEASE:
                 assert obj is not None
                 if await self._objects.remove_finalizer(obj):

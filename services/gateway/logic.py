@@ -20,7 +20,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, SecretStr
+from pydantic import AwareDatetime, BaseModel, ConfigDict, SecretStr
 
 from libs.api.models import API_VERSION, GROUP, KIND, ReconcileStatus, SecretKeyRef, Vk8sSpec
 from libs.api.validation import ROOT_PATH, Problem, validate_document
@@ -154,6 +154,10 @@ class ClusterRecord(BaseModel):
     accepting_generation: int | None = None
     """cluster.accepted is being published at this generation (written before publishing it)."""
     delete_requested: bool = False
+    delete_requested_at: AwareDatetime | None = None
+    """When cluster.delete.requested was last published (None: by a version that did not record it)."""
+    delete_requests: int = 0
+    """How many times it was published: a resync of a stuck deletion gets an id of its own."""
 
     @property
     def accepted(self) -> bool:
@@ -164,6 +168,14 @@ class ClusterRecord(BaseModel):
         """Accepted, or about to be: a crash between publishing cluster.accepted and recording it
         leaves only `accepting_generation`, and the pipeline may have the cluster all the same."""
         return self.accepted or self.accepting_generation is not None
+
+    def delete_due(self, now: datetime, resync: timedelta) -> bool:
+        """Whether to publish cluster.delete.requested: never yet, or long enough ago that a stage
+        gave up or the chain stalled (the object still holds its finalizer, so the chain did not end)."""
+        if not self.delete_requested:
+            return True
+        return self.delete_requested_at is None or now - self.delete_requested_at >= resync
+
 
 
 def record_published(
@@ -189,8 +201,9 @@ def record_accepting(record: ClusterRecord | None, observed: Observed) -> Cluste
     return record.model_copy(update={"accepting_generation": max(record.accepting_generation or 0, observed.generation)})
 
 
-def record_delete_requested(record: ClusterRecord) -> ClusterRecord:
-    return record.model_copy(update={"delete_requested": True})
+def record_delete_requested(record: ClusterRecord, now: datetime) -> ClusterRecord:
+    update = {"delete_requested": True, "delete_requested_at": now, "delete_requests": record.delete_requests + 1}
+    return record.model_copy(update=update)
 
 
 # --- the watch: an observed object, or one that is gone -------------------------------------------
@@ -222,11 +235,16 @@ class ObjectPlan:
 
 
 def plan_for_object(
-    observed: Observed, record: ClusterRecord | None, *, host_cidrs: Sequence[str], now: datetime
+    observed: Observed,
+    record: ClusterRecord | None,
+    *,
+    host_cidrs: Sequence[str],
+    now: datetime,
+    delete_resync: timedelta,
 ) -> ObjectPlan:
     if observed.deleting:
         if record is not None and record.maybe_accepted:
-            if record.delete_requested:
+            if not record.delete_due(now, delete_resync):
                 return ObjectPlan(Action.NONE)
             return ObjectPlan(Action.DELETE, delete_requested_event(record, now))
         if observed.has_finalizer or record is not None:
@@ -246,11 +264,11 @@ def plan_for_object(
     return ObjectPlan(Action.UPDATE, updated_event(observed, assessment.spec, change, now), assessment, change)
 
 
-def plan_for_gone(record: ClusterRecord, *, now: datetime) -> ObjectPlan:
+def plan_for_gone(record: ClusterRecord, *, now: datetime, delete_resync: timedelta) -> ObjectPlan:
     """The object of `record` no longer exists (deleted, or deleted and created again)."""
     if not record.maybe_accepted:
         return ObjectPlan(Action.FORGET)
-    if record.delete_requested:
+    if not record.delete_due(now, delete_resync):
         return ObjectPlan(Action.NONE)
     return ObjectPlan(Action.DELETE, delete_requested_event(record, now))
 
@@ -435,8 +453,13 @@ def object_rejected_event(
 
 
 def delete_requested_event(record: ClusterRecord, now: datetime) -> Envelope[ClusterDeleteRequested]:
+    """The first request is `delete-requested-<uid>`; each resync `delete-requested-<uid>-resync-<n>`,
+    so the broker does not drop it as a duplicate and every stage runs its (idempotent) part again."""
     payload = ClusterDeleteRequested(uid=record.uid)
-    return Envelope.new(payload, cluster_id=record.cluster_id, now=now, event_id=f"delete-requested-{record.uid}")
+    event_id = f"delete-requested-{record.uid}"
+    if record.delete_requests:
+        event_id += f"-resync-{record.delete_requests}"
+    return Envelope.new(payload, cluster_id=record.cluster_id, now=now, event_id=event_id)
 
 
 def _cluster_fields(observed: Observed, spec: Vk8sSpec) -> dict[str, Any]:

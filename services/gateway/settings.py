@@ -32,3 +32,9 @@ class GatewaySettings(ServiceSettings):
     reconcile_retry_max_s: float = Field(
         default=300.0, gt=0, description="Longest delay between tries of one object; it is tried for as long as it fails."
     )
+    delete_resync_s: float = Field(
+        default=600.0,
+        gt=0,
+        description="An object still being deleted this long after cluster.delete.requested was published gets "
+        "it again (checked at each relist, every watch_timeout_s): a deletion a stage gave up on resumes by itself.",
+    )

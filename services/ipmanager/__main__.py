@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from datetime import timedelta
 
 from libs.events import ensure_kv
 from libs.kube import kube_client
@@ -29,7 +30,13 @@ async def run(settings: IpManagerSettings) -> None:
         store = KvStore(kv)
         metrics = IpManagerMetrics(service.metrics_registry)
         layout, pool = settings.network_layout(), settings.address_pool()
-        allocator = Allocator(store, layout=layout, pool=pool, metrics=metrics)
+        allocator = Allocator(
+            store,
+            layout=layout,
+            pool=pool,
+            metrics=metrics,
+            tombstone_retention=timedelta(seconds=settings.tombstone_retention_s),
+        )
         pods = None
         if settings.reconcile_pods:
             api = await stack.enter_async_context(await kube_client(settings.kubeconfig))

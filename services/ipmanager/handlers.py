@@ -7,6 +7,8 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
+import structlog
+
 from libs.events import Envelope, Handler, PermanentError, TransientError, utc_now
 from libs.events.catalog import (
     ClusterAccepted,
@@ -16,14 +18,17 @@ from libs.events.catalog import (
     ClusterUpdated,
     ClusterVNodesDeleted,
 )
-from services.ipmanager.allocator import Allocator, Contention, NetworkNotClaimed
+from services.ipmanager.allocator import Allocator, Contention, NetworkNotClaimed, StaleAllocation
 from services.ipmanager.logic import (
+    ClusterReleased,
     NetworkConflict,
     NetworkImmutable,
     NetworkRequest,
     PoolExhausted,
     valid_uid,
 )
+
+log = structlog.get_logger(__name__)
 
 Result = list[Envelope[Any]]
 
@@ -59,6 +64,8 @@ class Handlers:
             ) from error
         except NetworkImmutable as error:
             raise PermanentError(str(error), reason="NetworkImmutable") from error
+        except ClusterReleased as gone:
+            log.info("Not claiming networks for a deleted cluster", reason=str(gone))
         except (PoolExhausted, Contention) as error:
             raise _retry(error) from error
         return []
@@ -67,8 +74,11 @@ class Handlers:
         data = event.data
         try:
             network, addresses = await self._allocator.allocate_vnode_ips(
-                event.cluster_id, [placement.vnode for placement in data.placements]
+                event.cluster_id, data.generation, [placement.vnode for placement in data.placements], uid=data.uid
             )
+        except (ClusterReleased, StaleAllocation) as nothing_to_do:
+            log.info("Not allocating addresses", reason=str(nothing_to_do))
+            return []
         except (NetworkNotClaimed, PoolExhausted, Contention) as error:
             raise _retry(error) from error
         allocated = ClusterIPsAllocated(

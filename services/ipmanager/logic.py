@@ -40,6 +40,10 @@ class NetworkImmutable(Exception):
     """A later spec asks for other CIDRs than the ones claimed; the inner cluster cannot move."""
 
 
+class ClusterReleased(Exception):
+    """The cluster's delete chain already released its networks: a late claim must not hold them again."""
+
+
 class PoolExhausted(Exception):
     """No free CIDR block or address is left in a pool."""
 
@@ -163,7 +167,10 @@ def claim_network(
     now: datetime,
 ) -> NetworkClaim:
     """The cluster's network claim: its existing one when the request still fits it (or is older
-    than it), else a new one; raises NetworkConflict naming every overlap of a given CIDR."""
+    than it), else a new one; raises NetworkConflict naming every overlap of a given CIDR, and
+    ClusterReleased for a cluster whose deletion released its networks already."""
+    if uid in table.released:
+        raise ClusterReleased(f"cluster {cluster_id} (uid {uid}) was deleted and its networks released")
     existing = table.clusters.get(uid)
     if existing is not None:
         if generation < existing.generation:
@@ -283,7 +290,7 @@ class Orphan(View):
     claimed_at: AwareDatetime
     age_s: float
     due: bool
-    """Older than the grace period: the reconcile releases it."""
+    """Older than the grace period, or of a cluster whose deletion released it: the reconcile releases it."""
 
 
 @dataclass(frozen=True)
@@ -344,7 +351,8 @@ def plan_reconcile(
                     reason=reason,
                     claimed_at=claim.claimed_at,
                     age_s=round(age, 3),
-                    due=age >= grace_s,
+                    # A released cluster's pods are gone (its vNodes were deleted first).
+                    due=age >= grace_s or uid in table.released,
                 )
             )
     return ReconcilePlan(tuple(repairs), tuple(orphans))

@@ -38,12 +38,23 @@ class NetworkClaim(Record):
 
 class NetworkTable(Record):
     clusters: dict[str, NetworkClaim] = Field(default_factory=dict, description="By cluster uid.")
+    released: dict[str, AwareDatetime] = Field(
+        default_factory=dict,
+        description="Tombstones: cluster uid -> when its delete chain released it. A claim for one of "
+        "them (a cluster.accepted handled after the delete) is refused, in the same compare-and-set.",
+    )
 
     def with_claim(self, claim: NetworkClaim) -> NetworkTable:
-        return NetworkTable(clusters={**self.clusters, claim.uid: claim})
+        return self.model_copy(update={"clusters": {**self.clusters, claim.uid: claim}})
 
     def without(self, uid: str) -> NetworkTable:
-        return NetworkTable(clusters={u: c for u, c in self.clusters.items() if u != uid})
+        return self.model_copy(update={"clusters": {u: c for u, c in self.clusters.items() if u != uid}})
+
+    def with_tombstone(self, uid: str, now: datetime, keep_since: datetime) -> NetworkTable:
+        """Marks the cluster released; tombstones older than `keep_since` are dropped (no event
+        about them can still arrive)."""
+        released = {u: at for u, at in self.released.items() if at >= keep_since}
+        return self.model_copy(update={"released": {**released, uid: now}})
 
     def newest_for(self, cluster_id: str) -> NetworkClaim | None:
         """The claim of the cluster's current object. Kubernetes reuses a name only after the old
@@ -56,6 +67,7 @@ class ClusterRecord(Record):
     uid: str
     cluster_id: str
     vnodes: dict[str, IPv4Address] = Field(default_factory=dict)
+    generation: int = Field(default=0, description="The newest cluster.scheduled whose removed vNodes were released.")
 
 
 class IpClaim(Record):

@@ -63,6 +63,13 @@ class IpManagerSettings(ServiceSettings):
         description="An orphaned address is released once its claim is older than this, so an allocation "
         "racing a deletion is never taken back while it is still in flight.",
     )
+    tombstone_retention_s: float = Field(
+        default=14 * 24 * 3600.0,
+        gt=0,
+        description="How long a deleted cluster's uid is remembered, refusing late claims for it: the "
+        "stream's max age (14 days), the oldest an undelivered event can be. Tombstones share the networks "
+        "document (~70 bytes each), so 14 days fit ~1,000 deletions a day under NATS's 1 MiB payload limit.",
+    )
 
     @field_validator("host_pod_cidrs", "host_service_cidrs", "host_node_cidrs", mode="before")
     @classmethod

@@ -268,7 +268,10 @@ class Progress(StateModel):
 
     def _track_vnodes(self, fact: Fact) -> Progress:
         vnodes = dict(self.vnodes)
-        if fact.kind == ev.ClusterVNodesReady.subject:
+        if fact.kind in (ev.ClusterScheduled.subject, ev.ClusterIPsAllocated.subject):
+            # They list every vNode of the generation: one the spec dropped (scale-in) has no status.
+            vnodes = {name: node for name, node in vnodes.items() if name in fact.vnodes}
+        elif fact.kind == ev.ClusterVNodesReady.subject:
             for name in fact.vnodes:
                 vnodes[name] = vnodes.get(name, VNodeProgress()).model_copy(update={"status": "Running"})
         elif fact.kind == ev.VNodeSetupProgressed.subject and fact.vnode is not None:

@@ -14,6 +14,7 @@ from libs.runtime import Service
 from services.scheduler.adapters.inventory import KubeInventory
 from services.scheduler.adapters.ledger import Ledger
 from services.scheduler.adapters.metrics import SchedulerMetrics, StateCollector
+from services.scheduler.adapters.placeholders import PlaceholderPods
 from services.scheduler.handlers import Handlers
 from services.scheduler.logic import Inventory
 from services.scheduler.scheduler import Scheduler
@@ -40,7 +41,14 @@ async def scheduler_service(
             on_growth=capacity_grew.set,
             on_conflict=lambda kind: metrics.ledger_conflicts.labels(kind).inc(),
         )
-        kube = KubeInventory(api, inventory, node_selector=settings.node_selector, on_growth=capacity_grew.set)
+        placeholders = PlaceholderPods(api, settings.placeholder_image) if settings.placeholders else None
+        kube = KubeInventory(
+            api,
+            inventory,
+            node_selector=settings.node_selector,
+            on_growth=capacity_grew.set,
+            on_vnode_pod=placeholders.release if placeholders is not None else None,
+        )
         synced = (kube.nodes_synced, kube.pods_synced, ledger.synced)
         scheduler = Scheduler(
             inventory,
@@ -49,9 +57,11 @@ async def scheduler_service(
             synced=synced,
             capacity_grew=capacity_grew,
             hold_s=settings.hold_s,
+            head_protection_s=settings.head_protection_s,
             commit_attempts=settings.commit_attempts,
             sync_timeout_s=settings.sync_timeout_s,
             clock=clock,
+            placeholders=placeholders,
         )
         service.metrics_registry.register(StateCollector(inventory, ledger))
         service.http.add_readiness_check("inventory", lambda: all(event.is_set() for event in synced))

@@ -27,15 +27,17 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
-from libs.api.models import GPU_RESOURCE, NodeSpec, Vk8sSpec
+from libs.api.models import GPU_RESOURCE, GROUP, NodeSpec, Vk8sSpec
 from libs.api.models import Toleration as TolerationSpec
 from libs.events.catalog import ClusterScheduled, ClusterUnschedulable, VNodePlacement, VNodeUnschedulable
 from libs.events.envelope import Envelope
+from libs.kube import vnodes as vnode_names
+from libs.kube.objects import owner_reference
 
 HARD_EFFECTS = frozenset({"NoSchedule", "NoExecute"})
 
@@ -140,20 +142,21 @@ class HostNode:
     cordoned: bool = False
 
 
-VNodeKey = tuple[str, str]
-"""(cluster id, vNode name): what a vNode pod's labels and a booking have in common."""
-
 BookingKey = tuple[str, str]
-"""(cluster uid, vNode name)."""
+"""(cluster uid, vNode name): a booking, and the vNode pod that realises it."""
 
 
 @dataclass(frozen=True, slots=True)
 class PodUsage:
-    """A pod bound to a node, not Succeeded/Failed: its requests are taken from the node."""
+    """A pod bound to a node, not Succeeded/Failed: its requests are taken from the node.
+    `vnode` is set only for the pod the vNode stage made for that vNode of that cluster uid, or
+    for the scheduler's placeholder of it (`placeholder`); the adapter checks name and owner, not
+    just labels a tenant could copy."""
 
     node: str
     requests: Resources
-    vnode: VNodeKey | None = None
+    vnode: BookingKey | None = None
+    placeholder: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,10 +197,12 @@ def _bucket(key: GroupKey, free: Resources) -> int:
 class Inventory:
     """Host nodes, pod usage and ledger bookings, with free capacity kept indexed per node.
 
-    A booking counts on its node only while no pod of that vNode is bound to the node: once the
-    vNode pod exists the API counts its requests, and counting the booking too would take the
-    same GPUs twice. Bookings stay in the ledger after that, so capacity stays held for the
-    vNode if its pod is restarted or rescheduled onto the same node.
+    A booking counts on its node for what its own vNode pod there does not already take: the API
+    counts the pod's requests, so the booking adds only the rest (a vNode grown in place from 2 to
+    8 GPUs books 6 more while its 2-GPU pod still runs; nothing once the 8-GPU pod runs). Only the
+    pod of the same cluster uid and vNode covers a booking, never a pod of an earlier cluster of
+    the same name. Bookings stay in the ledger after that, so capacity stays held for the vNode if
+    its pod is restarted or rescheduled onto the same node.
 
     Mutators return True when capacity may have grown (so pending clusters are worth a retry).
     """
@@ -205,10 +210,12 @@ class Inventory:
     def __init__(self) -> None:
         self._nodes: dict[str, HostNode] = {}
         self._pods: dict[str, PodUsage] = {}
-        self._pod_used: dict[str, Resources] = {}
-        # node -> vNode -> requests of its pods bound there (`pods` counts them)
-        self._vnode_pods: dict[str, dict[VNodeKey, Resources]] = {}
-        self._vnode_hosts: dict[str, dict[str, str]] = {}  # cluster id -> vNode -> node of its pod
+        self._pod_used: dict[str, Resources] = {}  # every pod, placeholders included
+        self._placeholder_used: dict[str, Resources] = {}
+        # node -> (cluster uid, vNode) -> requests of its pods bound there (`pods` counts them)
+        self._vnode_pods: dict[str, dict[BookingKey, Resources]] = {}
+        self._vnode_hosts: dict[str, dict[str, str]] = {}  # cluster uid -> vNode -> node of its pod
+        self._own_pods: Counter[tuple[str, BookingKey]] = Counter()  # (node, vNode) -> its own pods there
         self._bookings: dict[str, dict[BookingKey, Booking]] = {}
         self._free: dict[str, Resources] = {}
         self._groups: dict[GroupKey, _Group] = {}
@@ -240,14 +247,31 @@ class Inventory:
             if usage.vnode is not None:
                 bound = self._vnode_pods.setdefault(usage.node, {})
                 bound[usage.vnode] = bound.get(usage.vnode, NOTHING) + usage.requests
-                self._vnode_hosts.setdefault(usage.vnode[0], {})[usage.vnode[1]] = usage.node
+                if usage.placeholder:
+                    self._placeholder_used[usage.node] = (
+                        self._placeholder_used.get(usage.node, NOTHING) + usage.requests
+                    )
+                else:
+                    self._own_pods[(usage.node, usage.vnode)] += 1
+                    self._vnode_hosts.setdefault(usage.vnode[0], {})[usage.vnode[1]] = usage.node
         grew = False
         for node in {p.node for p in (previous, usage) if p is not None}:
             grew |= self._refresh(node)
         return grew
 
+    def unbooked_placeholders(self) -> dict[str, BookingKey]:
+        """Placeholder pods (pod key -> what they hold) with no booking of theirs on their node."""
+        return {
+            key: pod.vnode
+            for key, pod in self._pods.items()
+            if pod.placeholder and pod.vnode is not None and pod.vnode not in self._bookings.get(pod.node, {})
+        }
+
     def pod_keys(self) -> set[str]:
         return set(self._pods)
+
+    def has_pod(self, key: str) -> bool:
+        return key in self._pods
 
     def node_names(self) -> set[str]:
         return set(self._nodes)
@@ -258,8 +282,15 @@ class Inventory:
         remaining = bound[pod.vnode] - pod.requests
         if remaining.pods > 0:
             bound[pod.vnode] = remaining
+        else:
+            del bound[pod.vnode]
+        if pod.placeholder:
+            self._placeholder_used[pod.node] = self._placeholder_used[pod.node] - pod.requests
             return
-        del bound[pod.vnode]
+        self._own_pods[(pod.node, pod.vnode)] -= 1
+        if self._own_pods[(pod.node, pod.vnode)] > 0:
+            return
+        del self._own_pods[(pod.node, pod.vnode)]
         hosts = self._vnode_hosts.get(pod.vnode[0], {})
         if hosts.get(pod.vnode[1]) == pod.node:
             del hosts[pod.vnode[1]]
@@ -308,7 +339,8 @@ class Inventory:
         return self._free.get(name)
 
     def in_use(self, name: str) -> Resources:
-        return self._pod_used.get(name, NOTHING)
+        """What pods take on the node, placeholders aside (they hold bookings: `reserved`)."""
+        return self._pod_used.get(name, NOTHING) - self._placeholder_used.get(name, NOTHING)
 
     def reserved(self, name: str) -> Resources:
         """Booked resources not yet covered by a vNode pod on the node."""
@@ -317,22 +349,20 @@ class Inventory:
             return NOTHING
         return host.allocatable - self.in_use(name) - self._free[name]
 
-    def vnode_hosts(self, cluster_id: str) -> dict[str, str]:
-        """vNode -> node its pod is bound to, for the cluster's existing vNode pods."""
-        return dict(self._vnode_hosts.get(cluster_id, {}))
+    def vnode_hosts(self, uid: str) -> dict[str, str]:
+        """vNode -> node its pod is bound to, for the existing vNode pods of the cluster `uid`."""
+        return dict(self._vnode_hosts.get(uid, {}))
 
-    def vnode_pods_on(self, node: str, vnode: VNodeKey) -> Resources:
+    def vnode_pods_on(self, node: str, vnode: BookingKey) -> Resources:
         """What the vNode's own pods already take on the node."""
         return self._vnode_pods.get(node, {}).get(vnode, NOTHING)
 
     # -- index -------------------------------------------------------------------------------
 
     def _free_with(self, host: HostNode, bookings: Iterable[Booking]) -> Resources:
-        covered = self._vnode_pods.get(host.name, ())
         free = host.allocatable - self._pod_used.get(host.name, NOTHING)
         for booking in bookings:
-            if (booking.cluster_id, booking.vnode) not in covered:
-                free = free - booking.resources
+            free = free - booking.resources.beyond(self.vnode_pods_on(host.name, booking.key))
         return free
 
     def _refresh(self, name: str) -> bool:
@@ -394,10 +424,12 @@ class PlacementRequest:
     """The vNodes of one cluster to place now, as one gang."""
 
     cluster_id: str
+    uid: str
     vnodes: tuple[VNodeRequest, ...]
     spread_zones: bool = False
     kept_zones: tuple[str | None, ...] = ()  # zones of the cluster's vNodes that keep their place
     preferred: Mapping[str, str] = field(default_factory=dict)  # vNode -> host it ran on
+    excluded: frozenset[str] = frozenset()  # nodes kept for the head of the pending queue
 
 
 def vnode_request(node: NodeSpec, spec: Vk8sSpec) -> VNodeRequest:
@@ -429,7 +461,7 @@ class Placement:
     assignments: tuple[Assignment, ...]  # in request order
 
 
-# Every VNodeReason.code the placement search gives.
+# Every VNodeReason.code the placement search (and the head-of-queue protection) gives.
 UNSCHEDULABLE_REASONS = (
     "NoSchedulableNodes",
     "NoGpuNodes",
@@ -438,6 +470,7 @@ UNSCHEDULABLE_REASONS = (
     "GpusExceedNodeSize",
     "InsufficientGpus",
     "InsufficientCpuMemory",
+    "BehindHeadOfQueue",  # fits, but on nodes kept for the head of the pending queue
 )
 
 
@@ -501,6 +534,55 @@ def place(request: PlacementRequest, inventory: Inventory) -> Placement | Unsche
     return Placement(tuple(assignments))
 
 
+def _could_hold(key: GroupKey, vnode: VNodeRequest) -> bool:
+    """Whether nodes of the group could ever hold the vNode: GPU count, model, taints."""
+    return (
+        (not vnode.resources.gpus or key.gpu_capacity >= vnode.resources.gpus)
+        and (vnode.gpu_model is None or key.gpu_model == vnode.gpu_model)
+        and tolerated(key.taints, vnode.tolerations)
+    )
+
+
+def nodes_awaited(request: PlacementRequest, inventory: Inventory) -> frozenset[str]:
+    """The nodes a cluster at the head of the pending queue waits on: for each vNode (largest
+    first) the eligible node that could hold it once emptied, preferring a node already chosen
+    for the cluster, then the most free now (GPUs first for a GPU vNode). Kept from other
+    clusters, they fill up for the head as their pods and bookings go away."""
+    chosen: dict[str, Resources] = {}
+    order = sorted(request.vnodes, key=lambda v: (-v.resources.gpus, -v.resources.cpu_millis, v.name))
+    for vnode in order:
+        best: str | None = None
+        best_free: tuple[bool, int, int, int] | None = None
+        for group in inventory._groups.values():
+            if not _could_hold(group.key, vnode):
+                continue
+            for bucket in group.buckets.values():
+                for name in bucket:
+                    planned = chosen.get(name, NOTHING)
+                    host = inventory._nodes[name]
+                    if not (host.allocatable - planned).covers(vnode.resources):
+                        continue
+                    free = inventory._free[name] - planned
+                    gpus = free.gpus if vnode.resources.gpus else 0
+                    rank = (name in chosen, gpus, free.cpu_millis, free.memory_bytes)
+                    if best_free is None or rank > best_free:
+                        best, best_free = name, rank
+        if best is not None:
+            chosen[best] = chosen.get(best, NOTHING) + vnode.resources
+    return frozenset(chosen)
+
+
+def behind_head(decision: Unschedulable, head: str, since: datetime, nodes: frozenset[str]) -> Unschedulable:
+    """The reasons of a cluster that would fit but for the nodes kept for the head of the queue."""
+    shown = ", ".join(sorted(nodes)[:3]) + (f" and {len(nodes) - 3} more" if len(nodes) > 3 else "")
+    text = (
+        f"fits, but waits behind {head} (pending since {since.isoformat(timespec='seconds')}), "
+        f"the oldest waiting cluster, which has the nodes it waits on kept for it ({shown})"
+    )
+    reasons = tuple(VNodeReason(r.vnode, "BehindHeadOfQueue", text) for r in decision.reasons)
+    return Unschedulable(reasons, decision.vnodes_total)
+
+
 class _Search:
     """One gang placement: trial usage of the gang on top of the inventory, never written to it."""
 
@@ -520,7 +602,7 @@ class _Search:
             else:
                 host = self._best_fit(vnode, groups)
         if host is not None:
-            added = vnode.resources.beyond(self._inv.vnode_pods_on(host, (self._request.cluster_id, vnode.name)))
+            added = vnode.resources.beyond(self._inv.vnode_pods_on(host, (self._request.uid, vnode.name)))
             self._taken[host] = self._taken.get(host, NOTHING) + added
             self._zones[self._inv._indexed[host][0].zone] += 1
         return host
@@ -529,13 +611,7 @@ class _Search:
         signature = (vnode.resources.gpus > 0, vnode.gpu_model, vnode.tolerations)
         groups = self._eligible.get(signature)
         if groups is None:
-            groups = [
-                g
-                for g in self._inv._groups.values()
-                if (not vnode.resources.gpus or g.key.gpu_capacity >= vnode.resources.gpus)
-                and (vnode.gpu_model is None or g.key.gpu_model == vnode.gpu_model)
-                and tolerated(g.key.taints, vnode.tolerations)
-            ]
+            groups = [g for g in self._inv._groups.values() if _could_hold(g.key, vnode)]
             self._eligible[signature] = groups
         return groups
 
@@ -547,10 +623,10 @@ class _Search:
     def _preferred(self, vnode: VNodeRequest, groups: list[_Group]) -> str | None:
         name = self._request.preferred.get(vnode.name)
         indexed = self._inv._indexed.get(name) if name is not None else None
-        if indexed is None or not any(g.key == indexed[0] for g in groups):
+        if indexed is None or name in self._request.excluded or not any(g.key == indexed[0] for g in groups):
             return None
         # Where the vNode's pod runs already, what that pod takes is its own to keep.
-        own = self._inv.vnode_pods_on(name, (self._request.cluster_id, vnode.name))
+        own = self._inv.vnode_pods_on(name, (self._request.uid, vnode.name))
         return name if self._effective_free(name).covers(vnode.resources.beyond(own)) else None
 
     def _spread(self, vnode: VNodeRequest, groups: list[_Group]) -> str | None:
@@ -593,6 +669,7 @@ class _Search:
                     best, best_rank = name, rank
         free_of = self._inv._free
         taken = self._taken
+        excluded = self._request.excluded
         for group in groups:
             # The group's lowest bucket with a node that fits is its best; the best group wins.
             for bucket in sorted(group.buckets):
@@ -601,7 +678,14 @@ class _Search:
                     continue
                 if best_rank is not None and rank >= best_rank:
                     break
-                found = next((n for n in group.buckets[bucket] if n not in taken and free_of[n].covers(need)), None)
+                found = next(
+                    (
+                        n
+                        for n in group.buckets[bucket]
+                        if n not in taken and n not in excluded and free_of[n].covers(need)
+                    ),
+                    None,
+                )
                 if found is not None:
                     best, best_rank = found, rank
                     break
@@ -836,8 +920,15 @@ class PendingCluster(_Record):
     event: str
 
 
+def head_of_queue(pending: Iterable[PendingCluster], now: datetime, after: timedelta) -> PendingCluster | None:
+    """The oldest pending cluster once it has waited `after`: from then on the nodes it waits on
+    are kept from clusters behind it (else a stream of small clusters starves a big one)."""
+    waiting = [p for p in pending if now - p.since >= after]
+    return min(waiting, key=lambda p: (p.since, p.cluster_id), default=None)
+
+
 def plan(
-    cluster_id: str, spec: Vk8sSpec, previous: Reservation | None, inventory: Inventory
+    cluster_id: str, uid: str, spec: Vk8sSpec, previous: Reservation | None, inventory: Inventory
 ) -> tuple[PlacementRequest, tuple[ReservedVNode, ...]]:
     """What to place for `spec` given the cluster's reservation so far: returns the gang to place
     and the vNodes that keep their place (unchanged, on a node that still exists)."""
@@ -850,11 +941,12 @@ def plan(
     )
     kept_names = {v.vnode for v in kept}
     # Where each vNode ran: its pod's node, else its earlier placement (a paused cluster's disks).
-    preferred = inventory.vnode_hosts(cluster_id)
+    preferred = inventory.vnode_hosts(uid)
     if previous is not None:
         preferred = {v.vnode: v.host_node for v in previous.vnodes} | preferred
     request = PlacementRequest(
         cluster_id=cluster_id,
+        uid=uid,
         vnodes=tuple(w for w in wanted if w.name not in kept_names),
         spread_zones=bool(spec.placement and spec.placement.spread_zones),
         kept_zones=tuple(v.zone for v in kept),
@@ -902,11 +994,74 @@ def reservation_for(
     )
 
 
+# -- placeholder pods --------------------------------------------------------------------------
+
+HOLDS_ANNOTATION = f"{GROUP}/holds"
+
+
+def namespace_and_name(cluster_id: str) -> tuple[str, str]:
+    namespace, name = cluster_id.split("/", 1)
+    return namespace, name
+
+
+def placeholders_wanted(reservation: Reservation, inventory: Inventory) -> list[ReservedVNode]:
+    """The booked vNodes whose own pod is not on their host yet: a placeholder pod holds their
+    resources there, so kube-scheduler puts no other pod in the room kept for them."""
+    running = inventory.vnode_hosts(reservation.uid)
+    return [v for v in reservation.active() if running.get(v.vnode) != v.host_node]
+
+
+def placeholder_pod(reservation: Reservation, vnode: ReservedVNode, image: str) -> dict[str, Any]:
+    """A pod doing nothing, pinned to the vNode's host with the vNode's requests, owned by the Vk8s
+    object. It tolerates every taint: the host was chosen for the vNode. Its finalizer keeps it
+    (and its room, to kube-scheduler) after the vnode stage deletes it, until the scheduler sees
+    the vNode pod on the host or the booking goes."""
+    namespace, name = namespace_and_name(reservation.cluster_id)
+    requests = {"cpu": f"{vnode.cpu_millis}m", "memory": str(vnode.memory_bytes)}
+    if vnode.gpus:
+        requests[GPU_RESOURCE] = str(vnode.gpus)
+    owner = owner_reference({"metadata": {"name": name, "uid": reservation.uid}})
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": vnode_names.placeholder_name(name, vnode.vnode),
+            "namespace": namespace,
+            "labels": {
+                vnode_names.APP_LABEL: vnode_names.APP,
+                vnode_names.CLUSTER_LABEL: name,
+                vnode_names.VNODE_LABEL: vnode.vnode,
+                vnode_names.CLUSTER_UID_LABEL: reservation.uid,
+                vnode_names.COMPONENT_LABEL: vnode_names.PLACEHOLDER_COMPONENT,
+            },
+            # What it holds, to tell a placeholder left from an earlier placement from the wanted one.
+            "annotations": {HOLDS_ANNOTATION: holds(vnode)},
+            # Not blocking the owner's deletion: that would need rights on the Vk8s finalizers.
+            "ownerReferences": [{**owner, "blockOwnerDeletion": False}],
+            "finalizers": [vnode_names.PLACEHOLDER_FINALIZER],
+        },
+        "spec": {
+            "nodeName": vnode.host_node,
+            "automountServiceAccountToken": False,
+            "enableServiceLinks": False,
+            "terminationGracePeriodSeconds": 0,
+            "tolerations": [{"operator": "Exists"}],
+            "containers": [{"name": "hold", "image": image, "resources": {"requests": requests, "limits": requests}}],
+        },
+    }
+
+
+def holds(vnode: ReservedVNode) -> str:
+    return f"{vnode.host_node}/{vnode.gpus}/{vnode.cpu_millis}m/{vnode.memory_bytes}"
+
+
 # -- events ------------------------------------------------------------------------------------
 
 
 def scheduled_event(cause: Envelope, reservation: Reservation, now: datetime) -> Envelope[ClusterScheduled]:
-    data = ClusterScheduled(generation=reservation.generation, placements=reservation.placements())
+    data = ClusterScheduled(
+        generation=reservation.generation, placements=reservation.placements(), uid=reservation.uid
+    )
     return cause.follow(data, now=now)
 
 

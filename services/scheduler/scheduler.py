@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from libs.events import REGISTRY, Envelope, InvalidEvent, TransientError
 from libs.events.catalog import ClusterAccepted, ClusterUpdated
 from services.scheduler.adapters.ledger import Ledger
 from services.scheduler.adapters.metrics import SchedulerMetrics
+from services.scheduler.adapters.placeholders import PlaceholderPods
 from services.scheduler.logic import (
     BookingKey,
     Inventory,
@@ -32,7 +34,11 @@ from services.scheduler.logic import (
     Reservation,
     ReservationState,
     Unschedulable,
+    behind_head,
+    head_of_queue,
+    nodes_awaited,
     place,
+    placeholders_wanted,
     plan,
     reservation_for,
     scheduled_event,
@@ -86,9 +92,11 @@ class Scheduler:
         synced: tuple[asyncio.Event, ...],
         capacity_grew: asyncio.Event,
         hold_s: float,
+        head_protection_s: float,
         commit_attempts: int,
         sync_timeout_s: float,
         clock: Clock,
+        placeholders: PlaceholderPods | None = None,
     ):
         self._inventory = inventory
         self._ledger = ledger
@@ -96,11 +104,14 @@ class Scheduler:
         self._synced = synced
         self._capacity_grew = capacity_grew
         self._hold = timedelta(seconds=hold_s)
+        self._head_protection = timedelta(seconds=head_protection_s)
         self._attempts = commit_attempts
         self._sync_timeout_s = sync_timeout_s
         self._clock = clock
         self._lock = asyncio.Lock()
+        self._placeholders = placeholders  # None: bookings stay in the ledger only
         self._suspects: set[tuple[str, str]] = set()
+        self._unbooked_placeholders: set[str] = set()
 
     async def _wait_synced(self) -> None:
         try:
@@ -152,17 +163,27 @@ class Scheduler:
         ):
             # Placed before (a redelivery, or another replica's retry): make sure it is all booked.
             if await self._book(current, previous=None):
+                await self._hold_places(current, previous=None)
                 if forget_pending:
                     await self._ledger.delete_pending(ask.cluster_id)
                 return Scheduled(current)
             await self._drop(current, revision)
             return None
 
-        request, kept = plan(ask.cluster_id, ask.spec, current, self._inventory)
+        request, kept = plan(ask.cluster_id, ask.uid, ask.spec, current, self._inventory)
+        now = self._clock()
+        head = self._head_waiting(ask.cluster_id, now)
+        if head is not None:
+            request = dataclasses.replace(request, excluded=head[1])
         started = time.perf_counter()
         decision = place(request, self._inventory) if request.vnodes else Placement(())
         self._metrics.placement_seconds.observe(time.perf_counter() - started)
-        now = self._clock()
+        if (
+            isinstance(decision, Unschedulable)
+            and head is not None
+            and isinstance(place(dataclasses.replace(request, excluded=frozenset()), self._inventory), Placement)
+        ):
+            decision = behind_head(decision, head[0].cluster_id, head[0].since, head[1])
         if isinstance(decision, Unschedulable):
             await self._remember(ask, decision, now)
             return decision
@@ -181,6 +202,7 @@ class Scheduler:
             else:
                 await self._ledger.delete_reservation(ask.cluster_id, written)
             return None
+        await self._hold_places(reservation, previous=current)
         if forget_pending:
             await self._ledger.delete_pending(ask.cluster_id)
         log.info(
@@ -190,6 +212,22 @@ class Scheduler:
             kept=len(kept),
         )
         return Scheduled(reservation)
+
+    def _head_waiting(self, asking: str, now: datetime) -> tuple[PendingCluster, frozenset[str]] | None:
+        """The head of the pending queue, if it waited long enough and is another cluster, and the
+        nodes kept for it."""
+        head = head_of_queue(self._ledger.pending(), now, self._head_protection)
+        if head is None or head.cluster_id == asking:
+            return None
+        try:
+            spec = ClusterAsk.from_event(REGISTRY.decode(head.subject, head.event.encode())).spec
+        except InvalidEvent:
+            return None  # dropped by the next retry, which says why
+        previous = next(
+            (r for r in self._ledger.reservations() if r.cluster_id == head.cluster_id and r.uid == head.uid), None
+        )
+        request, _ = plan(head.cluster_id, head.uid, spec, previous, self._inventory)
+        return head, nodes_awaited(request, self._inventory)
 
     async def _book(self, reservation: Reservation, previous: Reservation | None) -> bool:
         """Books the reservation's vNodes, replacing the bookings of `previous`; all or none."""
@@ -212,7 +250,26 @@ class Scheduler:
         for node in sorted(reservation.hosts()):
             remaining = keep.bookings_on(node) if keep is not None else {}
             await self._ledger.replace_bookings(node, reservation.uid, remaining, admit=False)
+        kept = {v.vnode for v in keep.active()} if keep is not None else set()
+        await self._release_places(reservation, [v.vnode for v in reservation.active() if v.vnode not in kept])
         self._capacity_grew.set()
+
+    async def _hold_places(self, reservation: Reservation, previous: Reservation | None) -> None:
+        """Placeholder pods for the booked vNodes not running yet; those of vNodes the cluster no
+        longer has go."""
+        if self._placeholders is None:
+            return
+        for vnode in placeholders_wanted(reservation, self._inventory):
+            await self._placeholders.hold(reservation, vnode)
+        if previous is not None and previous.uid == reservation.uid:
+            wanted = {v.vnode for v in reservation.vnodes}
+            await self._release_places(previous, [v.vnode for v in previous.vnodes if v.vnode not in wanted])
+
+    async def _release_places(self, reservation: Reservation, vnodes: list[str]) -> None:
+        if self._placeholders is None:
+            return
+        for vnode in vnodes:
+            await self._placeholders.release(reservation.cluster_id, (reservation.uid, vnode))
 
     async def _drop(self, reservation: Reservation, revision: int) -> bool:
         await self._unbook(reservation)
@@ -378,7 +435,7 @@ class Scheduler:
                 log.exception("Sweeping the ledger failed")
 
     async def sweep(self) -> None:
-        """Releases holds past their expiry, and repairs bookings a crash left out of line."""
+        """Releases holds past their expiry, and repairs bookings and placeholders a crash left out of line."""
         await self._wait_synced()
         now = self._clock()
         for reservation in self._ledger.reservations():
@@ -386,6 +443,7 @@ class Scheduler:
                 with structlog.contextvars.bound_contextvars(cluster_id=reservation.cluster_id):
                     await self._expire(reservation.cluster_id, now)
         await self._repair()
+        await self._release_unbooked_placeholders()
 
     async def _expire(self, cluster_id: str, now: datetime) -> None:
         async def change(current: Reservation, revision: int) -> bool:
@@ -407,6 +465,17 @@ class Scheduler:
             return done
 
         await self._change(cluster_id, change)
+
+    async def _release_unbooked_placeholders(self) -> None:
+        """Placeholders whose booking is gone in two sweeps in a row (left by a crash between the
+        two): released, so neither their room nor their finalizer stays behind."""
+        if self._placeholders is None:
+            return
+        unbooked = self._inventory.unbooked_placeholders()
+        for key in sorted(unbooked.keys() & self._unbooked_placeholders):
+            namespace, name = key.split("/", 1)
+            await self._placeholders.release_pod(namespace, name, unbooked[key][0])
+        self._unbooked_placeholders = set(unbooked)
 
     async def _repair(self) -> None:
         """Bookings must be what their reservation lists. A difference seen in two sweeps in a row

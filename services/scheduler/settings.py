@@ -39,6 +39,20 @@ class SchedulerSettings(ServiceSettings):
     commit_attempts: int = Field(
         default=8, ge=1, description="Placements tried per request when other schedulers take the capacity first."
     )
+    placeholders: bool = Field(
+        default=True,
+        description="Hold booked resources with placeholder pods (in the cluster's namespace) until the vNode "
+        "pod runs, so kube-scheduler cannot give them to other pods.",
+    )
+    placeholder_image: str = Field(
+        default="registry.k8s.io/pause:3.10.2", description="Image of the placeholder pods (it only sleeps)."
+    )
+    head_protection_s: float = Field(
+        default=600.0,
+        gt=0,
+        description="Once the oldest pending cluster has waited this long, the nodes it waits on are kept "
+        "from every other cluster until it is placed (clusters are retried oldest first).",
+    )
     sync_timeout_s: float = Field(
         default=30.0, gt=0, description="How long an event waits for the inventory and ledger to be loaded."
     )

@@ -16,7 +16,6 @@ for the first consumer still provision on that host.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -37,17 +36,23 @@ from libs.events.catalog import (
     VNodeRef,
 )
 from libs.kube.objects import GROUP, owner_reference
+from libs.kube.vnodes import (
+    APP,
+    APP_LABEL,
+    CLUSTER_LABEL,
+    CLUSTER_UID_LABEL,
+    COMPONENT_LABEL,
+    VNODE_COMPONENT,
+    VNODE_LABEL,
+    bounded,
+    placeholder_name,
+    pod_name,
+    statefulset_name,
+)
 from services.vnode.settings import VNodeSettings
 
-APP = "vk8s"
-APP_LABEL = "app"
-CLUSTER_LABEL = "clusterName"
 ROLE_LABEL = "role"
-VNODE_LABEL = "vnode"
 ISTIO_INJECT_LABEL = "sidecar.istio.io/inject"
-CLUSTER_UID_LABEL = f"{GROUP}/cluster-uid"
-COMPONENT_LABEL = f"{GROUP}/component"
-VNODE_COMPONENT = "vnode"
 ACCESS_COMPONENT = "access"
 RETAIN_VOLUMES_ANNOTATION = f"{GROUP}/retain-volumes"
 SELECTED_NODE_ANNOTATION = "volume.kubernetes.io/selected-node"
@@ -59,37 +64,16 @@ VNODE_CONTAINER = "vnode"
 ACCESS_PORT_NAME = "access"
 INNER_API_SERVER_PORT = 6443
 
-# A StatefulSet's pods carry `controller-revision-hash: <name>-<10 chars>`, a label value (<= 63).
-MAX_STATEFULSET_NAME = 52
 MAX_NAME = 63
 
 # ---------------------------------------------------------------------------------------------
 # Names and labels
 
 
-def _bounded(name: str, limit: int) -> str:
-    """`name`, or when longer than `limit` a prefix of it plus a hash of all of it (still unique)."""
-    if len(name) <= limit:
-        return name
-    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
-    return f"{name[: limit - len(digest) - 1].rstrip('-')}-{digest}"
-
-
-def statefulset_name(cluster: str, vnode: str) -> str:
-    """`<cluster>-<vnode>`: node names repeat across clusters (every cluster has a `master`), so the
-    cluster name keeps them apart within a namespace. The rare pair that still collides
-    (`a` + `b-c` vs `a-b` + `c`) is refused by `clashes`."""
-    return _bounded(f"{cluster}-{vnode}", MAX_STATEFULSET_NAME)
-
-
-def pod_name(cluster: str, vnode: str) -> str:
-    return f"{statefulset_name(cluster, vnode)}-0"
-
-
 def _service_name(cluster: str, suffix: str) -> str:
     # Service names are DNS-1035 labels: they must start with a letter, cluster names need not.
     base = f"{cluster}-{suffix}" if cluster[0].isalpha() else f"vk8s-{cluster}-{suffix}"
-    return _bounded(base, MAX_NAME)
+    return bounded(base, MAX_NAME)
 
 
 def headless_service_name(cluster: str) -> str:
@@ -319,11 +303,14 @@ class ObjectRef:
 
 @dataclass(frozen=True)
 class Plan:
-    """Objects to apply (in order) and objects that should no longer exist, in one namespace."""
+    """Objects to apply (in order) and objects that should no longer exist, in one namespace.
+    `placeholders`: the scheduler's placeholder pods to delete before applying, so the vNode pods
+    pinned to those hosts find the resources free."""
 
     namespace: str
     apply: tuple[dict[str, Any], ...]
     delete: tuple[ObjectRef, ...]
+    placeholders: tuple[str, ...] = ()
 
 
 def clashes(record: ClusterRecord, current: Iterable[CurrentStatefulSet]) -> list[str]:
@@ -376,7 +363,8 @@ def plan(record: ClusterRecord, current: Iterable[CurrentStatefulSet], settings:
         objects += [access_deployment(record, master, replicas, settings), access_service(record, settings)]
     else:
         deletes += [ObjectRef("Deployment", access_name(record.name)), ObjectRef("Service", access_name(record.name))]
-    return Plan(namespace=record.namespace, apply=tuple(objects), delete=tuple(deletes))
+    placeholders = tuple(placeholder_name(record.name, vnode.node.name) for vnode in placed) if replicas else ()
+    return Plan(namespace=record.namespace, apply=tuple(objects), delete=tuple(deletes), placeholders=placeholders)
 
 
 def _metadata(record: ClusterRecord, name: str, labels: Mapping[str, str]) -> dict[str, Any]:

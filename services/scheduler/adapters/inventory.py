@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from decimal import Decimal
 from typing import Any
 
@@ -19,17 +19,14 @@ from kubernetes.aio import client
 from libs.api.models import GPU_RESOURCE
 from libs.api.quantity import QuantityError, parse_quantity
 from libs.events.envelope import cluster_id_of
-from libs.kube import ApiClient, watch_objects
-from services.scheduler.logic import HostNode, Inventory, PodUsage, Resources, Taint
+from libs.kube import ApiClient, vnodes, watch_objects
+from libs.kube.objects import KIND
+from services.scheduler.logic import BookingKey, HostNode, Inventory, PodUsage, Resources, Taint
 
 log = structlog.get_logger(__name__)
 
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
 ZONE_LABEL = "topology.kubernetes.io/zone"
-# The vNode stage labels vNode pods as the original controller did: app=vk8s, clusterName, vnode.
-VNODE_APP_LABEL = ("app", "vk8s")
-CLUSTER_NAME_LABEL = "clusterName"
-VNODE_LABEL = "vnode"
 # Bound pods that still hold resources (what kube-scheduler counts as assigned).
 ASSIGNED_PODS = "spec.nodeName!=,status.phase!=Succeeded,status.phase!=Failed"
 # The kubelet's default; a node that reports no pod capacity gets it.
@@ -114,14 +111,56 @@ def pod_requests(pod: client.V1Pod) -> Resources:
     )
 
 
+def vnode_of(pod: client.V1Pod) -> BookingKey | None:
+    """(cluster uid, vNode) when the pod is the vNode stage's pod of that vNode: labelled for it,
+    named `<cluster>-<vnode>-0` and controlled by the StatefulSet `<cluster>-<vnode>`. Labels alone
+    are not enough: a tenant's pod can carry them. A pod cannot take the name of the vNode's own
+    pod while that pod exists, so a look-alike can at most keep the vNode from starting, and covers
+    no more of the booking than it takes itself."""
+    if (pod.metadata.labels or {}).get(vnodes.APP_LABEL) != vnodes.APP:
+        return None
+
+    def its_statefulset(owner: client.V1OwnerReference, cluster: str, vnode: str, uid: str) -> bool:
+        return owner.kind == "StatefulSet" and owner.name == vnodes.statefulset_name(cluster, vnode)
+
+    return _identity(pod, vnodes.pod_name, its_statefulset)
+
+
+def placeholder_of(pod: client.V1Pod) -> BookingKey | None:
+    """(cluster uid, vNode) when the pod is the scheduler's placeholder of that vNode: named for it,
+    labelled as one, and controlled by the Vk8s object of that uid."""
+    if (pod.metadata.labels or {}).get(vnodes.COMPONENT_LABEL) != vnodes.PLACEHOLDER_COMPONENT:
+        return None
+
+    def its_vk8s(owner: client.V1OwnerReference, cluster: str, vnode: str, uid: str) -> bool:
+        return owner.kind == KIND and owner.uid == uid
+
+    return _identity(pod, vnodes.placeholder_name, its_vk8s)
+
+
+def _identity(
+    pod: client.V1Pod,
+    expected_name: Callable[[str, str], str],
+    owned: Callable[[client.V1OwnerReference, str, str, str], bool],
+) -> BookingKey | None:
+    """(uid, vNode) from the pod's labels, if its name is `expected_name(cluster, vNode)` and its
+    controller is `owned(owner, cluster, vNode, uid)`."""
+    labels = pod.metadata.labels or {}
+    cluster = labels.get(vnodes.CLUSTER_LABEL)
+    vnode = labels.get(vnodes.VNODE_LABEL)
+    uid = labels.get(vnodes.CLUSTER_UID_LABEL)
+    if not cluster or not vnode or not uid or pod.metadata.name != expected_name(cluster, vnode):
+        return None
+    owner = next((o for o in pod.metadata.owner_references or () if o.controller), None)
+    return (uid, vnode) if owner is not None and owned(owner, cluster, vnode, uid) else None
+
+
 def pod_usage(pod: client.V1Pod) -> PodUsage | None:
     if not pod.spec.node_name or (pod.status is not None and pod.status.phase in ("Succeeded", "Failed")):
         return None
-    labels = pod.metadata.labels or {}
-    vnode = None
-    if labels.get(VNODE_APP_LABEL[0]) == VNODE_APP_LABEL[1] and CLUSTER_NAME_LABEL in labels and VNODE_LABEL in labels:
-        vnode = (cluster_id_of(pod.metadata.namespace, labels[CLUSTER_NAME_LABEL]), labels[VNODE_LABEL])
-    return PodUsage(pod.spec.node_name, pod_requests(pod), vnode)
+    if placeholder := placeholder_of(pod):
+        return PodUsage(pod.spec.node_name, pod_requests(pod), placeholder, placeholder=True)
+    return PodUsage(pod.spec.node_name, pod_requests(pod), vnode_of(pod))
 
 
 def _pod_key(pod: client.V1Pod) -> str:
@@ -138,11 +177,14 @@ class KubeInventory:
         *,
         node_selector: str = "",
         on_growth: Callable[[], None],
+        on_vnode_pod: Callable[[str, BookingKey], Awaitable[None]] | None = None,
     ):
+        """`on_vnode_pod(cluster id, vNode)` runs when a vNode pod is first seen bound to a node."""
         self._core = client.CoreV1Api(api)
         self._inventory = inventory
         self._node_selector = node_selector
         self._on_growth = on_growth
+        self._on_vnode_pod = on_vnode_pod
         self.nodes_synced = asyncio.Event()
         self.pods_synced = asyncio.Event()
 
@@ -174,7 +216,10 @@ class KubeInventory:
             if event.object is not None:
                 key = _pod_key(event.object)
                 usage = None if event.type == "DELETED" else pod_usage(event.object)
+                appeared = usage is not None and not self._inventory.has_pod(key)
                 grew = self._inventory.upsert_pod(key, usage)
+                if appeared and usage is not None and usage.vnode is not None and not usage.placeholder:
+                    await self._displace_placeholder(event.object.metadata, usage.vnode)
                 if event.type == "SYNC":
                     seen.add(key)
             if event.synced:
@@ -184,6 +229,17 @@ class KubeInventory:
                 self._settle(self.pods_synced, "pods")
             if grew:
                 self._on_growth()
+
+    async def _displace_placeholder(self, metadata: client.V1ObjectMeta, vnode: BookingKey) -> None:
+        """A vNode pod is bound: its placeholder goes, finalizer and all (the vnode stage deleted it
+        before starting the pod; the finalizer kept its room counted until now)."""
+        if self._on_vnode_pod is None:
+            return
+        cluster_id = cluster_id_of(metadata.namespace, (metadata.labels or {})[vnodes.CLUSTER_LABEL])
+        try:
+            await self._on_vnode_pod(cluster_id, vnode)
+        except Exception:  # noqa: BLE001 - the next event of the pod tries again; the watch goes on
+            log.exception("Deleting a displaced placeholder pod failed", cluster_id=cluster_id, vnode=vnode[1])
 
     @staticmethod
     def _settle(synced: asyncio.Event, what: str) -> None:

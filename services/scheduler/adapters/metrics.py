@@ -3,7 +3,8 @@
     vk8s_scheduler_gpus{model,node,zone,state}     gauge    GPUs of each GPU host node; state is
                                                             capacity (allocatable), in_use (requested
                                                             by pods), reserved (booked for vNodes whose
-                                                            pod does not exist yet) or free
+                                                            pod does not exist yet, held by their
+                                                            placeholder pods) or free
     vk8s_scheduler_nodes{state}                    gauge    host nodes: schedulable | cordoned
     vk8s_scheduler_placement_seconds               histogram  time of one placement decision
     vk8s_scheduler_scheduled_total{trigger}        counter  clusters placed: event | retry
@@ -91,7 +92,7 @@ class StateCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         gpus = GaugeMetricFamily(
             f"{PREFIX}_gpus",
-            "GPUs of each host node by state: capacity, in_use (pods), reserved (booked, no pod yet), free.",
+            "GPUs of each host node by state: capacity, in_use (pods), reserved (booked, no vNode pod yet), free.",
             labels=["model", "node", "zone", "state"],
         )
         nodes = Tally({"schedulable": 0, "cordoned": 0})

@@ -85,6 +85,8 @@ class VNodeObjects:
         )
 
     async def execute(self, plan: logic.Plan) -> None:
+        for name in plan.placeholders:
+            await self.delete("Pod", plan.namespace, name)
         for body in plan.apply:
             await self.apply(body)
         for ref in plan.delete:
@@ -113,9 +115,12 @@ class VNodeObjects:
             "Deployment": self._apps.delete_namespaced_deployment,
             "Service": self._core.delete_namespaced_service,
             "PersistentVolumeClaim": self._core.delete_namespaced_persistent_volume_claim,
+            "Pod": self._core.delete_namespaced_pod,
         }[kind]
         try:
-            await remove(name, namespace, propagation_policy="Background")
+            # A placeholder pod runs nothing worth a grace period; the vNode pod needs its room now.
+            grace = 0 if kind == "Pod" else None
+            await remove(name, namespace, propagation_policy="Background", grace_period_seconds=grace)
         except ApiException as error:
             if not_found(error):
                 return False

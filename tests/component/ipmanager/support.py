@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
+from datetime import timedelta
 from ipaddress import IPv4Address
 from typing import Any
 
@@ -33,6 +34,7 @@ def allocator_for(
         layout=settings.network_layout(),
         pool=settings.address_pool(),
         metrics=IpManagerMetrics(registry or CollectorRegistry()),
+        tombstone_retention=timedelta(seconds=settings.tombstone_retention_s),
     )
 
 
@@ -52,12 +54,14 @@ def vnode_names(workers: int) -> list[str]:
     return ["master", *(f"worker-{index}" for index in range(workers))]
 
 
-def scheduled(namespace: str, name: str, *, workers: int = 1, generation: int = 1) -> Envelope[ClusterScheduled]:
+def scheduled(
+    namespace: str, name: str, *, workers: int = 1, generation: int = 1, uid: str | None = None
+) -> Envelope[ClusterScheduled]:
     placements = [
         VNodePlacement(vnode=vnode, role="master" if vnode == "master" else "worker", host_node="gpu-node-0", gpus=1)
         for vnode in vnode_names(workers)
     ]
-    payload = ClusterScheduled(generation=generation, placements=placements)
+    payload = ClusterScheduled(generation=generation, placements=placements, uid=uid)
     return Envelope.new(payload, cluster_id=f"{namespace}/{name}", now=NOW)
 
 

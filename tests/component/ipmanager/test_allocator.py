@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from ipaddress import IPv4Address, IPv4Network, ip_network
@@ -16,8 +17,8 @@ from prometheus_client import CollectorRegistry
 from libs.events import ensure_kv
 from services.ipmanager.adapters.kv import KvStore
 from services.ipmanager.adapters.metrics import IpManagerMetrics
-from services.ipmanager.allocator import Allocator
-from services.ipmanager.logic import NetworkRequest, PoolExhausted
+from services.ipmanager.allocator import Allocator, NetworkNotClaimed, StaleAllocation
+from services.ipmanager.logic import ClusterReleased, NetworkRequest, PoolExhausted
 from services.ipmanager.reconciler import Reconciler
 from services.ipmanager.records import ClusterRecord, IpClaim
 from services.ipmanager.settings import IpManagerSettings
@@ -42,7 +43,7 @@ async def second_replica_kv(nats_url: str, kv: KeyValue) -> AsyncIterator[KeyVal
 async def provision(allocator: Allocator, index: int, workers: int) -> dict[str, IPv4Address]:
     uid, cluster_id = f"uid-{index:03d}", f"team-{index % 7}/cluster-{index}"
     await allocator.claim_network(uid=uid, cluster_id=cluster_id, generation=1, request=NetworkRequest())
-    _, addresses = await allocator.allocate_vnode_ips(cluster_id, vnode_names(workers))
+    _, addresses = await allocator.allocate_vnode_ips(cluster_id, 1, vnode_names(workers))
     return addresses
 
 
@@ -95,7 +96,7 @@ async def test_an_intent_left_by_a_crash_is_completed_with_the_same_address(kv: 
     # The process died after writing the index, before creating ip.10-250-1-17.
     await store.put_cluster_record(ClusterRecord(uid="u1", cluster_id="ns/c1", vnodes={"master": intent}), None)
 
-    _, addresses = await allocator.allocate_vnode_ips("ns/c1", ["master"])
+    _, addresses = await allocator.allocate_vnode_ips("ns/c1", 1, ["master"])
     assert addresses == {"master": intent}
     assert (await claims_in(kv))[intent].owned_by("u1", "master")
 
@@ -107,7 +108,7 @@ async def test_an_intent_another_cluster_took_meanwhile_is_replaced(kv: KeyValue
     await store.put_cluster_record(ClusterRecord(uid="u1", cluster_id="ns/c1", vnodes={"master": contested}), None)
     await store.create_ip_claim(contested, IpClaim(uid="u2", cluster_id="ns/c2", vnode="master", claimed_at=NOW))
 
-    _, addresses = await allocator.allocate_vnode_ips("ns/c1", ["master"])
+    _, addresses = await allocator.allocate_vnode_ips("ns/c1", 1, ["master"])
     assert addresses["master"] != contested
     claims = await claims_in(kv)
     assert claims[contested].uid == "u2" and claims[addresses["master"]].owned_by("u1", "master")
@@ -130,7 +131,7 @@ async def test_the_reconcile_repairs_an_index_missing_a_claim(kv: KeyValue) -> N
     record = await store.cluster_record("u1")
     assert record is not None and record.value.vnodes == {"master": claimed}
 
-    _, addresses = await allocator.allocate_vnode_ips("ns/c1", ["master", "worker-0"])
+    _, addresses = await allocator.allocate_vnode_ips("ns/c1", 1, ["master", "worker-0"])
     assert addresses["master"] == claimed
     assert len(await claims_in(kv)) == 2
 
@@ -142,7 +143,7 @@ async def test_the_next_retry_adopts_a_claim_made_before_its_index_entry(kv: Key
     first_choice = IpManagerSettings().address_pool().pick("u1/master", ())
     await store.create_ip_claim(first_choice, IpClaim(uid="u1", cluster_id="ns/c1", vnode="master", claimed_at=NOW))
 
-    _, addresses = await allocator.allocate_vnode_ips("ns/c1", ["master"])
+    _, addresses = await allocator.allocate_vnode_ips("ns/c1", 1, ["master"])
     assert addresses == {"master": first_choice}
     assert list(await claims_in(kv)) == [first_choice]
     record = await store.cluster_record("u1")
@@ -153,7 +154,7 @@ async def test_release_frees_everything_of_the_cluster_only_and_is_idempotent(kv
     allocator, store = allocator_for(kv), KvStore(kv)
     for uid, cluster_id in (("u1", "team-a/c1"), ("u2", "team-b/c2")):
         await allocator.claim_network(uid=uid, cluster_id=cluster_id, generation=1, request=NetworkRequest())
-        await allocator.allocate_vnode_ips(cluster_id, ["master", "worker-0"])
+        await allocator.allocate_vnode_ips(cluster_id, 1, ["master", "worker-0"])
     mine = {a for a, c in (await claims_in(kv)).items() if c.uid == "u1"}
 
     assert set(await allocator.release("u1")) == mine
@@ -165,7 +166,7 @@ async def test_release_frees_everything_of_the_cluster_only_and_is_idempotent(kv
 
     # Released addresses and networks can be claimed again.
     await allocator.claim_network(uid="u3", cluster_id="team-a/c1", generation=1, request=NetworkRequest())
-    _, addresses = await allocator.allocate_vnode_ips("team-a/c1", ["master", "worker-0"])
+    _, addresses = await allocator.allocate_vnode_ips("team-a/c1", 1, ["master", "worker-0"])
     assert_unique([*addresses.values(), *remaining])
 
 
@@ -175,6 +176,68 @@ async def test_the_newest_uid_of_a_reused_name_gets_the_addresses(kv: KeyValue) 
     await allocator.claim_network(
         uid="new", cluster_id="ns/c", generation=1, request=NetworkRequest(ip_network("172.20.0.0/16"))
     )
-    network, addresses = await allocator.allocate_vnode_ips("ns/c", ["master"])
+    network, addresses = await allocator.allocate_vnode_ips("ns/c", 1, ["master"])
     assert network.uid == "new" and str(network.pod_cidr) == "172.20.0.0/16"
     assert (await claims_in(kv))[addresses["master"]].uid == "new"
+
+
+async def test_a_claim_handled_after_the_release_is_refused_and_holds_nothing(kv: KeyValue) -> None:
+    allocator, store = allocator_for(kv), KvStore(kv)
+    # The delete chain reached the ipmanager before the cluster's cluster.accepted did.
+    assert await allocator.release("late") == []
+
+    with pytest.raises(ClusterReleased):
+        await allocator.claim_network(uid="late", cluster_id="ns/late", generation=1, request=NetworkRequest())
+    table = await store.networks()
+    assert table.clusters == {} and set(table.released) == {"late"}
+    with pytest.raises(NetworkNotClaimed):
+        await allocator.allocate_vnode_ips("ns/late", 1, ["master"])
+    assert await claims_in(kv) == {}
+
+
+async def test_deletes_racing_allocations_on_two_replicas_leave_nothing_behind(
+    kv: KeyValue, second_replica_kv: KeyValue
+) -> None:
+    replicas = [allocator_for(kv), allocator_for(second_replica_kv)]
+    clusters = [(f"uid-{i:02d}", f"team/c{i}") for i in range(20)]
+    for uid, cluster_id in clusters:
+        await replicas[0].claim_network(uid=uid, cluster_id=cluster_id, generation=1, request=NetworkRequest())
+
+    async def allocate(index: int, cluster_id: str) -> None:
+        with contextlib.suppress(ClusterReleased, NetworkNotClaimed):
+            await replicas[index % 2].allocate_vnode_ips(cluster_id, 1, vnode_names(3))
+
+    await asyncio.gather(
+        *(allocate(i, cluster_id) for i, (_, cluster_id) in enumerate(clusters)),
+        *(replicas[(i + 1) % 2].release(uid) for i, (uid, _) in enumerate(clusters)),
+    )
+    # A cluster.accepted redelivered after all that claims nothing either.
+    for uid, cluster_id in clusters:
+        with pytest.raises(ClusterReleased):
+            await replicas[1].claim_network(uid=uid, cluster_id=cluster_id, generation=1, request=NetworkRequest())
+
+    store = KvStore(kv)
+    assert await claims_in(kv) == {}
+    assert (await store.networks()).clusters == {}
+    assert await store.cluster_records() == {}
+
+
+async def test_scale_in_releases_the_removed_vnodes_addresses_at_once(kv: KeyValue) -> None:
+    allocator, store = allocator_for(kv), KvStore(kv)
+    await allocator.claim_network(uid="u1", cluster_id="ns/c1", generation=1, request=NetworkRequest())
+    _, before = await allocator.allocate_vnode_ips("ns/c1", 1, ["master", "worker-0", "worker-1"])
+
+    _, after = await allocator.allocate_vnode_ips("ns/c1", 2, ["master", "worker-0"])
+
+    assert after == {vnode: before[vnode] for vnode in ("master", "worker-0")}
+    assert set(await claims_in(kv)) == set(after.values())
+    record = await store.cluster_record("u1")
+    assert record is not None and record.value.vnodes == after and record.value.generation == 2
+    # The older generation delivered again claims nothing back.
+    with pytest.raises(StaleAllocation):
+        await allocator.allocate_vnode_ips("ns/c1", 1, ["master", "worker-0", "worker-1"])
+    assert set(await claims_in(kv)) == set(after.values())
+    # Scaled out again, worker-1 gets an address, and nothing is given twice.
+    _, again = await allocator.allocate_vnode_ips("ns/c1", 3, ["master", "worker-0", "worker-1"])
+    assert_unique(list(again.values()))
+    assert len(await claims_in(kv)) == 3

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
+import nats
 import pytest
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
@@ -116,3 +118,31 @@ async def test_overlapping_cidrs_fail_the_cluster_with_a_reason(js: JetStreamCon
     )
     neighbour_clash = next(f for f in failures if f.cluster_id == "team-c/neighbour-clash")
     assert "overlaps the pod network of cluster team-a/first (172.20.0.0/16)" in neighbour_clash.data.message
+
+
+async def test_an_accepted_handled_after_the_delete_chain_claims_nothing_and_fails_nothing(
+    js: JetStreamContext, kv: KeyValue, ipmanager: Consumer
+) -> None:
+    await publish(js, vnodes_deleted("team-z", "late", "uid-z"))
+    await collect(js, "cluster.ips.released", for_cluster("team-z/late"))
+
+    await publish(js, accepted("team-z", "late", "uid-z"), scheduled("team-z", "late", uid="uid-z"))
+
+    async def handled() -> bool:
+        info = await js.consumer_info(STREAM_NAME, "ipmanager")
+        return info.num_pending == 0 and info.num_ack_pending == 0
+
+    async with asyncio.timeout(30):
+        while not await handled():
+            await asyncio.sleep(0.1)
+    table = await KvStore(kv).networks()
+    assert table.clusters == {} and set(table.released) == {"uid-z"}
+    assert await claims_in(kv) == {}
+    stream = await js.stream_info(STREAM_NAME)
+    failures = await js.subscribe("cluster.failed", ordered_consumer=True)
+    try:
+        assert stream.state.messages == 4
+        with pytest.raises(nats.errors.TimeoutError):
+            await failures.next_msg(timeout=0.5)
+    finally:
+        await failures.unsubscribe()

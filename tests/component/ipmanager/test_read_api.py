@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from ipaddress import IPv4Address
 
 import aiohttp
@@ -40,7 +40,13 @@ async def wired(js: JetStreamContext) -> AsyncIterator[Wired]:
     registry = CollectorRegistry()
     metrics = IpManagerMetrics(registry)
     store = KvStore(await ensure_kv(js, BUCKET))
-    allocator = Allocator(store, layout=settings.network_layout(), pool=settings.address_pool(), metrics=metrics)
+    allocator = Allocator(
+        store,
+        layout=settings.network_layout(),
+        pool=settings.address_pool(),
+        metrics=metrics,
+        tombstone_retention=timedelta(seconds=settings.tombstone_retention_s),
+    )
     reconciler = Reconciler(
         store, None, layout=settings.network_layout(), pool=settings.address_pool(), metrics=metrics,
         grace_s=0, interval_s=60,
@@ -61,7 +67,7 @@ async def get(url: str) -> tuple[int, dict]:
 async def test_allocations_pools_and_orphans(wired: Wired) -> None:
     base, allocator = wired.base_url, wired.allocator
     await allocator.claim_network(uid="u1", cluster_id="team-a/dev", generation=1, request=NetworkRequest())
-    _, addresses = await allocator.allocate_vnode_ips("team-a/dev", ["master", "worker-0"])
+    _, addresses = await allocator.allocate_vnode_ips("team-a/dev", 1, ["master", "worker-0"])
 
     status, body = await get(f"{base}/v1/allocations")
     assert status == 200

@@ -55,7 +55,7 @@ ReplicaFactory = Callable[..., Awaitable[Replica]]
 async def replicas(js: JetStreamContext, clock: Clock) -> AsyncIterator[ReplicaFactory]:
     watches: list[asyncio.Task[None]] = []
 
-    async def start(*nodes: HostNode, hold_s: float = 600.0) -> Replica:
+    async def start(*nodes: HostNode, hold_s: float = 600.0, head_protection_s: float = 600.0) -> Replica:
         inventory = Inventory()
         for node in nodes:
             inventory.upsert_node(node)
@@ -77,6 +77,7 @@ async def replicas(js: JetStreamContext, clock: Clock) -> AsyncIterator[ReplicaF
             synced=(ledger.synced,),
             capacity_grew=grew,
             hold_s=hold_s,
+            head_protection_s=head_protection_s,
             commit_attempts=8,
             sync_timeout_s=5.0,
             clock=clock,

@@ -13,7 +13,7 @@ from libs.events.catalog import ClusterDeleted, ClusterIPsReleased, ClusterSched
 from libs.events.envelope import Envelope
 from services.scheduler.adapters.ledger import decode_bookings, node_key
 from services.scheduler.handlers import Handlers
-from services.scheduler.logic import Booking, ReservationState, Resources, Unschedulable
+from services.scheduler.logic import Booking, PodUsage, ReservationState, Resources, Unschedulable
 from services.scheduler.scheduler import Scheduled, Stale
 from tests.component.scheduler.support import START, Clock, ReplicaFactory, accepted, ask, replicas, updated
 from tests.unit.scheduler.support import host
@@ -286,3 +286,35 @@ async def test_a_cluster_recreated_under_the_same_name_replaces_a_leftover_reser
     assert {uid for uid, _ in await bookings_in_bucket(js, "n1")} == {"uid-new"}
     # The old object's request, delivered again late, changes nothing.
     assert isinstance(await r.scheduler.schedule(ask(accepted("a", 8, uid="uid-old"))), Stale)
+
+
+async def test_once_the_head_of_the_queue_has_waited_later_clusters_leave_it_the_nodes_it_waits_on(
+    replica: ReplicaFactory, clock: Clock
+) -> None:
+    r = await replica(host("n1"), host("n2"), head_protection_s=300)
+    r.inventory.upsert_pod("other/trainer-1", PodUsage("n1", Resources(4, 0, 0, 1)))
+    r.inventory.upsert_pod("other/trainer-2", PodUsage("n2", Resources(6, 0, 0, 1)))
+    assert isinstance(await r.scheduler.schedule(ask(accepted("big", 8))), Unschedulable)
+
+    # Before the bound, later clusters take what fits, as before.
+    clock.advance(60)
+    assert isinstance(await r.scheduler.schedule(ask(accepted("early", 3))), Scheduled)  # n1: 1 GPU left
+
+    # Past it, the node the big cluster comes closest to fitting on (n2) is kept for it.
+    clock.advance(300)
+    late = await r.scheduler.schedule(ask(accepted("late", 2)))
+    assert isinstance(late, Unschedulable)
+    assert [(v.vnode, v.code) for v in late.reasons] == [("worker-0", "BehindHeadOfQueue")]
+    assert late.reasons[0].text.startswith("fits, but waits behind team/big (pending since 2026-11-28T12:00:00+00:00)")
+    assert "(n2)" in late.reasons[0].text
+    # What fits elsewhere is still placed.
+    tiny = await r.scheduler.schedule(ask(accepted("tiny", 1)))
+    assert isinstance(tiny, Scheduled) and tiny.reservation.vnodes[1].host_node == "n1"
+
+    # n2 empties: the head goes first, then the queue in order.
+    r.inventory.upsert_pod("other/trainer-2", None)
+    await r.scheduler.retry_pending(r.publish)
+    scheduled = {e.cluster_id: e.data for e in r.published if e.type == ClusterScheduled.subject}
+    assert list(scheduled) == ["team/big"]
+    assert [(p.host_node, p.gpus) for p in scheduled["team/big"].placements][1] == ("n2", 8)
+    assert [p.cluster_id for p in r.ledger.pending()] == ["team/late"]

@@ -322,6 +322,26 @@ async def test_deletion_requests_cleanup_and_cluster_deleted_releases_the_object
     only(await cluster.events("cluster.delete.requested"))
 
 
+async def test_a_deletion_a_stage_gave_up_on_is_requested_again_until_it_ends(
+    settings: GatewaySettings, cluster: Cluster, js: JetStreamContext
+) -> None:
+    # Relist every 10 s (the least allowed); a deletion still held 3 s after its request is due again.
+    resyncing = settings.model_copy(update={"watch_timeout_s": 10, "delete_resync_s": 3.0})
+    async with running(resyncing):
+        created = await cluster.apply()
+        uid = created["metadata"]["uid"]
+        await cluster.next("cluster.accepted")
+        await cluster.delete()
+        [first] = await cluster.next("cluster.delete.requested")
+        # A stage gives up: nothing ends the chain. The next relist requests the deletion again.
+        requests = await cluster.next("cluster.delete.requested", count=2, timeout=40)
+        assert [r.id for r in requests[:2]] == [f"delete-requested-{uid}", f"delete-requested-{uid}-resync-1"]
+        assert requests[1].data.uid == uid and requests[1].time > first.time
+        # This time the chain ends: the finalizer goes and the object with it.
+        await Publisher(js).publish(requests[1].follow(ClusterDeleted(uid=uid), now=NOW))
+        await eventually(lambda: _gone(cluster), "the object to disappear")
+
+
 async def _gone(cluster: Cluster) -> bool:
     return await cluster.get() is None
 

@@ -148,8 +148,8 @@ async def test_a_restarted_ipmanager_reports_an_orphan_and_releases_it_after_the
         await allocator.claim_network(
             uid=uid, cluster_id=f"{namespace}/{name}", generation=1, request=NetworkRequest()
         )
-    _, gone = await allocator.allocate_vnode_ips(f"{namespace}/gone", ["master"])
-    _, live = await allocator.allocate_vnode_ips(f"{namespace}/live", ["master"])
+    _, gone = await allocator.allocate_vnode_ips(f"{namespace}/gone", 1, ["master"])
+    _, live = await allocator.allocate_vnode_ips(f"{namespace}/live", 1, ["master"])
     await create_vnode_pod(kube_api, namespace, "gone-master-0", selector, gone["master"])
     await create_vnode_pod(kube_api, namespace, "live-master-0", selector, live["master"])
 

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import aiohttp
 import pytest
@@ -27,6 +27,18 @@ from libs.events.catalog import (
     ClusterIPsReleased,
     ClusterScheduled,
     ClusterUnschedulable,
+    ClusterUpdated,
+)
+from libs.kube.objects import GROUP, KIND, PLURAL, VERSION
+from libs.kube.vnodes import (
+    APP,
+    APP_LABEL,
+    CLUSTER_LABEL,
+    CLUSTER_UID_LABEL,
+    VNODE_LABEL,
+    placeholder_name,
+    pod_name,
+    statefulset_name,
 )
 from libs.runtime import Service
 from services.scheduler.__main__ import scheduler_service
@@ -145,7 +157,42 @@ class Recorder:
         return events[0]
 
 
-def cluster(namespace: str, name: str, gpus: int, pool: Pool) -> Envelope[ClusterAccepted]:
+class Scheduling(NamedTuple):
+    service: Service
+    recorder: Recorder
+    publisher: Publisher
+    core: client.CoreV1Api
+    apps: client.AppsV1Api
+    node: str
+
+
+@pytest.fixture
+async def scheduling(
+    nats_url: str, js: JetStreamContext, kube_api: client.ApiClient, kube_config_path: Path, pool: Pool
+) -> AsyncIterator[Scheduling]:
+    """A scheduler for the pool (its one node), the stream's events, the API."""
+    async with running_scheduler(nats_url, kube_config_path, pool) as service:
+        recorder, publisher = await recording(js)
+        core, apps = client.CoreV1Api(kube_api), client.AppsV1Api(kube_api)
+        yield Scheduling(service, recorder, publisher, core, apps, pool.nodes[0])
+
+
+async def recording(js: JetStreamContext) -> tuple[Recorder, Publisher]:
+    recorder = Recorder(js)
+    await recorder.start()
+    return recorder, Publisher(js)
+
+
+async def placed(
+    recorder: Recorder, publisher: Publisher, accepted: Envelope[ClusterAccepted]
+) -> Envelope[ClusterAccepted]:
+    """Publishes the cluster and waits for the scheduler to place it."""
+    await publisher.publish(accepted)
+    await recorder.next(ClusterScheduled.subject, accepted.cluster_id)
+    return accepted
+
+
+def cluster(namespace: str, name: str, gpus: int, pool: Pool, *, uid: str | None = None) -> Envelope[ClusterAccepted]:
     def node(vnode: str, role: str, resources: dict[str, str]) -> dict[str, Any]:
         return {
             "name": vnode,
@@ -163,7 +210,7 @@ def cluster(namespace: str, name: str, gpus: int, pool: Pool) -> Envelope[Cluste
             ]
         }
     )
-    data = ClusterAccepted(name=name, namespace=namespace, spec=spec, uid=str(uuid.uuid4()), generation=1)
+    data = ClusterAccepted(name=name, namespace=namespace, spec=spec, uid=uid or str(uuid.uuid4()), generation=1)
     return Envelope.new(data, cluster_id=f"{namespace}/{name}", now=datetime.now(UTC))
 
 
@@ -173,11 +220,46 @@ async def scrape(service: Service) -> str:
             return await response.text()
 
 
-async def gpus_in_use(service: Service, node: str) -> float | None:
+async def gpus_of(service: Service, node: str, state: str = "in_use") -> float | None:
     for line in (await scrape(service)).splitlines():
-        if line.startswith("vk8s_scheduler_gpus{") and f'node="{node}"' in line and 'state="in_use"' in line:
+        if line.startswith("vk8s_scheduler_gpus{") and f'node="{node}"' in line and f'state="{state}"' in line:
             return float(line.rsplit(" ", 1)[1])
     return None
+
+
+def vnode_statefulset(accepted: Envelope[ClusterAccepted], vnode: str, gpus: int, pool: Pool) -> dict[str, Any]:
+    """What the vnode stage makes for one vNode (names and labels of libs.kube.vnodes), pinned to
+    the pool's node; the StatefulSet controller makes its pod."""
+    name = accepted.data.name
+    labels = {
+        APP_LABEL: APP,
+        CLUSTER_LABEL: name,
+        VNODE_LABEL: vnode,
+        CLUSTER_UID_LABEL: accepted.data.uid,
+    }
+    resources = {"cpu": "8", "memory": "32Gi", GPU_RESOURCE: str(gpus)}
+    return {
+        "metadata": {"name": statefulset_name(name, vnode), "labels": labels},
+        "spec": {
+            "replicas": 1,
+            "serviceName": f"{name}-vnodes",
+            "selector": {"matchLabels": labels},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "nodeName": pool.nodes[0],
+                    "tolerations": [pool.toleration],
+                    "containers": [
+                        {
+                            "name": "vnode",
+                            "image": "registry.invalid/kink:1",
+                            "resources": {"requests": resources, "limits": resources},
+                        }
+                    ],
+                },
+            },
+        },
+    }
 
 
 async def test_two_clusters_race_for_the_last_gpus_and_the_loser_is_placed_once_the_winner_is_deleted(
@@ -188,9 +270,7 @@ async def test_two_clusters_race_for_the_last_gpus_and_the_loser_is_placed_once_
         running_scheduler(nats_url, kube_config_path, pool) as first,
         running_scheduler(nats_url, kube_config_path, pool),
     ):
-        recorder = Recorder(js)
-        await recorder.start()
-        publisher = Publisher(js)
+        recorder, publisher = await recording(js)
         a, b = cluster(namespace, "alpha", 8, pool), cluster(namespace, "beta", 8, pool)
 
         await asyncio.gather(publisher.publish(a), publisher.publish(b))
@@ -221,7 +301,7 @@ async def test_two_clusters_race_for_the_last_gpus_and_the_loser_is_placed_once_
         scheduled = await recorder.next(ClusterScheduled.subject, loser.cluster_id)
         assert scheduled.causation_id == loser.id
         assert [p.gpus for p in scheduled.data.placements] == [0, 8]
-        assert await gpus_in_use(first, pool.nodes[0]) == 0
+        assert await gpus_of(first, pool.nodes[0]) == 0
 
 
 async def test_pods_on_a_node_count_and_a_clusters_own_vnode_pods_are_not_counted_twice(
@@ -248,9 +328,7 @@ async def test_pods_on_a_node_count_and_a_clusters_own_vnode_pods_are_not_counte
 
     await core.create_namespaced_pod(namespace, pod("trainer", 6, {"app": "trainer"}))
     async with running_scheduler(nats_url, kube_config_path, pool) as service:
-        recorder = Recorder(js)
-        await recorder.start()
-        publisher = Publisher(js)
+        recorder, publisher = await recording(js)
         gamma = cluster(namespace, "gamma", 4, pool)
 
         await publisher.publish(gamma)
@@ -262,11 +340,13 @@ async def test_pods_on_a_node_count_and_a_clusters_own_vnode_pods_are_not_counte
         placed = await recorder.next(ClusterScheduled.subject, gamma.cluster_id)
         assert placed.data.placements[1].host_node == node
 
-        # gamma's vNode pod appears on its node: 4 GPUs in use, and its booking no longer counts.
-        labels = {"app": "vk8s", "clusterName": "gamma", "vnode": "worker-0", "role": "worker"}
-        await core.create_namespaced_pod(namespace, pod("worker-0-0", 4, labels))
+        # gamma's vNode pod appears on its node: 4 GPUs in use, and its booking (and placeholder) no longer count.
+        await client.AppsV1Api(kube_api).create_namespaced_stateful_set(
+            namespace, vnode_statefulset(gamma, "worker-0", 4, pool)
+        )
+
         async def pod_counted() -> bool:
-            return await gpus_in_use(service, node) == 4
+            return await gpus_of(service, node) == 4 and await gpus_of(service, node, "reserved") == 0
 
         await eventually(pod_counted, "the vNode pod in the inventory")
 
@@ -279,6 +359,135 @@ async def test_pods_on_a_node_count_and_a_clusters_own_vnode_pods_are_not_counte
             "an answer for delta",
         )
         assert answer[0].type == ClusterScheduled.subject, answer[0].data
+
+
+async def test_a_vnode_grown_in_place_keeps_its_whole_booking_while_its_smaller_pod_runs(
+    scheduling: Scheduling, namespace: str, pool: Pool
+) -> None:
+    service, recorder, publisher, core, apps, node = scheduling
+    small = await placed(recorder, publisher, cluster(namespace, "grow", 2, pool))
+
+    # Its vNode pod runs on the node with 2 GPUs, made by a real StatefulSet.
+    await apps.create_namespaced_stateful_set(namespace, vnode_statefulset(small, "worker-0", 2, pool))
+    pod = pod_name("grow", "worker-0")
+
+    async def running() -> bool:
+        try:
+            found = await core.read_namespaced_pod(pod, namespace)
+        except ApiException:
+            return False
+        return found.spec.node_name == node and found.status.phase == "Running"
+
+    await eventually(running, "the 2-GPU vNode pod to run", timeout=60)
+
+    async def in_use(count: int) -> bool:
+        return await gpus_of(service, node) == count
+
+    await eventually(lambda: in_use(2), "the vNode pod in the inventory")
+
+    # Grown to 8 GPUs in place: the same host, and all 8 held while the 2-GPU pod still runs.
+    grown_spec = cluster(namespace, "grow", 8, pool).data.spec
+    grown = small.follow(
+        ClusterUpdated(name="grow", namespace=namespace, spec=grown_spec, uid=small.data.uid, generation=2),
+        now=datetime.now(UTC),
+    )
+    await publisher.publish(grown)
+    regrown = await recorder.next(ClusterScheduled.subject, small.cluster_id, after=1)
+    assert regrown.data.generation == 2
+    assert [(p.host_node, p.gpus) for p in regrown.data.placements][1] == (node, 8)
+
+    # Another cluster asking for the 6 GPUs not in use yet is refused: they are booked.
+    other = cluster(namespace, "other", 6, pool)
+    await publisher.publish(other)
+    refused = await recorder.next(ClusterUnschedulable.subject, other.cluster_id)
+    assert refused.data.vnodes[0].reason.startswith("needs 6 nvidia.com/gpu; no node has a free GPU"), refused
+    assert recorder.of(ClusterScheduled.subject, other.cluster_id) == []
+
+
+async def test_a_placeholder_holds_booked_gpus_against_kube_scheduler_until_the_vnode_pod_takes_them(
+    scheduling: Scheduling, kube_api: client.ApiClient, namespace: str, pool: Pool
+) -> None:
+    service, recorder, publisher, core, apps, node = scheduling
+    # The Vk8s object owns the placeholders (the garbage collector deletes pods of a missing owner).
+    body = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": KIND,
+        "metadata": {"name": "held"},
+        "spec": cluster(namespace, "held", 8, pool).data.spec.model_dump(
+            mode="json", by_alias=True, exclude_none=True
+        ),
+    }
+    owner = await client.CustomObjectsApi(kube_api).create_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL, body
+    )
+    held = await placed(recorder, publisher, cluster(namespace, "held", 8, pool, uid=owner["metadata"]["uid"]))
+
+    async def phase(name: str) -> str | None:
+        try:
+            pod = await core.read_namespaced_pod(name, namespace)
+        except ApiException as error:
+            assert error.status == 404, error
+            return None
+        return f"{pod.spec.node_name}/{pod.status.phase}"
+
+    placeholder = placeholder_name("held", "worker-0")
+
+    async def placeholder_runs() -> bool:
+        return await phase(placeholder) == f"{node}/Running"
+
+    await eventually(placeholder_runs, "the placeholder pod to run on the booked node", timeout=60)
+    assert await gpus_of(service, node) == 0  # a placeholder holds a booking, it uses nothing
+
+    # A GPU pod kube-scheduler places (no nodeName) cannot have the booked GPUs.
+    foreign = {
+        "metadata": {"name": "foreign"},
+        "spec": {
+            "nodeSelector": {POOL_LABEL: pool.id},
+            "tolerations": [pool.toleration],
+            "containers": [
+                {"name": "main", "image": "registry.invalid/x:1", "resources": {"limits": {GPU_RESOURCE: "1"}}}
+            ],
+        },
+    }
+    await core.create_namespaced_pod(namespace, foreign)
+
+    async def refused() -> str | None:
+        pod = await core.read_namespaced_pod("foreign", namespace)
+        scheduled = next((c for c in pod.status.conditions or () if c.type == "PodScheduled"), None)
+        return scheduled.message if scheduled is not None and scheduled.reason == "Unschedulable" else None
+
+    message = await eventually(refused, "kube-scheduler to refuse the foreign pod", timeout=60)
+    assert f"Insufficient {GPU_RESOURCE}" in message
+
+    # The vnode stage deletes the placeholder and starts the vNode pod: it gets all 8 GPUs,
+    # the pending pod none in between.
+    await core.delete_namespaced_pod(placeholder, namespace, grace_period_seconds=0)
+    await apps.create_namespaced_stateful_set(namespace, vnode_statefulset(held, "worker-0", 8, pool))
+    vnode_pod = pod_name("held", "worker-0")
+
+    async def vnode_runs() -> bool:
+        return await phase(vnode_pod) == f"{node}/Running"
+
+    await eventually(vnode_runs, "the vNode pod to run", timeout=60)
+
+    # Its finalizer kept the deleted placeholder counted until the scheduler saw the vNode pod.
+    async def placeholder_gone() -> bool:
+        return await phase(placeholder) is None
+
+    await eventually(placeholder_gone, "the scheduler to let the placeholder go")
+    await asyncio.sleep(1)  # kube-scheduler retries the pending pod on each of those changes
+    assert (await core.read_namespaced_pod("foreign", namespace)).spec.node_name is None
+
+    # Deleted: the placeholders still there (the master's) go with the booking.
+    master_placeholder = placeholder_name("held", "master")
+    assert await phase(master_placeholder) is not None
+    await publisher.publish(held.follow(ClusterIPsReleased(uid=held.data.uid), now=datetime.now(UTC)))
+    await recorder.next(ClusterDeleted.subject, held.cluster_id)
+
+    async def master_placeholder_gone() -> bool:
+        return await phase(master_placeholder) is None
+
+    await eventually(master_placeholder_gone, "the master's placeholder to be deleted")
 
 
 async def test_metrics_name_the_gpus_of_each_node(

@@ -42,8 +42,13 @@ NEEDED: dict[str, tuple[Access, ...]] = {
         Access("create", "events"),
         Access("patch", "vk8s/status", VK8S),
     ),
-    # services/scheduler/adapters/inventory.py: list + watch of nodes and of assigned pods
-    "scheduler": (*_all("list watch", "nodes", scope="cluster"), *_all("list watch", "pods", scope="cluster")),
+    # services/scheduler/adapters/inventory.py: list + watch of nodes and of assigned pods;
+    # adapters/placeholders.py: placeholder pods in the clusters' namespaces
+    "scheduler": (
+        *_all("list watch", "nodes", scope="cluster"),
+        *_all("list watch", "pods", scope="cluster"),
+        *_all("get create delete", "pods"),
+    ),
     # services/ipmanager/adapters/pods.py: paged list of vNode pods in every namespace
     "ipmanager": (Access("list", "pods", scope="cluster"),),
     # services/vnode/adapters/kube.py: server-side apply (a patch, and a create for a new object),
@@ -55,7 +60,7 @@ NEEDED: dict[str, tuple[Access, ...]] = {
         *_all("list create patch delete", "deployments", "apps"),
         *_all("list create patch delete", "services"),
         *_all("list delete", "persistentvolumeclaims"),
-        Access("list", "pods"),
+        *_all("list delete", "pods"),
         Access("get", "vk8s", VK8S),
     ),
     # services/bootstrap/adapters/{node_exec,host}.py: exec by pod name, the owner, the kubeconfig Secret
@@ -94,7 +99,7 @@ REFUSED: dict[str, tuple[Access, ...]] = {
     "scheduler": (
         Access("get", "secrets"),
         *_all("patch delete", "nodes", scope="cluster"),
-        *_all("create delete", "pods"),
+        *_all("patch update", "pods"),
         Access("create", "pods/binding"),
         Access("list", "vk8s", VK8S, "cluster"),
     ),
@@ -107,7 +112,7 @@ REFUSED: dict[str, tuple[Access, ...]] = {
     "vnode": (
         Access("get", "secrets"),
         Access("create", "pods/exec"),
-        *_all("create delete patch", "pods"),
+        *_all("create patch", "pods"),
         Access("update", "statefulsets", "apps"),
         Access("create", "persistentvolumeclaims"),
         Access("patch", "vk8s", VK8S),

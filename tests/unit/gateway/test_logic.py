@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
@@ -80,8 +81,11 @@ def accepted_record(generation: int = 1, **kwargs: Any) -> ClusterRecord:
     return logic.record_published(None, observed(generation=generation, **kwargs), accepted=True)
 
 
-def plan(obj: Observed, rec: ClusterRecord | None) -> logic.ObjectPlan:
-    return logic.plan_for_object(obj, rec, host_cidrs=(), now=NOW)
+RESYNC = timedelta(minutes=10)
+
+
+def plan(obj: Observed, rec: ClusterRecord | None, now: datetime = NOW) -> logic.ObjectPlan:
+    return logic.plan_for_object(obj, rec, host_cidrs=(), now=now, delete_resync=RESYNC)
 
 
 # --- observing ---------------------------------------------------------------------------------------
@@ -187,7 +191,9 @@ def test_rejected_generation_keeps_the_accepted_one_and_is_not_repeated() -> Non
 
 
 def test_host_networks_are_checked() -> None:
-    result = logic.plan_for_object(observed(), None, host_cidrs=("90.244.0.0/16",), now=NOW)
+    result = logic.plan_for_object(
+        observed(), None, host_cidrs=("90.244.0.0/16",), now=NOW, delete_resync=RESYNC
+    )
     assert result.action is Action.REJECT and result.event is not None
     assert any("podNetworkCidr" in problem for problem in result.event.data.problems)
 
@@ -211,8 +217,27 @@ def test_deletion_of_accepted_object_requests_cleanup_once() -> None:
     assert result.event.type == "cluster.delete.requested"
     assert result.event.id == f"delete-requested-{UID}"
     assert result.event.data.uid == UID
-    requested = logic.record_delete_requested(accepted_record())
+    requested = logic.record_delete_requested(accepted_record(), NOW)
     assert plan(observed(deleting=True), requested).action is Action.NONE
+    assert plan(observed(deleting=True), requested, NOW + RESYNC - timedelta(seconds=1)).action is Action.NONE
+
+
+def test_a_deletion_still_held_past_the_resync_is_requested_again_with_an_id_of_its_own() -> None:
+    requested = logic.record_delete_requested(accepted_record(), NOW)
+    later = NOW + RESYNC
+
+    again = plan(observed(deleting=True), requested, later)
+
+    assert again.action is Action.DELETE and again.event is not None
+    assert again.event.id == f"delete-requested-{UID}-resync-1"
+    assert again.event.data.uid == UID
+    twice = logic.record_delete_requested(requested, later)
+    assert plan(observed(deleting=True), twice, later + timedelta(minutes=5)).action is Action.NONE
+    third = plan(observed(deleting=True), twice, later + RESYNC).event
+    assert third is not None and third.id == f"delete-requested-{UID}-resync-2"
+    # A record from a version that did not note the time: requested again at once, then timed.
+    untimed = accepted_record().model_copy(update={"delete_requested": True})
+    assert plan(observed(deleting=True), untimed).action is Action.DELETE
 
 
 @pytest.mark.parametrize("rec", [None, record(announced_generation=1)])
@@ -226,11 +251,13 @@ def test_deletion_without_finalizer_or_record_is_none_of_ours() -> None:
 
 def test_gone_objects() -> None:
     accepted = accepted_record()
-    gone = logic.plan_for_gone(accepted, now=NOW)
+    gone = logic.plan_for_gone(accepted, now=NOW, delete_resync=RESYNC)
     assert gone.action is Action.DELETE and gone.event is not None
     assert gone.event.id == f"delete-requested-{UID}"
-    assert logic.plan_for_gone(logic.record_delete_requested(accepted), now=NOW).action is Action.NONE
-    assert logic.plan_for_gone(record(announced_generation=1), now=NOW).action is Action.FORGET
+    requested = logic.record_delete_requested(accepted, NOW)
+    assert logic.plan_for_gone(requested, now=NOW, delete_resync=RESYNC).action is Action.NONE
+    assert logic.plan_for_gone(requested, now=NOW + RESYNC, delete_resync=RESYNC).action is Action.DELETE
+    assert logic.plan_for_gone(record(announced_generation=1), now=NOW, delete_resync=RESYNC).action is Action.FORGET
 
 
 def test_record_never_moves_back() -> None:
@@ -286,7 +313,7 @@ def test_request_for_the_object_made_for_it_is_accepted_following_the_request() 
 
 def test_object_and_nats_request_for_the_same_cluster_get_the_same_accepted_id() -> None:
     applied = observed()
-    from_watch = logic.plan_for_object(applied, None, host_cidrs=(), now=NOW).event
+    from_watch = plan(applied, None).event
     assert from_watch is not None
     via_watch = judge(from_watch, applied)
     via_nats = judge(user_request(), applied)
@@ -304,7 +331,7 @@ def test_request_conflicting_with_an_existing_object_is_rejected() -> None:
 
 
 def test_request_for_a_recreated_object_is_rejected() -> None:
-    stale = logic.plan_for_object(observed(uid="11111111-2222-3333-4444-555555555555"), None, host_cidrs=(), now=NOW)
+    stale = plan(observed(uid="11111111-2222-3333-4444-555555555555"), None)
     assert stale.event is not None
     result = judge(stale.event, observed())
     assert result.verdict is Verdict.REJECT and result.event is not None
@@ -383,5 +410,5 @@ def test_a_deletion_after_a_crash_between_accepting_and_recording_runs_the_delet
     deleting = plan(observed(deleting=True), accepting)
     assert deleting.action is Action.DELETE and deleting.event is not None
     assert deleting.event.id == f"delete-requested-{UID}"
-    assert logic.plan_for_gone(accepting, now=NOW).action is Action.DELETE
+    assert logic.plan_for_gone(accepting, now=NOW, delete_resync=RESYNC).action is Action.DELETE
     assert plan(observed(deleting=True), record(announced_generation=1)).action is Action.RELEASE

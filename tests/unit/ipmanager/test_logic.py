@@ -10,6 +10,7 @@ import pytest
 from services.ipmanager.logic import (
     AddressPool,
     CidrPool,
+    ClusterReleased,
     NetworkConflict,
     NetworkImmutable,
     NetworkLayout,
@@ -196,6 +197,23 @@ class TestPlanVNodeAddresses:
             plan_vnode_addresses(uid="u1", planned=planned, vnodes=["a", "b", "c"], claims={}, pool=pool)
 
 
+class TestTombstones:
+    def test_a_released_cluster_claims_no_network_again(self) -> None:
+        table = NetworkTable()
+        table = table.with_claim(claim(table, "a")).without("a").with_tombstone("a", NOW, NOW - timedelta(days=14))
+
+        with pytest.raises(ClusterReleased, match=r"cluster team/a \(uid a\) was deleted"):
+            claim(table, "a")
+        assert claim(table, "b").uid == "b"
+
+    def test_tombstones_past_the_retention_are_dropped_on_the_next_release(self) -> None:
+        old = NetworkTable().with_tombstone("old", NOW - timedelta(days=15), NOW - timedelta(days=29))
+
+        table = old.with_tombstone("new", NOW, NOW - timedelta(days=14))
+
+        assert set(table.released) == {"new"}
+
+
 class TestPlanReconcile:
     A, B, C = IPv4Address("10.250.0.1"), IPv4Address("10.250.0.2"), IPv4Address("10.250.0.3")
 
@@ -232,6 +250,14 @@ class TestPlanReconcile:
             (self.A, "ClusterGone", False),
             (self.B, "ClusterGone", True),
         ]
+
+    def test_claims_of_a_released_cluster_are_due_at_once(self) -> None:
+        released = NetworkTable().with_tombstone("gone", NOW, NOW - timedelta(days=1))
+        plan = plan_reconcile(
+            claims={self.A: ip_claim("gone", "master", age_s=1)}, table=released, records={},
+            pod_addresses=set(), now=NOW, grace_s=900,
+        )  # fmt: skip
+        assert [(o.address, o.reason, o.due) for o in plan.orphans] == [(self.A, "ClusterGone", True)]
 
     def test_nothing_is_orphaned_without_pod_information(self) -> None:
         plan = plan_reconcile(

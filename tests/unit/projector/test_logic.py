@@ -12,6 +12,7 @@ import pytest
 
 from libs.api.models import Vk8sStatus
 from libs.events import REGISTRY, Envelope
+from libs.events import catalog as ev
 from services.projector import logic
 from services.projector.logic import ClusterState, apply, render_status, timings
 from tests.unit.projector.sequence import Timeline
@@ -111,6 +112,19 @@ def test_setup_progress_per_vnode() -> None:
     )
     retried = status_of([*events, t.setup("worker-0", "kubeadm-join", "Running")])
     assert retried["vnodeKubernetesSetupStatuses"]["worker-0"]["isKubernetesSetup"] == ""
+
+
+def test_a_vnode_removed_from_the_spec_loses_its_status_entry() -> None:
+    t = Timeline()
+    events = [*t.happy_path(), t.updated(2)]
+    assert set(status_of(events)["vnodeKubernetesSetupStatuses"]) == {"master", "worker-0"}
+
+    scaled_in = [*events, t.event(ev.ClusterScheduled(generation=2, placements=t.placements()[:1]))]
+
+    assert set(status_of(scaled_in)["vnodeKubernetesSetupStatuses"]) == {"master"}
+    # A late event of the earlier generation does not bring it back.
+    late = t.setup("worker-0", "kubeadm-join", "Running", generation=1)
+    assert set(status_of([*scaled_in, late])["vnodeKubernetesSetupStatuses"]) == {"master"}
 
 
 def test_kubeflow_progress_is_in_the_condition_not_the_history() -> None:

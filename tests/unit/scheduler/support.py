@@ -61,8 +61,10 @@ def vnode(
     return VNodeRequest(name, role, resources, model, tolerations)  # type: ignore[arg-type]
 
 
-def gang(*vnodes: VNodeRequest, spread: bool = False, cluster_id: str = "team/a", **kwargs: Any) -> PlacementRequest:
-    return PlacementRequest(cluster_id=cluster_id, vnodes=vnodes, spread_zones=spread, **kwargs)
+def gang(
+    *vnodes: VNodeRequest, spread: bool = False, cluster_id: str = "team/a", uid: str = "uid-a", **kwargs: Any
+) -> PlacementRequest:
+    return PlacementRequest(cluster_id=cluster_id, uid=uid, vnodes=vnodes, spread_zones=spread, **kwargs)
 
 
 def spec(*nodes: dict[str, Any], placement: dict[str, Any] | None = None) -> Vk8sSpec:

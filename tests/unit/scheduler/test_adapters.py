@@ -2,15 +2,28 @@
 
 from __future__ import annotations
 
+import json
+from datetime import UTC, datetime
+
 import pytest
 from kubernetes.aio import client
 
 from services.scheduler.adapters.inventory import DEFAULT_MAX_PODS, host_node, pod_requests, pod_usage
 from services.scheduler.adapters.ledger import cluster_key, decode_bookings, encode_bookings, node_key
-from services.scheduler.logic import Booking, Resources, Taint
+from services.scheduler.logic import (
+    Booking,
+    PodUsage,
+    Reservation,
+    ReservationState,
+    ReservedVNode,
+    Resources,
+    Taint,
+    placeholder_pod,
+)
 from services.scheduler.settings import SchedulerSettings
 
 GI = 1 << 30
+NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 
 
 def v1_node(
@@ -99,14 +112,80 @@ def test_finished_and_unbound_pods_use_nothing() -> None:
     assert pod_usage(v1_pod([container({"cpu": "1"})], phase="Pending")) is not None
 
 
-def test_vnode_pods_are_told_by_their_labels() -> None:
-    labels = {"app": "vk8s", "clusterName": "team-a", "vnode": "worker-1", "role": "worker"}
+VNODE_LABELS = {
+    "app": "vk8s",
+    "clusterName": "team-a",
+    "vnode": "worker-1",
+    "role": "worker",
+    "vk8s.skt.co.kr/cluster-uid": "uid-a",
+}
 
-    usage = pod_usage(v1_pod([container(limits={"nvidia.com/gpu": "4"})], labels=labels))
-    other = pod_usage(v1_pod([container(limits={"nvidia.com/gpu": "4"})], labels={"app": "trainer"}))
 
-    assert usage is not None and usage.vnode == ("team/team-a", "worker-1")
-    assert other is not None and other.vnode is None
+def statefulset_owner(name: str, *, kind: str = "StatefulSet", controller: bool = True) -> client.V1OwnerReference:
+    return client.V1OwnerReference(api_version="apps/v1", kind=kind, name=name, uid="sts-uid", controller=controller)
+
+
+def gpu_pod(name: str, labels: dict[str, str], owners: list[client.V1OwnerReference] | None) -> client.V1Pod:
+    pod = v1_pod([container(limits={"nvidia.com/gpu": "4"})], labels=labels)
+    pod.metadata.name = name
+    pod.metadata.owner_references = owners
+    return pod
+
+
+def test_a_vnode_pod_is_told_by_its_name_owner_and_cluster_uid() -> None:
+    usage = pod_usage(gpu_pod("team-a-worker-1-0", VNODE_LABELS, [statefulset_owner("team-a-worker-1")]))
+
+    assert usage is not None and usage.vnode == ("uid-a", "worker-1")
+
+
+@pytest.mark.parametrize(
+    ("name", "labels", "owners"),
+    [
+        pytest.param("trainer", VNODE_LABELS, None, id="a tenant pod copying the labels"),
+        pytest.param("trainer-0", VNODE_LABELS, [statefulset_owner("trainer")], id="a tenant StatefulSet"),
+        pytest.param(
+            "team-a-worker-1-0", VNODE_LABELS, [statefulset_owner("team-a-worker-1", kind="ReplicaSet")],
+            id="another controller",
+        ),
+        pytest.param(
+            "team-a-worker-1-0", VNODE_LABELS, [statefulset_owner("team-a-worker-1", controller=False)],
+            id="not the controller",
+        ),
+        pytest.param(
+            "team-a-worker-1-0",
+            {k: v for k, v in VNODE_LABELS.items() if k != "vk8s.skt.co.kr/cluster-uid"},
+            [statefulset_owner("team-a-worker-1")],
+            id="no cluster uid",
+        ),
+        pytest.param("team-a-worker-1-0", {"app": "trainer"}, [statefulset_owner("team-a-worker-1")], id="no labels"),
+    ],
+)
+def test_other_pods_cover_no_booking(
+    name: str, labels: dict[str, str], owners: list[client.V1OwnerReference] | None
+) -> None:
+    usage = pod_usage(gpu_pod(name, labels, owners))
+
+    assert usage is not None and usage.vnode is None
+    assert usage.requests.gpus == 4  # it still takes its GPUs from the node
+
+
+def test_a_placeholder_is_told_by_its_name_label_and_owner() -> None:
+    reservation = Reservation(
+        cluster_id="team/team-a", uid="uid-a", generation=1, state=ReservationState.HELD, placed_at=NOW,
+        vnodes=(ReservedVNode(vnode="worker-1", role="worker", host_node="gpu-node-1", gpus=4, cpu_millis=8000,
+                              memory_bytes=32 * GI),),
+    )  # fmt: skip
+    body = placeholder_pod(reservation, reservation.vnodes[0], "pause:1")
+    pod = client.ApiClient().deserialize(json.dumps(body), "V1Pod", None)
+    pod.status = client.V1PodStatus(phase="Running")
+
+    usage = pod_usage(pod)
+
+    assert usage == PodUsage("gpu-node-1", Resources(4, 8000, 32 * GI, 1), ("uid-a", "worker-1"), placeholder=True)
+    assert body["metadata"]["name"] == "team-a-worker-1-hold"
+    assert body["metadata"]["finalizers"] == ["vk8s.skt.co.kr/placeholder"]
+    pod.metadata.owner_references[0].uid = "uid-other"  # another object's: just a pod
+    assert pod_usage(pod) == PodUsage("gpu-node-1", Resources(4, 8000, 32 * GI, 1))
 
 
 def test_bookings_round_trip_through_the_wire_format() -> None:

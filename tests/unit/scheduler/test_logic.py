@@ -10,6 +10,7 @@ import pytest
 from services.scheduler.logic import (
     Booking,
     Inventory,
+    PendingCluster,
     Placement,
     PodUsage,
     Reservation,
@@ -18,6 +19,8 @@ from services.scheduler.logic import (
     Taint,
     Toleration,
     Unschedulable,
+    head_of_queue,
+    nodes_awaited,
     place,
     plan,
     reservation_for,
@@ -340,22 +343,71 @@ def test_a_booking_stops_counting_once_its_vnode_pod_is_bound_to_the_node() -> N
     assert inv.free("n1").gpus == 4
     assert inv.reserved("n1").gpus == 4
 
-    inv.upsert_pod("team/worker-1-0", PodUsage("n1", Resources(4, 4000, 16 * GI, 1), ("team/a", "worker-1")))
+    inv.upsert_pod("team/worker-1-0", PodUsage("n1", Resources(4, 4000, 16 * GI, 1), ("uid-a", "worker-1")))
 
     assert inv.free("n1").gpus == 4  # counted once, as the pod
     assert inv.reserved("n1").gpus == 0
     assert inv.in_use("n1").gpus == 4
-    assert inv.vnode_hosts("team/a") == {"worker-1": "n1"}
+    assert inv.vnode_hosts("uid-a") == {"worker-1": "n1"}
 
     # A pod of the same vNode name in another cluster covers nothing.
-    inv.upsert_pod("x/worker-1-0", PodUsage("n2", Resources(4, 0, 0, 1), ("x/other", "worker-1")))
+    inv.upsert_pod("x/worker-1-0", PodUsage("n2", Resources(4, 0, 0, 1), ("uid-x", "worker-1")))
     inv.set_bookings("n2", {("uid-b", "worker-1"): Booking("uid-b", "team/b", "worker-1", Resources(2, 0, 0, 1))})
     assert inv.free("n2").gpus == 2
 
     # The pod goes away (restarted): the booking holds the GPUs for it again.
     inv.upsert_pod("team/worker-1-0", None)
     assert inv.reserved("n1").gpus == 4
-    assert inv.vnode_hosts("team/a") == {}
+    assert inv.vnode_hosts("uid-a") == {}
+
+
+def test_a_vnode_grown_in_place_books_what_its_running_pod_does_not_take() -> None:
+    inv = inventory(host("n1"))
+    small = Booking("uid-a", "team/a", "w1", Resources(2, 4000, 16 * GI, 1))
+    inv.set_bookings("n1", {small.key: small})
+    inv.upsert_pod("team/a-w1-0", PodUsage("n1", Resources(2, 4000, 16 * GI, 1), ("uid-a", "w1")))
+    assert inv.free("n1").gpus == 6
+
+    # Grown to 8 GPUs on the same host: the 2-GPU pod still runs, the booking holds the other 6.
+    request, _ = plan("team/a", "uid-a", spec(node_spec("w1", 8)), None, inv)
+    assert hosts_of(place(request, inv)) == {"w1": "n1"}
+    grown = Booking("uid-a", "team/a", "w1", Resources(8, 4000, 16 * GI, 1))
+    assert inv.admits("n1", {grown.key: grown}, "uid-a")
+    inv.set_bookings("n1", {grown.key: grown})
+
+    assert inv.free("n1").gpus == 0
+    assert inv.reserved("n1").gpus == 6
+    # Nothing else fits on the node until the grown vNode is gone (was: 6 more GPUs promised).
+    assert isinstance(place(gang(vnode("x", 6), cluster_id="team/b", uid="uid-b"), inv), Unschedulable)
+    other = Booking("uid-b", "team/b", "x", Resources(6, 0, 0, 1))
+    assert not inv.admits("n1", {grown.key: grown, other.key: other}, "uid-b")
+
+    # The StatefulSet rolls: the 8-GPU pod replaces the 2-GPU one, still 8 in all.
+    inv.upsert_pod("team/a-w1-0", PodUsage("n1", Resources(8, 4000, 16 * GI, 1), ("uid-a", "w1")))
+    assert inv.free("n1").gpus == 0 and inv.reserved("n1").gpus == 0
+
+
+def test_a_pod_of_an_earlier_cluster_of_the_same_name_covers_nothing() -> None:
+    inv = inventory(host("n1"))
+    # The deleted cluster's pod is still terminating; the new cluster of the same name booked 4.
+    inv.upsert_pod("team/a-w1-0", PodUsage("n1", Resources(4, 0, 0, 1), ("uid-old", "w1")))
+    new = Booking("uid-new", "team/a", "w1", Resources(4, 0, 0, 1))
+    inv.set_bookings("n1", {new.key: new})
+
+    assert inv.free("n1").gpus == 0
+    assert inv.vnode_hosts("uid-new") == {}
+    request, _ = plan("team/a", "uid-new", spec(node_spec("w1", 4)), None, inv)
+    assert request.preferred == {}
+
+
+def test_a_pod_covers_no_more_of_its_booking_than_it_takes() -> None:
+    inv = inventory(host("n1"))
+    booking = Booking("uid-a", "team/a", "w1", Resources(8, 0, 0, 1))
+    inv.set_bookings("n1", {booking.key: booking})
+    inv.upsert_pod("team/a-w1-0", PodUsage("n1", Resources(1, 0, 0, 1), ("uid-a", "w1")))
+
+    assert inv.free("n1").gpus == 0
+    assert inv.reserved("n1").gpus == 7
 
 
 def test_admits_checks_the_room_left_for_the_bookings_added() -> None:
@@ -427,7 +479,7 @@ def test_scale_out_places_only_new_vnodes_and_keeps_the_others() -> None:
     previous = reservation()
     grown = spec(node_spec("master", role="master"), node_spec("w1", 2), node_spec("w2", 4))
 
-    request, kept = plan("team/a", grown, previous, inv)
+    request, kept = plan("team/a", "uid-a", grown, previous, inv)
 
     assert [v.vnode for v in kept] == ["master", "w1"]
     assert [v.name for v in request.vnodes] == ["w2"]
@@ -437,7 +489,7 @@ def test_a_changed_vnode_is_placed_again_preferring_its_node() -> None:
     inv = inventory(host("n1"), host("n2"))
     changed = spec(node_spec("master", role="master"), node_spec("w1", 4))
 
-    request, kept = plan("team/a", changed, reservation(), inv)
+    request, kept = plan("team/a", "uid-a", changed, reservation(), inv)
 
     assert [v.vnode for v in kept] == ["master"]
     assert [v.name for v in request.vnodes] == ["w1"]
@@ -448,7 +500,7 @@ def test_a_paused_cluster_is_placed_whole_again_where_it_was() -> None:
     inv = inventory(host("n1"))
     paused = reservation(state=ReservationState.PAUSED, expires_at=None)
 
-    request, kept = plan("team/a", spec(node_spec("master", role="master"), node_spec("w1", 2)), paused, inv)
+    request, kept = plan("team/a", "uid-a", spec(node_spec("master", role="master"), node_spec("w1", 2)), paused, inv)
 
     assert kept == ()
     assert {v.name for v in request.vnodes} == {"master", "w1"}
@@ -457,9 +509,9 @@ def test_a_paused_cluster_is_placed_whole_again_where_it_was() -> None:
 
 def test_the_pods_of_a_cluster_are_where_its_vnodes_go_back_to() -> None:
     inv = inventory(host("n1"), host("n2"))
-    inv.upsert_pod("team/w1-0", PodUsage("n2", Resources(2, 0, 0, 1), ("team/a", "w1")))
+    inv.upsert_pod("team/w1-0", PodUsage("n2", Resources(2, 0, 0, 1), ("uid-a", "w1")))
 
-    request, _ = plan("team/a", spec(node_spec("master", role="master"), node_spec("w1", 2)), None, inv)
+    request, _ = plan("team/a", "uid-a", spec(node_spec("master", role="master"), node_spec("w1", 2)), None, inv)
 
     assert request.preferred == {"w1": "n2"}
 
@@ -473,7 +525,7 @@ def test_a_placement_model_applies_to_gpu_vnodes_unless_they_name_their_own() ->
         placement={"gpuModel": "H100", "spreadZones": True},
     )
 
-    request, _ = plan("team/a", document, None, inv)
+    request, _ = plan("team/a", "uid-a", document, None, inv)
 
     assert {v.name: v.gpu_model for v in request.vnodes} == {"master": None, "w1": "H100", "w2": "L4"}
     assert request.spread_zones
@@ -504,13 +556,77 @@ def test_a_paused_reservation_books_nothing() -> None:
 
 def test_a_vnode_whose_pod_runs_on_a_full_node_is_placed_there_again() -> None:
     inv = inventory(host("home"), host("empty"))
-    inv.upsert_pod("team/w1-0", PodUsage("home", Resources(8, 4000, 16 * GI, 1), ("team/a", "w1")))
-    inv.upsert_pod("team/w2-0", PodUsage("home", Resources(0, 4000, 16 * GI, 1), ("team/a", "w2")))
+    inv.upsert_pod("team/w1-0", PodUsage("home", Resources(8, 4000, 16 * GI, 1), ("uid-a", "w1")))
+    inv.upsert_pod("team/w2-0", PodUsage("home", Resources(0, 4000, 16 * GI, 1), ("uid-a", "w2")))
     assert inv.free("home").gpus == 0
 
-    request, _ = plan("team/a", spec(node_spec("w1", 8), node_spec("w2")), None, inv)
+    request, _ = plan("team/a", "uid-a", spec(node_spec("w1", 8), node_spec("w2")), None, inv)
     hosts = hosts_of(place(request, inv))
 
     assert hosts == {"w1": "home", "w2": "home"}
     mine = {("uid-a", v): Booking("uid-a", "team/a", v, r) for v, r in (("w1", Resources(8, 4000, 16 * GI, 1)),)}
     assert inv.admits("home", mine, "uid-a")  # covered by its pod, so it adds nothing
+
+
+# -- the head of the pending queue ---------------------------------------------------------------
+
+
+def pending(cluster_id: str, waited_s: float) -> PendingCluster:
+    return PendingCluster(
+        cluster_id=cluster_id, uid=f"uid-{cluster_id}", generation=1, since=NOW - timedelta(seconds=waited_s),
+        message="does not fit", subject="cluster.accepted", event="{}",
+    )  # fmt: skip
+
+
+def test_the_head_of_the_queue_is_the_oldest_once_it_waited_past_the_bound() -> None:
+    queue = [pending("team/b", 700), pending("team/a", 900), pending("team/c", 60)]
+
+    assert head_of_queue(queue, NOW, timedelta(minutes=10)).cluster_id == "team/a"  # type: ignore[union-attr]
+    assert head_of_queue(queue, NOW, timedelta(minutes=20)) is None
+    assert head_of_queue([], NOW, timedelta(0)) is None
+
+
+def test_the_head_waits_on_the_nodes_closest_to_fitting_it_and_keeps_its_gang_together() -> None:
+    inv = inventory(host("n1"), host("n2"), host("n3"), host("l4", model="L4"))
+    booked(inv, "n1", 6)
+    booked(inv, "n2", 3)
+    booked(inv, "n3", 7)
+
+    awaited = nodes_awaited(gang(vnode("master", role="master"), vnode("w0", 8), vnode("w1", 8, model="A100")), inv)
+
+    # Each needs a whole node: w0 any model (l4, all free), w1 an A100 (n2, the most free of
+    # them); the master joins one of theirs rather than hold a third node.
+    assert awaited == {"l4", "n2"}
+    assert nodes_awaited(gang(vnode("w1", 8, model="A100"), vnode("w2", 8, model="A100")), inv) == {"n1", "n2"}
+
+
+def test_excluded_nodes_are_left_alone() -> None:
+    inv = inventory(host("n1"), host("n2"))
+    booked(inv, "n1", 6)
+
+    assert hosts_of(place(gang(vnode("w", 2)), inv)) == {"w": "n1"}
+    assert hosts_of(place(gang(vnode("w", 2), excluded=frozenset({"n1"})), inv)) == {"w": "n2"}
+    assert hosts_of(place(gang(vnode("w", 2), preferred={"w": "n1"}, excluded=frozenset({"n1"})), inv)) == {"w": "n2"}
+    assert isinstance(place(gang(vnode("w", 2), excluded=frozenset({"n1", "n2"})), inv), Unschedulable)
+
+
+def test_a_placeholder_covers_its_booking_and_counts_as_reserved_not_in_use() -> None:
+    inv = inventory(host("n1"))
+    mine = Booking("uid-a", "team/a", "w1", Resources(4, 0, 0, 1))
+    inv.set_bookings("n1", {mine.key: mine})
+    inv.upsert_pod("team/a-w1-hold", PodUsage("n1", Resources(4, 0, 0, 1), ("uid-a", "w1"), placeholder=True))
+
+    assert inv.free("n1").gpus == 4
+    assert (inv.in_use("n1").gpus, inv.reserved("n1").gpus) == (0, 4)
+    assert inv.vnode_hosts("uid-a") == {}  # a placeholder is not the vNode's pod
+    assert inv.unbooked_placeholders() == {}
+
+    # The vNode pod arrives beside it: counted both until the placeholder goes (never less).
+    inv.upsert_pod("team/a-w1-0", PodUsage("n1", Resources(4, 0, 0, 1), ("uid-a", "w1")))
+    assert inv.free("n1").gpus == 0 and inv.vnode_hosts("uid-a") == {"w1": "n1"}
+    inv.upsert_pod("team/a-w1-hold", None)
+    assert inv.free("n1").gpus == 4 and (inv.in_use("n1").gpus, inv.reserved("n1").gpus) == (4, 0)
+
+    # A placeholder whose booking is gone (a crash between the two) is found.
+    inv.upsert_pod("team/b-w1-hold", PodUsage("n1", Resources(2, 0, 0, 1), ("uid-b", "w1"), placeholder=True))
+    assert inv.unbooked_placeholders() == {"team/b-w1-hold": ("uid-b", "w1")}

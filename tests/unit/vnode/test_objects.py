@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from libs.events import PermanentError, TransientError
+from libs.kube.vnodes import MAX_STATEFULSET_NAME
 from services.vnode import logic
 from services.vnode.settings import VNodeSettings
 from tests.unit.vnode.factories import UID, record
@@ -27,7 +28,7 @@ def test_names_are_unique_per_cluster_and_bounded() -> None:
     assert logic.statefulset_name("team-a", "master") == "team-a-master"
     assert logic.pod_name("team-a", "master") == "team-a-master-0"
     long = logic.statefulset_name("c" * 40, "worker-with-a-long-name")
-    assert len(long) == logic.MAX_STATEFULSET_NAME
+    assert len(long) == MAX_STATEFULSET_NAME
     assert long != logic.statefulset_name("c" * 40, "worker-with-a-long-nam")
     assert logic.headless_service_name("team-a") == "team-a-vnodes"
     assert logic.headless_service_name("7team") == "vk8s-7team-vnodes"  # Services must start with a letter
@@ -243,6 +244,13 @@ def test_objects_no_longer_asked_for_are_deleted() -> None:
 def test_paused_cluster_has_zero_replicas() -> None:
     plan = logic.plan(record(paused=True, scaled_up=False), [], SETTINGS)
     assert {body["spec"]["replicas"] for body in plan.apply if "replicas" in body["spec"]} == {0}
+    assert plan.placeholders == ()  # the scheduler's placeholders keep holding the room
+
+
+def test_the_schedulers_placeholders_go_before_the_vnode_pods_start() -> None:
+    plan = logic.plan(record(workers=1), [], SETTINGS)
+
+    assert plan.placeholders == ("team-a-master-hold", "team-a-worker-0-hold")
 
 
 def test_name_taken_by_another_cluster_is_refused() -> None:
