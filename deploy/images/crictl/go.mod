@@ -1,6 +1,7 @@
-// crictl for the kink image: kubeadm before 1.31 execs it to reach the CRI (preflight, image checks,
-// reset). The module proxy serves sigs.k8s.io/cri-tools only from v1.34.0 (not the release of each
-// minor); crictl speaks CRI v1, which the vNode's containerd 1.6 serves to every kubelet alike.
+// crictl for the kink image: kubeadm 1.20 execs it to reach the CRI (preflight, image checks,
+// reset) and will not start without it; the kubeadm of 1.34 and later does not run it. The module
+// proxy serves sigs.k8s.io/cri-tools only from v1.34.0 (not the release of each minor); crictl
+// speaks CRI v1, which the vNode's containerd 1.6 serves to every kubelet alike.
 module vk8s.local/images/crictl
 
 go 1.24.1
