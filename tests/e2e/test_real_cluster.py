@@ -116,6 +116,12 @@ def inner(kubeconfig: Path, env: dict[str, str], *args: str, stdin: str | None =
     return result.stdout
 
 
+def assert_resolves_the_api_service(kubeconfig: Path, env: dict[str, str], pod: str) -> None:
+    """The inner CoreDNS answers, through the inner kube-proxy's service address, from `pod`."""
+    resolved = inner(kubeconfig, env, "exec", pod, "--", "nslookup", "kubernetes.default.svc.cluster.local")
+    assert "Address: " in resolved.split("kubernetes.default.svc.cluster.local", 1)[1], resolved
+
+
 def inner_pod(name: str, node: str, command: str, *, gpus: int = 0, tolerate: bool = False) -> dict[str, Any]:
     container: dict[str, Any] = {
         "name": "main", "image": toolbox_ref(), "imagePullPolicy": "Never", "command": ["sh", "-c", command],
@@ -177,12 +183,11 @@ async def test_deck_scenario_on_real_vnodes(
     inner(kubeconfig, real_env, "apply", "-f", "-", stdin="\n---\n".join(yaml.safe_dump(m) for m in manifests))
     inner(kubeconfig, real_env, "wait", "--for=condition=Ready", "pod/server", "pod/client", "--timeout=120s")
     server_ip = inner(kubeconfig, real_env, "get", "pod", "server", "-o", "jsonpath={.status.podIP}").strip()
-    resolved = inner(kubeconfig, real_env, "exec", "client", "--", "nslookup", "kubernetes.default.svc.cluster.local")
     # busybox's static wget crashes here; a plain HTTP/1.0 request over nc does the same.
     request = f'printf "GET /hostname HTTP/1.0\\r\\n\\r\\n" | nc -w 10 {server_ip} 8080'
     fetched = inner(kubeconfig, real_env, "exec", "client", "--", "sh", "-c", request)
     seen = inner(kubeconfig, real_env, "exec", "client", "--", "sh", "-c", 'echo "$NVIDIA_VISIBLE_DEVICES"; ls /dev')
-    assert "Address: " in resolved.split("kubernetes.default.svc.cluster.local", 1)[1]
+    assert_resolves_the_api_service(kubeconfig, real_env, "client")
     # The default StorageClass binds a claim once a pod uses it.
     claim = {
         "apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "data"},
@@ -250,7 +255,7 @@ def vnode_gpus(env: dict[str, str], namespace: str, pod: str) -> set[str]:
 
 @pytest.mark.parametrize("minor", OTHER_MINORS)
 async def test_each_built_minor_runs_and_reports_its_version(
-    real_host: client.ApiClient, tenant: str, real_env: dict[str, str], minor: str
+    real_host: client.ApiClient, tenant: str, real_env: dict[str, str], minor: str, tmp_path: Path
 ) -> None:
     name = f"v{minor.replace('.', '-')}"
     applied = run(["kubectl", "apply", "-f", "-"], real_env, stdin=cluster_manifest(name, tenant, minor))
@@ -260,6 +265,14 @@ async def test_each_built_minor_runs_and_reports_its_version(
 
     kubernetes = next(c for c in obj["status"]["readiness"] if c["type"] == "KubernetesReady")
     assert kubernetes["message"] == f"Kubernetes v{release_of(minor)} on 2 nodes", kubernetes
+    # What kubeadm of that release runs serves: etcd, CoreDNS and kube-proxy of its own image set.
+    kubeconfig = tmp_path / f"{name}.kubeconfig"
+    written = run(["vk8s", "kubeconfig", name, "-n", tenant, "-o", str(kubeconfig)], real_env)
+    assert written.returncode == 0, written.stderr
+    inner(kubeconfig, real_env, "wait", "--for=condition=Ready", "pods", "--all", "-n", "kube-system", "--timeout=180s")
+    inner(kubeconfig, real_env, "apply", "-f", "-", stdin=yaml.safe_dump(inner_pod("client", f"{name}-worker", "exec sleep 3600")))
+    inner(kubeconfig, real_env, "wait", "--for=condition=Ready", "pod/client", "--timeout=120s")
+    assert_resolves_the_api_service(kubeconfig, real_env, "client")
     deleted = run(["vk8s", "delete", name, "-n", tenant, "--wait", "--timeout", "300"], real_env)
     assert deleted.returncode == 0, deleted.stdout + deleted.stderr
 

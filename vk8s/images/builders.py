@@ -23,6 +23,8 @@ from vk8s.images.sources import (
     go_build,
     go_env,
     go_main_inputs,
+    go_module_source,
+    go_required,
     pause_binary,
     run,
 )
@@ -42,7 +44,11 @@ CONTROL_PLANE = ("kube-apiserver", "kube-controller-manager", "kube-scheduler")
 PROXY_PACKAGES = ("ca-certificates", "conntrack", "iptables", "nftables")
 IMAGES_DIR = REPO_ROOT / "deploy" / "images"
 ETCD_MODULE = "go.etcd.io/etcd/server/v3"
+# etcd before 3.5: one module, whose root package is the server.
+ETCD_SINGLE_MODULE = "go.etcd.io/etcd"
 COREDNS_MODULE = "github.com/coredns/coredns"
+CRI_TOOLS_MODULE = "sigs.k8s.io/cri-tools"
+CRICTL_DIR = IMAGES_DIR / "crictl"
 TOOLBOX_REPOSITORY = "vk8s.local/toolbox"
 TOOLBOX_PACKAGE = "busybox-static"
 # The inner cluster's addons (services/bootstrap/manifests): their refs are pinned in
@@ -125,21 +131,45 @@ def kube_proxy_image(ref: str, bin_dir: Path, version: str) -> Path:
 def etcd_image(ref: str) -> Path:
     # kubeadm tags etcd `<etcd version>-<image revision>`.
     version = "v" + split_ref(ref)[1].rsplit("-", 1)[0]
-    module_dir = IMAGES_DIR / "etcd"
+    module_dir, module, module_version = _etcd_module(version)
+    if module_version == version:
+        origin = f"{module} {version} built from source"
+    else:
+        origin = f"etcd {version}: {module} {module_version} (version.go: {version[1:]}) built from source"
 
     def build(tmp: Path) -> None:
         with _scratch() as work:
-            binary = go_build(module_dir, ETCD_MODULE, version, ETCD_MODULE, work / "etcd")
+            binary = go_build(module_dir, module, module_version, module, work / "etcd")
             root = work / "rootfs"
             _rootfs(root, {"usr/local/bin/etcd": binary})
-            config = ImageConfig(env=PATH_ENV, labels=_built_from(f"{ETCD_MODULE} {version} built from source"))
-            write_archive(tmp, ref, [root], config)
+            write_archive(tmp, ref, [root], ImageConfig(env=PATH_ENV, labels=_built_from(origin)))
 
     return cached("etcd", cache_key(version, [ref, *go_main_inputs(module_dir)]), build)
 
 
+def _etcd_module(version: str) -> tuple[Path, str, str]:
+    """(module dir, module, its version) that build etcd `version`. From 3.5 that is etcd's server
+    module at that version. Before, etcd was the one module go.etcd.io/etcd, which the module proxy
+    serves only at pseudo-versions: deploy/images/etcd-<minor> pins the one Kubernetes pinned, and
+    the build goes ahead only if its version/version.go says `version`."""
+    minor = ".".join(version.removeprefix("v").split(".")[:2])
+    module_dir = IMAGES_DIR / f"etcd-{minor}"
+    if not module_dir.is_dir():
+        return IMAGES_DIR / "etcd", ETCD_MODULE, version
+    pinned = go_required(module_dir, ETCD_SINGLE_MODULE)
+    if pinned is None:
+        raise ImageBuildError(f"{module_dir / 'go.mod'} requires no {ETCD_SINGLE_MODULE}")
+    version_go = go_module_source(ETCD_SINGLE_MODULE, pinned) / "version" / "version.go"
+    said = re.search(r'^\s*Version\s*=\s*"([^"]+)"', version_go.read_text(), re.M)
+    if said is None or f"v{said.group(1)}" != version:
+        found = said.group(1) if said else "no Version"
+        raise ImageBuildError(f"{module_dir.name} pins {ETCD_SINGLE_MODULE} {pinned}, whose version.go says {found}, not {version}")
+    return module_dir, ETCD_SINGLE_MODULE, pinned
+
+
 def coredns_image(ref: str) -> Path:
-    version = split_ref(ref)[1]
+    # The tag is the release; before registry.k8s.io (kubeadm 1.21) it had no leading "v".
+    version = "v" + split_ref(ref)[1].removeprefix("v")
     module_dir = IMAGES_DIR / "coredns"
 
     def build(tmp: Path) -> None:
@@ -171,6 +201,20 @@ def pause_image(ref: str, kubernetes_version: str) -> Path:
             write_archive(tmp, ref, [root], config)
 
     return cached("pause", cache_key(tag, [ref, kubernetes_version]), build)
+
+
+def crictl_binary() -> Path:
+    """crictl for the kink image, from deploy/images/crictl (see its go.mod for which and why), cached."""
+    version = go_required(CRICTL_DIR, CRI_TOOLS_MODULE)
+    if version is None:
+        raise ImageBuildError(f"{CRICTL_DIR / 'go.mod'} requires no {CRI_TOOLS_MODULE}")
+
+    def build(tmp: Path) -> None:
+        package = f"{CRI_TOOLS_MODULE}/cmd/crictl"
+        ldflags = f"-s -w -X {CRI_TOOLS_MODULE}/pkg/version.Version={version.removeprefix('v')}"
+        run(["go", "build", "-trimpath", f"-ldflags={ldflags}", "-o", tmp, package], cwd=CRICTL_DIR, env=go_env())
+
+    return cached("crictl", cache_key(version, go_main_inputs(CRICTL_DIR)), build, suffix="")
 
 
 def toolbox_image() -> tuple[str, Path]:

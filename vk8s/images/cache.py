@@ -34,10 +34,11 @@ def file_fingerprint(path: Path) -> str:
     return f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
 
 
-def cached(name: str, key: str, build: Callable[[Path], None]) -> Path:
-    """The archive `<key>/<name>.tar`, built by `build(tmp_path)` unless present. A lock file makes
-    parallel callers wait for one build; the rename makes a half-written archive invisible."""
-    archive = images_dir() / key / f"{name}.tar"
+def cached(name: str, key: str, build: Callable[[Path], None], *, suffix: str = ".tar") -> Path:
+    """The archive `<key>/<name>.tar` (or another file, by `suffix`: "" for an executable), built by
+    `build(tmp_path)` unless present. A lock file makes parallel callers wait for one build; the
+    rename makes a half-written archive invisible."""
+    archive = images_dir() / key / f"{name}{suffix}"
     if archive.exists():
         return archive
     archive.parent.mkdir(parents=True, exist_ok=True)
@@ -47,7 +48,7 @@ def cached(name: str, key: str, build: Callable[[Path], None]) -> Path:
             return archive
         log.info("building %s (%s)", name, key)
         started = time.monotonic()
-        tmp = archive.with_name(f"{name}.tar.tmp")
+        tmp = archive.with_name(f"{archive.name}.tmp")
         try:
             build(tmp)
             tmp.rename(archive)

@@ -38,7 +38,7 @@ from pathlib import Path
 import click
 
 from libs.api.versions import NodeImageCatalog, VersionError, kubernetes_minor
-from vk8s.images.builders import build_host_images, kubeadm_image_refs
+from vk8s.images.builders import build_host_images, crictl_binary, kubeadm_image_refs
 from vk8s.images.cache import cache_key, cached, file_fingerprint, images_dir, link_into_place
 from vk8s.images.errors import ImageBuildError
 from vk8s.images.oci import CONTAINERD_NAME, ImageConfig, split_ref, write_archive
@@ -80,8 +80,6 @@ CONTAINERD_CONFIG = LOCAL_DIR / "containerd.toml"
 SANDBOX_PLACEHOLDER = "@SANDBOX_IMAGE@"
 
 KUBE_BINARIES = ("kubeadm", "kubelet", "kubectl")
-# Taken from the bin dir when there (Debian has no cri-tools); /etc/crictl.yaml is in the image either way.
-OPTIONAL_BINARIES = ("crictl",)
 NODE_SCRIPTS = (NODE_DIR / "vk8s-node", NODE_DIR / "vk8s-entrypoint", FILES_DIR / "vk8s-preload-images")
 GPU_MARKER = "etc/vk8s/gpu-variant"
 GPU_SUFFIX = "-gpu"
@@ -140,7 +138,8 @@ def build_kink_image(
     version = "v" + kubernetes_version.removeprefix("v")
     ref = kink_ref(version, gpu)
     binaries = {name: _binary(bin_dir, name) for name in KUBE_BINARIES}
-    binaries |= {name: bin_dir / name for name in OPTIONAL_BINARIES if (bin_dir / name).is_file()}
+    # Debian has no cri-tools; kubeadm 1.20 cannot start without crictl (1.34 and later do not run it).
+    binaries["crictl"] = crictl_binary()
     archives = {image: Path(archive) for image, archive in sorted(preload.items())}
     for image, archive in archives.items():
         if not archive.is_file():

@@ -19,6 +19,11 @@ SUITE = "bookworm"
 APT_SOURCES = (Path("/etc/apt/sources.list"), Path("/etc/apt/sources.list.d"))
 # Images carry no documentation; dpkg skips these paths while unpacking.
 DPKG_EXCLUDES = ("/usr/share/doc/*", "/usr/share/info/*", "/usr/share/locale/*", "/usr/share/man/*")
+# Minimum versions for a graph resolved afresh from an old release (CoreDNS 1.7.0 for kubeadm 1.20):
+# json-iterator before 1.1.12 (reflect2 before 1.0.2) crashes with Go 1.18 and later (SIGSEGV in
+# reflect2.(*UnsafeMapIterator).HasNext). A newer graph keeps its versions; `go mod tidy` drops a
+# floor that nothing imports.
+GO_FLOORS = ("github.com/json-iterator/go v1.1.12", "github.com/modern-go/reflect2 v1.0.2")
 
 
 def run(argv: Sequence[str | Path], *, cwd: Path | None = None, env: Mapping[str, str] | None = None) -> str:
@@ -54,20 +59,27 @@ def go_module_source(module: str, version: str) -> Path:
 
 def go_main_inputs(directory: Path) -> list[str]:
     """What a build in one of the deploy/images Go modules depends on, for its cache key."""
-    return [f"{path.name}:{path.read_text()}" for path in sorted(directory.iterdir()) if path.is_file()]
+    return [f"{path.name}:{path.read_text()}" for path in sorted(directory.iterdir()) if path.is_file()] + list(GO_FLOORS)
+
+
+def go_required(directory: Path, module: str) -> str | None:
+    """The version of `module` that the go.mod in `directory` requires, if it does."""
+    found = re.search(rf"^\s*(?:require\s+)?{re.escape(module)}\s+(\S+)", (directory / "go.mod").read_text(), re.M)
+    return found.group(1) if found else None
 
 
 def go_build(directory: Path, module: str, version: str, package: str, out: Path) -> Path:
     """Builds `package` from the Go module in `directory` with `module` at `version`: as pinned there,
     or (when kubeadm names another version) in a copy under out's directory whose requirements are
-    resolved afresh from that version's own go.mod (the pinned go.sum holds the other version's graph)."""
-    go_mod = (directory / "go.mod").read_text()
-    pinned = re.search(rf"^\s*(?:require\s+)?{re.escape(module)}\s+(\S+)", go_mod, re.M)
-    if pinned is None or pinned.group(1) != version:
+    resolved afresh from that version's own go.mod (the pinned go.sum holds the other version's graph),
+    lifted to GO_FLOORS."""
+    if go_required(directory, module) != version:
+        go_mod = (directory / "go.mod").read_text()
         copy = out.parent / f"{directory.name}-module"
         shutil.copytree(directory, copy, ignore=shutil.ignore_patterns("go.mod", "go.sum"))
         header = [line for line in go_mod.splitlines() if line.startswith(("module ", "go "))]
-        (copy / "go.mod").write_text("\n".join([*header, f"require {module} {version}", ""]))
+        requires = [f"require {module} {version}", *(f"require {floor}" for floor in GO_FLOORS)]
+        (copy / "go.mod").write_text("\n".join([*header, *requires, ""]))
         run(["go", "mod", "tidy"], cwd=copy, env=go_env())
         directory = copy
     run(["go", "build", "-trimpath", "-ldflags=-s -w", "-o", out, package], cwd=directory, env=go_env())

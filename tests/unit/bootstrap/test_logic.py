@@ -46,6 +46,13 @@ def test_config_pins_the_network_and_the_fixed_ip() -> None:
     assert config("v1.36.3")[0]["nodeRegistration"]["taints"] == []
 
 
+@pytest.mark.parametrize(("version", "ignored"), [("v1.20.15", True), ("v1.34.12", False), ("v1.36.3", False)])
+def test_only_kubeadm_1_20_skips_its_broken_proxy_cidr_check(version: str, ignored: bool) -> None:
+    checks = config(version)[0]["nodeRegistration"]["ignorePreflightErrors"]
+    assert checks[: len(logic.PREFLIGHT_IGNORED)] == list(logic.PREFLIGHT_IGNORED)
+    assert ("HTTPProxyCIDR" in checks) is ignored
+
+
 def test_too_old_releases_are_refused() -> None:
     with pytest.raises(ValueError, match="predates"):
         logic.kubeadm_api_version("v1.14.10")

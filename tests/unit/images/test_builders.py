@@ -156,6 +156,56 @@ def test_another_version_builds_in_a_fresh_module(tmp_path: Path, commands: Step
         (["go", "mod", "tidy"], copy),
         (["go", "build", "-trimpath"], copy),
     ]
-    assert (copy / "go.mod").read_text() == "module vk8s.local/x\ngo 1.26.0\nrequire example.com/m v1.3.0\n"
+    floors = "require github.com/json-iterator/go v1.1.12\nrequire github.com/modern-go/reflect2 v1.0.2\n"
+    assert (copy / "go.mod").read_text() == "module vk8s.local/x\ngo 1.26.0\nrequire example.com/m v1.3.0\n" + floors
     assert sorted(p.name for p in copy.iterdir()) == ["go.mod", "main.go"]
     assert (module / "go.mod").read_text().endswith("require example.com/m v1.2.3\n")
+
+
+def etcd_source(tmp_path: Path, says: str) -> Path:
+    """A go.etcd.io/etcd source tree whose version/version.go says `says`."""
+    version_go = tmp_path / "etcd-source" / "version" / "version.go"
+    version_go.parent.mkdir(parents=True)
+    version_go.write_text(f'package version\n\nvar (\n\tMinClusterVersion = "3.0.0"\n\tVersion           = "{says}"\n)\n')
+    return version_go.parent.parent
+
+
+def test_etcd_3_4_is_the_single_module_kubernetes_pinned(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    asked: list[tuple[str, str]] = []
+    source = etcd_source(tmp_path, "3.4.13")
+    monkeypatch.setattr(builders, "go_module_source", lambda module, version: asked.append((module, version)) or source)
+
+    module_dir, module, version = builders._etcd_module("v3.4.13")
+
+    pinned = "v0.5.0-alpha.5.0.20200910180754-dd1b699fc489"
+    assert (module_dir, module, version) == (builders.IMAGES_DIR / "etcd-3.4", "go.etcd.io/etcd", pinned)
+    assert asked == [("go.etcd.io/etcd", pinned)]
+    kubernetes_go_mod = (builders.IMAGES_DIR.parent / "kubernetes" / "1.20" / "go.mod").read_text()
+    assert f"go.etcd.io/etcd => go.etcd.io/etcd {pinned}" in kubernetes_go_mod, "the commit Kubernetes 1.20 pins"
+
+
+def test_an_etcd_module_that_is_not_the_named_version_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(builders, "go_module_source", lambda module, version: etcd_source(tmp_path, "3.4.14"))
+
+    with pytest.raises(ImageBuildError, match=r"etcd-3.4 pins go.etcd.io/etcd v0.5.0-\S+, whose version.go says 3.4.14, not v3.4.13"):
+        builders._etcd_module("v3.4.13")
+
+
+def test_etcd_3_5_and_later_is_the_server_module_at_that_version() -> None:
+    assert builders._etcd_module("v3.6.8") == (builders.IMAGES_DIR / "etcd", "go.etcd.io/etcd/server/v3", "v3.6.8")
+
+
+@pytest.mark.parametrize(("ref", "release"), [("k8s.gcr.io/coredns:1.7.0", "v1.7.0"), ("registry.k8s.io/coredns/coredns:v1.14.2", "v1.14.2")])
+def test_coredns_is_built_at_the_release_its_tag_names(ref: str, release: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    built: list[tuple[str, str]] = []
+
+    def go_build(directory: Path, module: str, version: str, package: str, out: Path) -> Path:
+        built.append((module, version))
+        return script(out, "exit 0")
+
+    monkeypatch.setattr(builders, "go_build", go_build)
+
+    _, config = layer_and_config(builders.coredns_image(ref))
+
+    assert built == [("github.com/coredns/coredns", release)]
+    assert config["config"]["Labels"]["io.vk8s.built-from"].startswith(f"github.com/coredns/coredns {release} built from source")  # type: ignore[index]

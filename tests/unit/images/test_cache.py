@@ -77,3 +77,13 @@ def test_the_key_names_the_version_and_changes_with_any_input() -> None:
     assert key.startswith("v1.36.3-")
     assert key == cache_key("v1.36.3", ["registry.k8s.io/kube-apiserver:v1.36.3", "binary:1"])
     assert key != cache_key("v1.36.3", ["registry.k8s.io/kube-apiserver:v1.36.3", "binary:2"])
+
+
+def test_an_executable_is_cached_under_its_own_name(cache_root: Path) -> None:
+    def build(tmp: Path) -> None:
+        tmp.write_text("#!/bin/sh\n")
+
+    built = cached("tool", cache_key("v1", ["a"]), build, suffix="")
+
+    assert built == cache_root / "images" / cache_key("v1", ["a"]) / "tool"
+    assert built.read_text() == "#!/bin/sh\n"

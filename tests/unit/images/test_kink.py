@@ -40,6 +40,14 @@ def cache_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path / "cache"
 
 
+@pytest.fixture(autouse=True)
+def crictl(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A script instead of the crictl Go build."""
+    binary = script(tmp_path / "tools" / "crictl", "exit 0")
+    monkeypatch.setattr(kink, "crictl_binary", lambda: binary)
+    return binary
+
+
 @pytest.fixture
 def bin_dir(tmp_path: Path) -> Path:
     directory = tmp_path / "bin"
@@ -156,7 +164,7 @@ def test_the_image_is_the_base_plus_the_node(tmp_path: Path, bin_dir: Path, base
     assert base.getnames() == ["etc", "etc/os-release"]
 
     members = {member.name: member for member in node.getmembers()}
-    for name in ("kubeadm", "kubelet", "kubectl", "vk8s-node", "vk8s-entrypoint", "vk8s-preload-images"):
+    for name in ("kubeadm", "kubelet", "kubectl", "crictl", "vk8s-node", "vk8s-entrypoint", "vk8s-preload-images"):
         assert members[f"usr/local/bin/{name}"].mode == 0o755
     assert members["usr/local/bin/containerd"].linkname == "/usr/bin/containerd"
     assert all(m.mode == 0o755 for m in members.values() if m.isdir()), "a directory would change the base's mode"
@@ -175,8 +183,6 @@ def test_the_image_is_the_base_plus_the_node(tmp_path: Path, bin_dir: Path, base
         'snapshotter = "overlayfs"',
     ):
         assert setting in containerd
-
-    assert "usr/local/bin/crictl" not in members
 
     listing = node.extractfile("var/lib/vk8s/images/images.list").read().decode()  # type: ignore[union-attr]
     lines = [line.split("\t") for line in listing.splitlines()]
@@ -224,7 +230,6 @@ def layer_digests(archive: Path) -> list[str]:
 def test_the_gpu_image_shares_the_plain_ones_layers_and_adds_a_marker(
     tmp_path: Path, bin_dir: Path, base_tar: Path
 ) -> None:
-    script(bin_dir / "crictl", "exit 0")
     preload = {PAUSE: image_archive(tmp_path, PAUSE)}
     plain = kink.build_kink_image(bin_dir, "1.36.3", preload, False, tmp_path / "out")
     gpu = kink.build_kink_image(bin_dir, "1.36.3", preload, True, tmp_path / "out")
@@ -234,7 +239,6 @@ def test_the_gpu_image_shares_the_plain_ones_layers_and_adds_a_marker(
     # The same blobs: a node importing both stores the big layers once.
     assert layer_digests(gpu)[:2] == layer_digests(plain) and len(layer_digests(gpu)) == 3
     _, _, (_, node, marker) = read_layout(gpu)
-    assert "usr/local/bin/crictl" in node.getnames(), "an optional binary of the bin dir"
     assert kink.GPU_MARKER in marker.getnames()
 
 
