@@ -277,7 +277,8 @@ class Gateway:
             if refused := await self._quota_problems(
                 observed.namespace, observed.uid, plan.assessment.spec, take=True
             ):
-                plan = logic.rejected_over_quota(observed, [str(problem) for problem in refused], self._clock())
+                problems = [str(problem) for problem in refused]
+                plan = logic.rejected_over_quota(plan, observed, problems, self._clock())
         await self._carry_out(plan, observed.uid, resync, obj)
 
     async def _gone(self, uid: str, *, resync: bool) -> None:

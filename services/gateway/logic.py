@@ -272,13 +272,11 @@ def release_quota(holdings: Holdings | None, uid: str) -> Holdings | None:
     return Holdings(gpus=left) if left else None
 
 
-def rejected_over_quota(observed: Observed, problems: Sequence[str], now: datetime) -> ObjectPlan:
-    """A change of an accepted cluster that the quotas refuse: the pipeline keeps the accepted generation."""
-    return ObjectPlan(Action.REJECT, object_rejected_event(observed, problems, now))
-
-
-def record_delete_requested(record: ClusterRecord) -> ClusterRecord:
-    return record.model_copy(update={"delete_requested": True})
+def rejected_over_quota(update: ObjectPlan, observed: Observed, problems: Sequence[str], now: datetime) -> ObjectPlan:
+    """The `update` of an accepted cluster that the quotas refuse, as a rejection of the same change:
+    the pipeline keeps the accepted generation."""
+    change = update.change or 1
+    return ObjectPlan(Action.REJECT, object_rejected_event(observed, problems, change, now), update.assessment, change)
 
 
 # --- the watch: an observed object, or one that is gone -------------------------------------------
