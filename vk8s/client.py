@@ -5,25 +5,28 @@ local stack's stack.json."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import nats
 from kubernetes.aio import client
 from nats.aio.client import Client as NATS
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import api as js_api
 
 from libs.api import Vk8s, kubeflow_user_secret_name
-from libs.events import REGISTRY, Envelope, InvalidEvent, Publisher, cluster_id_of, utc_now
-from libs.events.catalog import ClusterRequested
+from libs.events import REGISTRY, Envelope, InvalidEvent, cluster_id_of, utc_now
+from libs.events.catalog import ClusterRequested, request_subject
 from libs.kube import GROUP, PLURAL, VERSION, kube_client, not_found, read_vk8s
 from libs.kube.objects import owner_reference
-from vk8s.local.stack import StackLayout, read_info
+from vk8s.local.stack import StackInfo, StackLayout, read_info
 
 
 def namespace_of(vk8s: Vk8s) -> str:
@@ -34,20 +37,32 @@ def namespace_of(vk8s: Vk8s) -> str:
 class Endpoints:
     nats_url: str
     kubeconfig: str | None
+    nats_user: str | None = None
+    nats_password: str | None = field(default=None, repr=False)
 
     @classmethod
     def resolve(cls, nats_url: str | None = None, kubeconfig: str | None = None) -> Endpoints:
+        """Arguments, else NATS_URL / NATS_USER / NATS_PASSWORD / KUBECONFIG, else the local stack's."""
         info = read_info(StackLayout())
         nats_url = nats_url or os.environ.get("NATS_URL") or (info.nats_url if info else None)
         kubeconfig = kubeconfig or os.environ.get("KUBECONFIG") or (info.kubeconfig if info else None)
         if not nats_url:
             raise RuntimeError("no NATS to talk to: run `vk8s up`, or set NATS_URL / --nats-url")
-        return cls(nats_url, kubeconfig)
+        user = os.environ.get("NATS_USER") or (info.nats_user if info else None) or None
+        password = os.environ.get("NATS_PASSWORD") or (info.nats_password if info else None) or None
+        return cls(nats_url, kubeconfig, user, password)
+
+    @classmethod
+    def of_stack(cls, info: StackInfo) -> Endpoints:
+        return cls(info.nats_url, info.kubeconfig, info.nats_user or None, info.nats_password or None)
 
 
 @asynccontextmanager
 async def connected(endpoints: Endpoints) -> AsyncIterator[tuple[NATS, client.ApiClient]]:
-    nc = await nats.connect(endpoints.nats_url, name="vk8s-cli", connect_timeout=5, max_reconnect_attempts=3)
+    credentials = {"user": endpoints.nats_user, "password": endpoints.nats_password} if endpoints.nats_user else {}
+    nc = await nats.connect(
+        endpoints.nats_url, name="vk8s-cli", connect_timeout=5, max_reconnect_attempts=3, **credentials
+    )
     api = await kube_client(endpoints.kubeconfig)
     try:
         yield nc, api
@@ -92,6 +107,8 @@ async def adopt_password_secret(api: client.ApiClient, vk8s: Vk8s, timeout_s: fl
 
 
 async def publish_request(nc: NATS, vk8s: Vk8s) -> Envelope[ClusterRequested]:
+    """Asks the gateway for the cluster (it puts cluster.requested into the stream); RuntimeError
+    says why when it is refused or nobody answers."""
     request = ClusterRequested(
         name=vk8s.metadata.name,
         namespace=namespace_of(vk8s),
@@ -100,7 +117,20 @@ async def publish_request(nc: NATS, vk8s: Vk8s) -> Envelope[ClusterRequested]:
         annotations=dict(vk8s.metadata.annotations or {}),
     )
     envelope = Envelope.new(request, cluster_id=vk8s.cluster_id, now=utc_now(), event_id=f"cli-{uuid.uuid4()}")
-    await Publisher(nc.jetstream()).publish(envelope)
+    # Asked of the gateway on the namespace's subject: NATS lets a requester use its namespaces only.
+    subject = request_subject(request.namespace)
+    try:
+        reply = await nc.request(subject, envelope.to_json(), timeout=15)
+    except NoRespondersError:
+        raise RuntimeError(f"no gateway answers on {subject}") from None
+    except NatsTimeoutError:
+        raise RuntimeError(
+            f"no answer on {subject}: this NATS user may not request in namespace {request.namespace!r}, "
+            "or the gateway is down"
+        ) from None
+    answer = json.loads(reply.data)
+    if "error" in answer:
+        raise RuntimeError(f"request refused: {answer['error']}")
     return envelope
 
 

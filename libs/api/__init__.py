@@ -1,6 +1,7 @@
 """The Vk8s API (`vk8s.skt.co.kr/v1alpha1`): models, validation, the version matrix."""
 
 from libs.api.documents import Document, ManifestSyntaxError, load_documents
+from libs.api.images import ImagePolicy
 from libs.api.models import (
     API_VERSION,
     GPU_RESOURCE,
@@ -26,6 +27,7 @@ from libs.api.models import (
     Vk8s,
     Vk8sSpec,
     Vk8sStatus,
+    admin_kubeconfig_secret_name,
     kubeflow_user_secret_name,
 )
 from libs.api.quantity import QuantityError, parse_quantity
@@ -51,6 +53,7 @@ __all__ = [
     "CompatibilityMatrix",
     "Condition",
     "Document",
+    "ImagePolicy",
     "KubeflowConfig",
     "KubeflowRelease",
     "KubernetesConfig",
@@ -75,6 +78,7 @@ __all__ = [
     "Vk8s",
     "Vk8sSpec",
     "Vk8sStatus",
+    "admin_kubeconfig_secret_name",
     "default_matrix",
     "kubeflow_user_secret_name",
     "kubernetes_minor",

@@ -96,6 +96,8 @@ DnsLabel = Annotated[str, StringConstraints(max_length=63, pattern=DNS1123_LABEL
 VNodeName = Annotated[str, StringConstraints(max_length=52, pattern=DNS1123_LABEL_PATTERN)]
 NonEmptyStr = Annotated[str, StringConstraints(min_length=1)]
 # Strict numbers: the apiserver refuses "30000" or true where an integer is due, so the models do too.
+# vNodes per cluster: each is a privileged pod on a shared host; the CRD and validation refuse more.
+MAX_VNODES = 64
 PortNumber = Annotated[StrictInt, Field(ge=1, le=65535)]
 Count = Annotated[StrictInt, Field(ge=0)]
 
@@ -338,11 +340,17 @@ def kubeflow_user_secret_name(cluster_name: str) -> str:
     return f"{cluster_name}-kubeflow-user"
 
 
+def admin_kubeconfig_secret_name(cluster_name: str) -> str:
+    """The Secret bootstrap creates (owned by the Vk8s) with the inner cluster's admin kubeconfig."""
+    return f"{cluster_name}-kubeconfig"
+
+
 class Vk8sSpec(ApiModel):
     """The cluster a user asks for."""
 
     nodes: tuple[NodeSpec, ...] = Field(
         min_length=1,
+        max_length=MAX_VNODES,
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
     )
     """vNodes, master first."""

@@ -20,6 +20,7 @@ from typing import Any, NamedTuple
 
 from pydantic import ValidationError
 
+from libs.api.images import ImagePolicy
 from libs.api.models import (
     EXTENDED_RESOURCE_PATTERN,
     GPU_RESOURCE,
@@ -120,11 +121,13 @@ def validate_document(
     *,
     matrix: CompatibilityMatrix | None = None,
     host_cidrs: Sequence[str] = (),
+    image_policy: ImagePolicy | None = None,
 ) -> Validation:
     """Parses and checks one Vk8s document.
 
     `host_cidrs` are the host cluster's pod and service networks, which the inner cluster's
-    networks must not overlap.
+    networks must not overlap. `image_policy` says which node images are allowed (default: the
+    catalog's repositories).
     """
     relocate = _origin_relocator(document)
     try:
@@ -132,7 +135,7 @@ def validate_document(
     except ValidationError as exc:
         return Validation(None, problems_from_error(exc, relocate=relocate))
     report = _Report(relocate)
-    _check(vk8s, matrix or default_matrix(), host_cidrs, report)
+    _check(vk8s, matrix or default_matrix(), host_cidrs, image_policy or ImagePolicy(), report)
     ok = not any(problem.severity is Severity.ERROR for problem in report.problems)
     return Validation(vk8s if ok else None, report.problems)
 
@@ -142,16 +145,21 @@ def validate_vk8s(
     *,
     matrix: CompatibilityMatrix | None = None,
     host_cidrs: Sequence[str] = (),
+    image_policy: ImagePolicy | None = None,
 ) -> list[Problem]:
     """The checks that span fields, for an object that already parsed (e.g. read from the apiserver)."""
     report = _Report(lambda loc: loc)
-    _check(vk8s, matrix or default_matrix(), host_cidrs, report)
+    _check(vk8s, matrix or default_matrix(), host_cidrs, image_policy or ImagePolicy(), report)
     return report.problems
 
 
-def _check(vk8s: Vk8s, matrix: CompatibilityMatrix, host_cidrs: Sequence[str], report: _Report) -> None:
+def _check(
+    vk8s: Vk8s, matrix: CompatibilityMatrix, host_cidrs: Sequence[str], image_policy: ImagePolicy, report: _Report
+) -> None:
     spec = vk8s.spec
     _check_nodes(spec, report)
+    for index, refusal in node_image_refusals(spec, image_policy).items():
+        report.error(("spec", "nodes", index, "image"), refusal)
     for index, node in enumerate(spec.nodes):
         _check_resources(node, ("spec", "nodes", index), report)
         _check_tolerations(node, ("spec", "nodes", index), report)
@@ -160,6 +168,15 @@ def _check(vk8s: Vk8s, matrix: CompatibilityMatrix, host_cidrs: Sequence[str], r
     _check_versions(spec, matrix, report)
     _check_kubeflow(vk8s, report)
     _check_placement(spec, report)
+
+
+def node_image_refusals(spec: Vk8sSpec, image_policy: ImagePolicy) -> dict[int, str]:
+    """Per node index, why the image the spec names may not run (nodes without one get the catalog's)."""
+    refusals = {}
+    for index, node in enumerate(spec.nodes):
+        if node.image is not None and (refusal := image_policy.refusal(node.image)) is not None:
+            refusals[index] = refusal
+    return refusals
 
 
 def problems_from_error(error: ValidationError, *, relocate: Callable[[Loc], Loc] | None = None) -> list[Problem]:
@@ -234,6 +251,8 @@ def _describe(detail: Mapping[str, Any], loc: Loc) -> str:
         return f"out of range{got}; allowed: {allowed_range}"
     if kind in ("model_type", "model_attributes_type", "dict_type"):
         return f"must be a mapping of fields, got {_type_name(value)}"
+    if kind == "too_long":
+        return f"{context.get('actual_length')} items; at most {context.get('max_length')} allowed"
     if kind in ("list_type", "tuple_type"):
         return f"must be a list, got {_type_name(value)}"
     message = str(detail["msg"]).removeprefix("Value error, ")
@@ -413,7 +432,6 @@ def _check_networks(spec: Vk8sSpec, host_networks: list[ipaddress.IPv4Network | 
 def _check_ports(spec: Vk8sSpec, report: _Report) -> None:
     names: dict[str, int] = {}
     ports: dict[tuple[int, str], int] = {}
-    node_ports: dict[int, int] = {}
     for index, port in enumerate(spec.ports):
         loc = ("spec", "ports", index)
         if port.name is None:
@@ -428,12 +446,12 @@ def _check_ports(spec: Vk8sSpec, report: _Report) -> None:
             report.error((*loc, "port"), f"{key[0]}/{key[1]} is listed twice (also ports[{ports[key]}])")
         ports.setdefault(key, index)
         if port.node_port is not None:
-            if port.node_port in node_ports:
-                report.error(
-                    (*loc, "nodePort"),
-                    f"nodePort {port.node_port} is used twice (also ports[{node_ports[port.node_port]}])",
-                )
-            node_ports.setdefault(port.node_port, index)
+            # Node ports are host-wide: one tenant's pick could squat another's.
+            report.error(
+                (*loc, "nodePort"),
+                f"{port.node_port} is refused: node ports are host-wide, so the platform allocates them; remove "
+                "nodePort (the allocated one is on the cluster's ports Service)",
+            )
     if spec.kubeflow is not None and KUBEFLOW_UI_PORT_NAME not in names:
         report.warning(
             ("spec", "ports"),

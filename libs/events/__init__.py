@@ -1,6 +1,7 @@
 """The event contract of the pipeline and the NATS JetStream plumbing every service shares."""
 
 from libs.events.broker import (
+    MAX_EVENT_BYTES,
     STREAM_NAME,
     ConsumerSettings,
     Publisher,
@@ -19,6 +20,7 @@ from libs.events.registry import Registry
 __all__ = [
     "EVENTS",
     "REGISTRY",
+    "MAX_EVENT_BYTES",
     "STREAM_NAME",
     "UNKNOWN_CLUSTER_ID",
     "Backoff",

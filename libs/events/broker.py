@@ -19,6 +19,9 @@ log = structlog.get_logger(__name__)
 
 STREAM_NAME = "VK8S"
 STREAM_SUBJECTS = ("cluster.>",)
+# The largest event the stream stores; JetStream refuses a larger one at publish, so a hostile
+# publisher cannot hand every consumer a huge payload. Far above any legitimate event.
+MAX_EVENT_BYTES = 256 * 1024
 
 
 @dataclass(frozen=True)
@@ -28,6 +31,7 @@ class StreamSettings:
     duplicate_window_s: float = 120.0
     max_age_s: float = 14 * 24 * 3600.0
     replicas: int = 1
+    max_event_bytes: int = MAX_EVENT_BYTES
 
 
 @dataclass(frozen=True)
@@ -53,6 +57,7 @@ async def ensure_stream(js: JetStreamContext, settings: StreamSettings) -> js_ap
         duplicate_window=settings.duplicate_window_s,
         max_age=settings.max_age_s,
         num_replicas=settings.replicas,
+        max_msg_size=settings.max_event_bytes,
     )
     try:
         await js.stream_info(settings.name)

@@ -3,6 +3,6 @@
 from libs.runtime.http import OperatorServer
 from libs.runtime.logging import configure_logging
 from libs.runtime.service import Service, connect_nats
-from libs.runtime.settings import ServiceSettings
+from libs.runtime.settings import ReadApiToken, ServiceSettings
 
-__all__ = ["OperatorServer", "Service", "ServiceSettings", "configure_logging", "connect_nats"]
+__all__ = ["OperatorServer", "ReadApiToken", "Service", "ServiceSettings", "configure_logging", "connect_nats"]

@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import hmac
 import inspect
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
+from pydantic import SecretStr
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 ReadinessCheck = Callable[[], bool | Awaitable[bool]]
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _unauthorized(reason: str) -> web.Response:
+    return web.json_response({"error": reason}, status=401, headers={"WWW-Authenticate": "Bearer"})
 
 
 class OperatorServer:
@@ -24,6 +31,24 @@ class OperatorServer:
         self.app.router.add_get("/readyz", self._readyz)
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
+
+    def require_token(self, prefix: str, token: SecretStr | None, setting: str) -> None:
+        """Paths under `prefix` answer only requests with `Authorization: Bearer <token>`; with no
+        token configured they answer none (401 naming `setting`). The operator endpoints stay open."""
+
+        @web.middleware
+        async def bearer_token(request: web.Request, handler: Handler) -> web.StreamResponse:
+            if not request.path.startswith(prefix):
+                return await handler(request)
+            if token is None or not token.get_secret_value():
+                return _unauthorized(f"this API is disabled: {setting} is not set")
+            scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+            expected = token.get_secret_value().encode()
+            if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected):
+                return _unauthorized("a bearer token is required (Authorization: Bearer <token>)")
+            return await handler(request)
+
+        self.app.middlewares.append(bearer_token)
 
     def add_readiness_check(self, name: str, check: ReadinessCheck) -> None:
         self._checks[name] = check

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# The bearer token of a service's read API (/v1/...): unset, that API answers 401 to everyone.
+ReadApiToken = Annotated[
+    SecretStr | None,
+    Field(description="Bearer token the read API (/v1/...) requires; unset: the read API refuses every request."),
+]
 
 
 class ServiceSettings(BaseSettings):

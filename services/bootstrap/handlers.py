@@ -6,10 +6,11 @@ from typing import Any
 
 import structlog
 
-from libs.api import Vk8s
+from libs.api import Vk8s, admin_kubeconfig_secret_name
 from libs.events import Envelope, PermanentError, Publisher
 from libs.events.catalog import ClusterKubernetesReady, ClusterVNodesReady, VNodeSetupProgressed
 from libs.events.consumer import Clock
+from libs.kube.inner import KubeconfigRefused, inner_credentials
 from services.bootstrap import logic, workflow
 from services.bootstrap.adapters.host import HostCluster
 from services.bootstrap.adapters.metrics import BootstrapMetrics
@@ -82,6 +83,16 @@ class BootstrapHandlers:
             return []
         vk8s = Vk8s.model_validate(obj)
         plan = plan_for(vk8s, event.data, namespace)
+        for target in (plan.master, *plan.workers):
+            # Exec runs as root in the named pod: only the vNode the vnode stage made qualifies.
+            if (why := await self._not_the_vnode(target, obj["metadata"]["uid"])) is not None:
+                log.error(
+                    "Refused cluster.vnodes.ready: a pod it names is not the cluster's vNode",
+                    pod=f"{namespace}/{target.pod}",
+                    vnode=target.vnode,
+                    reason=why,
+                )
+                return []
         generation = event.data.generation
 
         async def progress(vnode: str, step: str, status: str, message: str, attempt: int) -> None:
@@ -95,12 +106,24 @@ class BootstrapHandlers:
         with self._metrics.bootstrap_seconds.time():
             timeouts = workflow.Timeouts(self._settings.control_plane_timeout_s, self._settings.nodes_ready_timeout_s)
             done = await workflow.bootstrap(runner, plan, timeouts)
-        secret = logic.kubeconfig_secret_name(name)
+        try:
+            # The stages after this one trust certificate data for this server only.
+            api_server = inner_credentials(done.kubeconfig, server=None).server
+        except KubeconfigRefused as refused:
+            raise PermanentError(f"the master's admin kubeconfig: {refused}", reason="KubeconfigRefused") from None
+        secret = admin_kubeconfig_secret_name(name)
         await self._host.store_kubeconfig(obj, secret, done.kubeconfig)
         ready = ClusterKubernetesReady(
             generation=generation,
             kubernetes_version=done.server_version,
             kubeconfig_secret=secret,
+            api_server=api_server,
             nodes=[plan.master.vnode, *(w.vnode for w in plan.workers)],
         )
         return [event.follow(ready, now=self._clock())]
+
+    async def _not_the_vnode(self, target: workflow.VNodeTarget, cluster_uid: str) -> str | None:
+        pod, controller = await self._host.pod_and_controller(target.namespace, target.pod)
+        if pod is None:
+            return "it does not exist"
+        return logic.foreign_pod(pod, controller, cluster_uid=cluster_uid, vnode=target.vnode)

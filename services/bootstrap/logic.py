@@ -5,12 +5,17 @@ from __future__ import annotations
 
 import base64
 import json
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from string import Template
 from typing import Any
 
 import yaml
+
+from libs.kube.objects import KIND
+from libs.kube.vnodes import CLUSTER_UID_LABEL, VNODE_LABEL
 
 MANIFESTS = Path(__file__).with_name("manifests")
 API_SERVER_PORT = 6443
@@ -241,6 +246,33 @@ def join_args(join_command: str, node_name: str) -> list[str]:
     return ["vk8s-node", "join", "--", *words[2:], f"--node-name={node_name}", ignored]
 
 
+# kubeadm bootstrap tokens ([a-z0-9]{6}.[a-z0-9]{16}), and the flags whose value is a secret.
+_BOOTSTRAP_TOKEN = re.compile(r"[a-z0-9]{6}\.[a-z0-9]{16}")
+_SECRET_FLAGS = ("--token", "--certificate-key")
+# An exec URL carries the whole command line (join arguments, file contents) in its query.
+_URL_QUERY = re.compile(r"(\b[a-z]+s?://[^\s?\"']+)\?[^\s\"']*")
+REDACTED = "<redacted>"
+MAX_STEP_MESSAGE = 300
+
+
+def step_failure(text: str, argv: Sequence[str]) -> str:
+    """What a failed step may say in events, status and logs: `text` without the step's secrets,
+    bootstrap tokens or URL queries, then shortened (after redacting, so no part of a secret is left)."""
+    for index, word in enumerate(argv):
+        for flag in _SECRET_FLAGS:
+            if word == flag and index + 1 < len(argv):
+                secret = argv[index + 1]
+            elif word.startswith(f"{flag}="):
+                secret = word.split("=", 1)[1]
+            else:
+                continue
+            if secret:
+                text = text.replace(secret, REDACTED)
+    text = _URL_QUERY.sub(rf"\1?{REDACTED}", text)
+    text = _BOOTSTRAP_TOKEN.sub(REDACTED, text)
+    return text[:MAX_STEP_MESSAGE]
+
+
 def server_version(output: str) -> str:
     """The gitVersion of an API server's /version answer: what the cluster runs, not what was asked."""
     try:
@@ -258,5 +290,26 @@ def via_shell(argv: list[str]) -> list[str]:
     return argv if argv[:2] == ["sh", "-c"] else ["sh", "-c", 'exec "$0" "$@"', *argv]
 
 
-def kubeconfig_secret_name(cluster_name: str) -> str:
-    return f"{cluster_name}-kubeconfig"
+def foreign_pod(
+    pod: Mapping[str, Any], statefulset: Mapping[str, Any] | None, *, cluster_uid: str, vnode: str
+) -> str | None:
+    """Why `pod` (as the API server has it) is not vNode `vnode` of the cluster whose Vk8s has uid
+    `cluster_uid`, None when it is: labelled so, and run by a StatefulSet (`statefulset`, the
+    controller the pod names, as read) labelled so and owned by that Vk8s."""
+    metadata = pod.get("metadata") or {}
+    labels = metadata.get("labels") or {}
+    if labels.get(CLUSTER_UID_LABEL) != cluster_uid or labels.get(VNODE_LABEL) != vnode:
+        return f"its labels do not name vNode {vnode!r} of this cluster"
+    owner = next((ref for ref in metadata.get("ownerReferences") or [] if ref.get("controller")), None)
+    if owner is None or (owner.get("apiVersion"), owner.get("kind")) != ("apps/v1", "StatefulSet"):
+        return "it is not run by a StatefulSet"
+    if statefulset is None or (statefulset.get("metadata") or {}).get("uid") != owner.get("uid"):
+        return f"its StatefulSet {owner.get('name')!r} is gone"
+    set_metadata = statefulset["metadata"]
+    set_labels = set_metadata.get("labels") or {}
+    if set_labels.get(CLUSTER_UID_LABEL) != cluster_uid or set_labels.get(VNODE_LABEL) != vnode:
+        return f"its StatefulSet {owner.get('name')!r} is not vNode {vnode!r} of this cluster"
+    owners = set_metadata.get("ownerReferences") or []
+    if not any(ref.get("kind") == KIND and ref.get("uid") == cluster_uid for ref in owners):
+        return f"its StatefulSet {owner.get('name')!r} is not owned by this cluster's Vk8s"
+    return None

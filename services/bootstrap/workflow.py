@@ -57,12 +57,12 @@ class StepRunner:
             try:
                 result = await self._exec.run(target.namespace, target.pod, logic.via_shell(argv))
             except Exception as error:  # noqa: BLE001 - the transport failing is a failed try too
-                message = f"{type(error).__name__}: {error}"[:300]
+                message = logic.step_failure(f"{type(error).__name__}: {error}", argv)
             else:
                 if result.exit_code == 0:
                     await self._progress(target.vnode, step, "Success", "", attempt)
                     return result
-                message = f"exit {result.exit_code}: {result.summary()}"
+                message = logic.step_failure(f"exit {result.exit_code}: {result.summary()}", argv)
             if attempt < self._attempts:
                 await asyncio.sleep(self._backoff_s * 2 ** (attempt - 1))
         await self._progress(target.vnode, step, "Failed", message, self._attempts)

@@ -12,6 +12,7 @@ from libs.runtime import Service
 from services.gateway.adapters.kubernetes import ClusterObjects
 from services.gateway.adapters.ledger import Ledger
 from services.gateway.adapters.metrics import GatewayMetrics
+from services.gateway.adapters.requests import RequestIntake
 from services.gateway.handlers import Gateway
 from services.gateway.settings import GatewaySettings
 
@@ -33,6 +34,8 @@ async def gateway_service(settings: GatewaySettings) -> AsyncIterator[Service]:
         )
         service.consume(DURABLE, gateway.subscriptions())
         service.add_task("watch-vk8s", gateway.watch)
+        assert service.nc is not None
+        service.add_task("request-intake", RequestIntake(service.nc).run)
         yield service
 
 

@@ -16,6 +16,8 @@ from typing import Any
 
 import structlog
 
+from libs.api.models import Vk8sSpec
+from libs.api.validation import Problem
 from libs.events import Envelope, Handler, Publisher, utc_now
 from libs.events.catalog import ClusterDeleted, ClusterRequested
 from libs.kube import WatchEvent
@@ -23,7 +25,7 @@ from services.gateway import logic
 from services.gateway.adapters.kubernetes import ClusterObjects, Object, describe_failure
 from services.gateway.adapters.ledger import Ledger
 from services.gateway.adapters.metrics import GatewayMetrics
-from services.gateway.logic import Action, Assessment, ClusterRecord, Observed, ObjectPlan, Verdict
+from services.gateway.logic import Action, Assessment, ClusterRecord, Holdings, Observed, ObjectPlan, Verdict
 from services.gateway.settings import GatewaySettings
 
 log = structlog.get_logger(__name__)
@@ -74,8 +76,14 @@ class Gateway:
         if request.uid is None:
             body = logic.object_for_request(cause)
             problems = logic.request_problems(
-                request, self._settings.host_cidrs, self._settings.namespace
+                request, self._settings.host_cidrs, self._settings.namespace, self._settings.image_policy
             ) or await self._reference_problems(request, body)
+            if not problems:
+                # Over quota, nothing is created (taken below, against the object made or found).
+                existing = await self._objects.get(request.namespace, request.name)
+                uid = existing["metadata"]["uid"] if existing is not None else None
+                refused = await self._quota_problems(request.namespace, uid, request.spec, take=False)
+                problems = logic.as_request_problems(refused)
             if problems:
                 plan = logic.reject_request(cause, problems, now=self._clock())
                 return self._answered(source, plan)
@@ -92,7 +100,18 @@ class Gateway:
             obj = ensured or await self._objects.get(request.namespace, request.name)
         live = Observed.of(obj) if obj is not None else None
         record = await self._ledger.get(live.uid) if live is not None else None
-        plan = logic.judge_request(cause, live, record, host_cidrs=self._settings.host_cidrs, now=self._clock())
+        plan = logic.judge_request(
+            cause,
+            live,
+            record,
+            host_cidrs=self._settings.host_cidrs,
+            now=self._clock(),
+            image_policy=self._settings.image_policy,
+        )
+        if plan.verdict is Verdict.ACCEPT:
+            assert live is not None and plan.assessment is not None and plan.assessment.spec is not None
+            if refused := await self._quota_problems(live.namespace, live.uid, plan.assessment.spec, take=True):
+                plan = logic.reject_request(cause, [str(problem) for problem in refused], now=self._clock())
         if plan.verdict is Verdict.ACCEPT:
             assert obj is not None and live is not None and plan.event is not None
             await self._store_password(obj, plan.assessment)
@@ -133,6 +152,7 @@ class Gateway:
             if await self._objects.remove_finalizer(obj):
                 self._metrics.finalizer_changes.labels("removed").inc()
         await self._ledger.forget(uid)
+        await self._release_quota(namespace, uid)
         log.info("Released deleted cluster", uid=uid)
         return []
 
@@ -246,15 +266,27 @@ class Gateway:
         observed = Observed.of(obj)
         record = await self._ledger.get(observed.uid)
         plan = logic.plan_for_object(
-            observed, record, host_cidrs=self._settings.host_cidrs, now=self._clock(), delete_resync=self._delete_resync
+            observed,
+            record,
+            host_cidrs=self._settings.host_cidrs,
+            now=self._clock(),
+            delete_resync=self._delete_resync,
+            image_policy=self._settings.image_policy,
         )
+        if plan.action is Action.UPDATE and plan.assessment is not None and plan.assessment.spec is not None:
+            if refused := await self._quota_problems(
+                observed.namespace, observed.uid, plan.assessment.spec, take=True
+            ):
+                problems = [str(problem) for problem in refused]
+                plan = logic.rejected_over_quota(plan, observed, problems, self._clock())
         await self._carry_out(plan, observed.uid, resync, obj)
 
     async def _gone(self, uid: str, *, resync: bool) -> None:
         record = await self._ledger.get(uid)
         if record is not None:
             plan = logic.plan_for_gone(record, now=self._clock(), delete_resync=self._delete_resync)
-            await self._carry_out(plan, uid, resync)
+            namespace = record.cluster_id.split("/", 1)[0]
+            await self._carry_out(plan, uid, resync, namespace=namespace)
 
     async def _sweep(self, listed: set[str]) -> None:
         try:
@@ -278,8 +310,10 @@ class Gateway:
             return  # created after the list was taken
         await self._gone(record.uid, resync=True)
 
-    async def _carry_out(self, plan: ObjectPlan, uid: str, resync: bool, obj: Object | None = None) -> None:
-        """`obj` is the object the plan was made for; None when it is gone."""
+    async def _carry_out(
+        self, plan: ObjectPlan, uid: str, resync: bool, obj: Object | None = None, *, namespace: str | None = None
+    ) -> None:
+        """`obj` is the object the plan was made for; None when it is gone (then `namespace` is its)."""
         match plan.action:
             case Action.REQUEST | Action.UPDATE | Action.REJECT:
                 assert obj is not None and plan.event is not None
@@ -300,13 +334,42 @@ class Gateway:
                 if await self._objects.remove_finalizer(obj):
                     self._metrics.finalizer_changes.labels("removed").inc()
                 await self._ledger.forget(uid)
+                await self._release_quota(obj["metadata"]["namespace"], uid)
                 log.info("Released Vk8s that was never provisioned")
             case Action.FORGET:
                 await self._ledger.forget(uid)
+                if namespace is not None:
+                    await self._release_quota(namespace, uid)
             case Action.NONE:
                 pass
 
     # --- shared ------------------------------------------------------------------------------------
+
+    async def _quota_problems(
+        self, namespace: str, uid: str | None, spec: Vk8sSpec, *, take: bool
+    ) -> tuple[Problem, ...]:
+        """Why the namespace's quotas refuse `spec` for `uid` (None: a cluster not made yet); with
+        `take`, what it asks for is held for it (compare-and-set), unless refused."""
+        problems: tuple[Problem, ...] = ()
+
+        def taken(current: Holdings | None) -> Holdings | None:
+            nonlocal problems
+            outcome = logic.take_quota(
+                current or Holdings(),
+                namespace,
+                uid or "",
+                spec,
+                max_clusters=self._settings.max_clusters_per_namespace,
+                max_gpus=self._settings.max_gpus_per_namespace,
+            )
+            problems = outcome if isinstance(outcome, tuple) else ()
+            return outcome if take and isinstance(outcome, Holdings) else current
+
+        await self._ledger.change_holdings(namespace, taken)
+        return problems
+
+    async def _release_quota(self, namespace: str, uid: str) -> None:
+        await self._ledger.change_holdings(namespace, lambda current: logic.release_quota(current, uid))
 
     def _serves(self, namespace: str) -> bool:
         return self._settings.namespace is None or namespace == self._settings.namespace

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -22,9 +22,10 @@ from typing import Any
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, SecretStr
 
+from libs.api.images import ImagePolicy
 from libs.api.models import API_VERSION, GROUP, KIND, ReconcileStatus, SecretKeyRef, Vk8sSpec
 from libs.api.validation import ROOT_PATH, Problem, validate_document
-from libs.events import Envelope, cluster_id_of
+from libs.events import MAX_EVENT_BYTES, Envelope, cluster_id_of
 from libs.events.catalog import (
     ClusterAccepted,
     ClusterDeleteRequested,
@@ -126,8 +127,18 @@ class Assessment:
     """A plain password to store in that Secret before publishing the spec."""
 
 
-def assess(document: Mapping[str, Any], host_cidrs: Sequence[str]) -> Assessment:
-    result = validate_document(document, host_cidrs=host_cidrs)
+# What an event adds around an object's spec, labels and annotations (envelope, names, uid), with room.
+_EVENT_OVERHEAD_BYTES = 16 * 1024
+
+
+def assess(document: Mapping[str, Any], host_cidrs: Sequence[str], image_policy: ImagePolicy | None) -> Assessment:
+    metadata = document.get("metadata") or {}
+    published = [document.get("spec"), metadata.get("labels"), metadata.get("annotations")]
+    size, limit = len(json.dumps(published, separators=(",", ":"))), MAX_EVENT_BYTES - _EVENT_OVERHEAD_BYTES
+    if size > limit:
+        problem = f"(document): spec, labels and annotations are {size} bytes; at most {limit} fit in an event"
+        return Assessment(None, (problem,))
+    result = validate_document(document, host_cidrs=host_cidrs, image_policy=image_policy)
     warnings = tuple(result.warnings)
     if result.vk8s is None:
         return Assessment(None, tuple(str(problem) for problem in result.errors), warnings)
@@ -206,6 +217,68 @@ def record_delete_requested(record: ClusterRecord, now: datetime) -> ClusterReco
     return record.model_copy(update=update)
 
 
+# --- quotas ----------------------------------------------------------------------------------------
+
+
+class Holdings(BaseModel):
+    """What one namespace's quota holds: GPUs per cluster uid, from the moment the gateway accepts
+    a cluster until the pipeline has deleted it. One KV key per namespace, written compare-and-set,
+    so two acceptances in one namespace cannot both take the last of a limit."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    gpus: dict[str, int] = {}
+
+
+def take_quota(
+    holdings: Holdings,
+    namespace: str,
+    uid: str,
+    spec: Vk8sSpec,
+    *,
+    max_clusters: int | None,
+    max_gpus: int | None,
+) -> Holdings | tuple[Problem, ...]:
+    """The holdings once `uid` holds what `spec` asks for, or why the quotas refuse it (paths of
+    the Vk8s document). Only growth is checked, so a cluster already held never loses what it has
+    when a limit is lowered."""
+    others = {held: gpus for held, gpus in holdings.gpus.items() if held != uid}
+    problems = []
+    if uid not in holdings.gpus and max_clusters is not None and len(others) + 1 > max_clusters:
+        problems.append(
+            Problem(
+                "metadata.namespace",
+                f"namespace {namespace!r} already has {len(others)} clusters; "
+                f"quota maxClustersPerNamespace is {max_clusters}",
+            )
+        )
+    gpus, held_gpus = spec.gpus_total(), sum(others.values())
+    if gpus > holdings.gpus.get(uid, 0) and max_gpus is not None and held_gpus + gpus > max_gpus:
+        problems.append(
+            Problem(
+                "spec.nodes",
+                f"the cluster asks for {gpus} GPUs and namespace {namespace!r} holds {held_gpus} in other "
+                f"clusters; quota maxGpusPerNamespace is {max_gpus}",
+            )
+        )
+    return tuple(problems) if problems else Holdings(gpus={**holdings.gpus, uid: gpus})
+
+
+def release_quota(holdings: Holdings | None, uid: str) -> Holdings | None:
+    """The holdings without `uid`; None once nothing is held (the key is deleted)."""
+    if holdings is None:
+        return None
+    left = {held: gpus for held, gpus in holdings.gpus.items() if held != uid}
+    return Holdings(gpus=left) if left else None
+
+
+def rejected_over_quota(update: ObjectPlan, observed: Observed, problems: Sequence[str], now: datetime) -> ObjectPlan:
+    """The `update` of an accepted cluster that the quotas refuse, as a rejection of the same change:
+    the pipeline keeps the accepted generation."""
+    change = update.change or 1
+    return ObjectPlan(Action.REJECT, object_rejected_event(observed, problems, change, now), update.assessment, change)
+
+
 # --- the watch: an observed object, or one that is gone -------------------------------------------
 
 
@@ -241,6 +314,7 @@ def plan_for_object(
     host_cidrs: Sequence[str],
     now: datetime,
     delete_resync: timedelta,
+    image_policy: ImagePolicy | None = None,
 ) -> ObjectPlan:
     if observed.deleting:
         if record is not None and record.maybe_accepted:
@@ -254,7 +328,7 @@ def plan_for_object(
         # Before acceptance, label changes ride along: cluster.accepted is built from the live object.
         if not record.accepted or record.announced_hash == observed.metadata_hash:
             return ObjectPlan(Action.NONE)
-    assessment = assess(observed.document(), host_cidrs)
+    assessment = assess(observed.document(), host_cidrs, image_policy)
     change = (record.announced_changes if record is not None else 0) + 1
     if assessment.spec is None:
         rejected = object_rejected_event(observed, assessment.errors, change, now)
@@ -297,7 +371,10 @@ class RequestPlan:
 
 
 def request_problems(
-    request: ClusterRequested, host_cidrs: Sequence[str], namespace: str | None = None
+    request: ClusterRequested,
+    host_cidrs: Sequence[str],
+    namespace: str | None = None,
+    image_policy: ImagePolicy | None = None,
 ) -> tuple[str, ...]:
     """What is wrong with a request, before any object is made for it: libs.api's findings, or a
     namespace this gateway does not serve (`namespace`; None serves all). Paths name the fields of
@@ -315,8 +392,13 @@ def request_problems(
         },
         "spec": request.spec.model_dump(mode="json", by_alias=True, exclude_none=True),
     }
-    errors = validate_document(document, host_cidrs=host_cidrs).errors
-    return tuple(str(Problem(_request_path(problem.path), problem.message)) for problem in errors)
+    errors = validate_document(document, host_cidrs=host_cidrs, image_policy=image_policy).errors
+    return as_request_problems(errors)
+
+
+def as_request_problems(problems: Iterable[Problem]) -> tuple[str, ...]:
+    """Problems of a Vk8s document, named by the fields of the cluster.requested that carried it."""
+    return tuple(str(Problem(_request_path(problem.path), problem.message)) for problem in problems)
 
 
 def reference_problems(
@@ -353,6 +435,32 @@ def _request_path(path: str) -> str:
     return f"data.{path.removeprefix('metadata.')}"
 
 
+def intake_problems(subject_namespace: str, document: Any) -> tuple[str, ...]:
+    """What keeps a requester's ask (sent on vk8s.requests.<subject_namespace>) out of the stream:
+    only its scope, which NATS lets a requester use within its namespaces: the namespace it asks in
+    (`data.namespace`, default `default`, and that of `clusterId`) must be the subject's, and `uid`
+    is the gateway's own. Everything else is the gateway's validation, answered with
+    cluster.rejected once the request is in the stream."""
+    if not isinstance(document, Mapping):
+        return ("(document): must be a JSON object (the event envelope)",)
+    problems = []
+    if not isinstance(document.get("id"), str) or not document["id"]:
+        problems.append("id: required; the request is stored under it (Nats-Msg-Id)")
+    data = document.get("data") if isinstance(document.get("data"), Mapping) else {}
+    namespace = data.get("namespace", "default")
+    if namespace != subject_namespace:
+        problems.append(
+            f"data.namespace: {namespace!r} is not the namespace this request was sent for "
+            f"({subject_namespace!r}); a requester asks in the namespaces of its scope only"
+        )
+    cluster_id = document.get("clusterId")
+    if isinstance(cluster_id, str) and cluster_id.split("/", 1)[0] != subject_namespace:
+        problems.append(f"clusterId: {cluster_id!r} is not in namespace {subject_namespace!r}, the one asked in")
+    if data.get("uid") is not None:
+        problems.append("data.uid: set only by the gateway for Vk8s objects applied with kubectl; leave it out")
+    return tuple(problems)
+
+
 def object_for_request(cause: Envelope[ClusterRequested]) -> dict[str, Any]:
     """The Vk8s object a request from NATS creates, so that kubectl shows the cluster."""
     request = cause.data
@@ -378,6 +486,7 @@ def judge_request(
     *,
     host_cidrs: Sequence[str],
     now: datetime,
+    image_policy: ImagePolicy | None = None,
 ) -> RequestPlan:
     """Answers a request by the live object it names (created for it, or found): cluster.accepted
     is always built from that object, whichever path the request took."""
@@ -395,7 +504,7 @@ def judge_request(
             return RequestPlan(Verdict.DROP, reason=f"Vk8s {live.cluster_id} is being deleted")
         reason = f"Vk8s {live.cluster_id} is being deleted; send the request again once it is gone"
         return reject_request(cause, [reason], now)
-    assessment = assess(live.document(), host_cidrs)
+    assessment = assess(live.document(), host_cidrs, image_policy)
     if request.uid is None and live.annotations.get(REQUEST_ID_ANNOTATION) != cause.id:
         # The object exists already: the same cluster from the other entry point, or a conflict.
         if assessment.spec != request.spec:

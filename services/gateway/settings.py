@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
+from libs.api.images import ImagePolicy
 from libs.runtime import ServiceSettings
 
 
@@ -22,6 +23,16 @@ class GatewaySettings(ServiceSettings):
     )
     host_cidrs: tuple[str, ...] = Field(
         default=(), description="The host cluster's pod and service networks; inner clusters must not overlap them."
+    )
+    image_policy: ImagePolicy = Field(
+        default_factory=ImagePolicy,
+        description="Repositories a node image named in a spec must come from, and whether it needs a digest.",
+    )
+    max_clusters_per_namespace: int | None = Field(
+        default=20, ge=1, description="Clusters the pipeline may hold per namespace; None: no limit."
+    )
+    max_gpus_per_namespace: int | None = Field(
+        default=64, ge=0, description="GPUs the clusters of one namespace may ask for together; None: no limit."
     )
     watch_timeout_s: int = Field(
         default=300, ge=10, description="Each watch lasts this long, then the gateway lists again (a full resync)."

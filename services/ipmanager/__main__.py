@@ -24,6 +24,7 @@ NAME = "ipmanager"
 async def run(settings: IpManagerSettings) -> None:
     service = Service(NAME, settings)
     read_api = ReadApi(service.http.app)
+    service.http.require_token("/v1/", settings.read_api_token, "VK8S_IPMANAGER_READ_API_TOKEN")
     # The service stops (and with it the reconcile) before the stack closes the Kubernetes client.
     async with contextlib.AsyncExitStack() as stack, service:
         kv = await ensure_kv(service.js, settings.kv_bucket, replicas=settings.kv_replicas)

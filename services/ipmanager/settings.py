@@ -13,7 +13,7 @@ from typing import Annotated, Any
 from pydantic import Field, IPvAnyNetwork, field_validator, model_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
-from libs.runtime import ServiceSettings
+from libs.runtime import ReadApiToken, ServiceSettings
 from services.ipmanager.logic import AddressPool, CidrPool, NetworkLayout, Reserved
 
 # Pools are walked block by block (and address by address), so keep them to 2^16 entries.
@@ -55,6 +55,7 @@ class IpManagerSettings(ServiceSettings):
         "the reconcile then only repairs its index and never releases anything.",
     )
     kubeconfig: str | None = Field(default=None, description="None: $KUBECONFIG, else the in-cluster account.")
+    read_api_token: ReadApiToken = None
     vnode_pod_selector: str = "app=vk8s"
     reconcile_interval_s: float = Field(default=30.0, gt=0, description="Also how fresh the pool gauges are.")
     orphan_grace_s: float = Field(

@@ -6,10 +6,11 @@ from typing import Any
 
 import structlog
 
-from libs.api import kubeflow_user_secret_name
+from libs.api import admin_kubeconfig_secret_name, kubeflow_user_secret_name
 from libs.events import Envelope, PermanentError, Publisher
 from libs.events.catalog import ClusterKubernetesReady, ClusterReady, KubeflowProgressed
 from libs.events.consumer import Clock
+from libs.kube.inner import KubeconfigRefused
 from services.kubeflow import logic, workflow
 from services.kubeflow.adapters import manifests
 from services.kubeflow.adapters.host import HostCluster
@@ -49,6 +50,15 @@ class KubeflowHandlers:
         if vk8s is None:
             log.info("Skipping Kubeflow: the cluster is gone")
             return []
+        # The Secret bootstrap made for this cluster, whatever the event names.
+        secret = admin_kubeconfig_secret_name(name)
+        if event.data.kubeconfig_secret != secret:
+            log.error(
+                "Refused cluster.kubernetes.ready: it names another Secret than the cluster's kubeconfig",
+                named=event.data.kubeconfig_secret,
+                expected=secret,
+            )
+            return []
         kubeflow = vk8s.spec.kubeflow
         if kubeflow is None:
             return [event.follow(ClusterReady(generation=generation), now=self._clock())]
@@ -82,7 +92,8 @@ class KubeflowHandlers:
             bcrypt_rounds=self._settings.bcrypt_rounds,
             wait_for_available=self._settings.wait_for_available,
         )
-        kubeconfig = await self._host.secret_value(namespace, event.data.kubeconfig_secret, KUBECONFIG_KEY)
+        uid = (vk8s.metadata.model_extra or {}).get("uid")
+        kubeconfig = await self._host.secret_value(namespace, secret, KUBECONFIG_KEY, owner_uid=uid or "")
 
         async def progress(step: str, ready: int, total: int, message: str) -> None:
             update = KubeflowProgressed(
@@ -90,9 +101,13 @@ class KubeflowHandlers:
             )
             await self._publisher.publish(event.follow(update, now=self._clock(), key=f"{step}/{ready}/{total}/{message}"))
 
+        inner_cluster = InnerCluster(kubeconfig, event.data.api_server, self._settings.inner_proxy_url)
         with self._metrics.install_seconds.labels(release).time():
-            async with InnerCluster(kubeconfig, self._settings.inner_proxy_url) as inner:
-                unavailable = await workflow.install(inner, plan, progress)
+            try:
+                async with inner_cluster as inner:
+                    unavailable = await workflow.install(inner, plan, progress)
+            except KubeconfigRefused as refused:
+                raise PermanentError(f"Secret {namespace}/{secret}: {refused}", reason="KubeconfigRefused") from None
         self._metrics.installs.labels(release).inc()
         ready = ClusterReady(generation=generation, kubeflow_release=release, kubeflow_unavailable=unavailable)
         return [event.follow(ready, now=self._clock())]

@@ -23,6 +23,7 @@ async def projector_service(settings: ProjectorSettings, *, configure_logs: bool
     service = Service("projector", settings, configure_logs=configure_logs)
     read_api = ReadApi()
     read_api.install(service.http.app)
+    service.http.require_token("/v1/", settings.read_api_token, "VK8S_PROJECTOR_READ_API_TOKEN")
     async with service, await kube_client(settings.kubeconfig) as api:
         kv = await ensure_kv(service.js, settings.kv_bucket, replicas=settings.kv_replicas)
         metrics = ProjectorMetrics(service.metrics_registry)

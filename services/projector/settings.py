@@ -5,13 +5,14 @@ from __future__ import annotations
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from libs.runtime import ServiceSettings
+from libs.runtime import ReadApiToken, ServiceSettings
 
 
 class ProjectorSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="VK8S_PROJECTOR_", extra="ignore", frozen=True)
 
     kubeconfig: str | None = Field(default=None, description="Kubeconfig path; in-cluster service account when unset.")
+    read_api_token: ReadApiToken = None
     durable: str = "projector"
     kv_bucket: str = "vk8s-clusters"
     kv_replicas: int = Field(default=1, ge=1, le=5)

@@ -98,12 +98,18 @@ class VNodeHandlers:
         return []
 
     async def on_delete_requested(self, envelope: Envelope[ClusterDeleteRequested]) -> Sequence[Envelope[Any]]:
-        """Deletes the cluster's objects (volumes unless retained), and answers once all are gone.
+        """Deletes the cluster's objects (volumes unless retained), and answers once all are gone;
+        only when the Vk8s object of that uid is being deleted or gone (a request alone is refused).
 
         The Vk8s object still exists (its finalizer waits for cluster.deleted), so garbage
         collection by owner reference has not started: everything is deleted explicitly."""
         uid = envelope.data.uid
         namespace, name = envelope.cluster_id.split("/")
+        live = await self._kube.read_vk8s(namespace, name)
+        if live is not None and live["metadata"]["uid"] == uid and not live["metadata"].get("deletionTimestamp"):
+            # The event alone is not enough: only an object being deleted, or gone, loses its vNodes.
+            log.warning("Refused cluster.delete.requested: the Vk8s object is not being deleted", uid=uid)
+            return []
         stored = await self._store.get(envelope.cluster_id)
         record = stored.record if stored is not None and stored.record.uid == uid else None
         revision = stored.revision if stored is not None else None

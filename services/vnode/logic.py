@@ -25,6 +25,7 @@ from typing import Any, Literal
 from pydantic import AwareDatetime, BaseModel, ConfigDict
 
 from libs.api.models import GPU_RESOURCE, NodeRole, NodeSpec, Vk8sSpec
+from libs.api.validation import node_image_refusals
 from libs.events import REGISTRY, Envelope, PermanentError, TransientError
 from libs.events.catalog import (
     ClusterAccepted,
@@ -338,6 +339,11 @@ def plan(record: ClusterRecord, current: Iterable[CurrentStatefulSet], settings:
             "rename the cluster or its nodes",
             reason="NameClash",
         )
+    if refusals := node_image_refusals(record.spec, settings.image_policy):
+        raise PermanentError(
+            "; ".join(f"spec.nodes[{index}].image: {refusal}" for index, refusal in refusals.items()),
+            reason="ImageNotAllowed",
+        )
     placed = placed_vnodes(record)
     replicas = 1 if record.scaled_up and not record.paused else 0
     objects: list[dict[str, Any]] = [headless_service(record)]
@@ -356,7 +362,7 @@ def plan(record: ClusterRecord, current: Iterable[CurrentStatefulSet], settings:
     ]
     master = next((vnode for vnode in placed if vnode.node.role is NodeRole.MASTER), None)
     if record.spec.ports and master is not None:
-        objects.append(ports_service(record))
+        objects.append(ports_service(record, settings))
     else:
         deletes.append(ObjectRef("Service", ports_service_name(record.name)))
     if record.spec.access_pod_image and master is not None:
@@ -522,8 +528,9 @@ def headless_service(record: ClusterRecord) -> dict[str, Any]:
     )
 
 
-def ports_service(record: ClusterRecord) -> dict[str, Any]:
-    """spec.ports on a NodePort Service in front of the master vNode."""
+def ports_service(record: ClusterRecord, settings: VNodeSettings) -> dict[str, Any]:
+    """spec.ports on a Service in front of the master vNode, of the type the settings say; node
+    ports are host-wide, so Kubernetes allocates them (a nodePort in an event is not used)."""
     selector = {
         APP_LABEL: APP,
         CLUSTER_LABEL: record.name,
@@ -532,10 +539,10 @@ def ports_service(record: ClusterRecord) -> dict[str, Any]:
     }
     # protocol is part of the ports' merge key: server-side apply needs it spelled out.
     ports = [
-        {"protocol": "TCP", **port.model_dump(mode="json", by_alias=True, exclude_none=True)}
+        {"protocol": "TCP", **port.model_dump(mode="json", by_alias=True, exclude_none=True, exclude={"node_port"})}
         for port in record.spec.ports
     ]
-    spec = {"type": "NodePort", "selector": selector, "ports": ports}
+    spec = {"type": settings.ports_service_type, "selector": selector, "ports": ports}
     return _service(record, ports_service_name(record.name), VNODE_COMPONENT, spec)
 
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, StringConstraints, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from libs.api.images import ImagePolicy
 from libs.api.models import Quantity
 from libs.api.versions import NodeImageCatalog
 from libs.events import Backoff
@@ -23,6 +24,10 @@ class VNodeSettings(ServiceSettings):
 
     image_catalog: NodeImageCatalog = Field(
         default_factory=NodeImageCatalog, description="vNode image per Kubernetes minor, for nodes without an image."
+    )
+    image_policy: ImagePolicy = Field(
+        default_factory=ImagePolicy,
+        description="Repositories a node image named in a spec must come from, and whether it needs a digest.",
     )
     ip_annotation: str = Field(
         default="cni.projectcalico.org/ipAddrs", description="Pod annotation the CNI reads a fixed pod IP from."
@@ -49,6 +54,11 @@ class VNodeSettings(ServiceSettings):
         default=False, description="Keep node-state volumes when a cluster is deleted (per cluster: annotation)."
     )
 
+    ports_service_type: Literal["NodePort", "LoadBalancer", "ClusterIP"] = Field(
+        default="NodePort",
+        description="Type of the Service that exposes spec.ports (the Kubeflow UI); its node ports are allocated "
+        "by Kubernetes, never chosen by the tenant.",
+    )
     access_pod_port: int = Field(default=22, ge=1, le=65535, description="Access pod port when accessPodPort is unset.")
     access_pod_resources: dict[str, dict[str, Quantity]] = Field(
         default_factory=lambda: {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}}

@@ -42,7 +42,7 @@ def product(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[stack.St
 @pytest.fixture(scope="session")
 def product_env(product: tuple[stack.StackLayout, stack.StackInfo]) -> dict[str, str]:
     _, info = product
-    return {**os.environ, "KUBECONFIG": info.kubeconfig, "NATS_URL": info.nats_url, "PATH": f"{ROOT / '.venv/bin'}:{os.environ['PATH']}"}
+    return {**os.environ, "KUBECONFIG": info.kubeconfig, "NATS_URL": info.nats_url, "NATS_USER": info.nats_user, "NATS_PASSWORD": info.nats_password, "PATH": f"{ROOT / '.venv/bin'}:{os.environ['PATH']}"}
 
 
 @pytest.fixture(scope="session")

@@ -209,7 +209,10 @@ async def test_one_given_up_message_fires_messages_given_up(
     prometheus: Prometheus, running_stack: stack.StackInfo
 ) -> None:
     """An undecodable cluster.vnodes.ready is terminated as invalid by each stage that reads it."""
-    client = await nats.connect(running_stack.nats_url)
+    # As the stage that emits cluster.vnodes.ready: no other NATS user may publish it.
+    client = await nats.connect(
+        running_stack.nats_url, user="vnode", password=running_stack.service_nats_passwords["vnode"]
+    )
     try:
         await client.jetstream().publish(
             "cluster.vnodes.ready", b"not an event", headers={"Nats-Msg-Id": f"given-up-{uuid.uuid4()}"}

@@ -52,14 +52,17 @@ async def statefulsets(api: client.ApiClient, namespace: str, cluster: str) -> l
     return list(listing.items)
 
 
-def http_json(port: int, path: str) -> Any:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+def http_json(info: stack.StackInfo, service: str, path: str) -> Any:
+    """A read API of the stack, with the token `vk8s up` generated."""
+    url = f"http://127.0.0.1:{info.service_ports[service]}{path}"
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {info.read_api_token}"})
+    with urllib.request.urlopen(request, timeout=5) as response:
         return json.load(response)
 
 
-def assert_no_allocation(port: int, namespace: str, name: str) -> None:
+def assert_no_allocation(info: stack.StackInfo, namespace: str, name: str) -> None:
     try:
-        left = http_json(port, f"/v1/allocations/{namespace}/{name}")
+        left = http_json(info, "ipmanager", f"/v1/allocations/{namespace}/{name}")
     except urllib.error.HTTPError as error:
         assert error.code == 404
     else:
@@ -116,7 +119,7 @@ async def test_apply_runs_propagates_labels_and_delete_frees_everything(
     await eventually(relabelled, "labels on the StatefulSets", timeout=120)
 
     layout, info = product
-    allocations = http_json(info.service_ports["ipmanager"], f"/v1/allocations/{namespace}/{name}")
+    allocations = http_json(info, "ipmanager", f"/v1/allocations/{namespace}/{name}")
     assert allocations, "the cluster holds IPs while it runs"
 
     deleted = run(["vk8s", "delete", name, "-n", namespace, "--wait", "--timeout", "300"], product_env)
@@ -125,7 +128,7 @@ async def test_apply_runs_propagates_labels_and_delete_frees_everything(
     assert await statefulsets(api, namespace, name) == []
     claims = await client.CoreV1Api(api).list_namespaced_persistent_volume_claim(namespace)
     assert [c.metadata.name for c in claims.items if name in c.metadata.name] == []
-    assert_no_allocation(info.service_ports["ipmanager"], namespace, name)
+    assert_no_allocation(info, namespace, name)
 
 
 async def test_gpu_isolation_one_of_eight(api: client.ApiClient, namespace: str, product_env: dict[str, str]) -> None:
@@ -237,10 +240,10 @@ async def test_a_failing_bootstrap_step_fails_the_cluster_and_leaks_nothing(
     assert setup["isKubernetesSetup"] == "Failed" and "br_netfilter" in setup["message"]
 
     _, info = product
-    assert http_json(info.service_ports["ipmanager"], f"/v1/allocations/{namespace}/{name}"), "it holds its IP"
+    assert http_json(info, "ipmanager", f"/v1/allocations/{namespace}/{name}"), "it holds its IP"
     deleted = run(["vk8s", "delete", name, "-n", namespace, "--wait", "--timeout", "300"], product_env)
     assert deleted.returncode == 0, deleted.stdout + deleted.stderr
     assert await statefulsets(api, namespace, name) == []
     claims = await core.list_namespaced_persistent_volume_claim(namespace)
     assert [c.metadata.name for c in claims.items if name in c.metadata.name] == []
-    assert_no_allocation(info.service_ports["ipmanager"], namespace, name)
+    assert_no_allocation(info, namespace, name)

@@ -18,6 +18,7 @@ import pytest
 from kubernetes.aio import client
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from libs.events import STREAM_NAME
 from tests.e2e.conftest import ROOT
@@ -42,7 +43,7 @@ def _password(document: Document) -> None:
 # (case, change to the documented example, how the one rejection's problem starts; docs/events.md lists each)
 BAD_REQUESTS: list[tuple[str, Callable[[Document], None], str]] = [
     ("plain-password", _password, "data.spec: kubeflow.password is set"),
-    ("other-cluster-id", lambda d: d.update(clusterId="other/gpu-lab"), "clusterId: must be"),
+    ("other-cluster-id", lambda d: d.update(clusterId=f"{d['data']['namespace']}/other"), "clusterId: must be"),
     ("time-without-offset", lambda d: d.update(time="2026-11-28T12:00:00"), "time:"),
     ("wrong-type", lambda d: d.update(type="cluster.accepted"), "type: must be 'cluster.requested'"),
     ("schema-version", lambda d: d.update(schemaVersion=2), "schemaVersion: must be 1"),
@@ -81,11 +82,19 @@ def request_in(namespace: str, case: str) -> Document:
 
 
 async def publish(nc: NATS, document: Document) -> None:
-    """As docs/events.md shows it: JetStream publish, Nats-Msg-Id = the id."""
-    ack = await nc.jetstream().publish(
-        "cluster.requested", json.dumps(document).encode(), headers={"Nats-Msg-Id": document["id"]}
+    """As docs/events.md shows it: a request to the gateway on vk8s.requests.<namespace>."""
+    subject = f"vk8s.requests.{document['data']['namespace']}"
+    answer = json.loads((await nc.request(subject, json.dumps(document).encode(), timeout=15)).data)
+    assert answer == {"stored": True, "duplicate": False, "id": document["id"]}, answer
+
+
+async def watch(nc: NATS, record: Callable[[Msg], Any]) -> Any:
+    """The stream's new events (a requester reads them through JetStream, not core subscriptions)."""
+    sub = await nc.jetstream().subscribe(
+        "cluster.>", ordered_consumer=True, cb=record, config=ConsumerConfig(deliver_policy=DeliverPolicy.NEW)
     )
-    assert not ack.duplicate
+    await nc.flush()
+    return sub
 
 
 async def settled(nc: NATS, durables: tuple[str, ...] = ("gateway", "projector")) -> None:
@@ -102,7 +111,8 @@ async def settled(nc: NATS, durables: tuple[str, ...] = ("gateway", "projector")
 
 @pytest.fixture
 async def plain_client(product: tuple[stack.StackLayout, stack.StackInfo]) -> Any:
-    nc = await nats.connect(product[1].nats_url)
+    info = product[1]
+    nc = await nats.connect(info.nats_url, user=info.nats_user, password=info.nats_password)
     yield nc
     await nc.drain()
 
@@ -132,8 +142,7 @@ async def test_a_documented_bad_request_gets_one_rejection_naming_the_field(
         if event.get("causationId") == document["id"] or event.get("data", {}).get("requestId") == document["id"]:
             answers.append(event)
 
-    sub = await plain_client.subscribe("cluster.>", cb=record)
-    await plain_client.flush()
+    sub = await watch(plain_client, record)
     try:
         await publish(plain_client, document)
         for _ in range(300):
@@ -161,8 +170,7 @@ async def test_the_documented_example_is_accepted(
         if event.get("causationId") == document["id"] and not accepted.done():
             accepted.set_result(event)
 
-    sub = await plain_client.subscribe("cluster.>", cb=record)
-    await plain_client.flush()
+    sub = await watch(plain_client, record)
     try:
         await publish(plain_client, document)
         answer = await asyncio.wait_for(accepted, timeout=60)

@@ -70,7 +70,7 @@ def real_product(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[sta
 def real_env(real_product: tuple[stack.StackLayout, stack.StackInfo]) -> dict[str, str]:
     _, info = real_product
     path = f"{ROOT / '.venv/bin'}:{os.environ['PATH']}"
-    return {**os.environ, "KUBECONFIG": info.kubeconfig, "NATS_URL": info.nats_url, "PATH": path}
+    return {**os.environ, "KUBECONFIG": info.kubeconfig, "NATS_URL": info.nats_url, "NATS_USER": info.nats_user, "NATS_PASSWORD": info.nats_password, "PATH": path}
 
 
 @pytest.fixture(scope="module")
@@ -237,7 +237,7 @@ async def test_deck_scenario_on_real_vnodes(
         return not pods_left and not claims and not volumes
 
     await eventually(gone, "the vNode pods, claims and volumes to go", timeout=120)
-    assert_no_allocation(real_product[1].service_ports["ipmanager"], tenant, name)
+    assert_no_allocation(real_product[1], tenant, name)
     await core.create_namespaced_pod(tenant, inner_pod("all-gpus", "gpu-node-0", "exec sleep 60", gpus=GPUS_PER_HOST))
 
     async def all_gpus_free() -> bool:
@@ -307,7 +307,7 @@ async def test_a_master_too_small_for_its_control_plane_fails_with_kubeadms_word
         return not (await core.list_namespaced_pod(tenant)).items and not claims
 
     await eventually(gone, "the vNode pods and claims to go", timeout=120)
-    assert_no_allocation(real_product[1].service_ports["ipmanager"], tenant, name)
+    assert_no_allocation(real_product[1], tenant, name)
 
 
 async def test_pause_resume_keeps_the_inner_node_and_a_new_worker_joins(

@@ -41,7 +41,8 @@ def _next_steps(layout: stack.StackLayout, info: stack.StackInfo, detached: bool
     lines = [
         "",
         "Next:",
-        f"  export KUBECONFIG={info.kubeconfig} NATS_URL={info.nats_url}",
+        # The CLI reads the stack's NATS credentials (the requester's) from the stack.json of VK8S_STATE_DIR.
+        f"  export KUBECONFIG={info.kubeconfig} NATS_URL={info.nats_url} VK8S_STATE_DIR={layout.root}",
         "  kubectl get vk8s -A                          # phases of every cluster",
         sample,
         "  vk8s get demo -o yaml                        # status with its condition history",
@@ -133,7 +134,7 @@ def up_command(
     result = "Running"
     if demo:
         click.echo("Creating the demo cluster (examples/demo.yaml)...", err=True)
-        result = asyncio.run(_create_demo(vk8s_client.Endpoints(info.nats_url, info.kubeconfig), timeout_s))
+        result = asyncio.run(_create_demo(vk8s_client.Endpoints.of_stack(info), timeout_s))
         if result == "Running":
             _show_demo_cluster(layout, info)
     click.echo(_next_steps(layout, info, detach, tier == "real"))

@@ -10,6 +10,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 
 def nats_server_binary() -> str:
@@ -23,8 +24,17 @@ def nats_server_binary() -> str:
 class LocalNatsServer:
     """nats-server on 127.0.0.1 with JetStream in `store_dir`; `port=-1` picks a free port."""
 
-    def __init__(self, store_dir: Path | None = None, *, port: int = -1, log_file: Path | None = None):
+    def __init__(
+        self,
+        store_dir: Path | None = None,
+        *,
+        port: int = -1,
+        log_file: Path | None = None,
+        authorization: dict[str, Any] | None = None,
+    ):
+        """`authorization`: users and permissions (libs.events.permissions); None: no authentication."""
         self._own_dir = store_dir is None
+        self._authorization = authorization
         self.store_dir = Path(store_dir or tempfile.mkdtemp(prefix="vk8s-nats-"))
         self._port = port
         self._log_file = log_file or self.store_dir / "nats-server.log"
@@ -52,10 +62,19 @@ class LocalNatsServer:
         ports_dir.mkdir(parents=True, exist_ok=True)
         for stale in ports_dir.glob("*.ports"):
             stale.unlink()
+        config: list[str] = []
+        if self._authorization is not None:
+            # The config format is a superset of JSON; it holds passwords: for this user only.
+            path = self.store_dir / "nats-server.conf"
+            path.touch(mode=0o600)
+            path.chmod(0o600)
+            path.write_text(json.dumps(self._authorization, indent=2))
+            config = ["--config", str(path)]
         log = self._log_file.open("ab")
         self._process = subprocess.Popen(
             [
                 nats_server_binary(),
+                *config,
                 "--jetstream",
                 "--store_dir", str(self.store_dir / "jetstream"),
                 "--addr", "127.0.0.1",

@@ -6,7 +6,7 @@ from typing import Any
 
 from kubernetes.aio import client
 
-from libs.kube import read_vk8s
+from libs.kube import not_found, read_vk8s
 from libs.kube.objects import owner_reference
 
 KUBECONFIG_KEY = "kubeconfig"
@@ -16,9 +16,31 @@ class HostCluster:
     def __init__(self, api: client.ApiClient):
         self._api = api
         self._core = client.CoreV1Api(api)
+        self._apps = client.AppsV1Api(api)
 
     async def vk8s(self, namespace: str, name: str) -> dict[str, Any] | None:
         return await read_vk8s(self._api, namespace, name)
+
+    async def pod_and_controller(
+        self, namespace: str, pod: str
+    ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+        """The pod and the StatefulSet its controller reference names, as the API server has them."""
+        try:
+            found = self._api.sanitize_for_serialization(await self._core.read_namespaced_pod(pod, namespace))
+        except client.ApiException as error:
+            if not_found(error):
+                return None, None
+            raise
+        owner = next((ref for ref in found["metadata"].get("ownerReferences") or [] if ref.get("controller")), None)
+        if owner is None or owner.get("kind") != "StatefulSet":
+            return found, None
+        try:
+            statefulset = await self._apps.read_namespaced_stateful_set(owner["name"], namespace)
+        except client.ApiException as error:
+            if not_found(error):
+                return found, None
+            raise
+        return found, self._api.sanitize_for_serialization(statefulset)
 
     async def store_kubeconfig(self, vk8s: dict[str, Any], name: str, kubeconfig: str) -> None:
         """Create or replace; owned by the Vk8s, so it goes when the cluster goes."""

@@ -21,8 +21,9 @@ class ExecResult:
     stderr: str
 
     def summary(self) -> str:
+        """The last line of stderr (else stdout), whole: shortened only once redacted (bootstrap logic)."""
         text = (self.stderr.strip() or self.stdout.strip()).splitlines()
-        return text[-1][:300] if text else f"exit code {self.exit_code}"
+        return text[-1] if text else f"exit code {self.exit_code}"
 
 
 def exit_code(status: str) -> int:

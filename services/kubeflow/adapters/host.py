@@ -21,13 +21,21 @@ class HostCluster:
         obj = await read_vk8s(self._custom.api_client, namespace, name)
         return None if obj is None else Vk8s.model_validate(obj)
 
-    async def secret_value(self, namespace: str, name: str, key: str) -> str:
+    async def secret_value(self, namespace: str, name: str, key: str, *, owner_uid: str | None = None) -> str:
+        """`owner_uid`: the Secret must be owned by the object of that uid (one the platform made)."""
         try:
             secret = await self._core.read_namespaced_secret(name, namespace)
         except client.ApiException as error:
             if not_found(error):
                 raise PermanentError(f"Secret {namespace}/{name} not found", reason="SecretMissing") from None
             raise
+        owners = secret.metadata.owner_references or []
+        if owner_uid is not None and not any(owner.uid == owner_uid for owner in owners):
+            raise PermanentError(
+                f"Secret {namespace}/{name} is not owned by the cluster's Vk8s (uid {owner_uid}); "
+                "the platform's kubeconfig Secret is",
+                reason="KubeconfigRefused",
+            )
         data: dict[str, Any] = secret.data or {}
         if key not in data:
             raise PermanentError(f"Secret {namespace}/{name} has no key {key!r}", reason="SecretMissing")

@@ -6,10 +6,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import yaml
-from kubernetes.aio import client, config
+from kubernetes.aio import client
 from kubernetes.aio.dynamic import DynamicClient
 from kubernetes.aio.dynamic.exceptions import ResourceNotFoundError
+
+from libs.kube.inner import inner_client
 
 FIELD_MANAGER = "vk8s-kubeflow"
 
@@ -19,20 +20,18 @@ class ApplyError(Exception):
 
 
 class InnerCluster:
-    """Use as `async with InnerCluster(kubeconfig_text) as inner:`."""
+    """Use as `async with InnerCluster(kubeconfig_text, server) as inner:`; KubeconfigRefused
+    (libs.kube.inner) for a kubeconfig that is not certificate data for `server`."""
 
-    def __init__(self, kubeconfig: str, proxy_url: str | None = None):
-        self._kubeconfig = yaml.safe_load(kubeconfig)
+    def __init__(self, kubeconfig: str, server: str, proxy_url: str | None = None):
+        self._kubeconfig = kubeconfig
+        self._server = server
         self._proxy_url = proxy_url
         self._api: client.ApiClient | None = None
         self._dynamic: DynamicClient | None = None
 
     async def __aenter__(self) -> InnerCluster:
-        configuration = client.Configuration()
-        await config.load_kube_config_from_dict(self._kubeconfig, client_configuration=configuration)
-        if self._proxy_url:
-            configuration.proxy = self._proxy_url
-        self._api = client.ApiClient(configuration)
+        self._api = await inner_client(self._kubeconfig, server=self._server, proxy_url=self._proxy_url)
         self._dynamic = await DynamicClient(self._api)
         return self
 

@@ -11,6 +11,7 @@ import aiohttp
 import pytest
 from nats.js import JetStreamContext
 from prometheus_client import CollectorRegistry
+from pydantic import SecretStr
 
 from libs.events import ensure_kv
 from libs.runtime import OperatorServer
@@ -23,6 +24,8 @@ from services.ipmanager.reconciler import Reconciler
 from services.ipmanager.records import IpClaim
 from services.ipmanager.settings import IpManagerSettings
 from tests.component.ipmanager.support import BUCKET
+
+TOKEN = "read-api-token-0123456789"
 
 
 @dataclass
@@ -53,15 +56,38 @@ async def wired(js: JetStreamContext) -> AsyncIterator[Wired]:
     )  # fmt: skip
     server = OperatorServer(registry, "127.0.0.1", 0)
     read_api = ReadApi(server.app)
+    server.require_token("/v1/", SecretStr(TOKEN), "VK8S_IPMANAGER_READ_API_TOKEN")
     await server.start()
     read_api.attach(allocator, reconciler)
     yield Wired(f"http://127.0.0.1:{server.port}", store, allocator, reconciler, registry)
     await server.stop()
 
 
-async def get(url: str) -> tuple[int, dict]:
-    async with aiohttp.ClientSession() as session, session.get(url) as response:
+async def get(url: str, token: str | None = TOKEN) -> tuple[int, dict]:
+    headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
+    async with aiohttp.ClientSession() as session, session.get(url, headers=headers) as response:
         return response.status, await response.json()
+
+
+async def test_the_read_api_answers_only_with_its_bearer_token(wired: Wired) -> None:
+    for token in (None, "", "wrong-token", TOKEN[:-1]):
+        status, body = await get(f"{wired.base_url}/v1/allocations", token)
+        assert (status, body) == (401, {"error": "a bearer token is required (Authorization: Bearer <token>)"})
+    assert (await get(f"{wired.base_url}/v1/pools"))[0] == 200
+    async with aiohttp.ClientSession() as session, session.get(f"{wired.base_url}/metrics") as response:
+        assert response.status == 200, "the operator endpoints stay open"
+
+
+async def test_without_a_token_configured_the_read_api_refuses_everyone() -> None:
+    server = OperatorServer(CollectorRegistry(), "127.0.0.1", 0)
+    ReadApi(server.app)
+    server.require_token("/v1/", None, "VK8S_IPMANAGER_READ_API_TOKEN")
+    await server.start()
+    try:
+        status, body = await get(f"http://127.0.0.1:{server.port}/v1/allocations")
+    finally:
+        await server.stop()
+    assert (status, body) == (401, {"error": "this API is disabled: VK8S_IPMANAGER_READ_API_TOKEN is not set"})
 
 
 async def test_allocations_pools_and_orphans(wired: Wired) -> None:

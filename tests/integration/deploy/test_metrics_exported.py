@@ -9,6 +9,7 @@ only through referenced_metrics.EXTERNAL_METRICS, each entry saying where it com
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import os
 import socket
@@ -26,7 +27,7 @@ import pytest
 import yaml
 from kubernetes.aio import client
 
-from tests.integration.deploy.conftest import Release, run_helm, service_account_kubeconfig
+from tests.integration.deploy.conftest import NATS_SECRET, Release, run_helm, service_account_kubeconfig
 from tests.unit.deploy.helm import SERVICES
 from tests.unit.deploy.referenced_metrics import EXTERNAL_METRICS, exposition_names, our_metrics
 from vk8s.local.nats_server import nats_server_binary
@@ -84,14 +85,16 @@ def nats_with_password(directory: Path) -> Iterator[str]:
         log.close()
 
 
-def container_env(deployment: dict[str, Any], secret: dict[str, str]) -> dict[str, str]:
+def container_env(deployment: dict[str, Any], secrets: dict[str, dict[str, str]]) -> dict[str, str]:
+    """The container's environment, its Secret references resolved from `secrets` (name -> data)."""
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
     env: dict[str, str] = {}
     for item in container.get("env", []):
         if "value" in item:
             env[item["name"]] = str(item["value"])
         else:
-            env[item["name"]] = secret[item["valueFrom"]["secretKeyRef"]["key"]]
+            reference = item["valueFrom"]["secretKeyRef"]
+            env[item["name"]] = secrets[reference["name"]][reference["key"]]
     return env
 
 
@@ -171,12 +174,19 @@ async def scraped(
         for d in yaml.safe_load_all(manifest)
         if d and d["kind"] == "Deployment"
     }
-    secret = {"user": NATS_USER, "password": NATS_PASSWORD}
+    # The NATS Secret as conftest made it; the read APIs' token Secret the chart made.
+    (read_api,) = [
+        d for d in yaml.safe_load_all(manifest) if d and d["kind"] == "Secret" and d["metadata"]["name"].endswith("-read-api")
+    ]
+    secrets = {
+        NATS_SECRET: {"user": NATS_USER, "password": NATS_PASSWORD},
+        read_api["metadata"]["name"]: {"token": base64.b64decode(read_api["data"]["token"]).decode()},
+    }
     with nats_with_password(scratch) as nats_url:
         started = []
         for service in SERVICES:
             deployment = deployments.get(service)
-            env = container_env(deployment, secret) if deployment else {}
+            env = container_env(deployment, secrets) if deployment else {}
             env[f"VK8S_{service.upper()}_NATS_URL"] = nats_url
             if service == "gateway":
                 # On a shared cluster ($KUBECONFIG) the gateway must not take over other Vk8s objects

@@ -19,6 +19,7 @@ from kubernetes.aio import client
 from kubernetes.aio.client.exceptions import ApiException
 from nats.js import JetStreamContext
 
+from libs.api.images import ImagePolicy
 from libs.events import REGISTRY, STREAM_NAME, Envelope, Publisher, ensure_kv
 from libs.events.catalog import ClusterDeleted, ClusterRejected, ClusterRequested
 from libs.kube import FINALIZER, GROUP, PLURAL, VERSION, read_vk8s
@@ -512,3 +513,92 @@ async def test_request_naming_a_secret_without_the_key_is_rejected_naming_it(
         "data.spec.kubeflow.passwordSecretRef.key: Secret 'wrong-key' has no key 'password'"
     ]
     assert await read_vk8s(kube_api, namespace, NAME) is None
+
+
+def with_node_image(image: str) -> dict[str, Any]:
+    spec = spec_document()
+    spec["nodes"][0]["image"] = image
+    return spec
+
+
+NOT_ALLOWED = "spec.nodes[0].image: 'evil.example.com/kink:v1.36' is not from an allowed repository; allowed: "
+
+
+async def test_applied_vk8s_with_a_node_image_outside_the_allowlist_is_rejected(
+    gateway: Service, cluster: Cluster
+) -> None:
+    await cluster.apply(with_node_image("evil.example.com/kink:v1.36"))
+    [rejected] = await cluster.next("cluster.rejected")
+    assert rejected.data.problems == [NOT_ALLOWED + "ghcr.io/vk8s/kink"]
+    assert await cluster.settled("cluster.requested") == []
+    assert await cluster.events("cluster.accepted") == []
+
+
+async def test_nats_request_with_a_node_image_outside_the_allowlist_creates_nothing(
+    settings: GatewaySettings, cluster: Cluster, js: JetStreamContext
+) -> None:
+    policy = {"repositories": ["registry.local/kink", "ghcr.io/vk8s"]}
+    async with running(settings.model_copy(update={"image_policy": ImagePolicy.model_validate(policy)})):
+        request = request_on_nats(cluster, "evil-image-1", with_node_image("evil.example.com/kink:v1.36"))
+        await Publisher(js).publish(request)
+        [rejected] = await cluster.next("cluster.rejected")
+        assert rejected.data.request_id == "evil-image-1"
+        assert rejected.data.problems == ["data." + NOT_ALLOWED + "registry.local/kink, ghcr.io/vk8s"]
+        assert await cluster.get() is None
+        assert await cluster.settled("cluster.accepted") == []
+
+
+async def test_clusters_over_the_namespace_quota_are_rejected_and_a_nats_request_creates_nothing(
+    settings: GatewaySettings, cluster: Cluster, kube_api: client.ApiClient, js: JetStreamContext
+) -> None:
+    second = Cluster(kube_api, js, cluster.namespace, "team-b")
+    third = Cluster(kube_api, js, cluster.namespace, "team-c")
+    async with running(settings.model_copy(update={"max_clusters_per_namespace": 1})):
+        await cluster.apply()
+        await cluster.next("cluster.accepted")
+        await Publisher(js).publish(request_on_nats(second, "over-quota-1"))
+        await third.apply()
+
+        quota = f"namespace {cluster.namespace!r} already has 1 clusters; quota maxClustersPerNamespace is 1"
+        [refused] = await second.next("cluster.rejected")
+        assert refused.data.problems == [f"data.namespace: {quota}"]
+        assert await second.get() is None
+        [rejected] = await third.next("cluster.rejected")
+        assert rejected.data.problems == [f"metadata.namespace: {quota}"]
+        assert await third.settled("cluster.accepted") == []
+        assert await second.events("cluster.accepted") == []
+
+
+async def test_growing_beyond_the_namespace_gpu_quota_is_rejected_and_the_pipeline_keeps_the_accepted_spec(
+    settings: GatewaySettings, cluster: Cluster
+) -> None:
+    async with running(settings.model_copy(update={"max_gpus_per_namespace": 2})):
+        await cluster.apply(spec_document(gpus=2))
+        await cluster.next("cluster.accepted")
+        await cluster.patch({"spec": spec_document(gpus=3)})
+
+        [rejected] = await cluster.next("cluster.rejected")
+        assert rejected.data.problems == [
+            f"spec.nodes: the cluster asks for 3 GPUs and namespace {cluster.namespace!r} holds 0 in other clusters; "
+            "quota maxGpusPerNamespace is 2"
+        ]
+        assert await cluster.settled("cluster.updated") == []
+        await cluster.patch({"spec": spec_document(gpus=1)})
+        [shrunk] = await cluster.next("cluster.updated")
+        assert shrunk.data.spec.gpus_total() == 1
+
+
+async def test_an_object_too_large_for_an_event_is_rejected_and_the_gateway_carries_on(
+    gateway: Service, cluster: Cluster, kube_api: client.ApiClient, js: JetStreamContext
+) -> None:
+    # Within the apiserver's 256 KiB of annotations, beyond what an event may carry.
+    await cluster.apply(annotations={"padding": "x" * 250_000})
+    [rejected] = await cluster.next("cluster.rejected")
+    [problem] = rejected.data.problems
+    assert problem.startswith("(document): spec, labels and annotations are 250") and problem.endswith(
+        "bytes; at most 245760 fit in an event"
+    )
+    assert await cluster.events("cluster.requested") == []
+    neighbour = Cluster(kube_api, js, cluster.namespace, "team-b")
+    await neighbour.apply()
+    await neighbour.next("cluster.accepted")

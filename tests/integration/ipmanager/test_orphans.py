@@ -34,6 +34,7 @@ from tests.component.ipmanager.support import BUCKET, allocator_for
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 POOL = "10.251.7.0/24"
+TOKEN = "ipmanager-read-token"
 
 
 @pytest.fixture
@@ -105,6 +106,7 @@ async def restarted_ipmanager(
             "VK8S_IPMANAGER_KUBECONFIG": str(settings.kubeconfig),
             "VK8S_IPMANAGER_VNODE_POD_SELECTOR": settings.vnode_pod_selector,
             "VK8S_IPMANAGER_LOG_FORMAT": "json",
+            "VK8S_IPMANAGER_READ_API_TOKEN": TOKEN,
         }
         log = (tmp_path / "ipmanager.log").open("wb")
         processes.append(
@@ -117,7 +119,10 @@ async def restarted_ipmanager(
     async def get(path: str) -> tuple[int, str]:
         def fetch() -> tuple[int, str]:
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+                request = urllib.request.Request(
+                    f"http://127.0.0.1:{port}{path}", headers={"Authorization": f"Bearer {TOKEN}"}
+                )
+                with urllib.request.urlopen(request, timeout=5) as response:
                     return response.status, response.read().decode()
             except urllib.error.HTTPError as error:
                 return error.code, error.read().decode()

@@ -18,6 +18,7 @@ from nats.js import JetStreamContext
 from libs.events import REGISTRY, Envelope, Publisher
 from libs.events.catalog import ClusterFailed, ClusterKubernetesReady, ClusterReady, KubeflowProgressed
 from libs.kube import GROUP, PLURAL, VERSION
+from libs.kube.objects import owner_reference
 from services.kubeflow.__main__ import main
 from services.kubeflow.settings import KubeflowSettings
 from tests.support.events import NOW
@@ -27,14 +28,23 @@ ROOT = Path(__file__).resolve().parents[3]
 BUNDLE = ROOT / "deploy/kubeflow/minimal"
 
 
-async def make_cluster(api: client.ApiClient, namespace: str, kubeconfig: Path, node_port: int) -> str:
+def kubernetes_ready(secret: str, kube_config_path: Path) -> ClusterKubernetesReady:
+    """What bootstrap announces; the testbed's API server stands for the inner one."""
+    [cluster] = yaml.safe_load(kube_config_path.read_text())["clusters"]
+    server = cluster["cluster"]["server"]
+    return ClusterKubernetesReady(
+        generation=1, kubernetes_version="1.29", kubeconfig_secret=secret, nodes=["master"], api_server=server
+    )
+
+
+async def make_cluster(
+    api: client.ApiClient, namespace: str, kubeconfig: Path, node_port: int, *, owned: bool = True
+) -> str:
+    """The Vk8s and its Secrets as the gateway and bootstrap leave them (`owned`: the kubeconfig
+    Secret is owned by the Vk8s, as bootstrap makes it)."""
     core = client.CoreV1Api(api)
     await core.create_namespaced_secret(
         namespace, client.V1Secret(metadata=client.V1ObjectMeta(name="team-kf-user"), string_data={"password": "kf-pass-1"})
-    )
-    await core.create_namespaced_secret(
-        namespace,
-        client.V1Secret(metadata=client.V1ObjectMeta(name="team-kf-kubeconfig"), string_data={"kubeconfig": kubeconfig.read_text()}),
     )
     body = {
         "apiVersion": f"{GROUP}/{VERSION}",
@@ -46,7 +56,12 @@ async def make_cluster(api: client.ApiClient, namespace: str, kubeconfig: Path, 
             "ports": [{"name": "kubeflow", "port": node_port, "targetPort": node_port}],
         },
     }
-    await client.CustomObjectsApi(api).create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
+    created = await client.CustomObjectsApi(api).create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
+    owners = [owner_reference(created)] if owned else None
+    metadata = client.V1ObjectMeta(name="team-kf-kubeconfig", owner_references=owners)
+    await core.create_namespaced_secret(
+        namespace, client.V1Secret(metadata=metadata, string_data={"kubeconfig": kubeconfig.read_text()})
+    )
     return "team-kf-kubeconfig"
 
 
@@ -68,6 +83,7 @@ def settings(nats_url: str, kubeconfig: Path, tmp_path: Path, **overrides: Any) 
 
 
 async def collect(js: JetStreamContext, cluster_id: str, until: set[str], timeout: float = 150) -> list[Envelope[Any]]:
+    """The cluster's events up to the first of `until`, or all of them seen within `timeout`."""
     sub = await js.subscribe("cluster.>", ordered_consumer=True)
     events: list[Envelope[Any]] = []
     try:
@@ -78,6 +94,8 @@ async def collect(js: JetStreamContext, cluster_id: str, until: set[str], timeou
                     events.append(event)
                     if event.type in until:
                         return events
+    except TimeoutError:
+        pass
     finally:
         await sub.unsubscribe()
     return events
@@ -90,7 +108,7 @@ async def test_installs_the_release_creates_the_user_and_reports_ready(
     secret = await make_cluster(kube_api, namespace, kube_config_path, node_port)
     cluster_id = f"{namespace}/team-kf"
     async with running(main(settings(nats_url, kube_config_path, tmp_path))):
-        ready = ClusterKubernetesReady(generation=1, kubernetes_version="1.29", kubeconfig_secret=secret, nodes=["master"])
+        ready = kubernetes_ready(secret, kube_config_path)
         await Publisher(js).publish(Envelope.new(ready, cluster_id=cluster_id, now=NOW))
         events = await collect(js, cluster_id, {"cluster.ready", "cluster.failed"})
 
@@ -130,7 +148,7 @@ async def test_a_release_that_keeps_failing_to_apply_fails_the_cluster_after_bou
     sources = tmp_path / "broken-sources.yaml"
     sources.write_text(yaml.safe_dump({"default": {"directory": str(broken)}}))
     async with running(main(settings(nats_url, kube_config_path, tmp_path, sources_file=sources, apply_rounds=3))):
-        ready = ClusterKubernetesReady(generation=1, kubernetes_version="1.29", kubeconfig_secret=secret, nodes=["master"])
+        ready = kubernetes_ready(secret, kube_config_path)
         await Publisher(js).publish(Envelope.new(ready, cluster_id=cluster_id, now=NOW))
         events = await collect(js, cluster_id, {"cluster.ready", "cluster.failed"}, timeout=60)
     failed = events[-1].data
@@ -164,3 +182,62 @@ async def test_git_source_is_cloned_at_its_ref_and_built_with_kustomize(tmp_path
     subprocess.run(["rm", "-rf", str(repo)], check=True)
     again = await manifests.load(source, kubectl=str(ROOT / ".venv/bin/kubectl"), cache_dir=tmp_path / "cache")
     assert len(again) == len(objects)
+
+
+async def test_a_kubeconfig_with_an_exec_plugin_is_refused_and_never_run(
+    kube_api: client.ApiClient, kube_config_path: Path, namespace: str, nats_url: str, js: JetStreamContext, tmp_path: Path
+) -> None:
+    # What a tenant can write into <name>-kubeconfig: the loader of the official client would run it.
+    marker = tmp_path / "exec-ran"
+    hostile = yaml.safe_load(kube_config_path.read_text())
+    for entry in hostile["users"]:
+        entry["user"] = {"exec": {"apiVersion": "client.authentication.k8s.io/v1", "command": "sh",
+                                  "args": ["-c", f"id > {marker}; exit 1"]}}  # fmt: skip
+    hostile_path = tmp_path / "hostile.kubeconfig"
+    hostile_path.write_text(yaml.safe_dump(hostile))
+    secret = await make_cluster(kube_api, namespace, hostile_path, random.randint(30100, 32700))
+    cluster_id = f"{namespace}/team-kf"
+    async with running(main(settings(nats_url, kube_config_path, tmp_path))):
+        ready = kubernetes_ready(secret, kube_config_path)
+        await Publisher(js).publish(Envelope.new(ready, cluster_id=cluster_id, now=NOW))
+        events = await collect(js, cluster_id, {"cluster.ready", "cluster.failed"}, timeout=60)
+
+    failed = events[-1].data
+    assert isinstance(failed, ClusterFailed), [e.type for e in events]
+    assert (failed.stage, failed.reason) == ("kubeflow", "KubeconfigRefused")
+    assert failed.message.startswith(f"Secret {namespace}/{secret}: users[")
+    assert ".user.exec: refused" in failed.message
+    assert not marker.exists(), marker.read_text()
+
+
+async def test_a_kubeconfig_secret_the_platform_did_not_make_is_refused(
+    kube_api: client.ApiClient, kube_config_path: Path, namespace: str, nats_url: str, js: JetStreamContext, tmp_path: Path
+) -> None:
+    secret = await make_cluster(kube_api, namespace, kube_config_path, random.randint(30100, 32700), owned=False)
+    cluster_id = f"{namespace}/team-kf"
+    async with running(main(settings(nats_url, kube_config_path, tmp_path))):
+        await Publisher(js).publish(Envelope.new(kubernetes_ready(secret, kube_config_path), cluster_id=cluster_id, now=NOW))
+        events = await collect(js, cluster_id, {"cluster.ready", "cluster.failed"}, timeout=60)
+    failed = events[-1].data
+    assert isinstance(failed, ClusterFailed) and failed.reason == "KubeconfigRefused", [e.type for e in events]
+    assert failed.message == (
+        f"Secret {namespace}/{secret} is not owned by the cluster's Vk8s "
+        f"(uid {(await cluster_uid(kube_api, namespace))}); the platform's kubeconfig Secret is"
+    )
+
+
+async def test_an_event_naming_another_secret_is_refused_and_nothing_is_installed(
+    kube_api: client.ApiClient, kube_config_path: Path, namespace: str, nats_url: str, js: JetStreamContext, tmp_path: Path
+) -> None:
+    await make_cluster(kube_api, namespace, kube_config_path, random.randint(30100, 32700))
+    cluster_id = f"{namespace}/team-kf"
+    forged = kubernetes_ready("team-kf-user", kube_config_path)  # any Secret of the namespace
+    async with running(main(settings(nats_url, kube_config_path, tmp_path))):
+        await Publisher(js).publish(Envelope.new(forged, cluster_id=cluster_id, now=NOW))
+        events = await collect(js, cluster_id, {"cluster.ready", "cluster.failed", "cluster.kubeflow.progress"}, timeout=8)
+    assert [e.type for e in events] == ["cluster.kubernetes.ready"], "nothing applied, nothing failed"
+
+
+async def cluster_uid(api: client.ApiClient, namespace: str) -> str:
+    obj = await client.CustomObjectsApi(api).get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "team-kf")
+    return str(obj["metadata"]["uid"])

@@ -13,6 +13,7 @@ import aiohttp
 import pytest
 from kubernetes.aio import client
 from nats.js import JetStreamContext
+from pydantic import SecretStr
 
 from libs.events import Envelope
 from libs.kube import GROUP, KIND, PLURAL, VERSION
@@ -26,6 +27,9 @@ from tests.unit.projector.test_logic import fold
 
 T = TypeVar("T")
 
+TOKEN = "projector-read-token"
+AUTHORIZED = {"Authorization": f"Bearer {TOKEN}"}
+
 
 @pytest.fixture
 async def projector(nats_url: str, kube_config_path: Path, js: JetStreamContext) -> AsyncIterator[Service]:
@@ -36,6 +40,7 @@ async def projector(nats_url: str, kube_config_path: Path, js: JetStreamContext)
         http_port=0,
         backoff_base_s=0.1,
         backoff_max_s=0.5,
+        read_api_token=SecretStr(TOKEN),
     )
     async with projector_service(settings, configure_logs=False) as service:
         await service.start()
@@ -145,10 +150,12 @@ async def test_status_is_right_after_redelivery_and_reordering(
     }
 
     # The read API serves the same status.
-    async with aiohttp.ClientSession() as http:
+    async with aiohttp.ClientSession(headers=AUTHORIZED) as http:
         url = f"http://127.0.0.1:{projector.http.port}/v1/clusters/{namespace}/team-a"
         async with http.get(url) as response:
             assert (await response.json())["status"] == expected
+        async with http.get(url, headers={"Authorization": "Bearer not-the-token"}) as response:
+            assert response.status == 401, "the read API requires its token"
         async with http.get(f"http://127.0.0.1:{projector.http.port}/metrics") as response:
             metrics = await response.text()
     assert "vk8s_projector_time_to_running_seconds_count 1.0" in metrics
@@ -175,7 +182,7 @@ async def test_events_of_a_cluster_without_an_object_stay_in_the_read_model(
     await publish(js, [(e, e.id) for e in events])
 
     async def read() -> dict[str, Any]:
-        async with aiohttp.ClientSession() as http:
+        async with aiohttp.ClientSession(headers=AUTHORIZED) as http:
             url = f"http://127.0.0.1:{projector.http.port}/v1/clusters/{namespace}/ghost"
             async with http.get(url) as response:
                 return await response.json() if response.status == 200 else {}

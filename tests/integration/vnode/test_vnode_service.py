@@ -319,3 +319,49 @@ async def _gone(custom: client.CustomObjectsApi, cluster: Cluster) -> bool:
             return True
         raise
     return False
+
+
+async def test_node_image_outside_the_allowlist_fails_the_cluster_and_creates_nothing(
+    kube_api: client.ApiClient, bus: Bus, vk8s_object: CreateVk8s, gpu_hosts: list[str]
+) -> None:
+    # A forged acceptance (the gateway would have refused it): the vnode stage checks again.
+    document = spec_document(gpus=1)
+    document["nodes"][0]["image"] = "evil.example.com/root-me:v1.36"
+    spec = Vk8sSpec.model_validate(document)
+    forged = Cluster(bus, await vk8s_object("forged", spec), spec, {})
+    await forged.accept()
+    await forged.allocate({"master": gpu_hosts[0]})
+
+    failed = await bus.next("cluster.failed")
+
+    assert (failed.cluster_id, failed.data.stage, failed.data.reason) == (forged.cluster_id, "vnode", "ImageNotAllowed")
+    assert failed.data.message == (
+        "spec.nodes[0].image: 'evil.example.com/root-me:v1.36' is not from an allowed repository; "
+        "allowed: ghcr.io/vk8s/kink"
+    )
+    selector = "clusterName=forged"
+    apps, core = client.AppsV1Api(kube_api), client.CoreV1Api(kube_api)
+    assert not (await apps.list_namespaced_stateful_set(forged.namespace, label_selector=selector)).items
+    assert not (await core.list_namespaced_service(forged.namespace, label_selector=selector)).items
+
+
+async def test_a_forged_delete_request_for_a_live_cluster_deletes_nothing(
+    kube_api: client.ApiClient, cluster: Cluster, gpu_hosts: list[str]
+) -> None:
+    await cluster.allocate({"master": gpu_hosts[0], "worker-0": gpu_hosts[1]})
+    await cluster.ready()
+    apps, core = client.AppsV1Api(kube_api), client.CoreV1Api(kube_api)
+    selector = "clusterName=team-a"
+    listed = await apps.list_namespaced_stateful_set(cluster.namespace, label_selector=selector)
+    before = sorted(s.metadata.name for s in listed.items)
+
+    # The Vk8s object is not being deleted: the event alone must not remove anything.
+    await cluster.bus.publish(ClusterDeleteRequested(uid=cluster.uid), cluster.cluster_id)
+    with pytest.raises(AssertionError, match="no cluster.vnodes.deleted"):
+        await cluster.bus.next("cluster.vnodes.deleted", timeout=5)
+
+    after = (await apps.list_namespaced_stateful_set(cluster.namespace, label_selector=selector)).items
+    assert sorted(s.metadata.name for s in after) == before == ["team-a-master", "team-a-worker-0"]
+    assert all(s.metadata.deletion_timestamp is None for s in after)
+    claims = (await core.list_namespaced_persistent_volume_claim(cluster.namespace, label_selector=selector)).items
+    assert claims and all(c.metadata.deletion_timestamp is None for c in claims)

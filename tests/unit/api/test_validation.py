@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from libs.api.images import ImagePolicy
 from libs.api.models import Vk8s
 from libs.api.validation import Problem, Severity, format_path, validate_document, validate_vk8s
 from libs.api.versions import CompatibilityMatrix
@@ -223,10 +224,9 @@ ERRORS: list[Any] = [
         lambda d: d["spec"]["ports"].append({"name": "ssh", "port": 30000}), "spec.ports[1].port", "listed twice",
         id="port-dup-number",
     ),
-    pytest.param(
-        both(lambda d: port(d).update(nodePort=31000),
-             lambda d: d["spec"]["ports"].append({"name": "ssh", "port": 22, "nodePort": 31000})),
-        "spec.ports[1].nodePort", "used twice", id="nodeport-dup",
+    pytest.param(lambda d: port(d).update(nodePort=31000), "spec.ports[0].nodePort",
+                 "31000 is refused: node ports are host-wide, so the platform allocates them; remove nodePort",
+                 id="nodeport-chosen-by-the-tenant",
     ),
     # Kubernetes version
     pytest.param(on("1.10"), "spec.kubernetes.version", "Kubernetes 1.10 has no node image; available: 1.20, 1.34-1.36",
@@ -246,6 +246,16 @@ ERRORS: list[Any] = [
     pytest.param(on(None, ["kink:v1.36", "kink:v1.35"]), "spec.nodes[1].image", "same Kubernetes minor",
                  id="images-disagree"),
     pytest.param(on(None, "kink:v1.10"), "spec.nodes[0].image", "Kubernetes 1.10 has no node image", id="image-unknown"),
+    pytest.param(lambda d: [add_worker(d) for _ in range(63)], "spec.nodes", "65 items; at most 64 allowed",
+                 id="too-many-vnodes"),
+    # node images come from the allowed repositories only (default: the catalog's)
+    pytest.param(on(None, "evil.example.com/kink:v1.36"), "spec.nodes[0].image",
+                 "'evil.example.com/kink:v1.36' is not from an allowed repository; allowed: ghcr.io/vk8s/kink",
+                 id="image-not-allowed"),
+    pytest.param(on(None, ["ghcr.io/vk8s/kink:v1.36", "ghcr.io/vk8s/kink-evil:v1.36"]), "spec.nodes[1].image",
+                 "not from an allowed repository; allowed: ghcr.io/vk8s/kink", id="image-prefix-not-a-path-boundary"),
+    pytest.param(on(None, "ghcr.io/vk8s/kink:v1.36 --privileged"), "spec.nodes[0].image",
+                 "is not an image reference; expected repository[:tag][@sha256:<64 hex digits>]", id="image-malformed"),
     pytest.param(on(None, "harbor.example.com/vk8s/kink:v1.29"), "spec.nodes[0].image",
                  "Kubernetes 1.29 has no node image; available: 1.20, 1.34-1.36", id="image-no-node-image"),
     # Kubeflow version and compatibility
@@ -306,8 +316,6 @@ VALID: list[Any] = [
     pytest.param(lambda d: resources(d, 1, "limits").update({"nvidia.com/gpu": "0"}), id="gpu-zero"),
     pytest.param(both(lambda d: resources(d, 1, "limits").pop("nvidia.com/gpu"),
                       lambda d: resources(d, 1, "requests").update({"nvidia.com/gpu": 1})), id="gpu-requests-only"),
-    pytest.param(lambda d: port(d).update(nodePort=30000), id="nodeport-min"),
-    pytest.param(lambda d: port(d).update(nodePort=32767), id="nodeport-max"),
     pytest.param(lambda d: port(d).update(port=1), id="port-min"),
     pytest.param(lambda d: port(d).update(port=65535, targetPort=65535), id="port-max"),
     pytest.param(lambda d: port(d).update(targetPort="http"), id="targetport-name"),
@@ -345,10 +353,14 @@ VALID: list[Any] = [
 ]
 
 
+# The version cases name mirrors; the image rules have their own tests.
+MIRRORS = ImagePolicy(repositories=("ghcr.io/vk8s/kink", "host:5000/vk8s", "registry.local"))
+
+
 @pytest.mark.parametrize("change", VALID)
 def test_valid(document: Doc, change: Change) -> None:
     change(document)
-    result = validate_document(document)
+    result = validate_document(document, image_policy=MIRRORS)
     assert result.problems == [], "\n".join(map(str, result.problems))
     assert result.ok and result.vk8s is not None
 
@@ -512,3 +524,40 @@ def test_validate_vk8s_checks_a_parsed_object(document: Doc) -> None:
     assert validate_vk8s(vk8s) == []
     document["spec"]["nodes"][1]["role"] = "master"
     assert [p.path for p in validate_vk8s(Vk8s.model_validate(document))] == ["spec.nodes[1].role"]
+
+
+@pytest.mark.parametrize(
+    ("image", "refusal"),
+    [
+        ("ghcr.io/vk8s/kink:v1.36", "has no digest"),
+        ("ghcr.io/vk8s/kink:v1.36@sha256:" + "a" * 64, None),
+        ("ghcr.io/vk8s/kink@sha256:" + "a" * 64, None),
+        ("ghcr.io/vk8s/kink@sha256:" + "A" * 64, "is not an image reference"),
+        ("host:5000/vk8s/kink@sha256:" + "a" * 64, "not from an allowed repository; allowed: ghcr.io/vk8s/kink"),
+    ],
+)
+def test_a_policy_can_require_digests(document: Doc, image: str, refusal: str | None) -> None:
+    on(None, image)(document)
+    kubernetes(document)["version"] = "1.36"
+    result = validate_document(document, image_policy=ImagePolicy(require_digest=True))
+    found = [problem.message for problem in result.errors if problem.path.endswith(".image")]
+    if refusal is None:
+        assert found == []
+    else:
+        assert found and refusal in found[0], found
+
+
+def test_nodes_without_an_image_get_the_catalog_image_whatever_the_policy(document: Doc) -> None:
+    on("1.36", [None, None])(document)
+    strict = ImagePolicy(repositories=("registry.local/kink",), require_digest=True)
+    assert validate_document(document, image_policy=strict).problems == []
+
+
+@pytest.mark.parametrize("prefix", ["", "ghcr.io/vk8s/kink:v1.36", "ghcr.io/vk8s/kink@sha256:" + "a" * 64, "a b"])
+def test_policy_refuses_prefixes_that_are_not_repositories(prefix: str) -> None:
+    with pytest.raises(ValueError, match="is not a registry or repository"):
+        ImagePolicy(repositories=(prefix,))
+
+
+def test_default_policy_allows_the_catalog_repositories() -> None:
+    assert ImagePolicy().repositories == ("ghcr.io/vk8s/kink",)

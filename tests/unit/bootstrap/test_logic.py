@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -202,3 +203,61 @@ def test_node_commands_run_through_the_vnode_shell() -> None:
 def test_metric_steps_have_a_fixed_set_of_names(step: str, metric: str) -> None:
     assert logic.metric_step(step) == metric
     assert metric in logic.METRIC_STEPS
+
+
+def test_step_failures_lose_secrets_before_they_are_shortened() -> None:
+    token = "abcdef.0123456789abcdef"
+    argv = ["vk8s-node", "join", "--", "10.0.0.2:6443", "--token", token, "--certificate-key=" + "f" * 64]
+    # A cut at 300 characters would leave part of a token behind: redaction comes first.
+    text = "x" * 290 + f" joining with {token} and {'f' * 64}"
+    assert logic.step_failure(text, argv) == ("x" * 290 + " joining with <redacted> and <redacted>")[:300]
+    url = "url='wss://127.0.0.1:6443/api/v1/namespaces/n/pods/p/exec?command=sh&command=--token&command=x'"
+    assert logic.step_failure(url, []) == "url='wss://127.0.0.1:6443/api/v1/namespaces/n/pods/p/exec?<redacted>'"
+    assert logic.step_failure("kubeadm printed: kubeadm join --token ghijkl.0123456789abcdef", []) == (
+        "kubeadm printed: kubeadm join --token <redacted>"
+    )
+    assert logic.step_failure("exit 1: br_netfilter missing", argv) == "exit 1: br_netfilter missing"
+
+
+def vnode_objects(uid: str = "uid-1", vnode: str = "master") -> tuple[dict[str, Any], dict[str, Any]]:
+    """A vNode pod and its StatefulSet as the API server has them."""
+    labels = {"vk8s.skt.co.kr/cluster-uid": uid, "vnode": vnode}
+    statefulset = {
+        "metadata": {
+            "name": f"c-{vnode}", "uid": "set-1", "labels": dict(labels),
+            "ownerReferences": [{"apiVersion": "vk8s.skt.co.kr/v1alpha1", "kind": "Vk8s", "name": "c", "uid": uid}],
+        }
+    }  # fmt: skip
+    pod = {
+        "metadata": {
+            "name": f"c-{vnode}-0", "labels": dict(labels),
+            "ownerReferences": [
+                {"apiVersion": "apps/v1", "kind": "StatefulSet", "name": f"c-{vnode}", "uid": "set-1", "controller": True}
+            ],
+        }
+    }  # fmt: skip
+    return pod, statefulset
+
+
+@pytest.mark.parametrize(
+    ("change", "why"),
+    [
+        (lambda pod, sts: None, None),
+        (lambda pod, sts: pod["metadata"]["labels"].update(vnode="worker-0"), "its labels do not name vNode 'master'"),
+        (lambda pod, sts: pod["metadata"]["labels"].clear(), "its labels do not name vNode 'master'"),
+        (lambda pod, sts: pod["metadata"].pop("ownerReferences"), "it is not run by a StatefulSet"),
+        (lambda pod, sts: pod["metadata"]["ownerReferences"][0].update(kind="Job", apiVersion="batch/v1"),
+         "it is not run by a StatefulSet"),
+        (lambda pod, sts: sts["metadata"].update(uid="set-2"), "its StatefulSet 'c-master' is gone"),
+        (lambda pod, sts: sts["metadata"]["labels"].update({"vk8s.skt.co.kr/cluster-uid": "uid-2"}),
+         "its StatefulSet 'c-master' is not vNode 'master' of this cluster"),
+        (lambda pod, sts: sts["metadata"]["ownerReferences"][0].update(uid="uid-2"),
+         "its StatefulSet 'c-master' is not owned by this cluster's Vk8s"),
+    ],
+)  # fmt: skip
+def test_only_the_clusters_own_vnode_pod_qualifies_for_exec(change: Any, why: str | None) -> None:
+    pod, statefulset = vnode_objects()
+    change(pod, statefulset)
+    found = logic.foreign_pod(pod, statefulset, cluster_uid="uid-1", vnode="master")
+    assert found == why if why is None else found is not None and found.startswith(why)
+    assert logic.foreign_pod(pod, None, cluster_uid="uid-1", vnode="master") is not None

@@ -63,9 +63,12 @@ NEEDED: dict[str, tuple[Access, ...]] = {
         *_all("list delete", "pods"),
         Access("get", "vk8s", VK8S),
     ),
-    # services/bootstrap/adapters/{node_exec,host}.py: exec by pod name, the owner, the kubeconfig Secret
+    # services/bootstrap/adapters/{node_exec,host}.py: exec by pod name (after reading the pod and its
+    # StatefulSet), the owner, the kubeconfig Secret
     "bootstrap": (
         Access("create", "pods/exec"),
+        Access("get", "pods"),
+        Access("get", "statefulsets", "apps"),
         Access("get", "vk8s", VK8S),
         *_all("create update", "secrets"),
     ),
@@ -120,7 +123,7 @@ REFUSED: dict[str, tuple[Access, ...]] = {
         Access("delete", "nodes", scope="cluster"),
     ),
     "bootstrap": (
-        *_all("get create delete patch", "pods"),
+        *_all("create delete patch", "pods"),
         Access("get", "pods/exec"),
         *_all("get list delete", "secrets"),
         Access("patch", "statefulsets", "apps"),

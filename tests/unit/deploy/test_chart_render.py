@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import importlib
 import json
 from pathlib import Path
@@ -9,7 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from libs.api.images import ImagePolicy
 from libs.runtime import ServiceSettings
+from services.gateway.settings import GatewaySettings
 from tests.unit.deploy.helm import (
     CHART_DIR,
     HELM_KUBE_VERSION,
@@ -205,6 +208,42 @@ def test_one_tenant_namespace_is_the_only_one_the_gateway_watches() -> None:
     assert env["VK8S_GATEWAY_NAMESPACE"]["value"] == "team-a"
     for values in ({}, TENANTS):
         assert "VK8S_GATEWAY_NAMESPACE" not in env_of(by_component(render(values), "Deployment")["gateway"])
+
+
+def test_gateway_and_vnode_get_the_node_image_policy(default_manifests: list[Manifest]) -> None:
+    deployments = by_component(default_manifests, "Deployment")
+    for service in ("gateway", "vnode"):
+        policy = json.loads(env_of(deployments[service])[f"VK8S_{service.upper()}_IMAGE_POLICY"]["value"])
+        assert ImagePolicy.model_validate(policy) == ImagePolicy(), "the chart's default is the services' default"
+    strict = {"nodeImages": {"allowedRepositories": ["registry.local/kink"], "requireDigest": True}}
+    policy = json.loads(env_of(by_component(render(strict), "Deployment")["vnode"])["VK8S_VNODE_IMAGE_POLICY"]["value"])
+    assert ImagePolicy.model_validate(policy) == ImagePolicy(repositories=("registry.local/kink",), require_digest=True)
+
+
+def test_the_gateway_gets_the_namespace_quotas(default_manifests: list[Manifest]) -> None:
+    env = env_of(by_component(default_manifests, "Deployment")["gateway"])
+    values = (env["VK8S_GATEWAY_MAX_CLUSTERS_PER_NAMESPACE"]["value"], env["VK8S_GATEWAY_MAX_GPUS_PER_NAMESPACE"]["value"])
+    assert values == ("20", "64")
+    settings = GatewaySettings(max_clusters_per_namespace=values[0], max_gpus_per_namespace=values[1])
+    assert (settings.max_clusters_per_namespace, settings.max_gpus_per_namespace) == (20, 64)
+
+
+def test_the_read_apis_get_their_token_from_a_secret(default_manifests: list[Manifest]) -> None:
+    (secret,) = [m for m in of_kind(default_manifests, "Secret") if m["metadata"]["name"] == "vk8s-read-api"]
+    assert len(base64.b64decode(secret["data"]["token"])) == 40
+    for service in ("ipmanager", "projector"):
+        env = env_of(by_component(default_manifests, "Deployment")[service])
+        reference = env[f"VK8S_{service.upper()}_READ_API_TOKEN"]["valueFrom"]["secretKeyRef"]
+        assert reference == {"name": "vk8s-read-api", "key": "token"}
+    own = render({"readApi": {"existingSecret": "ops-read-token", "tokenKey": "bearer"}})
+    assert not [m for m in of_kind(own, "Secret") if m["metadata"]["name"] == "vk8s-read-api"]
+    env = env_of(by_component(own, "Deployment")["projector"])
+    assert env["VK8S_PROJECTOR_READ_API_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "ops-read-token", "key": "bearer"}
+
+
+def test_the_vnode_service_gets_the_ports_service_type() -> None:
+    env = env_of(by_component(render({"portsServiceType": "LoadBalancer"}), "Deployment")["vnode"])
+    assert env["VK8S_VNODE_PORTS_SERVICE_TYPE"]["value"] == "LoadBalancer"
 
 
 SETTINGS_CASES = ({}, TENANTS, {"rbac": {"tenantNamespaces": ["team-a"]}}, {"nats": {"auth": {"type": "creds"}}})

@@ -37,6 +37,10 @@ def test_default_values_match_the_schema() -> None:
         ({"image": {"digest": "latest"}}, "/image/digest"),
         ({"podAntiAffinity": "sometimes"}, "/podAntiAffinity"),
         ({"rbac": {"tenantNamespaces": ["Team_A"]}}, "/rbac/tenantNamespaces/0"),
+        ({"nodeImages": {"allowedRepositories": []}}, "/nodeImages/allowedRepositories"),
+        ({"nodeImages": {"allowedRepositories": ["ghcr.io/vk8s/kink@sha256:0"]}}, "/nodeImages/allowedRepositories/0"),
+        ({"quotas": {"maxClustersPerNamespace": 0}}, "/quotas/maxClustersPerNamespace"),
+        ({"portsServiceType": "ExternalName"}, "/portsServiceType"),
         ({"terminationGracePeriodSeconds": 5}, "/terminationGracePeriodSeconds"),
         (
             {"mesh": {"enabled": True, "metricsPrincipals": ["cluster.local/ns/monitoring/sa/prometheus"]}},

@@ -49,7 +49,11 @@ SAMPLES: dict[type[Payload], Payload] = {
     ),
     c.VNodeSetupProgressed: c.VNodeSetupProgressed(generation=1, vnode="master", step="kubeadm-init", status="Success"),
     c.ClusterKubernetesReady: c.ClusterKubernetesReady(
-        generation=1, kubernetes_version="1.29", kubeconfig_secret="team-a-kubeconfig", nodes=["master"]
+        generation=1,
+        kubernetes_version="1.29",
+        kubeconfig_secret="team-a-kubeconfig",
+        api_server="https://10.200.0.2:6443",
+        nodes=["master"],
     ),
     c.KubeflowProgressed: c.KubeflowProgressed(generation=1, release="v1.9.0", step="apply", ready=3, total=9),
     c.ClusterReady: c.ClusterReady(generation=1, kubeflow_release="v1.9.0"),

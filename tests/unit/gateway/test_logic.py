@@ -295,7 +295,7 @@ def test_object_for_request_carries_the_finalizer_and_request_id_and_parses_back
     assert obj["metadata"]["finalizers"] == [FINALIZER]
     assert obj["metadata"]["annotations"][REQUEST_ID_ANNOTATION] == cause.id
     # What convergence rests on: the object made from a request reads back as the same spec.
-    assessment = logic.assess(created_for(cause).document(), ())
+    assessment = logic.assess(created_for(cause).document(), (), None)
     assert assessment.spec == cause.data.spec
 
 
@@ -412,3 +412,48 @@ def test_a_deletion_after_a_crash_between_accepting_and_recording_runs_the_delet
     assert deleting.event.id == f"delete-requested-{UID}"
     assert logic.plan_for_gone(accepting, now=NOW, delete_resync=RESYNC).action is Action.DELETE
     assert plan(observed(deleting=True), record(announced_generation=1)).action is Action.RELEASE
+
+
+# --- quotas ----------------------------------------------------------------------------------------
+
+
+def spec_with(gpus: int) -> Any:
+    return Envelope.new(cluster_requested(gpus=gpus), cluster_id="default/team-a", now=NOW).data.spec
+
+
+def holdings(**gpus: int) -> logic.Holdings:
+    return logic.Holdings(gpus=gpus)
+
+
+@pytest.mark.parametrize(
+    ("gpus", "held", "expected"),
+    [
+        (1, holdings(a=1), holdings(a=1, u=1)),
+        (1, holdings(a=1, b=0), (
+            "metadata.namespace: namespace 'default' already has 2 clusters; quota maxClustersPerNamespace is 2",
+        )),
+        (4, holdings(a=5), (
+            "spec.nodes: the cluster asks for 4 GPUs and namespace 'default' holds 5 in other clusters; "
+            "quota maxGpusPerNamespace is 8",
+        )),
+        (3, holdings(a=5), holdings(a=5, u=3)),
+        # a cluster already held is not counted twice, and keeps what it has when the limits shrink
+        (1, holdings(a=4, b=4, u=1), holdings(a=4, b=4, u=1)),
+        (0, holdings(a=4, b=4, u=1), holdings(a=4, b=4, u=0)),
+        (2, holdings(a=7, u=1), (
+            "spec.nodes: the cluster asks for 2 GPUs and namespace 'default' holds 7 in other clusters; "
+            "quota maxGpusPerNamespace is 8",
+        )),
+    ],
+)  # fmt: skip
+def test_quotas_refuse_growth_beyond_the_limits(gpus: int, held: logic.Holdings, expected: Any) -> None:
+    outcome = logic.take_quota(held, "default", "u", spec_with(gpus), max_clusters=2, max_gpus=8)
+    assert (tuple(map(str, outcome)) if isinstance(outcome, tuple) else outcome) == expected
+    unlimited = logic.take_quota(held, "default", "u", spec_with(gpus), max_clusters=None, max_gpus=None)
+    assert unlimited == logic.Holdings(gpus={**held.gpus, "u": gpus})
+
+
+def test_releasing_the_last_cluster_forgets_the_namespace() -> None:
+    assert logic.release_quota(holdings(a=1, u=2), "u") == holdings(a=1)
+    assert logic.release_quota(holdings(u=2), "u") is None
+    assert logic.release_quota(None, "u") is None

@@ -102,6 +102,7 @@ class Timeline:
                 generation=generation,
                 kubernetes_version="v1.29.4",
                 kubeconfig_secret=f"{self.name}-kubeconfig",
+                api_server="https://10.200.0.2:6443",
                 nodes=["master", "worker-0"],
             )
         )

@@ -305,3 +305,16 @@ def test_the_retries_of_an_allocation_outlast_the_resume_grace() -> None:
     with pytest.raises(ValueError, match=r"resume_grace_s: 10 s is not shorter than the 7 s"):
         VNodeSettings(max_deliver=4, backoff_base_s=1, backoff_max_s=60)
     assert VNodeSettings(max_deliver=4, backoff_base_s=1, backoff_max_s=60, resume_grace_s=6).max_deliver == 4
+
+
+def test_the_ports_service_never_takes_a_node_port_from_the_spec_and_its_type_is_the_platforms() -> None:
+    rec = record()
+    # What a forged event could carry: validation refuses nodePort, this stage drops it.
+    squatting = rec.spec.model_copy(update={"ports": (rec.spec.ports[0].model_copy(update={"node_port": 30080}),)})
+    rec = rec.model_copy(update={"spec": squatting})
+    settings = VNodeSettings(ports_service_type="LoadBalancer")
+
+    ports = objects(logic.plan(rec, [], settings))["Service", "team-a-ports"]["spec"]
+
+    assert ports["type"] == "LoadBalancer"
+    assert ports["ports"] == [{"protocol": "TCP", "name": "kubeflow", "port": 80, "targetPort": 8080}]

@@ -1,0 +1,56 @@
+"""NATS users and their permissions, generated from the catalog of what each service emits.
+
+A service may publish only the events it emits (`catalog.SERVICES`), the acks of its own durable
+consumer and the keys of its own KV bucket. A requester publishes no event: it may ask the gateway
+on `vk8s.requests.<namespace>` for the namespaces of its scope only (and read the stream, for
+`vk8s create --wait`). Every user may use the JetStream API (`$JS.API.>`): the permissions bound
+which events exist, not who may administer the stream.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from libs.events.broker import STREAM_NAME
+from libs.events.catalog import REQUEST_SUBJECT, SERVICES, request_subject
+
+REQUESTER = "requester"
+_REPLIES = ("_INBOX.>",)
+# Flow control and heartbeats of push consumers (KV watches, ordered consumers) answer on $JS.FC.
+_JETSTREAM_API = ("$JS.API.>", "$JS.FC.>")
+
+
+def service_permissions(service: str) -> dict[str, Any]:
+    events = SERVICES[service]
+    publish = [*events.emits, *_JETSTREAM_API, f"$JS.ACK.{STREAM_NAME}.{service}.>"]
+    if events.kv_bucket is not None:
+        publish += [f"$KV.{events.kv_bucket}.>", f"$JS.ACK.KV_{events.kv_bucket}.>"]
+    subscribe = list(_REPLIES)
+    if service == "gateway":
+        # It answers the requests: on the requesters' reply subjects.
+        publish += list(_REPLIES)
+        subscribe.append(f"{REQUEST_SUBJECT}.*")
+    return {"publish": {"allow": publish}, "subscribe": {"allow": subscribe}}
+
+
+def requester_permissions(namespaces: Sequence[str]) -> dict[str, Any]:
+    """May ask for clusters in `namespaces` only (`*`: in every namespace)."""
+    asks = [request_subject(namespace) for namespace in namespaces]
+    return {"publish": {"allow": [*asks, *_JETSTREAM_API]}, "subscribe": {"allow": list(_REPLIES)}}
+
+
+def nats_authorization(
+    service_passwords: Mapping[str, str], requesters: Mapping[str, tuple[str, Sequence[str]]]
+) -> dict[str, Any]:
+    """The `authorization` block of a nats-server config: one user per service of
+    `service_passwords` (named after it), and per requester user its password and namespaces."""
+    users = [
+        {"user": service, "password": password, "permissions": service_permissions(service)}
+        for service, password in service_passwords.items()
+    ]
+    users += [
+        {"user": user, "password": password, "permissions": requester_permissions(namespaces)}
+        for user, (password, namespaces) in requesters.items()
+    ]
+    return {"authorization": {"users": users}}

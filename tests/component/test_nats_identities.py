@@ -1,0 +1,150 @@
+"""One NATS user per service, with permissions generated from the event catalog, on a real
+nats-server of the test's own: a service publishes what it emits and nothing else."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import nats
+import pytest
+from nats.aio.client import Client as NATS
+from nats.errors import TimeoutError as NatsTimeoutError
+
+from libs.events import STREAM_NAME, Envelope, Publisher, StreamSettings, ensure_consumer, ensure_kv, ensure_stream
+from libs.events.broker import ConsumerSettings
+from libs.events.catalog import EVENTS, SERVICES
+from libs.events.permissions import REQUESTER, nats_authorization
+from services.gateway.adapters.requests import RequestIntake
+from tests.support.events import NOW, cluster_requested
+from vk8s.local.nats_server import LocalNatsServer
+
+SERVICE_PASSWORDS = {service: f"{service}-password" for service in SERVICES}
+USERS = {**SERVICE_PASSWORDS, REQUESTER: "requester-password"}
+SCOPE = ("team-a",)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalNatsServer]:
+    authorization = nats_authorization(SERVICE_PASSWORDS, {REQUESTER: (USERS[REQUESTER], SCOPE)})
+    with LocalNatsServer(tmp_path_factory.mktemp("nats"), authorization=authorization) as running:
+        yield running
+
+
+@pytest.fixture
+async def connect(server: LocalNatsServer) -> AsyncIterator[object]:
+    clients: list[NATS] = []
+
+    async def as_user(user: str) -> tuple[NATS, list[Exception]]:
+        errors: list[Exception] = []
+
+        async def collect(error: Exception) -> None:
+            errors.append(error)
+
+        client = await nats.connect(server.url, user=user, password=USERS[user], error_cb=collect)
+        clients.append(client)
+        return client, errors
+
+    admin, _ = await as_user("gateway")
+    await ensure_stream(admin.jetstream(), StreamSettings())
+    yield as_user
+    for client in clients:
+        await client.close()
+
+
+async def stored(client: NATS, subject: str) -> bool:
+    """Publishes one event of `subject` with JetStream; True when the stream acknowledged it."""
+    payload = Envelope.new(cluster_requested(), cluster_id="default/team-a", now=NOW).to_json()
+    try:
+        await client.jetstream().publish(subject, payload, timeout=0.5)
+    except NatsTimeoutError:
+        return False  # the server dropped it: no stream ever saw it
+    return True
+
+
+@pytest.mark.parametrize("service", sorted(SERVICES))
+async def test_a_service_publishes_what_it_emits_and_nothing_else(connect: object, service: str) -> None:
+    client, errors = await connect(service)  # type: ignore[operator]
+    emits = set(SERVICES[service].emits)
+    for subject in sorted(emits):
+        assert await stored(client, subject), subject
+    for subject in sorted({event.subject for event in EVENTS} - emits):
+        await client.publish(subject, b"{}")
+    await client.flush()
+    await asyncio.sleep(0.2)
+    refused = {str(error).split('"')[1] for error in errors}
+    assert refused == {event.subject for event in EVENTS} - emits
+
+
+def ask(namespace: str, *, payload_namespace: str | None = None, event_id: str = "ask-1") -> bytes:
+    request = cluster_requested().model_copy(update={"namespace": payload_namespace or namespace})
+    return Envelope.new(request, cluster_id=f"{request.namespace}/team-a", now=NOW, event_id=event_id).to_json()
+
+
+async def requests_in_stream(client: NATS) -> list[str]:
+    found = []
+    sub = await client.jetstream().subscribe("cluster.requested", ordered_consumer=True)
+    try:
+        while True:
+            try:
+                msg = await sub.next_msg(timeout=0.5)
+            except NatsTimeoutError:
+                return found
+            found.append(json.loads(msg.data)["id"])
+    finally:
+        await sub.unsubscribe()
+
+
+async def test_a_scoped_requester_asks_in_its_namespaces_only_and_publishes_no_event(connect: object) -> None:
+    gateway, _ = await connect("gateway")  # type: ignore[operator]
+    intake = asyncio.create_task(RequestIntake(gateway).run())
+    try:
+        await asyncio.sleep(0.2)
+        requester, errors = await connect(REQUESTER)  # type: ignore[operator]
+
+        reply = await requester.request("vk8s.requests.team-a", ask("team-a", event_id="ask-1"), timeout=5)
+        assert json.loads(reply.data) == {"stored": True, "duplicate": False, "id": "ask-1"}
+        # The payload's word is not the scope: the subject's namespace is.
+        reply = await requester.request(
+            "vk8s.requests.team-a", ask("team-a", payload_namespace="team-b", event_id="ask-2"), timeout=5
+        )
+        assert json.loads(reply.data)["error"].startswith(
+            "data.namespace: 'team-b' is not the namespace this request was sent for ('team-a')"
+        )
+        with pytest.raises(NatsTimeoutError):
+            await requester.request("vk8s.requests.team-b", ask("team-b", event_id="ask-3"), timeout=1)
+        assert not await stored(requester, "cluster.requested")
+        assert not await stored(requester, "cluster.delete.requested")
+        await asyncio.sleep(0.2)
+        assert [str(error) for error in errors] == [
+            'nats: permissions violation for publish to "vk8s.requests.team-b"',
+            'nats: permissions violation for publish to "cluster.requested"',
+            'nats: permissions violation for publish to "cluster.delete.requested"',
+        ]
+        # (other tests of this server's stream published requests of their own)
+        assert [event_id for event_id in await requests_in_stream(gateway) if event_id.startswith("ask-")] == ["ask-1"]
+    finally:
+        intake.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await intake
+
+
+@pytest.mark.parametrize("service", sorted(name for name, events in SERVICES.items() if events.kv_bucket))
+async def test_a_service_keeps_its_consumer_and_bucket_and_writes_no_other(connect: object, service: str) -> None:
+    client, errors = await connect(service)  # type: ignore[operator]
+    js = client.jetstream()
+    await ensure_consumer(js, STREAM_NAME, ConsumerSettings(durable=service, filter_subjects=SERVICES[service].consumes))
+    own = await ensure_kv(js, SERVICES[service].kv_bucket or "")
+    await own.put("key", b"value")
+    assert (await own.get("key")).value == b"value"
+
+    other = next(events.kv_bucket for name, events in SERVICES.items() if name != service and events.kv_bucket)
+    foreign = await ensure_kv(js, other or "")
+    with pytest.raises(NatsTimeoutError):
+        await foreign.put("key", b"forged")
+    await asyncio.sleep(0.2)
+    # (the server lower-cases the subject in its message)
+    assert [str(error) for error in errors] == [f'nats: permissions violation for publish to "$kv.{other}.key"']
