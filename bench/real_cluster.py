@@ -161,7 +161,7 @@ def main() -> None:
     print(f"real-tier stack up in {time.monotonic() - started:.1f}s")
     image_records()
     try:
-        asyncio.run(measure(vk8s_client.Endpoints(info.nats_url, info.kubeconfig), layout.testbed, args.clusters, args.timeout))
+        asyncio.run(measure(vk8s_client.Endpoints.of_stack(info), layout.testbed, args.clusters, args.timeout))
     finally:
         stack.down(layout)
 

@@ -104,7 +104,7 @@ def local_stack(use_running: bool) -> Iterator[tuple[vk8s_client.Endpoints, Path
     info = stack.up(layout, FleetSpec(nodes=4, gpus_per_node=8))
     print(f"stack up in {time.monotonic() - started:.1f}s")
     try:
-        yield vk8s_client.Endpoints(info.nats_url, info.kubeconfig), layout.logs
+        yield vk8s_client.Endpoints.of_stack(info), layout.logs
     finally:
         stack.down(layout)
 
