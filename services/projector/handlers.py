@@ -7,7 +7,7 @@ from typing import Any
 
 import structlog
 
-from libs.events import UNKNOWN_CLUSTER_ID, Envelope
+from libs.events import UNKNOWN_CLUSTER_ID, Envelope, TransientError
 from services.projector.adapters.metrics import REPATCHED, ProjectorMetrics
 from services.projector.adapters.read_model import ClusterRecord, ClusterStore
 from services.projector.adapters.status import StatusWriter, Written
@@ -51,3 +51,5 @@ class Projector:
                 return
             record, revision = latest, latest_revision
             self._metrics.status_writes.labels(REPATCHED).inc()
+        # Our last patch may have landed after the newest one: only a later try can put it right.
+        raise TransientError(f"status of {record.cluster_id} kept changing: {self._confirm_attempts} patches")
