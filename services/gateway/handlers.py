@@ -279,7 +279,20 @@ class Gateway:
             ):
                 problems = [str(problem) for problem in refused]
                 plan = logic.rejected_over_quota(plan, observed, problems, self._clock())
+        if plan.action in (Action.REQUEST, Action.UPDATE):
+            await self._require_password_secret(observed, plan.assessment)
         await self._carry_out(plan, observed.uid, resync, obj)
+
+    async def _require_password_secret(self, observed: Observed, assessment: Assessment | None) -> None:
+        """Raises PasswordSecretMissing while the object's passwordSecretRef names what is not there;
+        a plain password is checked by storing it instead."""
+        spec = assessment.spec if assessment is not None else None
+        reference = spec.kubeflow.password_secret_ref if spec is not None and spec.kubeflow is not None else None
+        if reference is None or (assessment is not None and assessment.password is not None):
+            return
+        keys = await self._objects.secret_keys(observed.namespace, reference.name)
+        if problems := logic.password_secret_problems(reference, observed.namespace, keys, "spec"):
+            raise logic.PasswordSecretMissing("; ".join(problems))
 
     async def _gone(self, uid: str, *, resync: bool) -> None:
         record = await self._ledger.get(uid)

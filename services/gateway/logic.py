@@ -411,16 +411,29 @@ def reference_problems(
     reference = password_reference(request)
     if reference is None:
         return ()
-    where = "data.spec.kubeflow.passwordSecretRef"
+    return password_secret_problems(reference, request.namespace, secret_keys, "data.spec")
+
+
+def password_secret_problems(
+    reference: SecretKeyRef, namespace: str, secret_keys: set[str] | None, spec_path: str
+) -> tuple[str, ...]:
+    """The Kubeflow password's Secret (`secret_keys` None: it does not exist) or key not there,
+    named by their field under `spec_path` (`data.spec` in a request, `spec` in an object)."""
+    where = f"{spec_path}.kubeflow.passwordSecretRef"
     if secret_keys is None:
         return (
-            f"{where}.name: Secret {reference.name!r} does not exist in namespace {request.namespace!r}; create it "
-            f"first, e.g. kubectl -n {request.namespace} create secret generic {reference.name} "
+            f"{where}.name: Secret {reference.name!r} does not exist in namespace {namespace!r}; create it "
+            f"first, e.g. kubectl -n {namespace} create secret generic {reference.name} "
             f"--from-literal={reference.key}=...",
         )
     if reference.key not in secret_keys:
         return (f"{where}.key: Secret {reference.name!r} has no key {reference.key!r}",)
     return ()
+
+
+class PasswordSecretMissing(Exception):
+    """An applied object names a password Secret (or key) that is not there: it is not requested
+    until it is, and says so on its `status.reconcile` (the Secret may simply come later)."""
 
 
 def password_reference(request: ClusterRequested) -> SecretKeyRef | None:

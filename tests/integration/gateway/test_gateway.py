@@ -413,6 +413,39 @@ async def test_one_object_that_cannot_be_reconciled_does_not_stop_the_others(
     await eventually(lambda: _true(reported, None), "the failure to leave the status")
 
 
+async def test_an_applied_object_naming_a_missing_password_secret_waits_for_it(
+    gateway: Service, cluster: Cluster, kube_api: client.ApiClient, js: JetStreamContext
+) -> None:
+    """Noticed at acceptance, not at the Kubeflow stage: nothing is requested while the Secret (or
+    its key) is missing, the status says which field names what, and creating it lets it through."""
+    namespace = cluster.namespace
+    waiting = Cluster(kube_api, js, namespace, "waits-for-secret")
+    spec = spec_document()
+    spec["kubeflow"]["passwordSecretRef"] = {"name": "comes-later", "key": "password"}
+    await waiting.apply(spec)
+
+    async def reported() -> dict[str, Any] | None:
+        obj = await waiting.get()
+        return ((obj or {}).get("status") or {}).get("reconcile")
+
+    first = await eventually(reported, "the missing Secret on the object's status")
+    assert first["reason"] == "PasswordSecretMissing", first
+    assert first["message"].startswith(
+        f"spec.kubeflow.passwordSecretRef.name: Secret 'comes-later' does not exist in namespace '{namespace}'"
+    ), first
+    secret = client.V1Secret(metadata=client.V1ObjectMeta(name="comes-later"), string_data={"other": "x"})
+    await waiting.core.create_namespaced_secret(namespace, secret)
+    wrong_key = await eventually(
+        lambda: _more_attempts(reported, first["attempts"] + 1), "another try, with the key missing"
+    )
+    assert wrong_key["message"] == "spec.kubeflow.passwordSecretRef.key: Secret 'comes-later' has no key 'password'"
+    assert await waiting.events("cluster.requested") == []
+
+    await waiting.core.patch_namespaced_secret("comes-later", namespace, {"stringData": {"password": PASSWORD}})
+    await waiting.next("cluster.accepted", timeout=60)
+    await eventually(lambda: _true(reported, None), "the wait to leave the status")
+
+
 async def _more_attempts(read: Callable[[], Awaitable[dict[str, Any] | None]], attempts: int) -> dict[str, Any] | None:
     status = await read()
     return status if status is not None and status["attempts"] >= attempts else None
