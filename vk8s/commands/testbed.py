@@ -18,7 +18,7 @@ _state_dir_option = click.option(
     "--state-dir",
     type=click.Path(path_type=Path, file_okay=False),
     default=None,
-    help="Where the testbed keeps its state [default: $VK8S_STATE_DIR or ~/.local/state/vk8s/testbed].",
+    help="Where the testbed keeps its state [default: $VK8S_STATE_DIR/testbed, else ~/.local/state/vk8s/testbed: the testbed `vk8s up` runs].",
 )
 
 

@@ -20,15 +20,13 @@ from libs.events.permissions import REQUESTER, nats_authorization
 from vk8s.local.keeper import RESTART_EVENT
 from vk8s.local.nats_server import LocalNatsServer
 from vk8s.testbed import lifecycle
-from vk8s.testbed.config import NODE_NETWORK, FleetSpec, ReadyInfo, StateLayout
+from vk8s.testbed.config import NODE_NETWORK, FleetSpec, ReadyInfo, StateLayout, state_root
 
 # Pipeline order; each runs as `python -m services.<name>`.
 REPO = Path(__file__).resolve().parents[2]
 SERVICES = ("gateway", "scheduler", "ipmanager", "vnode", "bootstrap", "kubeflow", "projector")
 
 
-def default_root() -> Path:
-    return Path(os.environ.get("VK8S_STATE_DIR", Path.home() / ".local/state/vk8s")).expanduser()
 
 
 @dataclass(frozen=True)
@@ -50,7 +48,7 @@ class StackInfo:
 
 class StackLayout:
     def __init__(self, root: Path | None = None):
-        self.root = (root or default_root()).absolute()
+        self.root = (root or state_root()).absolute()
         self.testbed = StateLayout(self.root / "testbed")
         self.nats = self.root / "nats"
         self.logs = self.root / "logs"

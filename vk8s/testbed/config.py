@@ -32,10 +32,14 @@ START_TIMEOUT = 120.0
 READY_TIMEOUT = 300.0
 
 
+def state_root() -> Path:
+    """Where `vk8s up` and `vk8s testbed` keep their state: `$VK8S_STATE_DIR`, one meaning for both."""
+    return Path(os.environ.get("VK8S_STATE_DIR") or Path.home() / ".local" / "state" / "vk8s").expanduser()
+
+
 def default_state_dir() -> Path:
-    if explicit := os.environ.get("VK8S_STATE_DIR"):
-        return Path(explicit)
-    return Path.home() / ".local" / "state" / "vk8s" / "testbed"
+    """The testbed's own directory: the one `vk8s up` starts its testbed in."""
+    return state_root() / "testbed"
 
 
 def cache_dir() -> Path:
