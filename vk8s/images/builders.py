@@ -16,6 +16,7 @@ from services.bootstrap import logic as bootstrap
 from vk8s.images.cache import cache_key, cached, file_fingerprint
 from vk8s.images.errors import ImageBuildError
 from vk8s.images.oci import ImageConfig, split_ref, write_archive
+from vk8s.images.progress import BuildSteps
 from vk8s.images.sources import (
     deb_candidate_version,
     deb_contents,
@@ -73,11 +74,15 @@ def kubeadm_image_refs(bin_dir: Path, version: str) -> list[str]:
     return run([kubeadm, "config", "images", "list", "--kubernetes-version", version]).split()
 
 
-def build_host_images(bin_dir: Path, kubernetes_version: str) -> dict[str, Path]:
-    """ref -> archive for every image kubeadm needs (control plane, etcd, CoreDNS, pause) and the toolbox."""
+def build_host_images(bin_dir: Path, kubernetes_version: str, steps: BuildSteps | None = None) -> dict[str, Path]:
+    """ref -> archive for every image kubeadm needs (control plane, etcd, CoreDNS, pause) and the
+    toolbox; each a step of `steps` (else of its own progress, announced here)."""
     refs = kubeadm_image_refs(bin_dir, kubernetes_version)
-    images = {ref: build_image(ref, bin_dir, kubernetes_version) for ref in refs}
-    ref, archive = toolbox_image()
+    if steps is None:
+        steps = BuildSteps(f"images of Kubernetes {_v(kubernetes_version)}", [*refs, toolbox_ref()])
+        steps.announce()
+    images = {ref: steps.run(ref, lambda ref=ref: build_image(ref, bin_dir, kubernetes_version)) for ref in refs}
+    ref, archive = steps.run(toolbox_ref(), toolbox_image)
     images[ref] = archive
     return images
 

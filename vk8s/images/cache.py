@@ -17,6 +17,12 @@ from vk8s.testbed.config import cache_dir
 log = logging.getLogger("vk8s.images")
 # Bump when a recipe changes what it puts into an image: every key changes with it.
 RECIPE_REVISION = "1"
+_built: list[Path] = []
+
+
+def builds_done() -> int:
+    """Archives this process has built (not found cached) so far: tells a step that built from one that did not."""
+    return len(_built)
 
 
 def images_dir() -> Path:
@@ -54,6 +60,7 @@ def cached(name: str, key: str, build: Callable[[Path], None], *, suffix: str = 
             tmp.rename(archive)
         finally:
             tmp.unlink(missing_ok=True)
+        _built.append(archive)
         log.info("built %s in %.1fs, %.1f MB", archive, time.monotonic() - started, archive.stat().st_size / 1e6)
     return archive
 

@@ -51,15 +51,31 @@ def vnode_images(kubernetes_version: str, *, testbed_bin: Path, testbed_version:
     """The kink images of a Kubernetes release (plain and GPU), with kubeadm's images and the
     addons preloaded. The testbed's release reuses its binaries; others are built by
     deploy/kubernetes/build.sh."""
-    from vk8s.images.builders import addon_images_for, build_host_images
+    from vk8s.images.builders import (
+        addon_image_refs,
+        build_addon_image,
+        build_host_images,
+        kubeadm_image_refs,
+        toolbox_ref,
+    )
     from vk8s.images.cache import images_dir
     from vk8s.images.kink import build_kink_image, kink_ref
+    from vk8s.images.progress import BuildSteps
 
     version = f"v{kubernetes_version.removeprefix('v')}"
     bin_dir = testbed_bin if version == testbed_version else kubernetes_binaries(version)
-    preload = {**build_host_images(bin_dir, version), **addon_images_for(version)}
+    host_refs = [*kubeadm_image_refs(bin_dir, version), toolbox_ref()]
+    addon_refs = [ref for ref in addon_image_refs(version) if ref not in host_refs]
+    kinks = {kink_ref(version, gpu): gpu for gpu in (False, True)}
+    steps = BuildSteps(f"vNode images of Kubernetes {version}", [*host_refs, *addon_refs, *kinks])
+    steps.announce()
+    preload = build_host_images(bin_dir, version, steps)
+    preload |= {ref: steps.run(ref, lambda ref=ref: build_addon_image(ref)) for ref in addon_refs}
     out = images_dir() / "kink"
-    return {kink_ref(version, gpu): build_kink_image(bin_dir, version, preload, gpu, out) for gpu in (False, True)}
+    return {
+        ref: steps.run(ref, lambda gpu=gpu: build_kink_image(bin_dir, version, preload, gpu, out))
+        for ref, gpu in kinks.items()
+    }
 
 
 def kubernetes_binaries(version: str) -> Path:
