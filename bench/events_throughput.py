@@ -31,6 +31,7 @@ from libs.events import (  # noqa: E402
     Envelope,
     EventMetrics,
     Publisher,
+    Route,
     StreamSettings,
     ensure_stream,
 )
@@ -97,7 +98,7 @@ async def wrapper_round(js: JetStreamContext, batch: list[Envelope[Any]]) -> tup
         publisher=publisher,
         registry=REGISTRY,
         settings=ConsumerSettings(durable="wrapper", filter_subjects=("cluster.requested",), max_ack_pending=10_000),
-        handlers={"cluster.requested": handle},
+        routes=[Route("cluster.requested", handle, frozenset())],
         metrics=metrics,
         # As every service runs it (VK8S_CONSUMER_CONCURRENCY, VK8S_CONSUMER_PREFETCH).
         concurrency=ServiceSettings().consumer_concurrency,

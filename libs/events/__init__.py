@@ -11,11 +11,12 @@ from libs.events.broker import (
     ensure_stream,
 )
 from libs.events.catalog import EVENTS, REGISTRY, UNKNOWN_CLUSTER_ID
-from libs.events.consumer import Backoff, Consumer, Handler, utc_now
+from libs.events.consumer import Backoff, Consumer, utc_now
 from libs.events.envelope import Envelope, EventModel, Payload, cluster_id_of
-from libs.events.errors import InvalidEvent, PermanentError, Problem, TransientError
+from libs.events.errors import InvalidEvent, PermanentError, Problem, TransientError, UndeclaredEvent
 from libs.events.metrics import EventMetrics, start_at_zero
 from libs.events.registry import Registry
+from libs.events.topology import Handler, Publishes, Route, ServiceTopology, Subscription, declare, routes, subscriber
 
 __all__ = [
     "EVENTS",
@@ -38,6 +39,14 @@ __all__ = [
     "Registry",
     "StreamSettings",
     "TransientError",
+    "UndeclaredEvent",
+    "Publishes",
+    "Route",
+    "ServiceTopology",
+    "Subscription",
+    "declare",
+    "routes",
+    "subscriber",
     "cluster_id_of",
     "ensure_consumer",
     "ensure_kv",

@@ -13,7 +13,9 @@ from nats.js.errors import BucketNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
 
 from libs.events.envelope import Envelope
+from libs.events.errors import UndeclaredEvent
 from libs.events.metrics import EventMetrics
+from libs.events.topology import Publishes
 
 log = structlog.get_logger(__name__)
 
@@ -108,14 +110,29 @@ async def ensure_kv(
 
 class Publisher:
     """Publishes envelopes on their subject with `Nats-Msg-Id` = event id, so the broker drops
-    repeats within the stream's duplicate window."""
+    repeats within the stream's duplicate window. One made by `only` publishes only the events
+    its declaration names."""
 
-    def __init__(self, js: JetStreamContext, metrics: EventMetrics | None = None, *, timeout_s: float = 5.0):
+    def __init__(
+        self,
+        js: JetStreamContext,
+        metrics: EventMetrics | None = None,
+        *,
+        timeout_s: float = 5.0,
+        declared: Publishes | None = None,
+    ):
         self._js = js
         self._metrics = metrics
         self._timeout = timeout_s
+        self._declared = declared
+
+    def only(self, declared: Publishes) -> Publisher:
+        """This publisher, refusing every event `declared` does not name."""
+        return Publisher(self._js, self._metrics, timeout_s=self._timeout, declared=declared)
 
     async def publish(self, envelope: Envelope[Any]) -> js_api.PubAck:
+        if self._declared is not None and envelope.type not in self._declared.emits:
+            raise UndeclaredEvent(f"{self._declared.by} published {envelope.type}, which it does not declare")
         ack = await self._js.publish(
             envelope.type,
             envelope.to_json(),

@@ -1,23 +1,11 @@
-"""Every event of the pipeline. The subject is the event type; the order below is the happy path.
+"""Every event of the pipeline. The subject is the event type; EVENTS is in happy-path order.
 
-    cluster.requested ─ gateway ─> cluster.accepted | cluster.rejected
-    cluster.accepted / cluster.updated ─ scheduler ─> cluster.scheduled | cluster.unschedulable
-    cluster.scheduled ─ ipmanager ─> cluster.ips.allocated
-    cluster.ips.allocated ─ vnode ─> cluster.vnodes.ready
-    cluster.vnodes.ready ─ bootstrap ─> cluster.vnode.setup* ─> cluster.kubernetes.ready
-    cluster.kubernetes.ready ─ kubeflow ─> cluster.kubeflow.progress* ─> cluster.ready
-    cluster.updated (paused) ─ vnode ─> cluster.paused ─ scheduler releases the GPUs
-    cluster.delete.requested ─ vnode ─> cluster.vnodes.deleted ─ ipmanager ─> cluster.ips.released
-        ─ scheduler ─> cluster.deleted ─ gateway removes the finalizer
-    any stage ─> cluster.failed
-
+Who consumes and emits each is declared by the services' handlers (`libs.events.topology`);
+docs/events.md shows the diagram and tables generated from those declarations.
 A Kubeflow password never travels in an event: requests carry a Secret reference.
 """
 
 from __future__ import annotations
-
-from collections.abc import Mapping
-from dataclasses import dataclass
 
 from typing import Literal
 
@@ -276,59 +264,6 @@ EVENTS: tuple[type[Payload], ...] = (
 REGISTRY = Registry(EVENTS)
 
 
-@dataclass(frozen=True)
-class ServiceEvents:
-    """The subjects a service consumes and those it may publish (its NATS permissions follow)."""
-
-    consumes: tuple[str, ...]
-    emits: tuple[str, ...]
-    kv_bucket: str | None = None
-    """Its KV bucket by default (a deployment that renames it must grant the new name)."""
-
-
-# Every consumer answers an invalid event with cluster.failed (libs/events/consumer.py); an invalid
-# request is answered with cluster.rejected by the gateway only (the projector drops it).
-SERVICES: Mapping[str, ServiceEvents] = {
-    "gateway": ServiceEvents(
-        consumes=("cluster.requested", "cluster.deleted"),
-        emits=(
-            "cluster.requested", "cluster.accepted", "cluster.rejected", "cluster.updated",
-            "cluster.delete.requested", "cluster.failed",
-        ),
-        kv_bucket="vk8s-gateway",
-    ),
-    "scheduler": ServiceEvents(
-        consumes=(
-            "cluster.accepted", "cluster.updated", "cluster.vnodes.ready", "cluster.paused",
-            "cluster.ips.released", "cluster.failed",
-        ),
-        emits=("cluster.scheduled", "cluster.unschedulable", "cluster.deleted", "cluster.failed"),
-        kv_bucket="vk8s-scheduler",
-    ),
-    "ipmanager": ServiceEvents(
-        consumes=("cluster.accepted", "cluster.updated", "cluster.scheduled", "cluster.vnodes.deleted"),
-        emits=("cluster.ips.allocated", "cluster.ips.released", "cluster.failed"),
-        kv_bucket="vk8s-ipmanager",
-    ),
-    "vnode": ServiceEvents(
-        consumes=("cluster.accepted", "cluster.updated", "cluster.ips.allocated", "cluster.delete.requested"),
-        emits=("cluster.vnodes.ready", "cluster.paused", "cluster.vnodes.deleted", "cluster.failed"),
-        kv_bucket="vk8s-vnode",
-    ),
-    "bootstrap": ServiceEvents(
-        consumes=("cluster.vnodes.ready",),
-        emits=("cluster.vnode.setup", "cluster.kubernetes.ready", "cluster.failed"),
-    ),
-    "kubeflow": ServiceEvents(
-        consumes=("cluster.kubernetes.ready",),
-        emits=("cluster.kubeflow.progress", "cluster.ready", "cluster.failed"),
-    ),
-    "projector": ServiceEvents(
-        consumes=tuple(event.subject for event in EVENTS),
-        emits=("cluster.failed",),
-        kv_bucket="vk8s-clusters",
-    ),
-}  # fmt: skip
 # Requesters do not publish into the stream: they ask the gateway on REQUEST_SUBJECT.<namespace>,
 # a subject their NATS permissions scope to their namespaces, and the gateway publishes
 # cluster.requested once the payload's namespace is the subject's.

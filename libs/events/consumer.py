@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -33,11 +33,11 @@ from nats.js import JetStreamContext
 from libs.events.broker import STREAM_NAME, ConsumerSettings, Publisher, ensure_consumer
 from libs.events.catalog import UNKNOWN_CLUSTER_ID, ClusterFailed, ClusterRejected, ClusterRequested
 from libs.events.envelope import ID_MAX_LENGTH, Envelope
-from libs.events.errors import InvalidEvent, PermanentError, TransientError, plain_message
+from libs.events.errors import InvalidEvent, PermanentError, TransientError, UndeclaredEvent, plain_message
 from libs.events.metrics import EventMetrics
 from libs.events.registry import Registry
+from libs.events.topology import Route
 
-Handler = Callable[[Envelope[Any]], Awaitable[Sequence[Envelope[Any]]]]
 Clock = Callable[[], datetime]
 
 log = structlog.get_logger(__name__)
@@ -67,7 +67,7 @@ class Consumer:
         publisher: Publisher,
         registry: Registry,
         settings: ConsumerSettings,
-        handlers: Mapping[str, Handler],
+        routes: Iterable[Route],
         metrics: EventMetrics,
         stream: str = STREAM_NAME,
         concurrency: int = 1,
@@ -76,7 +76,8 @@ class Consumer:
         clock: Clock = utc_now,
         answers_invalid_requests: bool = True,
     ):
-        unknown = [s for s in handlers if s not in registry.subjects()]
+        self._routes = {route.subject: route for route in routes}
+        unknown = [s for s in self._routes if s not in registry.subjects()]
         if unknown:
             raise ValueError(f"handlers for unregistered subjects: {unknown}")
         self._service = service
@@ -84,9 +85,8 @@ class Consumer:
         self._publisher = publisher
         self._registry = registry
         self._settings = settings
-        self._handlers = dict(handlers)
         self._metrics = metrics
-        metrics.start_at_zero(handled=self._handlers, published=registry.subjects())
+        metrics.start_at_zero(handled=self._routes, published=registry.subjects())
         self._stream = stream
         self._concurrency = concurrency
         self._prefetch = prefetch
@@ -244,8 +244,8 @@ class Consumer:
         )
 
     async def _run(self, msg: Msg, envelope: Envelope[Any], delivery: int) -> tuple[str, dict[str, Any]]:
-        handler = self._handlers.get(envelope.type)
-        if handler is None:
+        route = self._routes.get(envelope.type)
+        if route is None:
             # The filter let through a subject this service does not handle: nothing to do.
             await msg.ack()
             return "ack", {"skipped": True}
@@ -256,7 +256,9 @@ class Consumer:
             outcome = await self._fail(msg, envelope, "RetriesExhausted", message)
             return outcome, {"reason": "RetriesExhausted", "error": message}
         try:
-            results = await handler(envelope)
+            results = list(await route.handler(envelope))
+            if undeclared := sorted({r.type for r in results} - route.emits):
+                raise UndeclaredEvent(f"the {envelope.type} handler returned {undeclared}, which it does not declare")
             await self._publisher.publish_all(results)
         except PermanentError as error:
             outcome = await self._fail(msg, envelope, error.reason, plain_message(error))

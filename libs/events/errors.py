@@ -28,6 +28,14 @@ class PermanentError(Exception):
         self.reason = reason
 
 
+class UndeclaredEvent(PermanentError):
+    """A handler or publisher produced an event its service's topology does not declare (a bug):
+    nothing of it is published, and the cause fails instead."""
+
+    def __init__(self, message: str):
+        super().__init__(message, reason="UndeclaredEvent")
+
+
 @dataclass(frozen=True)
 class Problem:
     """One thing wrong with an input, at a field path such as `data.spec.nodes[0].name`."""

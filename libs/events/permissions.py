@@ -1,6 +1,6 @@
-"""NATS users and their permissions, generated from the catalog of what each service emits.
+"""NATS users and their permissions, generated from what each service's topology declares.
 
-A service may publish only the events it emits (`catalog.SERVICES`), the acks of its own durable
+A service may publish only the events it emits (`ServiceTopology.emits`), the acks of its own durable
 consumer and the keys of its own KV bucket. A requester publishes no event: it may ask the gateway
 on `vk8s.requests.<namespace>` for the namespaces of its scope only (and read the stream, for
 `vk8s create --wait`). Every user may use the JetStream API (`$JS.API.>`): the permissions bound
@@ -9,11 +9,12 @@ which events exist, not who may administer the stream.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from libs.events.broker import STREAM_NAME
-from libs.events.catalog import REQUEST_SUBJECT, SERVICES, request_subject
+from libs.events.catalog import REQUEST_SUBJECT, request_subject
+from libs.events.topology import ServiceTopology
 
 REQUESTER = "requester"
 _REPLIES = ("_INBOX.>",)
@@ -21,13 +22,12 @@ _REPLIES = ("_INBOX.>",)
 _JETSTREAM_API = ("$JS.API.>", "$JS.FC.>")
 
 
-def service_permissions(service: str) -> dict[str, Any]:
-    events = SERVICES[service]
-    publish = [*events.emits, *_JETSTREAM_API, f"$JS.ACK.{STREAM_NAME}.{service}.>"]
-    if events.kv_bucket is not None:
-        publish += [f"$KV.{events.kv_bucket}.>", f"$JS.ACK.KV_{events.kv_bucket}.>"]
+def service_permissions(topology: ServiceTopology) -> dict[str, Any]:
+    publish = [*topology.emits, *_JETSTREAM_API, f"$JS.ACK.{STREAM_NAME}.{topology.service}.>"]
+    if topology.kv_bucket is not None:
+        publish += [f"$KV.{topology.kv_bucket}.>", f"$JS.ACK.KV_{topology.kv_bucket}.>"]
     subscribe = list(_REPLIES)
-    if service == "gateway":
+    if topology.service == "gateway":
         # It answers the requests: on the requesters' reply subjects.
         publish += list(_REPLIES)
         subscribe.append(f"{REQUEST_SUBJECT}.*")
@@ -41,13 +41,13 @@ def requester_permissions(namespaces: Sequence[str]) -> dict[str, Any]:
 
 
 def nats_authorization(
-    service_passwords: Mapping[str, str], requesters: Mapping[str, tuple[str, Sequence[str]]]
+    services: Iterable[tuple[ServiceTopology, str]], requesters: Mapping[str, tuple[str, Sequence[str]]]
 ) -> dict[str, Any]:
-    """The `authorization` block of a nats-server config: one user per service of
-    `service_passwords` (named after it), and per requester user its password and namespaces."""
+    """The `authorization` block of a nats-server config: one user per service of `services`
+    (named after it, with its password), and per requester user its password and namespaces."""
     users = [
-        {"user": service, "password": password, "permissions": service_permissions(service)}
-        for service, password in service_passwords.items()
+        {"user": topology.service, "password": password, "permissions": service_permissions(topology)}
+        for topology, password in services
     ]
     users += [
         {"user": user, "password": password, "permissions": requester_permissions(namespaces)}

@@ -2,7 +2,7 @@
 
 from libs.runtime.http import OperatorServer
 from libs.runtime.logging import configure_logging
-from libs.runtime.service import Service, connect_nats
+from libs.runtime.service import Service, connect_nats, serve
 from libs.runtime.settings import ReadApiToken, ServiceSettings
 
-__all__ = ["OperatorServer", "ReadApiToken", "Service", "ServiceSettings", "configure_logging", "connect_nats"]
+__all__ = ["OperatorServer", "ReadApiToken", "Service", "ServiceSettings", "configure_logging", "connect_nats", "serve"]

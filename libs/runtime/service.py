@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import nats
@@ -21,10 +21,11 @@ from libs.events import (
     Consumer,
     ConsumerSettings,
     EventMetrics,
-    Handler,
     Publisher,
+    ServiceTopology,
     StreamSettings,
     ensure_stream,
+    routes,
 )
 from libs.runtime.http import OperatorServer
 from libs.runtime.logging import configure_logging
@@ -41,6 +42,17 @@ async def connect_nats(settings: ServiceSettings, *, name: str) -> NATS:
         options["user"] = settings.nats_user
         options["password"] = settings.nats_password.get_secret_value() if settings.nats_password else ""
     return await nats.connect(settings.nats_url, **options)
+
+
+def serve(wired: contextlib.AbstractAsyncContextManager[Service]) -> None:
+    """Runs a service wired by its `wired(settings)` until SIGTERM/SIGINT: the `main()` of every
+    `services/<name>/__main__.py`."""
+
+    async def run() -> None:
+        async with wired as service:
+            await service.run()
+
+    asyncio.run(run())
 
 
 class Service:
@@ -91,13 +103,12 @@ class Service:
         await self.shutdown()
 
     def consume(
-        self,
-        durable: str,
-        handlers: Mapping[str, Handler],
-        *,
-        concurrency: int | None = None,
-        answers_invalid_requests: bool = True,
+        self, topology: ServiceTopology, handlers: object, *, durable: str | None = None, concurrency: int | None = None
     ) -> Consumer:
+        """Consumes the subscriptions `topology` declares, with the methods of `handlers`, through
+        the durable consumer named after the service (or `durable`)."""
+        durable = durable or topology.service
+        declared = routes(topology, handlers)
         consumer = Consumer(
             service=self.name,
             js=self.js,
@@ -105,16 +116,16 @@ class Service:
             registry=REGISTRY,
             settings=ConsumerSettings(
                 durable=durable,
-                filter_subjects=tuple(handlers),
+                filter_subjects=topology.consumes,
                 ack_wait_s=self.settings.ack_wait_s,
                 max_deliver=self.settings.max_deliver,
             ),
-            handlers=handlers,
+            routes=declared,
             metrics=self.event_metrics,
             concurrency=concurrency or self.settings.consumer_concurrency,
             prefetch=self.settings.consumer_prefetch,
             backoff=Backoff(self.settings.backoff_base_s, self.settings.backoff_max_s),
-            answers_invalid_requests=answers_invalid_requests,
+            answers_invalid_requests=topology.answers_invalid_requests,
         )
         self._consumers.append(consumer)
         self.http.add_readiness_check(f"consumer:{durable}", lambda: consumer.ready)

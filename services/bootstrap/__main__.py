@@ -1,34 +1,42 @@
-"""python -m services.bootstrap"""
+"""`python -m services.bootstrap`: wiring only (settings from VK8S_BOOTSTRAP_*)."""
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 
 from libs.events import utc_now
 from libs.kube import kube_client
-from libs.runtime import Service
+from libs.runtime import Service, serve
 from services.bootstrap.adapters.host import HostCluster
 from services.bootstrap.adapters.metrics import BootstrapMetrics
 from services.bootstrap.adapters.node_exec import NodeExec
-from services.bootstrap.handlers import BootstrapHandlers
+from services.bootstrap.handlers import PROGRESS, TOPOLOGY, BootstrapHandlers
 from services.bootstrap.settings import BootstrapSettings
 
 
-async def main(settings: BootstrapSettings | None = None) -> None:
-    settings = settings or BootstrapSettings()
-    api = await kube_client(settings.kubeconfig)
-    async with api, Service("bootstrap", settings) as service:
+@contextlib.asynccontextmanager
+async def wired(settings: BootstrapSettings, *, configure_logs: bool = True) -> AsyncIterator[Service]:
+    """The service with its consumer registered, not started: `await service.run()`."""
+    async with (
+        await kube_client(settings.kubeconfig) as api,
+        Service(TOPOLOGY.service, settings, configure_logs=configure_logs) as service,
+    ):
         handlers = BootstrapHandlers(
-            HostCluster(api),
-            NodeExec(api, settings.vnode_container, settings.exec_timeout_s),
-            settings,
-            service.publisher,
-            BootstrapMetrics(service.metrics_registry),
-            utc_now,
+            host=HostCluster(api),
+            node_exec=NodeExec(api, settings.vnode_container, settings.exec_timeout_s),
+            settings=settings,
+            publisher=service.publisher.only(PROGRESS),
+            metrics=BootstrapMetrics(service.metrics_registry),
+            clock=utc_now,
         )
-        service.consume("bootstrap", handlers.handlers())
-        await service.run()
+        service.consume(TOPOLOGY, handlers)
+        yield service
+
+
+def main() -> None:
+    serve(wired(BootstrapSettings()))
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    main()

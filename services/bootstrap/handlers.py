@@ -7,7 +7,7 @@ from typing import Any
 import structlog
 
 from libs.api import Vk8s, admin_kubeconfig_secret_name
-from libs.events import Envelope, PermanentError, Publisher
+from libs.events import Envelope, PermanentError, Publisher, Publishes, declare, subscriber
 from libs.events.catalog import ClusterKubernetesReady, ClusterVNodesReady, VNodeSetupProgressed
 from libs.events.consumer import Clock
 from libs.kube.inner import KubeconfigRefused, inner_credentials
@@ -58,6 +58,7 @@ def plan_for(vk8s: Vk8s, event: ClusterVNodesReady, namespace: str) -> workflow.
 class BootstrapHandlers:
     def __init__(
         self,
+        *,
         host: HostCluster,
         node_exec: NodeExec,
         settings: BootstrapSettings,
@@ -72,9 +73,7 @@ class BootstrapHandlers:
         self._metrics = metrics
         self._clock = clock
 
-    def handlers(self) -> dict[str, Any]:
-        return {ClusterVNodesReady.subject: self.vnodes_ready}
-
+    @subscriber(ClusterVNodesReady, emits=(ClusterKubernetesReady,))
     async def vnodes_ready(self, event: Envelope[ClusterVNodesReady]) -> list[Envelope[Any]]:
         namespace, name = event.cluster_id.split("/", 1)
         obj = await self._host.vk8s(namespace, name)
@@ -127,3 +126,8 @@ class BootstrapHandlers:
         if pod is None:
             return "it does not exist"
         return logic.foreign_pod(pod, controller, cluster_uid=cluster_uid, vnode=target.vnode)
+
+
+# Each step's progress goes out as it happens, while the handler still runs.
+PROGRESS = Publishes.of("vnodes_ready, step by step", VNodeSetupProgressed)
+TOPOLOGY = declare("bootstrap", BootstrapHandlers, publishers=(PROGRESS,))

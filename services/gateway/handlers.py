@@ -18,8 +18,15 @@ import structlog
 
 from libs.api.models import Vk8sSpec
 from libs.api.validation import Problem
-from libs.events import Envelope, Handler, Publisher, utc_now
-from libs.events.catalog import ClusterDeleted, ClusterRequested
+from libs.events import Envelope, Publisher, Publishes, declare, subscriber, utc_now
+from libs.events.catalog import (
+    ClusterAccepted,
+    ClusterDeleted,
+    ClusterDeleteRequested,
+    ClusterRejected,
+    ClusterRequested,
+    ClusterUpdated,
+)
 from libs.kube import WatchEvent
 from services.gateway import logic
 from services.gateway.adapters.kubernetes import ClusterObjects, Object, describe_failure
@@ -41,7 +48,7 @@ class _Failure:
     """Of the object the failed try was for (None: it was gone)."""
 
 
-class Gateway:
+class GatewayHandlers:
     def __init__(
         self,
         *,
@@ -63,11 +70,9 @@ class Gateway:
         self._retries: dict[str, asyncio.Task[None]] = {}
         self._delete_resync = timedelta(seconds=settings.delete_resync_s)
 
-    def subscriptions(self) -> dict[str, Handler]:
-        return {ClusterRequested.subject: self.on_cluster_requested, ClusterDeleted.subject: self.on_cluster_deleted}
-
     # --- NATS --------------------------------------------------------------------------------------
 
+    @subscriber(ClusterRequested, emits=(ClusterRejected,))
     async def on_cluster_requested(self, cause: Envelope[ClusterRequested]) -> list[Envelope[Any]]:
         """Makes sure the Vk8s object exists, then accepts it (once per uid) or rejects the request."""
         request = cause.data
@@ -138,6 +143,7 @@ class Gateway:
         # cluster.accepted went out through _announce; a rejection goes out through the consumer.
         return [plan.event] if plan.verdict is Verdict.REJECT and plan.event is not None else []
 
+    @subscriber(ClusterDeleted)
     async def on_cluster_deleted(self, cause: Envelope[ClusterDeleted]) -> list[Envelope[Any]]:
         """The pipeline freed everything: let the apiserver finish deleting the object."""
         uid = cause.data.uid
@@ -422,3 +428,23 @@ class Gateway:
         for warning in assessment.warnings if assessment is not None else ():
             reason = PLAIN_PASSWORD_REASON if warning.path.endswith("kubeflow.password") else SPEC_WARNING_REASON
             await self._objects.warn(obj, reason, str(warning), now=self._clock())
+
+
+# The Vk8s watch announces objects; the cluster.requested handler publishes its cluster.accepted
+# itself, between two ledger writes (see on_cluster_requested).
+ANNOUNCER = Publishes.of(
+    "the Vk8s watch and the acceptance of requests",
+    ClusterRequested,
+    ClusterAccepted,
+    ClusterRejected,
+    ClusterUpdated,
+    ClusterDeleteRequested,
+)
+# Puts the requests asked on vk8s.requests.<namespace> into the stream, as sent.
+REQUEST_INTAKE = Publishes.of("the request intake", ClusterRequested)
+TOPOLOGY = declare(
+    "gateway",
+    GatewayHandlers,
+    publishers=(ANNOUNCER, REQUEST_INTAKE),
+    kv_bucket=GatewaySettings.model_fields["kv_bucket"].default,
+)

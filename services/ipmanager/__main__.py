@@ -1,28 +1,28 @@
-"""`python -m services.ipmanager`: wiring only."""
+"""`python -m services.ipmanager`: wiring only (settings from VK8S_IPMANAGER_*)."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
+from collections.abc import AsyncIterator
 from datetime import timedelta
 
 from libs.events import ensure_kv
 from libs.kube import kube_client
-from libs.runtime import Service
+from libs.runtime import Service, serve
 from services.ipmanager.adapters.http import ReadApi
 from services.ipmanager.adapters.kv import KvStore
 from services.ipmanager.adapters.metrics import IpManagerMetrics
 from services.ipmanager.adapters.pods import VNodePods
 from services.ipmanager.allocator import Allocator
-from services.ipmanager.handlers import Handlers
+from services.ipmanager.handlers import TOPOLOGY, IpManagerHandlers
 from services.ipmanager.reconciler import Reconciler
 from services.ipmanager.settings import IpManagerSettings
 
-NAME = "ipmanager"
 
-
-async def run(settings: IpManagerSettings) -> None:
-    service = Service(NAME, settings)
+@contextlib.asynccontextmanager
+async def wired(settings: IpManagerSettings, *, configure_logs: bool = True) -> AsyncIterator[Service]:
+    """The service with its consumer and tasks registered, not started: `await service.run()`."""
+    service = Service(TOPOLOGY.service, settings, configure_logs=configure_logs)
     read_api = ReadApi(service.http.app)
     service.http.require_token("/v1/", settings.read_api_token, "VK8S_IPMANAGER_READ_API_TOKEN")
     # The service stops (and with it the reconcile) before the stack closes the Kubernetes client.
@@ -52,13 +52,13 @@ async def run(settings: IpManagerSettings) -> None:
             interval_s=settings.reconcile_interval_s,
         )
         read_api.attach(allocator, reconciler)
-        service.consume(NAME, Handlers(allocator).subscriptions())
+        service.consume(TOPOLOGY, IpManagerHandlers(allocator=allocator))
         service.add_task("reconcile", reconciler.run)
-        await service.run()
+        yield service
 
 
 def main() -> None:
-    asyncio.run(run(IpManagerSettings()))
+    serve(wired(IpManagerSettings()))
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from typing import Any
 
 import structlog
 
-from libs.events import Envelope, Handler, PermanentError, TransientError, utc_now
+from libs.events import Envelope, PermanentError, TransientError, declare, subscriber, utc_now
 from libs.events.catalog import (
     ClusterAccepted,
     ClusterIPsAllocated,
@@ -19,6 +19,7 @@ from libs.events.catalog import (
     ClusterVNodesDeleted,
 )
 from services.ipmanager.allocator import Allocator, Contention, NetworkNotClaimed, StaleAllocation
+from services.ipmanager.settings import IpManagerSettings
 from services.ipmanager.logic import (
     ClusterReleased,
     NetworkConflict,
@@ -33,19 +34,12 @@ log = structlog.get_logger(__name__)
 Result = list[Envelope[Any]]
 
 
-class Handlers:
-    def __init__(self, allocator: Allocator, clock: Callable[[], datetime] = utc_now):
+class IpManagerHandlers:
+    def __init__(self, *, allocator: Allocator, clock: Callable[[], datetime] = utc_now):
         self._allocator = allocator
         self._clock = clock
 
-    def subscriptions(self) -> dict[str, Handler]:
-        return {
-            ClusterAccepted.subject: self.spec_changed,
-            ClusterUpdated.subject: self.spec_changed,
-            ClusterScheduled.subject: self.scheduled,
-            ClusterVNodesDeleted.subject: self.vnodes_deleted,
-        }
-
+    @subscriber(ClusterAccepted, ClusterUpdated)
     async def spec_changed(self, event: Envelope[ClusterAccepted | ClusterUpdated]) -> Result:
         """Claims the cluster's networks as early as possible, so a bad CIDR fails the cluster now."""
         data = event.data
@@ -70,6 +64,7 @@ class Handlers:
             raise _retry(error) from error
         return []
 
+    @subscriber(ClusterScheduled, emits=(ClusterIPsAllocated,))
     async def scheduled(self, event: Envelope[ClusterScheduled]) -> Result:
         data = event.data
         try:
@@ -90,10 +85,14 @@ class Handlers:
         )
         return [event.follow(allocated, now=self._clock())]
 
+    @subscriber(ClusterVNodesDeleted, emits=(ClusterIPsReleased,))
     async def vnodes_deleted(self, event: Envelope[ClusterVNodesDeleted]) -> Result:
         released = await self._allocator.release(event.data.uid)
         payload = ClusterIPsReleased(uid=event.data.uid, released=[str(address) for address in released])
         return [event.follow(payload, now=self._clock())]
+
+
+TOPOLOGY = declare("ipmanager", IpManagerHandlers, kv_bucket=IpManagerSettings.model_fields["kv_bucket"].default)
 
 
 def _retry(error: Exception) -> TransientError:

@@ -7,7 +7,7 @@ from typing import Any
 import structlog
 
 from libs.api import admin_kubeconfig_secret_name, kubeflow_user_secret_name
-from libs.events import Envelope, PermanentError, Publisher
+from libs.events import Envelope, PermanentError, Publisher, Publishes, declare, subscriber
 from libs.events.catalog import ClusterKubernetesReady, ClusterReady, KubeflowProgressed
 from libs.events.consumer import Clock
 from libs.kube.inner import KubeconfigRefused
@@ -26,6 +26,7 @@ KUBECONFIG_KEY = "kubeconfig"
 class KubeflowHandlers:
     def __init__(
         self,
+        *,
         host: HostCluster,
         settings: KubeflowSettings,
         sources: ManifestSources,
@@ -40,9 +41,7 @@ class KubeflowHandlers:
         self._metrics = metrics
         self._clock = clock
 
-    def handlers(self) -> dict[str, Any]:
-        return {ClusterKubernetesReady.subject: self.kubernetes_ready}
-
+    @subscriber(ClusterKubernetesReady, emits=(ClusterReady,))
     async def kubernetes_ready(self, event: Envelope[ClusterKubernetesReady]) -> list[Envelope[Any]]:
         namespace, name = event.cluster_id.split("/", 1)
         generation = event.data.generation
@@ -111,3 +110,8 @@ class KubeflowHandlers:
         self._metrics.installs.labels(release).inc()
         ready = ClusterReady(generation=generation, kubeflow_release=release, kubeflow_unavailable=unavailable)
         return [event.follow(ready, now=self._clock())]
+
+
+# Each round's progress goes out as it happens, while the handler still runs.
+PROGRESS = Publishes.of("kubernetes_ready, round by round", KubeflowProgressed)
+TOPOLOGY = declare("kubeflow", KubeflowHandlers, publishers=(PROGRESS,))

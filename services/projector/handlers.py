@@ -7,23 +7,25 @@ from typing import Any
 
 import structlog
 
-from libs.events import UNKNOWN_CLUSTER_ID, Envelope, TransientError
+from libs.events import EVENTS, UNKNOWN_CLUSTER_ID, Envelope, TransientError, declare, subscriber
 from services.projector.adapters.metrics import REPATCHED, ProjectorMetrics
 from services.projector.adapters.read_model import ClusterRecord, ClusterStore
 from services.projector.adapters.status import StatusWriter, Written
+from services.projector.settings import ProjectorSettings
 
 log = structlog.get_logger(__name__)
 
 
-class Projector:
+class ProjectorHandlers:
     def __init__(
-        self, store: ClusterStore, writer: StatusWriter, metrics: ProjectorMetrics, *, confirm_attempts: int = 5
+        self, *, store: ClusterStore, writer: StatusWriter, metrics: ProjectorMetrics, confirm_attempts: int = 5
     ):
         self._store = store
         self._writer = writer
         self._metrics = metrics
         self._confirm_attempts = confirm_attempts
 
+    @subscriber(*EVENTS)
     async def handle(self, envelope: Envelope[Any]) -> Sequence[Envelope[Any]]:
         if envelope.cluster_id == UNKNOWN_CLUSTER_ID:
             log.info("Skipping event of no known cluster")
@@ -53,3 +55,12 @@ class Projector:
             self._metrics.status_writes.labels(REPATCHED).inc()
         # Our last patch may have landed after the newest one: only a later try can put it right.
         raise TransientError(f"status of {record.cluster_id} kept changing: {self._confirm_attempts} patches")
+
+
+# It reads every subject to fold it into the status; the gateway alone answers bad requests.
+TOPOLOGY = declare(
+    "projector",
+    ProjectorHandlers,
+    kv_bucket=ProjectorSettings.model_fields["kv_bucket"].default,
+    answers_invalid_requests=False,
+)

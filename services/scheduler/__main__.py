@@ -1,35 +1,33 @@
-"""Runs the scheduler: `python -m services.scheduler` (settings from VK8S_SCHEDULER_* variables)."""
+"""`python -m services.scheduler`: wiring only (settings from VK8S_SCHEDULER_*)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import functools
-from collections.abc import AsyncIterator, Callable
-from datetime import datetime
+from collections.abc import AsyncIterator
 
 from libs.events import utc_now
 from libs.kube import kube_client
-from libs.runtime import Service
+from libs.runtime import Service, serve
 from services.scheduler.adapters.inventory import KubeInventory
 from services.scheduler.adapters.ledger import Ledger
 from services.scheduler.adapters.metrics import SchedulerMetrics, StateCollector
 from services.scheduler.adapters.placeholders import PlaceholderPods
-from services.scheduler.handlers import Handlers
+from services.scheduler.handlers import RETRIES, TOPOLOGY, SchedulerHandlers
 from services.scheduler.logic import Inventory
 from services.scheduler.scheduler import Scheduler
 from services.scheduler.settings import SchedulerSettings
 
-NAME = "scheduler"
-
 
 @contextlib.asynccontextmanager
-async def scheduler_service(
-    settings: SchedulerSettings, *, clock: Callable[[], datetime] = utc_now
-) -> AsyncIterator[Service]:
-    """The wired service, not started yet: `await service.run()` (or `start()` in tests)."""
+async def wired(settings: SchedulerSettings, *, configure_logs: bool = True) -> AsyncIterator[Service]:
+    """The service with its consumer and tasks registered, not started: `await service.run()`."""
     # Entered first, closed last: the watches stop before their client does.
-    async with await kube_client(settings.kubeconfig) as api, Service(NAME, settings) as service:
+    async with (
+        await kube_client(settings.kubeconfig) as api,
+        Service(TOPOLOGY.service, settings, configure_logs=configure_logs) as service,
+    ):
         capacity_grew = asyncio.Event()
         inventory = Inventory()
         metrics = SchedulerMetrics(service.metrics_registry)
@@ -60,12 +58,12 @@ async def scheduler_service(
             head_protection_s=settings.head_protection_s,
             commit_attempts=settings.commit_attempts,
             sync_timeout_s=settings.sync_timeout_s,
-            clock=clock,
+            clock=utc_now,
             placeholders=placeholders,
         )
         service.metrics_registry.register(StateCollector(inventory, ledger))
         service.http.add_readiness_check("inventory", lambda: all(event.is_set() for event in synced))
-        service.consume(NAME, Handlers(scheduler, clock).subscriptions())
+        service.consume(TOPOLOGY, SchedulerHandlers(scheduler=scheduler, clock=utc_now))
         service.add_task("watch-nodes", kube.watch_nodes)
         service.add_task("watch-pods", kube.watch_pods)
         service.add_task("watch-ledger", ledger.watch)
@@ -73,7 +71,7 @@ async def scheduler_service(
             "retry-pending",
             functools.partial(
                 scheduler.run_retries,
-                service.publisher.publish,
+                service.publisher.only(RETRIES).publish,
                 interval_s=settings.retry_interval_s,
                 debounce_s=settings.retry_debounce_s,
             ),
@@ -82,10 +80,9 @@ async def scheduler_service(
         yield service
 
 
-async def main() -> None:
-    async with scheduler_service(SchedulerSettings()) as service:
-        await service.run()
+def main() -> None:
+    serve(wired(SchedulerSettings()))
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    main()

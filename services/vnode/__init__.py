@@ -13,5 +13,3 @@ Host-cluster permissions it needs: get on vk8s (and update on vk8s/finalizers, f
 that block deletion); get/list/watch/patch/delete on statefulsets, deployments, services;
 list/delete on persistentvolumeclaims; list on pods.
 """
-
-SERVICE = "vnode"

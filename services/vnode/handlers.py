@@ -10,13 +10,16 @@ from typing import Any
 
 import structlog
 
-from libs.events import Envelope, Handler, TransientError
+from libs.events import Envelope, Publishes, TransientError, declare, subscriber
 from libs.events.catalog import (
     ClusterAccepted,
     ClusterDeleteRequested,
+    ClusterFailed,
     ClusterIPsAllocated,
+    ClusterPaused,
     ClusterUpdated,
     ClusterVNodesDeleted,
+    ClusterVNodesReady,
 )
 from services.vnode import logic
 from services.vnode.adapters.kube import VNodeObjects
@@ -43,14 +46,7 @@ class VNodeHandlers:
         self._tracker = tracker
         self._clock = clock
 
-    def subscriptions(self) -> dict[str, Handler]:
-        return {
-            ClusterAccepted.subject: self.on_spec,
-            ClusterUpdated.subject: self.on_spec,
-            ClusterIPsAllocated.subject: self.on_allocated,
-            ClusterDeleteRequested.subject: self.on_delete_requested,
-        }
-
+    @subscriber(ClusterAccepted, ClusterUpdated)
     async def on_spec(
         self, envelope: Envelope[ClusterAccepted] | Envelope[ClusterUpdated]
     ) -> Sequence[Envelope[Any]]:
@@ -71,6 +67,7 @@ class VNodeHandlers:
             self._tracker.kick(record.cluster_id)
         return []
 
+    @subscriber(ClusterIPsAllocated)
     async def on_allocated(self, envelope: Envelope[ClusterIPsAllocated]) -> Sequence[Envelope[Any]]:
         """Creates or scales up the vNodes where the scheduler placed them, with their fixed IPs."""
         stored = await self._store.get(envelope.cluster_id)
@@ -97,6 +94,7 @@ class VNodeHandlers:
         self._tracker.kick(record.cluster_id)
         return []
 
+    @subscriber(ClusterDeleteRequested, emits=(ClusterVNodesDeleted,))
     async def on_delete_requested(self, envelope: Envelope[ClusterDeleteRequested]) -> Sequence[Envelope[Any]]:
         """Deletes the cluster's objects (volumes unless retained), and answers once all are gone;
         only when the Vk8s object of that uid is being deleted or gone (a request alone is refused).
@@ -143,3 +141,9 @@ class VNodeHandlers:
     async def _apply(self, record: logic.ClusterRecord) -> None:
         current = await self._kube.statefulsets(record.namespace)
         await self._kube.execute(logic.plan(record, current, self._settings))
+
+
+ROLLOUT_TRACKER = Publishes.of("the rollout tracker", ClusterVNodesReady, ClusterPaused, ClusterFailed)
+TOPOLOGY = declare(
+    "vnode", VNodeHandlers, publishers=(ROLLOUT_TRACKER,), kv_bucket=VNodeSettings.model_fields["kv_bucket"].default
+)

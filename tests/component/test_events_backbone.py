@@ -24,8 +24,11 @@ from libs.events import (
     EventMetrics,
     PermanentError,
     Publisher,
+    Publishes,
+    Route,
     StreamSettings,
     TransientError,
+    UndeclaredEvent,
     ensure_consumer,
     ensure_stream,
 )
@@ -60,6 +63,7 @@ async def run_consumer(
         handler: Handler,
         *,
         subjects: Sequence[str] = ("cluster.requested",),
+        emits: Sequence[str] = ("cluster.accepted",),
         durable: str = "test",
         answers_invalid_requests: bool = True,
         concurrency: int = 1,
@@ -74,7 +78,7 @@ async def run_consumer(
             publisher=Publisher(js, metrics[durable]),
             registry=REGISTRY,
             settings=ConsumerSettings(durable=durable, filter_subjects=tuple(subjects), **settings),
-            handlers={s: handler for s in subjects},
+            routes=[Route(s, handler, frozenset(emits)) for s in subjects],
             metrics=metrics[durable],
             stream=stream,
             concurrency=concurrency,
@@ -191,6 +195,41 @@ async def test_permanent_error_terms_and_publishes_failure(js: JetStreamContext,
     assert failed.causation_id == request.id
     await asyncio.sleep(1.5)  # past ack_wait: a terminated message is not redelivered
     assert calls == 1
+
+
+async def test_an_answer_the_handler_does_not_declare_is_not_published_and_fails_the_cause(
+    js: JetStreamContext, stream: str, run_consumer: Any
+) -> None:
+    async def answers_twice(event: Envelope[ClusterRequested]) -> list[Envelope[Any]]:
+        accepted = ClusterAccepted(
+            name=event.data.name, namespace=event.data.namespace, spec=event.data.spec, uid="u-1", generation=1
+        )
+        rejected = ClusterRejected(request_id=event.id, problems=["declared nowhere"])
+        return [event.follow(accepted, now=NOW), event.follow(rejected, now=NOW)]
+
+    await run_consumer(answers_twice, emits=("cluster.accepted",))
+    request = request_envelope()
+    await Publisher(js).publish(request)
+    failed = await next_event(js, "cluster.failed", caused_by(request))
+    assert failed.data.reason == "UndeclaredEvent"
+    assert "cluster.rejected" in failed.data.message
+    await wait_settled(js, stream)
+    # Not even the declared answer went out: the handler's answers are published all or none.
+    assert await count(js, stream, "cluster.accepted") == 0
+    assert await count(js, stream, "cluster.rejected") == 0
+
+
+async def test_a_declared_publisher_publishes_only_what_it_declares(js: JetStreamContext, stream: str) -> None:
+    tracker = Publisher(js).only(Publishes.of("a tracker", ClusterAccepted))
+    request = request_envelope()
+    accepted = ClusterAccepted(
+        name=request.data.name, namespace=request.data.namespace, spec=request.data.spec, uid="u-1", generation=1
+    )
+    await tracker.publish(request.follow(accepted, now=NOW))
+    with pytest.raises(UndeclaredEvent, match="a tracker published cluster.requested"):
+        await tracker.publish(request)
+    assert await count(js, stream, "cluster.accepted") == 1
+    assert await count(js, stream, "cluster.requested") == 0
 
 
 async def test_redelivery_is_bounded(js: JetStreamContext, stream: str, run_consumer: Any) -> None:

@@ -16,20 +16,21 @@ from nats.errors import TimeoutError as NatsTimeoutError
 
 from libs.events import STREAM_NAME, Envelope, Publisher, StreamSettings, ensure_consumer, ensure_kv, ensure_stream
 from libs.events.broker import ConsumerSettings
-from libs.events.catalog import EVENTS, SERVICES
+from libs.events.catalog import EVENTS
 from libs.events.permissions import REQUESTER, nats_authorization
 from services.gateway.adapters.requests import RequestIntake
+from services.topology import BY_NAME, SERVICES
 from tests.support.events import NOW, cluster_requested
 from vk8s.local.nats_server import LocalNatsServer
 
-SERVICE_PASSWORDS = {service: f"{service}-password" for service in SERVICES}
+SERVICE_PASSWORDS = {topology.service: f"{topology.service}-password" for topology in SERVICES}
 USERS = {**SERVICE_PASSWORDS, REQUESTER: "requester-password"}
 SCOPE = ("team-a",)
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalNatsServer]:
-    authorization = nats_authorization(SERVICE_PASSWORDS, {REQUESTER: (USERS[REQUESTER], SCOPE)})
+    authorization = nats_authorization([(t, SERVICE_PASSWORDS[t.service]) for t in SERVICES], {REQUESTER: (USERS[REQUESTER], SCOPE)})
     with LocalNatsServer(tmp_path_factory.mktemp("nats"), authorization=authorization) as running:
         yield running
 
@@ -65,10 +66,10 @@ async def stored(client: NATS, subject: str) -> bool:
     return True
 
 
-@pytest.mark.parametrize("service", sorted(SERVICES))
+@pytest.mark.parametrize("service", sorted(BY_NAME))
 async def test_a_service_publishes_what_it_emits_and_nothing_else(connect: object, service: str) -> None:
     client, errors = await connect(service)  # type: ignore[operator]
-    emits = set(SERVICES[service].emits)
+    emits = set(BY_NAME[service].emits)
     for subject in sorted(emits):
         assert await stored(client, subject), subject
     for subject in sorted({event.subject for event in EVENTS} - emits):
@@ -132,16 +133,16 @@ async def test_a_scoped_requester_asks_in_its_namespaces_only_and_publishes_no_e
             await intake
 
 
-@pytest.mark.parametrize("service", sorted(name for name, events in SERVICES.items() if events.kv_bucket))
+@pytest.mark.parametrize("service", sorted(t.service for t in SERVICES if t.kv_bucket))
 async def test_a_service_keeps_its_consumer_and_bucket_and_writes_no_other(connect: object, service: str) -> None:
     client, errors = await connect(service)  # type: ignore[operator]
     js = client.jetstream()
-    await ensure_consumer(js, STREAM_NAME, ConsumerSettings(durable=service, filter_subjects=SERVICES[service].consumes))
-    own = await ensure_kv(js, SERVICES[service].kv_bucket or "")
+    await ensure_consumer(js, STREAM_NAME, ConsumerSettings(durable=service, filter_subjects=BY_NAME[service].consumes))
+    own = await ensure_kv(js, BY_NAME[service].kv_bucket or "")
     await own.put("key", b"value")
     assert (await own.get("key")).value == b"value"
 
-    other = next(events.kv_bucket for name, events in SERVICES.items() if name != service and events.kv_bucket)
+    other = next(t.kv_bucket for t in SERVICES if t.service != service and t.kv_bucket)
     foreign = await ensure_kv(js, other or "")
     with pytest.raises(NatsTimeoutError):
         await foreign.put("key", b"forged")

@@ -25,7 +25,8 @@ SERVICE = textwrap.dedent(
     """
     import asyncio, sys
     from pathlib import Path
-    from libs.events.catalog import ClusterRequested
+    from types import SimpleNamespace
+    from libs.events import ServiceTopology, Subscription
     from libs.runtime import Service, ServiceSettings
 
     nats_url, grace_s, work_s, marks = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), Path(sys.argv[4])
@@ -37,9 +38,10 @@ SERVICE = textwrap.dedent(
         return []
 
     async def main():
+        topology = ServiceTopology("drain", (Subscription("cluster.requested", "handle", ()),))
         settings = ServiceSettings(nats_url=nats_url, http_port=0, shutdown_timeout_s=grace_s, log_format="json")
         async with Service("drain", settings) as service:
-            service.consume("%s", {ClusterRequested.subject: handle})
+            service.consume(topology, SimpleNamespace(handle=handle), durable="%s")
             await service.run()
 
     asyncio.run(main())

@@ -19,7 +19,7 @@ import nats
 import pytest
 from kubernetes.aio import client
 
-from libs.events.catalog import SERVICES
+from services.topology import SERVICES
 from tests.e2e.conftest import eventually, phase_of, run, vk8s_object
 from tests.e2e.test_lifecycle import assert_no_allocation, http_json, manifest, statefulsets
 from vk8s.local import stack
@@ -58,7 +58,7 @@ async def deliver_again(info: stack.StackInfo, cluster_ids: set[str]) -> Counter
     """Every event about these clusters stored once more under a new id: what a redelivery after
     the duplicate window does (the broker no longer knows the first). Each is published as a stage
     that emits it would: no NATS user may publish every event."""
-    emitter = {subject: name for name, events in reversed(list(SERVICES.items())) for subject in events.emits}
+    emitter = {subject: topology.service for topology in reversed(SERVICES) for subject in topology.emits}
     clients = {
         name: await nats.connect(info.nats_url, user=name, password=password)
         for name, password in info.service_nats_passwords.items()
@@ -125,7 +125,7 @@ async def test_chaos_every_cluster_ends_as_asked_and_nothing_is_given_twice(
 
     await eventually(settled, "the kept clusters Running (c-toggle resumed) and the deleted ones gone", timeout=300, interval=3)
 
-    assert sorted(killed) == sorted(stack.SERVICES)
+    assert sorted(killed) == sorted(stack.NAMES)
     assert {"cluster.accepted", "cluster.scheduled", "cluster.ips.allocated", "cluster.vnodes.ready"} <= set(delivered)
     for name in KEPT:
         assert len(await statefulsets(api, namespace, name)) == 1, name

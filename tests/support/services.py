@@ -2,22 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Coroutine
-from typing import Any
+from collections.abc import AsyncIterator
+
+from libs.runtime import Service
 
 
 @contextlib.asynccontextmanager
-async def running(main: Coroutine[Any, Any, None], *, settle_s: float = 0.5) -> AsyncIterator[asyncio.Task[None]]:
-    """Starts a service's `main(settings)` as a task; cancelling it runs the service's shutdown."""
-    task = asyncio.create_task(main)
-    await asyncio.sleep(settle_s)
-    if task.done():
-        task.result()  # start-up failed: raise it here
-    try:
-        yield task
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+async def running(wired: contextlib.AbstractAsyncContextManager[Service]) -> AsyncIterator[Service]:
+    """A service's `wired(settings)`, started; leaving the block runs the service's shutdown."""
+    async with wired as service:
+        await service.start()
+        yield service

@@ -121,7 +121,7 @@ def up_command(
     tier, why = pick_runtime(runtime)
     click.echo(f"Host tier: {why}.", err=True)
     nodes = nodes or (2 if tier == "real" else 4)
-    click.echo(f"Starting NATS, the testbed ({nodes} nodes x {gpus_per_node} GPUs) and {len(stack.SERVICES)} services...", err=True)
+    click.echo(f"Starting NATS, the testbed ({nodes} nodes x {gpus_per_node} GPUs) and {len(stack.NAMES)} services...", err=True)
     started = time.monotonic()
     try:
         # The real tier's nodes carry the vNode images of the testbed's release (the demo's).

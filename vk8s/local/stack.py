@@ -17,14 +17,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from libs.events.permissions import REQUESTER, nats_authorization
+from services.topology import NAMES
+from services.topology import SERVICES as TOPOLOGIES
 from vk8s.local.keeper import RESTART_EVENT
 from vk8s.local.nats_server import LocalNatsServer
 from vk8s.testbed import lifecycle
 from vk8s.testbed.config import NODE_NETWORK, FleetSpec, ReadyInfo, StateLayout, state_root
 
-# Pipeline order; each runs as `python -m services.<name>`.
 REPO = Path(__file__).resolve().parents[2]
-SERVICES = ("gateway", "scheduler", "ipmanager", "vnode", "bootstrap", "kubeflow", "projector")
 
 
 
@@ -120,7 +120,7 @@ _children: dict[int, subprocess.Popen[bytes]] = {}
 
 
 def start_services(
-    environment: ServiceEnvironment, logs: Path, names: tuple[str, ...] = SERVICES
+    environment: ServiceEnvironment, logs: Path, names: tuple[str, ...] = NAMES
 ) -> tuple[dict[str, int], dict[str, int]]:
     logs.mkdir(parents=True, exist_ok=True)
     pids: dict[str, int] = {}
@@ -236,10 +236,11 @@ def up(layout: StackLayout, fleet: FleetSpec, extra_env: dict[str, str] | None =
     extra = {**_demo_settings(layout), **(_real_tier_settings(ready) if fleet.runtime == "real" else {})}
     extra |= extra_env or {}
     # One NATS user per service, allowed to publish what it emits; the CLI gets the requester's.
-    passwords = {name: secrets.token_urlsafe(24) for name in SERVICES}
+    passwords = {topology.service: secrets.token_urlsafe(24) for topology in TOPOLOGIES}
     requester_password = secrets.token_urlsafe(24)
     # The local stack's requester may ask in every namespace (the tests make namespaces of their own).
-    authorization = nats_authorization(passwords, {REQUESTER: (requester_password, ("*",))})
+    users = [(topology, passwords[topology.service]) for topology in TOPOLOGIES]
+    authorization = nats_authorization(users, {REQUESTER: (requester_password, ("*",))})
     nats = LocalNatsServer(layout.nats, log_file=layout.root / "nats-server.log", authorization=authorization)
     nats.start()
     if nats.process is not None:

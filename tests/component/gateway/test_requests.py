@@ -12,11 +12,10 @@ from nats.js import JetStreamContext
 from libs.events import Envelope, ensure_kv
 from libs.events.catalog import ClusterRequested
 from libs.runtime import Service
-from services.gateway.__main__ import DURABLE, NAME
 from services.gateway.adapters.kubernetes import ClusterObjects
 from services.gateway.adapters.ledger import Ledger
 from services.gateway.adapters.metrics import GatewayMetrics
-from services.gateway.handlers import Gateway
+from services.gateway.handlers import ANNOUNCER, TOPOLOGY, GatewayHandlers
 from services.gateway.settings import GatewaySettings
 from tests.support.events import NOW, spec_document
 from tests.support.streams import answering, next_event
@@ -28,15 +27,15 @@ async def gateway_consumer(nats_url: str, js: JetStreamContext) -> AsyncIterator
     must be decided without Kubernetes."""
     settings = GatewaySettings(nats_url=nats_url, http_port=0, max_deliver=2, backoff_base_s=0.1)
     api = client.ApiClient(client.Configuration(host="http://127.0.0.1:9"))
-    async with api, Service(NAME, settings) as service:
-        gateway = Gateway(
+    async with api, Service(TOPOLOGY.service, settings) as service:
+        gateway = GatewayHandlers(
             objects=ClusterObjects(api),
             ledger=Ledger(await ensure_kv(service.js, settings.kv_bucket)),
-            publisher=service.publisher,
+            publisher=service.publisher.only(ANNOUNCER),
             metrics=GatewayMetrics(service.metrics_registry),
             settings=settings,
         )
-        service.consume(DURABLE, gateway.subscriptions())
+        service.consume(TOPOLOGY, gateway)
         await service.start()
         yield service
 

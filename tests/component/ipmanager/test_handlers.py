@@ -24,9 +24,10 @@ from libs.events import (
     StreamSettings,
     ensure_kv,
     ensure_stream,
+    routes,
 )
 from services.ipmanager.adapters.kv import KvStore
-from services.ipmanager.handlers import Handlers
+from services.ipmanager.handlers import TOPOLOGY, IpManagerHandlers
 from tests.component.ipmanager.support import (
     BUCKET,
     accepted,
@@ -47,15 +48,14 @@ async def kv(js: JetStreamContext) -> KeyValue:
 
 @pytest.fixture
 async def ipmanager(js: JetStreamContext, kv: KeyValue) -> AsyncIterator[Consumer]:
-    handlers = Handlers(allocator_for(kv)).subscriptions()
     metrics = EventMetrics("ipmanager", CollectorRegistry())
     consumer = Consumer(
         service="ipmanager",
         js=js,
         publisher=Publisher(js, metrics),
         registry=REGISTRY,
-        settings=ConsumerSettings(durable="ipmanager", filter_subjects=tuple(handlers), max_deliver=20),
-        handlers=handlers,
+        settings=ConsumerSettings(durable="ipmanager", filter_subjects=TOPOLOGY.consumes, max_deliver=20),
+        routes=routes(TOPOLOGY, IpManagerHandlers(allocator=allocator_for(kv))),
         metrics=metrics,
         stream=STREAM_NAME,
         concurrency=4,

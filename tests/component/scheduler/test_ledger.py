@@ -12,7 +12,7 @@ from nats.js import JetStreamContext
 from libs.events.catalog import ClusterDeleted, ClusterIPsReleased, ClusterScheduled, ClusterUnschedulable
 from libs.events.envelope import Envelope
 from services.scheduler.adapters.ledger import decode_bookings, node_key
-from services.scheduler.handlers import Handlers
+from services.scheduler.handlers import SchedulerHandlers
 from services.scheduler.logic import Booking, PodUsage, ReservationState, Resources, Unschedulable
 from services.scheduler.scheduler import Scheduled, Stale
 from tests.component.scheduler.support import START, Clock, ReplicaFactory, accepted, ask, replicas, updated
@@ -88,7 +88,7 @@ async def test_the_same_request_twice_gives_the_same_reservation(js: JetStreamCo
 
     assert isinstance(first, Scheduled) and isinstance(again, Scheduled)
     assert again.reservation == first.reservation
-    handlers = Handlers(r.scheduler, lambda: START)
+    handlers = SchedulerHandlers(scheduler=r.scheduler, clock=lambda: START)
     assert [e.id for e in await handlers.accepted(event)] == [e.id for e in await handlers.accepted(event)]
     assert sum(b.resources.gpus for b in (await bookings_in_bucket(js, "n1")).values()) == 8
 
@@ -168,7 +168,7 @@ async def test_the_end_of_the_delete_chain_releases_everything_and_says_deleted(
 ) -> None:
     r = await replica(host("n1"))
     assert isinstance(await r.scheduler.schedule(ask(accepted("a", 8))), Scheduled)
-    handlers = Handlers(r.scheduler, lambda: START)
+    handlers = SchedulerHandlers(scheduler=r.scheduler, clock=lambda: START)
     released = Envelope.new(ClusterIPsReleased(uid="uid-a"), cluster_id="team/a", now=START, event_id="released-a")
 
     events = await handlers.ips_released(released)
@@ -182,7 +182,7 @@ async def test_the_end_of_the_delete_chain_releases_everything_and_says_deleted(
 
 async def test_a_pending_cluster_is_placed_by_another_replica_when_capacity_frees_up(replica: ReplicaFactory) -> None:
     first, second = await replica(host("n1")), await replica(host("n1"))
-    handlers = Handlers(first.scheduler, lambda: START)
+    handlers = SchedulerHandlers(scheduler=first.scheduler, clock=lambda: START)
     assert isinstance(await first.scheduler.schedule(ask(accepted("a", 8))), Scheduled)
     waiting = accepted("b", 6)
 
@@ -261,7 +261,7 @@ async def test_a_failed_cluster_gives_its_gpus_back_unless_the_failure_is_older(
 
 async def test_pausing_a_cluster_that_never_fit_stops_its_wait(replica: ReplicaFactory) -> None:
     r = await replica(host("n1"))
-    handlers = Handlers(r.scheduler, lambda: START)
+    handlers = SchedulerHandlers(scheduler=r.scheduler, clock=lambda: START)
     first = accepted("a", 16)
     assert [e.type for e in await handlers.accepted(first)] == [ClusterUnschedulable.subject]
     assert [p.cluster_id for p in r.ledger.pending()] == ["team/a"]

@@ -16,7 +16,7 @@ from nats.js import JetStreamContext
 from libs.events import REGISTRY, Envelope, Publisher
 from libs.events.catalog import ClusterVNodesReady, VNodeRef
 from libs.kube import GROUP, KIND, PLURAL, VERSION
-from services.bootstrap.__main__ import main
+from services.bootstrap.__main__ import wired
 from services.bootstrap.settings import BootstrapSettings
 from tests.support.events import NOW, spec_document
 from tests.support.services import running
@@ -70,7 +70,7 @@ async def test_a_forged_event_naming_a_pod_outside_the_cluster_is_refused(
     cluster_id = f"{namespace}/c"
     settings = BootstrapSettings(nats_url=nats_url, kubeconfig=str(kube_config_path), http_port=0, step_backoff_s=0)
     logs: list[dict[str, Any]] = []
-    async with running(main(settings)):
+    async with running(wired(settings)):
         await Publisher(js).publish(Envelope.new(ready, cluster_id=cluster_id, now=NOW))
         for _ in range(100):
             logs += [json.loads(line) for line in capfd.readouterr().err.splitlines() if line.startswith("{")]

@@ -24,14 +24,15 @@ from libs.events import REGISTRY, STREAM_NAME, Envelope, Publisher, ensure_kv
 from libs.events.catalog import ClusterDeleted, ClusterRejected, ClusterRequested
 from libs.kube import FINALIZER, GROUP, PLURAL, VERSION, read_vk8s
 from libs.runtime import Service
-from services.gateway.__main__ import gateway_service
+from services.gateway.__main__ import wired
 from services.gateway.adapters.kubernetes import ClusterObjects
 from services.gateway.adapters.ledger import Ledger
 from services.gateway.adapters.metrics import GatewayMetrics
-from services.gateway.handlers import Gateway
+from services.gateway.handlers import GatewayHandlers
 from services.gateway.logic import PAUSED_ANNOTATION, REQUEST_ID_ANNOTATION
 from services.gateway.settings import GatewaySettings
 from tests.support.events import NOW, spec_document
+from tests.support.services import running
 
 T = TypeVar("T")
 NAME = "team-a"
@@ -180,17 +181,10 @@ async def settings(
     )
 
 
-@contextlib.asynccontextmanager
-async def running(settings: GatewaySettings) -> AsyncIterator[Service]:
-    async with gateway_service(settings) as service:
-        await service.start()
-        yield service
-
-
 @pytest.fixture
 async def gateway(settings: GatewaySettings, cluster: Cluster) -> AsyncIterator[Service]:
     # Depends on `cluster` so it stops before that fixture strips the finalizers.
-    async with running(settings) as service:
+    async with running(wired(settings)) as service:
         yield service
 
 
@@ -328,7 +322,7 @@ async def test_a_deletion_a_stage_gave_up_on_is_requested_again_until_it_ends(
 ) -> None:
     # Relist every 10 s (the least allowed); a deletion still held 3 s after its request is due again.
     resyncing = settings.model_copy(update={"watch_timeout_s": 10, "delete_resync_s": 3.0})
-    async with running(resyncing):
+    async with running(wired(resyncing)):
         created = await cluster.apply()
         uid = created["metadata"]["uid"]
         await cluster.next("cluster.accepted")
@@ -458,10 +452,10 @@ async def _true(read: Callable[[], Awaitable[object]], expected: object) -> bool
 async def test_restart_publishes_for_an_object_created_while_down(
     settings: GatewaySettings, cluster: Cluster
 ) -> None:
-    async with running(settings):
+    async with running(wired(settings)):
         pass  # the gateway has run before: its stream, consumer and ledger exist
     created = await cluster.apply()
-    async with running(settings) as service:
+    async with running(wired(settings)) as service:
         [accepted] = await cluster.next("cluster.accepted")
         assert accepted.data.uid == created["metadata"]["uid"]
         assert metric(service, "vk8s_gateway_resync_published_total", {"event": "cluster.requested"}) == 1
@@ -470,14 +464,14 @@ async def test_restart_publishes_for_an_object_created_while_down(
 async def test_restart_requests_cleanup_for_an_object_deleted_while_down(
     settings: GatewaySettings, cluster: Cluster
 ) -> None:
-    async with running(settings):
+    async with running(wired(settings)):
         created = await cluster.apply()
         await cluster.next("cluster.accepted")
     # Deleted with the gateway down, and its finalizer forced away: the pipeline never heard of it.
     await cluster.patch({"metadata": {"finalizers": None}})
     await cluster.delete()
     await eventually(lambda: _gone(cluster), "the object to disappear")
-    async with running(settings) as service:
+    async with running(wired(settings)) as service:
         [delete_requested] = await cluster.next("cluster.delete.requested")
         assert delete_requested.data.uid == created["metadata"]["uid"]
         assert metric(service, "vk8s_gateway_resync_published_total", {"event": "cluster.delete.requested"}) == 1
@@ -489,11 +483,11 @@ async def test_restart_requests_cleanup_for_an_object_deleted_while_down(
 @pytest.fixture
 async def handler(
     kube_api: client.ApiClient, js: JetStreamContext, settings: GatewaySettings
-) -> AsyncIterator[Gateway]:
+) -> AsyncIterator[GatewayHandlers]:
     """The gateway's request handler alone, serving every namespace (no watch runs, so no other
     test's objects are touched)."""
     serving_all = settings.model_copy(update={"namespace": None})
-    yield Gateway(
+    yield GatewayHandlers(
         objects=ClusterObjects(kube_api),
         ledger=Ledger(await ensure_kv(js, serving_all.kv_bucket)),
         publisher=Publisher(js),
@@ -502,7 +496,7 @@ async def handler(
     )
 
 
-async def rejected_at_once(handler: Gateway, request: Envelope[ClusterRequested]) -> list[str]:
+async def rejected_at_once(handler: GatewayHandlers, request: Envelope[ClusterRequested]) -> list[str]:
     started = time.monotonic()
     [answer] = await handler.on_cluster_requested(request)
     assert time.monotonic() - started < 10, "answered at once, not after retries"
@@ -511,7 +505,7 @@ async def rejected_at_once(handler: Gateway, request: Envelope[ClusterRequested]
     return answer.data.problems
 
 
-async def test_request_for_a_namespace_that_does_not_exist_is_rejected_naming_it(handler: Gateway) -> None:
+async def test_request_for_a_namespace_that_does_not_exist_is_rejected_naming_it(handler: GatewayHandlers) -> None:
     missing = f"missing-{uuid.uuid4().hex[:8]}"
     request = ClusterRequested.model_validate({"name": NAME, "namespace": missing, "spec": spec_document()})
     envelope = Envelope.new(request, cluster_id=f"{missing}/{NAME}", now=NOW, event_id="no-namespace-1")
@@ -521,7 +515,7 @@ async def test_request_for_a_namespace_that_does_not_exist_is_rejected_naming_it
 
 
 async def test_request_naming_a_password_secret_that_does_not_exist_is_rejected_naming_it(
-    handler: Gateway, kube_api: client.ApiClient, namespace: str
+    handler: GatewayHandlers, kube_api: client.ApiClient, namespace: str
 ) -> None:
     spec = spec_document()
     spec["kubeflow"]["passwordSecretRef"] = {"name": "not-there", "key": "password"}
@@ -535,7 +529,7 @@ async def test_request_naming_a_password_secret_that_does_not_exist_is_rejected_
 
 
 async def test_request_naming_a_secret_without_the_key_is_rejected_naming_it(
-    handler: Gateway, kube_api: client.ApiClient, namespace: str
+    handler: GatewayHandlers, kube_api: client.ApiClient, namespace: str
 ) -> None:
     await create_password_secret(kube_api, namespace, "wrong-key", key="pass")
     spec = spec_document()
@@ -571,7 +565,7 @@ async def test_nats_request_with_a_node_image_outside_the_allowlist_creates_noth
     settings: GatewaySettings, cluster: Cluster, js: JetStreamContext
 ) -> None:
     policy = {"repositories": ["registry.local/kink", "ghcr.io/vk8s"]}
-    async with running(settings.model_copy(update={"image_policy": ImagePolicy.model_validate(policy)})):
+    async with running(wired(settings.model_copy(update={"image_policy": ImagePolicy.model_validate(policy)}))):
         request = request_on_nats(cluster, "evil-image-1", with_node_image("evil.example.com/kink:v1.36"))
         await Publisher(js).publish(request)
         [rejected] = await cluster.next("cluster.rejected")
@@ -586,7 +580,7 @@ async def test_clusters_over_the_namespace_quota_are_rejected_and_a_nats_request
 ) -> None:
     second = Cluster(kube_api, js, cluster.namespace, "team-b")
     third = Cluster(kube_api, js, cluster.namespace, "team-c")
-    async with running(settings.model_copy(update={"max_clusters_per_namespace": 1})):
+    async with running(wired(settings.model_copy(update={"max_clusters_per_namespace": 1}))):
         await cluster.apply()
         await cluster.next("cluster.accepted")
         await Publisher(js).publish(request_on_nats(second, "over-quota-1"))
@@ -605,7 +599,7 @@ async def test_clusters_over_the_namespace_quota_are_rejected_and_a_nats_request
 async def test_growing_beyond_the_namespace_gpu_quota_is_rejected_and_the_pipeline_keeps_the_accepted_spec(
     settings: GatewaySettings, cluster: Cluster
 ) -> None:
-    async with running(settings.model_copy(update={"max_gpus_per_namespace": 2})):
+    async with running(wired(settings.model_copy(update={"max_gpus_per_namespace": 2}))):
         await cluster.apply(spec_document(gpus=2))
         await cluster.next("cluster.accepted")
         await cluster.patch({"spec": spec_document(gpus=3)})

@@ -19,7 +19,7 @@ from libs.events import REGISTRY, Envelope, Publisher
 from libs.events.catalog import ClusterFailed, ClusterKubernetesReady, ClusterReady, KubeflowProgressed
 from libs.kube import GROUP, PLURAL, VERSION
 from libs.kube.objects import owner_reference
-from services.kubeflow.__main__ import main
+from services.kubeflow.__main__ import wired
 from services.kubeflow.settings import KubeflowSettings
 from tests.support.events import NOW
 from tests.support.services import running
@@ -107,7 +107,7 @@ async def test_installs_the_release_creates_the_user_and_reports_ready(
     node_port = random.randint(30100, 32700)
     secret = await make_cluster(kube_api, namespace, kube_config_path, node_port)
     cluster_id = f"{namespace}/team-kf"
-    async with running(main(settings(nats_url, kube_config_path, tmp_path))):
+    async with running(wired(settings(nats_url, kube_config_path, tmp_path))):
         ready = kubernetes_ready(secret, kube_config_path)
         await Publisher(js).publish(Envelope.new(ready, cluster_id=cluster_id, now=NOW))
         events = await collect(js, cluster_id, {"cluster.ready", "cluster.failed"})
@@ -147,7 +147,7 @@ async def test_a_release_that_keeps_failing_to_apply_fails_the_cluster_after_bou
     cluster_id = f"{namespace}/team-kf"
     sources = tmp_path / "broken-sources.yaml"
     sources.write_text(yaml.safe_dump({"default": {"directory": str(broken)}}))
-    async with running(main(settings(nats_url, kube_config_path, tmp_path, sources_file=sources, apply_rounds=3))):
+    async with running(wired(settings(nats_url, kube_config_path, tmp_path, sources_file=sources, apply_rounds=3))):
         ready = kubernetes_ready(secret, kube_config_path)
         await Publisher(js).publish(Envelope.new(ready, cluster_id=cluster_id, now=NOW))
         events = await collect(js, cluster_id, {"cluster.ready", "cluster.failed"}, timeout=60)
@@ -197,7 +197,7 @@ async def test_a_kubeconfig_with_an_exec_plugin_is_refused_and_never_run(
     hostile_path.write_text(yaml.safe_dump(hostile))
     secret = await make_cluster(kube_api, namespace, hostile_path, random.randint(30100, 32700))
     cluster_id = f"{namespace}/team-kf"
-    async with running(main(settings(nats_url, kube_config_path, tmp_path))):
+    async with running(wired(settings(nats_url, kube_config_path, tmp_path))):
         ready = kubernetes_ready(secret, kube_config_path)
         await Publisher(js).publish(Envelope.new(ready, cluster_id=cluster_id, now=NOW))
         events = await collect(js, cluster_id, {"cluster.ready", "cluster.failed"}, timeout=60)
@@ -215,7 +215,7 @@ async def test_a_kubeconfig_secret_the_platform_did_not_make_is_refused(
 ) -> None:
     secret = await make_cluster(kube_api, namespace, kube_config_path, random.randint(30100, 32700), owned=False)
     cluster_id = f"{namespace}/team-kf"
-    async with running(main(settings(nats_url, kube_config_path, tmp_path))):
+    async with running(wired(settings(nats_url, kube_config_path, tmp_path))):
         await Publisher(js).publish(Envelope.new(kubernetes_ready(secret, kube_config_path), cluster_id=cluster_id, now=NOW))
         events = await collect(js, cluster_id, {"cluster.ready", "cluster.failed"}, timeout=60)
     failed = events[-1].data
@@ -232,7 +232,7 @@ async def test_an_event_naming_another_secret_is_refused_and_nothing_is_installe
     await make_cluster(kube_api, namespace, kube_config_path, random.randint(30100, 32700))
     cluster_id = f"{namespace}/team-kf"
     forged = kubernetes_ready("team-kf-user", kube_config_path)  # any Secret of the namespace
-    async with running(main(settings(nats_url, kube_config_path, tmp_path))):
+    async with running(wired(settings(nats_url, kube_config_path, tmp_path))):
         await Publisher(js).publish(Envelope.new(forged, cluster_id=cluster_id, now=NOW))
         events = await collect(js, cluster_id, {"cluster.ready", "cluster.failed", "cluster.kubeflow.progress"}, timeout=8)
     assert [e.type for e in events] == ["cluster.kubernetes.ready"], "nothing applied, nothing failed"

@@ -18,10 +18,11 @@ from pydantic import SecretStr
 from libs.events import Envelope
 from libs.kube import GROUP, KIND, PLURAL, VERSION
 from libs.runtime import Service
-from services.projector.__main__ import projector_service
+from services.projector.__main__ import wired
 from services.projector.logic import render_status
 from services.projector.settings import ProjectorSettings
 from tests.support.events import spec_document
+from tests.support.services import running
 from tests.unit.projector.sequence import Timeline
 from tests.unit.projector.test_logic import fold
 
@@ -42,8 +43,7 @@ async def projector(nats_url: str, kube_config_path: Path, js: JetStreamContext)
         backoff_max_s=0.5,
         read_api_token=SecretStr(TOKEN),
     )
-    async with projector_service(settings, configure_logs=False) as service:
-        await service.start()
+    async with running(wired(settings, configure_logs=False)) as service:
         yield service
     await js.delete_key_value(settings.kv_bucket)
 

@@ -41,8 +41,9 @@ from libs.kube.vnodes import (
     statefulset_name,
 )
 from libs.runtime import Service
-from services.scheduler.__main__ import scheduler_service
+from services.scheduler.__main__ import wired
 from services.scheduler.settings import SchedulerSettings
+from tests.support.services import running
 from vk8s.testbed.config import FAKE_NODE_ANNOTATION, GPU_PRODUCT_LABEL, GPU_RESOURCE, ZONE_LABEL
 
 POOL_LABEL = "vk8s.skt.co.kr/test-pool"
@@ -129,8 +130,7 @@ async def running_scheduler(nats_url: str, kubeconfig: Path, pool: Pool) -> Asyn
         backoff_base_s=0.2,
         backoff_max_s=1.0,
     )
-    async with scheduler_service(settings) as service:
-        await service.start()
+    async with running(wired(settings)) as service:
         yield service
 
 

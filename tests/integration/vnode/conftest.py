@@ -24,6 +24,7 @@ from libs.kube import GROUP, KIND, PLURAL, VERSION
 from libs.runtime import Service
 from services.vnode.__main__ import wired
 from services.vnode.settings import VNodeSettings
+from tests.support.services import running
 from vk8s.testbed.config import FAKE_NODE_ANNOTATION, GPU_RESOURCE
 
 T = TypeVar("T")
@@ -65,8 +66,7 @@ async def vnode_service(nc: NATS, nats_url: str, kube_config_path: Path) -> Asyn
         max_deliver=100,
         ready_timeout_s=60,
     )
-    async with wired(settings, configure_logs=False) as service:
-        await service.start()
+    async with running(wired(settings, configure_logs=False)) as service:
         yield service
 
 

@@ -11,11 +11,11 @@ from typing import Any
 
 import yaml
 
+from services.topology import NAMES as SERVICES
 from vk8s.testbed import lifecycle
 from vk8s.testbed.config import REPO_ROOT, pinned_versions
 
 CHART_DIR = REPO_ROOT / "deploy" / "helm" / "vk8s"
-SERVICES = ("gateway", "scheduler", "ipmanager", "vnode", "bootstrap", "kubeflow", "projector")
 # What the helm built here assumes without a cluster (its release's), set by deploy/testbed/build.sh.
 HELM_KUBE_VERSION = pinned_versions()["HELM_KUBE_VERSION"]
 

@@ -1,5 +1,5 @@
-"""The catalog of what each service consumes and emits (the source of its NATS permissions) is
-the table of docs/events.md, and the permissions follow it."""
+"""What each service consumes and emits is declared by its handlers (`services.topology`): the NATS
+permissions, docs/events.md's tables and diagram and the projector's pipeline order follow it."""
 
 from __future__ import annotations
 
@@ -8,50 +8,130 @@ from pathlib import Path
 
 import pytest
 
-from libs.events.catalog import EVENTS, SERVICES
+from libs.events import EVENTS, Publishes, declare, subscriber
+from libs.events.catalog import ClusterAccepted, ClusterFailed, ClusterReady, ClusterRequested, ClusterScheduled
 from libs.events.permissions import REQUESTER, nats_authorization, service_permissions
+from services import topology
+from services.projector.logic import PIPELINE_RANK
+from services.topology import BY_NAME, SERVICES
 
 EVENTS_DOC = Path(__file__).resolve().parents[3] / "docs/events.md"
 
 
-def documented_consumers() -> dict[str, set[str]]:
-    """subject -> the services its row in docs/events.md names as consumers."""
-    rows = re.findall(r"^\| `(cluster\.[a-z.]+)` \| [^|]* \| ([^|]*) \|", EVENTS_DOC.read_text(), re.MULTILINE)
-    return {subject: {name.strip() for name in consumers.split(",")} for subject, consumers in rows}
+def subject_rows() -> dict[str, tuple[str, str]]:
+    """subject -> (published by, consumed by) cells of its row in docs/events.md's table."""
+    rows = re.findall(r"^\| `(cluster\.[a-z.]+)` \| ([^|]*) \| ([^|]*) \|", EVENTS_DOC.read_text(), re.MULTILINE)
+    return {subject: (published, consumed) for subject, published, consumed in rows}
 
 
-def test_consumers_are_those_of_the_documented_table() -> None:
-    documented = documented_consumers()
-    assert set(documented) == {event.subject for event in EVENTS}
-    for subject, consumers in documented.items():
-        cataloged = {service for service, events in SERVICES.items() if subject in events.consumes}
-        assert cataloged == consumers, subject
+def named_services(cell: str) -> set[str]:
+    return {name for name in BY_NAME if re.search(rf"\b{name}\b", cell)}
+
+
+def test_the_documented_consumers_are_the_declared_ones() -> None:
+    rows = subject_rows()
+    assert set(rows) == {event.subject for event in EVENTS}
+    for subject, (_, consumed) in rows.items():
+        assert {name.strip() for name in consumed.split(",")} == set(topology.consumers(subject)), subject
+
+
+def test_the_documented_publishers_are_the_declared_ones() -> None:
+    for subject, (published, _) in subject_rows().items():
+        if subject == ClusterFailed.subject:  # "any stage's consumer wrapper", and who else declares it
+            assert "any stage" in published and {"vnode"} <= named_services(published)
+        else:
+            assert named_services(published) == set(topology.emitters(subject)), subject
+
+
+def test_the_generated_block_of_the_events_doc_is_current() -> None:
+    document = EVENTS_DOC.read_text()
+    assert topology.with_rendered(document) == document, "run: python -m services.topology --write docs/events.md"
 
 
 def test_every_event_has_an_emitter_and_every_consumer_may_report_failure() -> None:
-    emitted = {subject for events in SERVICES.values() for subject in events.emits}
+    emitted = {subject for t in SERVICES for subject in t.emits}
     assert emitted == {event.subject for event in EVENTS}
-    for service, events in SERVICES.items():
-        assert "cluster.failed" in events.emits, service
-        assert ("cluster.rejected" in events.emits) is (service == "gateway"), service
+    for t in SERVICES:
+        assert "cluster.failed" in t.emits, t.service
+        assert ("cluster.rejected" in t.emits) is (t.service == "gateway"), t.service
 
 
-@pytest.mark.parametrize("service", sorted(SERVICES))
+def test_the_projector_ranks_the_pipeline_in_the_declared_order() -> None:
+    """Every declared answer within the ranked pipeline ranks after what it answers, and every
+    ranked event is reached from cluster.requested through declared answers and publishers."""
+    for consumed, service, emitted in topology.edges():
+        if consumed in PIPELINE_RANK and emitted in PIPELINE_RANK:
+            assert PIPELINE_RANK[consumed] < PIPELINE_RANK[emitted], (consumed, service, emitted)
+    reached, frontier = set(), [ClusterRequested.subject]
+    while frontier:
+        subject = frontier.pop()
+        reached.add(subject)
+        for t in SERVICES:
+            if subject in t.consumes:
+                answers = [e for s in t.subscriptions if s.subject == subject for e in s.emits]
+                answers += [e for p in t.publishers for e in p.emits]
+                frontier += [e for e in answers if e not in reached]
+    assert set(PIPELINE_RANK) <= reached
+
+
+@pytest.mark.parametrize("service", sorted(BY_NAME))
 def test_a_service_may_publish_no_event_it_does_not_emit(service: str) -> None:
-    allowed = service_permissions(service)["publish"]["allow"]
-    assert [subject for subject in allowed if subject.startswith("cluster.")] == list(SERVICES[service].emits)
+    declared = BY_NAME[service]
+    allowed = service_permissions(declared)["publish"]["allow"]
+    assert [subject for subject in allowed if subject.startswith("cluster.")] == list(declared.emits)
     assert not any(subject.startswith(("cluster.>", "cluster.*", ">")) for subject in allowed)
-    own_bucket = SERVICES[service].kv_bucket
+    own_bucket = declared.kv_bucket
     assert [subject for subject in allowed if subject.startswith("$KV.")] == ([f"$KV.{own_bucket}.>"] if own_bucket else [])
 
 
 def test_a_requester_publishes_no_event_and_asks_in_its_namespaces_only() -> None:
-    block = nats_authorization({"gateway": "g"}, {REQUESTER: ("r", ("team-a", "team-b"))})["authorization"]["users"]
-    assert [(user["user"], user["password"]) for user in block] == [("gateway", "g"), (REQUESTER, "r")]
-    requester = block[1]["permissions"]["publish"]["allow"]
+    block = nats_authorization([(BY_NAME["gateway"], "g")], {REQUESTER: ("r", ("team-a", "team-b"))})
+    users = block["authorization"]["users"]
+    assert [(user["user"], user["password"]) for user in users] == [("gateway", "g"), (REQUESTER, "r")]
+    requester = users[1]["permissions"]["publish"]["allow"]
     assert not [subject for subject in requester if subject.startswith(("cluster.", "$KV.", ">"))]
     assert [subject for subject in requester if subject.startswith("vk8s.")] == [
         "vk8s.requests.team-a", "vk8s.requests.team-b",
     ]  # fmt: skip
-    gateway = block[0]["permissions"]
+    gateway = users[0]["permissions"]
     assert "vk8s.requests.*" in gateway["subscribe"]["allow"] and "_INBOX.>" in gateway["publish"]["allow"]
+
+
+def test_a_declaration_is_read_from_the_marked_methods_in_their_order() -> None:
+    class Stage:
+        @subscriber(ClusterScheduled, emits=(ClusterReady,))
+        async def scheduled(self, event: object) -> list[object]:
+            return []
+
+        @subscriber(ClusterRequested, ClusterAccepted)
+        async def early(self, event: object) -> list[object]:
+            return []
+
+        async def helper(self) -> None:
+            """Not a subscription."""
+
+    declared = declare("stage", Stage, publishers=(Publishes.of("a watch", ClusterAccepted),), kv_bucket="b")
+    assert [(s.subject, s.handler, s.emits) for s in declared.subscriptions] == [
+        ("cluster.scheduled", "scheduled", ("cluster.ready",)),
+        ("cluster.requested", "early", ()),
+        ("cluster.accepted", "early", ()),
+    ]
+    assert declared.consumes == ("cluster.requested", "cluster.accepted", "cluster.scheduled")
+    # Catalog order; the wrapper's answers to what it cannot handle are included.
+    assert declared.emits == ("cluster.accepted", "cluster.rejected", "cluster.ready", "cluster.failed")
+
+
+def test_a_subject_consumed_twice_or_no_subscription_is_refused_by_name() -> None:
+    class Twice:
+        @subscriber(ClusterAccepted)
+        async def one(self, event: object) -> list[object]:
+            return []
+
+        @subscriber(ClusterAccepted)
+        async def other(self, event: object) -> list[object]:
+            return []
+
+    with pytest.raises(ValueError, match="consumed by two methods"):
+        declare("twice", Twice)
+    with pytest.raises(ValueError, match="no @subscriber methods"):
+        declare("none", object)
