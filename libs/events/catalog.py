@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from libs.api.models import Vk8sSpec
+from libs.api.models import Cidr, Vk8sSpec
 from libs.events.envelope import EventModel, Payload
 from libs.events.registry import Registry
 
@@ -89,6 +89,13 @@ class VNodePlacement(EventModel):
     zone: str | None = None
 
 
+class AskedNetworks(EventModel):
+    """The pod and service networks a cluster's spec asks for (the API defaults: allocate free ones)."""
+
+    pod_network_cidr: Cidr
+    service_cidr: Cidr
+
+
 class ClusterScheduled(Payload):
     """Every vNode of the cluster has a host node; the reservation holds their resources."""
 
@@ -99,6 +106,11 @@ class ClusterScheduled(Payload):
         default=None,
         min_length=1,
         description="The Vk8s object's uid the placement is for (absent in events of earlier versions).",
+    )
+    networks: AskedNetworks | None = Field(
+        default=None,
+        description="The networks the spec of this generation asks for, so the ipmanager can claim them "
+        "from this event alone (absent in events of earlier versions).",
     )
 
 

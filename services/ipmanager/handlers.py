@@ -42,32 +42,20 @@ class IpManagerHandlers:
     @subscriber(ClusterAccepted, ClusterUpdated)
     async def spec_changed(self, event: Envelope[ClusterAccepted | ClusterUpdated]) -> Result:
         """Claims the cluster's networks as early as possible, so a bad CIDR fails the cluster now."""
-        data = event.data
-        if not valid_uid(data.uid):
-            raise PermanentError(f"uid {data.uid!r} is not a Kubernetes uid", reason="InvalidUid")
-        kubernetes = data.spec.kubernetes
-        request = NetworkRequest.from_spec(kubernetes.pod_network_cidr, kubernetes.service_cidr)
+        kubernetes = event.data.spec.kubernetes
         try:
-            await self._allocator.claim_network(
-                uid=data.uid, cluster_id=event.cluster_id, generation=data.generation, request=request
-            )
-        except NetworkConflict as error:
-            raise PermanentError(
-                f"{error}; choose ranges that overlap none of these, or leave them out to get free ones",
-                reason="NetworkOverlap",
-            ) from error
-        except NetworkImmutable as error:
-            raise PermanentError(str(error), reason="NetworkImmutable") from error
+            await self._claim(event, event.data.uid, kubernetes.pod_network_cidr, kubernetes.service_cidr)
         except ClusterReleased as gone:
             log.info("Not claiming networks for a deleted cluster", reason=str(gone))
-        except (PoolExhausted, Contention) as error:
-            raise _retry(error) from error
         return []
 
     @subscriber(ClusterScheduled, emits=(ClusterIPsAllocated,))
     async def scheduled(self, event: Envelope[ClusterScheduled]) -> Result:
         data = event.data
         try:
+            if data.networks is not None and data.uid is not None:
+                # Claimed here too (create-or-get), so the addresses need no earlier event's turn.
+                await self._claim(event, data.uid, data.networks.pod_network_cidr, data.networks.service_cidr)
             network, addresses = await self._allocator.allocate_vnode_ips(
                 event.cluster_id, data.generation, [placement.vnode for placement in data.placements], uid=data.uid
             )
@@ -85,6 +73,26 @@ class IpManagerHandlers:
         )
         return [event.follow(allocated, now=self._clock())]
 
+    async def _claim(self, event: Envelope[Any], uid: str, pod_network_cidr: str, service_cidr: str) -> None:
+        """The cluster's network claim of this generation, made or found; the errors the wrapper
+        acts on."""
+        if not valid_uid(uid):
+            raise PermanentError(f"uid {uid!r} is not a Kubernetes uid", reason="InvalidUid")
+        request = NetworkRequest.from_spec(pod_network_cidr, service_cidr)
+        try:
+            await self._allocator.claim_network(
+                uid=uid, cluster_id=event.cluster_id, generation=event.data.generation, request=request
+            )
+        except NetworkConflict as error:
+            raise PermanentError(
+                f"{error}; choose ranges that overlap none of these, or leave them out to get free ones",
+                reason="NetworkOverlap",
+            ) from error
+        except NetworkImmutable as error:
+            raise PermanentError(str(error), reason="NetworkImmutable") from error
+        except (PoolExhausted, Contention) as error:
+            raise _retry(error) from error
+
     @subscriber(ClusterVNodesDeleted, emits=(ClusterIPsReleased,))
     async def vnodes_deleted(self, event: Envelope[ClusterVNodesDeleted]) -> Result:
         released = await self._allocator.release(event.data.uid)
@@ -96,6 +104,7 @@ TOPOLOGY = declare("ipmanager", IpManagerHandlers, kv_bucket=IpManagerSettings.m
 
 
 def _retry(error: Exception) -> TransientError:
-    # Addresses and blocks come free as clusters are deleted; a missing network appears once
-    # cluster.accepted is handled; a lost race is won on a later try.
+    # Addresses and blocks come free as clusters are deleted; a lost race is won on a later try; a
+    # missing network (a cluster.scheduled of an earlier version, without `networks`) appears once
+    # cluster.accepted is handled.
     return TransientError(str(error), reason=type(error).__name__)

@@ -34,7 +34,15 @@ from pydantic.alias_generators import to_camel
 
 from libs.api.models import GPU_RESOURCE, GROUP, NodeSpec, Vk8sSpec
 from libs.api.models import Toleration as TolerationSpec
-from libs.events.catalog import ClusterScheduled, ClusterUnschedulable, VNodePlacement, VNodeUnschedulable
+from libs.events.catalog import (
+    AskedNetworks,
+    ClusterAccepted,
+    ClusterScheduled,
+    ClusterUnschedulable,
+    ClusterUpdated,
+    VNodePlacement,
+    VNodeUnschedulable,
+)
 from libs.events.envelope import Envelope
 from libs.kube import vnodes as vnode_names
 from libs.kube.objects import owner_reference
@@ -1058,9 +1066,16 @@ def holds(vnode: ReservedVNode) -> str:
 # -- events ------------------------------------------------------------------------------------
 
 
-def scheduled_event(cause: Envelope, reservation: Reservation, now: datetime) -> Envelope[ClusterScheduled]:
+def scheduled_event(
+    cause: Envelope[ClusterAccepted] | Envelope[ClusterUpdated], reservation: Reservation, now: datetime
+) -> Envelope[ClusterScheduled]:
+    # The networks travel on, so the ipmanager needs no earlier event to allocate addresses.
+    kubernetes = cause.data.spec.kubernetes
     data = ClusterScheduled(
-        generation=reservation.generation, placements=reservation.placements(), uid=reservation.uid
+        generation=reservation.generation,
+        placements=reservation.placements(),
+        uid=reservation.uid,
+        networks=AskedNetworks(pod_network_cidr=kubernetes.pod_network_cidr, service_cidr=kubernetes.service_cidr),
     )
     return cause.follow(data, now=now)
 

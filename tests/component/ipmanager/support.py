@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry
 
 from libs.api.models import Vk8sSpec
 from libs.events import REGISTRY, Envelope
-from libs.events.catalog import ClusterAccepted, ClusterScheduled, ClusterVNodesDeleted, VNodePlacement
+from libs.events.catalog import AskedNetworks, ClusterAccepted, ClusterScheduled, ClusterVNodesDeleted, VNodePlacement
 from services.ipmanager.adapters.kv import KvStore
 from services.ipmanager.adapters.metrics import IpManagerMetrics
 from services.ipmanager.allocator import Allocator
@@ -55,13 +55,20 @@ def vnode_names(workers: int) -> list[str]:
 
 
 def scheduled(
-    namespace: str, name: str, *, workers: int = 1, generation: int = 1, uid: str | None = None
+    namespace: str,
+    name: str,
+    *,
+    workers: int = 1,
+    generation: int = 1,
+    uid: str | None = None,
+    networks: AskedNetworks | None = None,
 ) -> Envelope[ClusterScheduled]:
+    """Without `networks`, as the scheduler published it before events carried them."""
     placements = [
         VNodePlacement(vnode=vnode, role="master" if vnode == "master" else "worker", host_node="gpu-node-0", gpus=1)
         for vnode in vnode_names(workers)
     ]
-    payload = ClusterScheduled(generation=generation, placements=placements, uid=uid)
+    payload = ClusterScheduled(generation=generation, placements=placements, uid=uid, networks=networks)
     return Envelope.new(payload, cluster_id=f"{namespace}/{name}", now=NOW)
 
 

@@ -12,6 +12,7 @@ from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 from prometheus_client import CollectorRegistry
 
+from libs.api.models import DEFAULT_SERVICE_CIDR
 from libs.events import (
     REGISTRY,
     STREAM_NAME,
@@ -26,6 +27,7 @@ from libs.events import (
     ensure_stream,
     routes,
 )
+from libs.events.catalog import AskedNetworks
 from services.ipmanager.adapters.kv import KvStore
 from services.ipmanager.handlers import TOPOLOGY, IpManagerHandlers
 from tests.component.ipmanager.support import (
@@ -91,7 +93,24 @@ async def test_allocates_then_releases_a_cluster_outside_the_default_namespace(
     assert (await store.networks()).clusters == {}
 
 
-async def test_scheduled_before_accepted_is_retried_until_the_network_is_claimed(
+async def test_a_scheduled_that_carries_the_networks_needs_no_accepted_first(
+    js: JetStreamContext, kv: KeyValue, ipmanager: Consumer
+) -> None:
+    networks = AskedNetworks(pod_network_cidr="172.21.0.0/16", service_cidr=DEFAULT_SERVICE_CIDR)
+    await publish(js, scheduled("team-z", "alone", uid="uid-z", networks=networks))
+    [allocated] = await collect(js, "cluster.ips.allocated", for_cluster("team-z/alone"))
+    assert (allocated.data.pod_cidr, allocated.data.service_cidr) == ("172.21.0.0/16", "10.64.0.0/20")
+    info = await js.consumer_info(STREAM_NAME, "ipmanager")
+    assert info.num_redelivered == 0  # claimed and allocated at the first delivery: no wait on another event
+    # The cluster.accepted handled afterwards finds the same claim.
+    await publish(js, accepted("team-z", "alone", "uid-z", pod_cidr="172.21.0.0/16"))
+    await publish(js, scheduled("team-z", "alone", uid="uid-z", generation=2, networks=networks))
+    *_, again = await collect(js, "cluster.ips.allocated", lambda events: any(e.data.generation == 2 for e in events))
+    assert again.data.vnode_ips == allocated.data.vnode_ips
+    assert [c.uid for c in (await KvStore(kv).networks()).clusters.values()] == ["uid-z"]
+
+
+async def test_a_scheduled_of_an_earlier_version_is_retried_until_the_network_is_claimed(
     js: JetStreamContext, ipmanager: Consumer
 ) -> None:
     await publish(js, scheduled("team-y", "early"))
