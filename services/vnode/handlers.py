@@ -71,26 +71,23 @@ class VNodeHandlers:
     async def on_allocated(self, envelope: Envelope[ClusterIPsAllocated]) -> Sequence[Envelope[Any]]:
         """Creates or scales up the vNodes where the scheduler placed them, with their fixed IPs."""
         stored = await self._store.get(envelope.cluster_id)
-        if stored is None:
-            namespace, name = envelope.cluster_id.split("/")
-            if await self._kube.read_vk8s(namespace, name) is None:
-                log.info("Ignoring allocation of a cluster that is gone")
-                return []
-            raise TransientError("the cluster's spec is not recorded yet", reason="SpecNotRecorded")
-        record = logic.on_allocated(
-            stored.record, envelope, self._clock(), resume_grace_s=self._settings.resume_grace_s
-        )
+        namespace, name = envelope.cluster_id.split("/")
+        vk8s = await self._kube.read_vk8s(namespace, name)
+        if vk8s is None or vk8s["metadata"].get("deletionTimestamp"):
+            log.info("Ignoring allocation of a cluster that is gone or being deleted")
+            return []
+        known = stored.record if stored is not None else None
+        if known is None or known.uid != vk8s["metadata"]["uid"] or known.generation < envelope.data.generation:
+            # The spec event is not taken in yet: the object it comes from says the same.
+            known = logic.with_object_spec(known, vk8s)
+            if known is None:
+                raise TransientError("the Vk8s was re-created; waiting for its spec", reason="SpecNotRecorded")
+        record = logic.on_allocated(known, envelope, self._clock(), resume_grace_s=self._settings.resume_grace_s)
         if isinstance(record, logic.Ignore):
             log.info("Ignoring allocation", reason=record.reason)
             return []
-        live_uid = await self._live_uid(record)
-        if live_uid is None:
-            log.info("Ignoring allocation of a cluster that is gone or being deleted")
-            return []
-        if live_uid != record.uid:
-            raise TransientError("the Vk8s was re-created; waiting for its spec", reason="SpecNotRecorded")
         await self._apply(record)
-        await self._store.save(record, stored.revision)
+        await self._store.save(record, stored.revision if stored is not None else None)
         self._tracker.kick(record.cluster_id)
         return []
 

@@ -201,6 +201,34 @@ def on_spec_event(
     )
 
 
+def with_object_spec(previous: ClusterRecord | None, vk8s: Mapping[str, Any]) -> ClusterRecord | None:
+    """The record for an allocation whose spec event is not taken in yet, from the live Vk8s object
+    that event was made from: its uid, generation, spec, labels and annotations, keeping what the
+    record of that uid knows besides. None when a record of another uid stands (the object was
+    re-created: the allocation may be the old one's). `observed_at` stays at the object's creation,
+    before every spec event of it, so each one is still taken in when it comes."""
+    metadata = vk8s["metadata"]
+    if previous is not None and previous.uid != metadata["uid"]:
+        return None
+    # This stage uses no Kubeflow settings, and a plain password must not reach its records.
+    spec = Vk8sSpec.model_validate(vk8s["spec"]).model_copy(update={"kubeflow": None})
+    fields = {
+        "generation": metadata["generation"],
+        "spec": spec,
+        "labels": metadata.get("labels") or {},
+        "annotations": metadata.get("annotations") or {},
+    }
+    if previous is not None:
+        return previous.model_copy(update=fields)
+    return ClusterRecord(
+        uid=metadata["uid"],
+        name=metadata["name"],
+        namespace=metadata["namespace"],
+        observed_at=datetime.fromisoformat(metadata["creationTimestamp"]),
+        **fields,
+    )
+
+
 def on_allocated(
     record: ClusterRecord, envelope: Envelope[ClusterIPsAllocated], now: datetime, *, resume_grace_s: float
 ) -> ClusterRecord | Ignore:

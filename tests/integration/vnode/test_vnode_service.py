@@ -11,9 +11,10 @@ from typing import Any
 import pytest
 from kubernetes.aio import client
 from kubernetes.aio.client.exceptions import ApiException
+from nats.js import JetStreamContext
 
 from libs.api.models import Vk8sSpec
-from libs.events import Envelope
+from libs.events import STREAM_NAME, Envelope
 from libs.events.catalog import (
     ClusterAccepted,
     ClusterDeleteRequested,
@@ -168,6 +169,24 @@ async def test_allocated_cluster_gets_running_vnodes_on_the_chosen_hosts(
     assert metrics.get_sample_value("vk8s_vnode_objects_applied_total", {"kind": "StatefulSet"}) == 2
     assert metrics.get_sample_value("vk8s_vnode_pods_ready_seconds_count") == 1
     assert metrics.get_sample_value("vk8s_vnode_vnodes", {"state": "running"}) == 2
+
+
+async def test_an_allocation_handled_before_any_spec_event_gets_running_vnodes(
+    kube_api: client.ApiClient, bus: Bus, vk8s_object: CreateVk8s, gpu_hosts: list[str], js: JetStreamContext
+) -> None:
+    """No cluster.accepted at all: the spec comes from the Vk8s object, without waiting."""
+    spec = Vk8sSpec.model_validate(spec_document(gpus=1, workers=1))
+    alone = Cluster(bus, await vk8s_object("team-b", spec, {"team": "nlp"}), spec, {"team": "nlp"})
+    allocation = await alone.allocate({"master": gpu_hosts[0], "worker-0": gpu_hosts[1]})
+
+    answer = await alone.ready()
+
+    assert answer.causation_id == allocation.id
+    assert [v.vnode for v in answer.data.vnodes] == ["master", "worker-0"]
+    master = await statefulset(kube_api, alone, "master")
+    assert master.metadata.labels["team"] == "nlp"
+    info = await js.consumer_info(STREAM_NAME, "vnode")
+    assert info.num_redelivered == 0  # handled at its first delivery: nothing waited for a spec event
 
 
 async def test_label_changes_reach_the_statefulsets(

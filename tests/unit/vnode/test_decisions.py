@@ -135,6 +135,50 @@ def test_allocation_before_its_spec_is_retried() -> None:
         logic.on_allocated(recorded(accepted()), allocated(generation=2), AT, resume_grace_s=10)
 
 
+def live_object(*, uid: str = UID, generation: int = 1) -> dict[str, Any]:
+    """A Vk8s object as read from the API, with a plain Kubeflow password (deprecated, accepted there)."""
+    spec = spec_document(gpus=1, workers=1)
+    kubeflow = {key: value for key, value in spec["kubeflow"].items() if key != "passwordSecretRef"}
+    spec["kubeflow"] = {**kubeflow, "password": "plain"}
+    metadata = {
+        "uid": uid,
+        "name": "team-a",
+        "namespace": "ml",
+        "generation": generation,
+        "creationTimestamp": "2026-11-28T11:59:00Z",
+        "labels": {"team": "vision"},
+        "annotations": {"note": "x"},
+    }
+    return {"metadata": metadata, "spec": spec}
+
+
+def test_an_allocation_before_its_spec_event_takes_the_spec_from_the_live_object() -> None:
+    rec = logic.with_object_spec(None, live_object())
+    assert rec is not None
+    assert (rec.uid, rec.cluster_id, rec.generation) == (UID, "ml/team-a", 1)
+    assert (rec.labels, rec.annotations) == ({"team": "vision"}, {"note": "x"})
+    assert [node.name for node in rec.spec.nodes] == ["master", "worker-0"]
+    assert rec.spec.kubeflow is None  # its plain password never reaches the record
+    assert rec.observed_at == AT - timedelta(minutes=1)
+    placed_record = placed(allocated(AT + timedelta(seconds=2)), rec)
+    assert placed_record.scaled_up and placed_record.awaiting is not None
+    # The spec event that comes later is still taken in, and keeps the allocation.
+    later = recorded(accepted(AT + timedelta(seconds=3)), placed_record)
+    assert later.allocation == placed_record.allocation and later.spec.kubeflow is not None
+
+
+def test_a_record_of_an_older_generation_takes_the_newer_spec_from_the_object_and_keeps_the_rest() -> None:
+    rec = placed(allocated(), recorded(accepted()))
+    newer = logic.with_object_spec(rec, live_object(generation=2))
+    assert newer is not None and newer.generation == 2
+    assert (newer.allocation, newer.observed_at, newer.awaiting) == (rec.allocation, rec.observed_at, rec.awaiting)
+    placed(allocated(AT + timedelta(seconds=5), generation=2), newer)
+
+
+def test_a_record_of_another_uid_is_not_overwritten_from_the_object() -> None:
+    assert logic.with_object_spec(recorded(accepted()), live_object(uid="re-created")) is None
+
+
 def test_stale_allocation_is_ignored() -> None:
     rec = recorded(updated(AT, generation=3))
     rec = placed(allocated(generation=3), rec)
