@@ -57,12 +57,14 @@ def render() -> str:
             for subscription in topology.subscriptions:
                 if subscription.subject == event.subject and subscription.emits:
                     answer = " | ".join(subscription.emits)
-                    lines.append(f"{event.subject:<{width}} ─ {topology.service}.{subscription.handler} ─> {answer}")
+                    handler = f"{topology.service}.{subscription.handler}"
+                    lines.append(f"{event.subject:<{width}} ─ {handler} ─> {answer}")
     for topology in SERVICES:
         for publisher in topology.publishers:
             lines.append(f"{topology.service} ({publisher.by}) ─> {' | '.join(publisher.emits)}")
     lines.append("any consumer's wrapper ─> cluster.failed (and the gateway's, for a bad request, cluster.rejected)")
-    lines += ["```", "", "| service | consumes -> handler (may answer with) | publishes outside the answers |", "| --- | --- | --- |"]
+    lines += ["```", "", "| service | consumes -> handler (may answer with) | publishes outside the answers |"]
+    lines.append("| --- | --- | --- |")
     for topology in SERVICES:
         consumed = "<br>".join(_handler_row(topology, handler) for handler in _handlers(topology))
         published = "<br>".join(f"{p.by}: {', '.join(f'`{e}`' for e in p.emits)}" for p in topology.publishers)

@@ -34,7 +34,9 @@ class _Mark:
     emits: tuple[str, ...]
 
 
-def subscriber(*consumes: type[Payload], emits: Iterable[type[Payload]] = ()) -> Callable[[HandlerMethod], HandlerMethod]:
+def subscriber(
+    *consumes: type[Payload], emits: Iterable[type[Payload]] = ()
+) -> Callable[[HandlerMethod], HandlerMethod]:
     """Marks a handler method: it consumes the events `consumes` and may return (or publish while
     it runs) only `emits`, besides the `cluster.failed` its consumer wrapper may always answer with."""
     if not consumes:

@@ -15,7 +15,7 @@ from libs.events import Envelope, TransientError, ensure_kv
 from services.projector.adapters.metrics import ProjectorMetrics
 from services.projector.adapters.read_model import ClusterStore
 from services.projector.adapters.status import Written
-from services.projector.handlers import Projector
+from services.projector.handlers import ProjectorHandlers
 from services.projector.logic import render_status
 from tests.unit.projector.sequence import Timeline
 from tests.unit.projector.test_logic import fold
@@ -49,11 +49,12 @@ async def test_a_patch_that_lands_after_a_newer_one_is_put_right(store: ClusterS
     older: list[Envelope[Any]] = [t.accepted(), t.scheduled()]
     newest = t.ips_allocated()
     writer = LandingOrderWriter()
-    projector = Projector(store, writer, ProjectorMetrics(CollectorRegistry()), confirm_attempts=1)  # type: ignore[arg-type]
+    metrics = ProjectorMetrics(CollectorRegistry())
+    projector = ProjectorHandlers(store=store, writer=writer, metrics=metrics, confirm_attempts=1)  # type: ignore[arg-type]
     await projector.handle(older[0])
 
     async def a_newer_event_handled_meanwhile() -> None:
-        await Projector(store, writer, ProjectorMetrics(CollectorRegistry())).handle(newest)  # type: ignore[arg-type]
+        await ProjectorHandlers(store=store, writer=writer, metrics=metrics).handle(newest)  # type: ignore[arg-type]
 
     writer.before_landing = a_newer_event_handled_meanwhile
     # The stale patch lands last; with its one confirmation spent, the handler must not ack.

@@ -80,8 +80,8 @@ def test_a_service_may_publish_no_event_it_does_not_emit(service: str) -> None:
     allowed = service_permissions(declared)["publish"]["allow"]
     assert [subject for subject in allowed if subject.startswith("cluster.")] == list(declared.emits)
     assert not any(subject.startswith(("cluster.>", "cluster.*", ">")) for subject in allowed)
-    own_bucket = declared.kv_bucket
-    assert [subject for subject in allowed if subject.startswith("$KV.")] == ([f"$KV.{own_bucket}.>"] if own_bucket else [])
+    own_bucket = [f"$KV.{declared.kv_bucket}.>"] if declared.kv_bucket else []
+    assert [subject for subject in allowed if subject.startswith("$KV.")] == own_bucket
 
 
 def test_a_requester_publishes_no_event_and_asks_in_its_namespaces_only() -> None:
