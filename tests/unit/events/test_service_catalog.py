@@ -15,7 +15,9 @@ from services import topology
 from services.projector.logic import PIPELINE_RANK
 from services.topology import BY_NAME, SERVICES
 
-EVENTS_DOC = Path(__file__).resolve().parents[3] / "docs/events.md"
+DOCS = Path(__file__).resolve().parents[3] / "docs"
+EVENTS_DOC = DOCS / "events.md"
+ARCHITECTURE_DOC = DOCS / "architecture.md"
 
 
 def subject_rows() -> dict[str, tuple[str, str]]:
@@ -46,6 +48,34 @@ def test_the_documented_publishers_are_the_declared_ones() -> None:
 def test_the_generated_block_of_the_events_doc_is_current() -> None:
     document = EVENTS_DOC.read_text()
     assert topology.with_rendered(document) == document, "run: python -m services.topology --write docs/events.md"
+
+
+def pipeline_diagram_arrows() -> list[tuple[str, str]]:
+    """(service, subject) for each `──> cluster.x` of architecture.md's pipeline diagrams that a
+    service is drawn publishing: the service named last before the arrow on its line, else the one
+    whose `<service>:` line it continues. Arrows of no service (a user's action) are left out."""
+    section = ARCHITECTURE_DOC.read_text().split("\n## The pipeline\n", 1)[1].split("\n## ", 1)[0]
+    arrows = []
+    for block in re.findall(r"```\n(.*?)```", section, re.DOTALL):
+        service = None
+        for line in block.splitlines():
+            if (starts := re.match(r"\s*([a-z]+):", line)) and starts.group(1) in BY_NAME:
+                service = starts.group(1)
+            elif len(line) - len(line.lstrip()) <= 1:  # a step of its own, not a service's
+                service = None
+            for arrow in re.finditer(r"──> (cluster\.[a-z.]+)", line):
+                before = re.sub(r"cluster\.[a-z.]+", "", line[: arrow.start()])
+                named = [name for name in re.findall(r"[a-z]+", before) if name in BY_NAME]
+                if emitter := (named[-1] if named else service):
+                    arrows.append((emitter, arrow.group(1)))
+    return arrows
+
+
+def test_the_architecture_diagram_draws_only_declared_emitters() -> None:
+    arrows = pipeline_diagram_arrows()
+    assert len(arrows) >= 10, arrows  # the diagram was read at all
+    for service, subject in arrows:
+        assert subject in BY_NAME[service].emits, (service, subject)
 
 
 def test_every_event_has_an_emitter_and_every_consumer_may_report_failure() -> None:
