@@ -9,7 +9,13 @@ from collections.abc import AsyncIterator
 import pytest
 from nats.js import JetStreamContext
 
-from libs.events.catalog import ClusterDeleted, ClusterIPsReleased, ClusterScheduled, ClusterUnschedulable
+from libs.events.catalog import (
+    AskedNetworks,
+    ClusterDeleted,
+    ClusterIPsReleased,
+    ClusterScheduled,
+    ClusterUnschedulable,
+)
 from libs.events.envelope import Envelope
 from services.scheduler.adapters.ledger import decode_bookings, node_key
 from services.scheduler.handlers import SchedulerHandlers
@@ -89,7 +95,13 @@ async def test_the_same_request_twice_gives_the_same_reservation(js: JetStreamCo
     assert isinstance(first, Scheduled) and isinstance(again, Scheduled)
     assert again.reservation == first.reservation
     handlers = SchedulerHandlers(scheduler=r.scheduler, clock=lambda: START)
-    assert [e.id for e in await handlers.accepted(event)] == [e.id for e in await handlers.accepted(event)]
+    [scheduled] = await handlers.accepted(event)
+    assert [scheduled.id] == [e.id for e in await handlers.accepted(event)]
+    # The networks the spec asks for travel on: the ipmanager claims them from this event alone.
+    kubernetes = event.data.spec.kubernetes
+    assert scheduled.data.networks == AskedNetworks(
+        pod_network_cidr=kubernetes.pod_network_cidr, service_cidr=kubernetes.service_cidr
+    )
     assert sum(b.resources.gpus for b in (await bookings_in_bucket(js, "n1")).values()) == 8
 
 
