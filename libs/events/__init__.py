@@ -16,7 +16,16 @@ from libs.events.envelope import Envelope, EventModel, Payload, cluster_id_of
 from libs.events.errors import InvalidEvent, PermanentError, Problem, TransientError, UndeclaredEvent
 from libs.events.metrics import EventMetrics, start_at_zero
 from libs.events.registry import Registry
-from libs.events.topology import Handler, Publishes, Route, ServiceTopology, Subscription, declare, routes, subscriber
+from libs.events.topology import (
+    Handler,
+    Publishes,
+    Route,
+    ServiceTopology,
+    Subscription,
+    declare,
+    routes,
+    subscriber,
+)
 
 __all__ = [
     "EVENTS",
@@ -36,21 +45,21 @@ __all__ = [
     "PermanentError",
     "Problem",
     "Publisher",
-    "Registry",
-    "StreamSettings",
-    "TransientError",
-    "UndeclaredEvent",
     "Publishes",
+    "Registry",
     "Route",
     "ServiceTopology",
+    "StreamSettings",
     "Subscription",
-    "declare",
-    "routes",
-    "subscriber",
+    "TransientError",
+    "UndeclaredEvent",
     "cluster_id_of",
+    "declare",
     "ensure_consumer",
     "ensure_kv",
     "ensure_stream",
+    "routes",
     "start_at_zero",
+    "subscriber",
     "utc_now",
 ]
