@@ -84,7 +84,8 @@ class ServiceTopology:
 
     @property
     def consumes(self) -> tuple[str, ...]:
-        return _ordered(subscription.subject for subscription in self.subscriptions)
+        """In the order declared: the durable consumer's filter, unchanged while the code is."""
+        return tuple(subscription.subject for subscription in self.subscriptions)
 
     @property
     def emits(self) -> tuple[str, ...]:

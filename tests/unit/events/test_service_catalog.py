@@ -146,7 +146,7 @@ def test_a_declaration_is_read_from_the_marked_methods_in_their_order() -> None:
         ("cluster.requested", "early", ()),
         ("cluster.accepted", "early", ()),
     ]
-    assert declared.consumes == ("cluster.requested", "cluster.accepted", "cluster.scheduled")
+    assert declared.consumes == ("cluster.scheduled", "cluster.requested", "cluster.accepted")
     # Catalog order; the wrapper's answers to what it cannot handle are included.
     assert declared.emits == ("cluster.accepted", "cluster.rejected", "cluster.ready", "cluster.failed")
 
