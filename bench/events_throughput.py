@@ -23,7 +23,7 @@ from prometheus_client import CollectorRegistry
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from libs.events import (  # noqa: E402
+from libs.events import (
     REGISTRY,
     STREAM_NAME,
     Consumer,
@@ -35,9 +35,9 @@ from libs.events import (  # noqa: E402
     StreamSettings,
     ensure_stream,
 )
-from libs.runtime import ServiceSettings  # noqa: E402
-from tests.support.events import NOW, cluster_requested  # noqa: E402
-from vk8s.local.nats_server import LocalNatsServer  # noqa: E402
+from libs.runtime import ServiceSettings
+from tests.support.events import NOW, cluster_requested
+from vk8s.local.nats_server import LocalNatsServer
 
 BATCH = 256
 

@@ -26,13 +26,13 @@ from prometheus_client import CollectorRegistry
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from libs.events import ensure_kv  # noqa: E402
-from services.ipmanager.adapters.kv import KvStore  # noqa: E402
-from services.ipmanager.adapters.metrics import IpManagerMetrics  # noqa: E402
-from services.ipmanager.allocator import Allocator  # noqa: E402
-from services.ipmanager.logic import NetworkRequest  # noqa: E402
-from services.ipmanager.settings import IpManagerSettings  # noqa: E402
-from vk8s.local.nats_server import LocalNatsServer  # noqa: E402
+from libs.events import ensure_kv
+from services.ipmanager.adapters.kv import KvStore
+from services.ipmanager.adapters.metrics import IpManagerMetrics
+from services.ipmanager.allocator import Allocator
+from services.ipmanager.logic import NetworkRequest
+from services.ipmanager.settings import IpManagerSettings
+from vk8s.local.nats_server import LocalNatsServer
 
 BUCKET = "ipmanager-bench"
 

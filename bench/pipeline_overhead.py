@@ -28,14 +28,14 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from nats.aio.client import Client as NATS  # noqa: E402
-from nats.js import api as js_api  # noqa: E402
+from nats.aio.client import Client as NATS
+from nats.js import api as js_api
 
-from bench.time_to_running import arguments, local_stack, run_until, small_cluster  # noqa: E402
-from libs.api import validate_document  # noqa: E402
-from libs.api.documents import load_documents  # noqa: E402
-from libs.events import REGISTRY, STREAM_NAME, Envelope  # noqa: E402
-from vk8s import client as vk8s_client  # noqa: E402
+from bench.time_to_running import arguments, local_stack, run_until, small_cluster
+from libs.api import validate_document
+from libs.api.documents import load_documents
+from libs.events import REGISTRY, STREAM_NAME, Envelope
+from vk8s import client as vk8s_client
 
 TARGET_P99_MS = 250.0
 

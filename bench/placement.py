@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from services.scheduler.logic import (  # noqa: E402
+from services.scheduler.logic import (
     Booking,
     HostNode,
     Inventory,
@@ -80,7 +80,7 @@ def book(inventory: Inventory, uid: str, request: PlacementRequest, placement: P
 
 def percentile(samples: list[float], q: float) -> float:
     ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 class Timings:

@@ -19,15 +19,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from libs.api import validate_document  # noqa: E402
-from libs.api.documents import load_documents  # noqa: E402
-from libs.events.catalog import VNodeSetupProgressed  # noqa: E402
-from vk8s import client as vk8s_client  # noqa: E402
-from vk8s.images.cache import images_dir  # noqa: E402
-from vk8s.local import stack  # noqa: E402
-from vk8s.progress import outcome  # noqa: E402
-from vk8s.testbed.config import FleetSpec, StateLayout, pinned_versions  # noqa: E402
-from vk8s.testbed.real.node import cgroup_root  # noqa: E402
+from libs.api import validate_document
+from libs.api.documents import load_documents
+from libs.events.catalog import VNodeSetupProgressed
+from vk8s import client as vk8s_client
+from vk8s.images.cache import images_dir
+from vk8s.local import stack
+from vk8s.progress import outcome
+from vk8s.testbed.config import FleetSpec, StateLayout, pinned_versions
+from vk8s.testbed.real.node import cgroup_root
 
 # The pipeline's hand-offs, in order: each stage ends with the first event of its type.
 STAGES = (

@@ -19,12 +19,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from libs.api import validate_document  # noqa: E402
-from libs.api.documents import load_documents  # noqa: E402
-from vk8s import client as vk8s_client  # noqa: E402
-from vk8s.local import stack  # noqa: E402
-from vk8s.progress import outcome  # noqa: E402
-from vk8s.testbed.config import FleetSpec  # noqa: E402
+from libs.api import validate_document
+from libs.api.documents import load_documents
+from vk8s import client as vk8s_client
+from vk8s.local import stack
+from vk8s.progress import outcome
+from vk8s.testbed.config import FleetSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -23,10 +23,10 @@ from libs.api.models import (
     SecretKeyRef,
     ServicePort,
     Toleration,
-    VNodeSetupStatus,
     Vk8s,
     Vk8sSpec,
     Vk8sStatus,
+    VNodeSetupStatus,
     admin_kubeconfig_secret_name,
     kubeflow_user_secret_name,
 )

@@ -46,7 +46,7 @@ class _StrictLoader(yaml.SafeLoader):
 def load_documents(text: str | bytes) -> list[Document]:
     """The non-empty documents of a YAML stream, in order."""
     try:
-        contents = list(yaml.load_all(text, Loader=_StrictLoader))  # noqa: S506 - a SafeLoader subclass
+        contents = list(yaml.load_all(text, Loader=_StrictLoader))  # a SafeLoader subclass
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         location = f"line {mark.line + 1}, column {mark.column + 1}" if mark else None

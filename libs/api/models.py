@@ -10,6 +10,7 @@ master node instead of at spec level; they are moved to spec level while parsing
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import ipaddress
 import re
@@ -24,6 +25,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    JsonValue,
     PlainValidator,
     SecretStr,
     StrictBool,
@@ -56,7 +58,7 @@ GPU_RESOURCE = "nvidia.com/gpu"
 # kubernetes.io. They are counted in whole devices, written as digits: the schema and validation share this.
 EXTENDED_RESOURCE_PATTERN = r"^(?!.*kubernetes\.io/)[^/]+/"
 WHOLE_COUNT_PATTERN = r"^[0-9]+$"
-_WHOLE_COUNT_SCHEMA = {
+_WHOLE_COUNT_SCHEMA: dict[str, JsonValue] = {
     "anyOf": [{"type": "integer", "minimum": 0}, {"type": "string", "pattern": WHOLE_COUNT_PATTERN}]
 }
 DEFAULT_POD_NETWORK_CIDR = "90.244.0.0/16"
@@ -107,7 +109,9 @@ def _quantity(value: Any) -> str | int:
         parse_quantity(value)
     except QuantityError as exc:
         raise PydanticCustomError("quantity", str(exc)) from None
-    return value
+    # parse_quantity accepted it: a quantity string or a whole number.
+    quantity: str | int = value
+    return quantity
 
 
 Quantity = Annotated[
@@ -177,10 +181,8 @@ def _cidr(value: Any) -> str:
         _strict_network(value)
     except ValueError as exc:
         hint = ""
-        try:
+        with contextlib.suppress(ValueError):
             hint = f"; did you mean {ipaddress.ip_network(value, strict=False)}?"
-        except ValueError:
-            pass
         raise PydanticCustomError("cidr", f"{value!r} is not a network CIDR ({exc}){hint}") from None
     return value
 

@@ -61,14 +61,15 @@ def _parse_text(value: str) -> Decimal:
     with localcontext() as context:
         context.prec = _PRECISION
         if suffix in _BINARY_SUFFIXES:
-            return number * (2 ** _BINARY_SUFFIXES[suffix])
+            return number * (1 << _BINARY_SUFFIXES[suffix])
         if suffix in _DECIMAL_SUFFIXES:
             exponent = _DECIMAL_SUFFIXES[suffix]
         else:  # "" or a decimal exponent such as e3
             exponent = int(suffix[1:]) if suffix else 0
         if abs(exponent) > _MAX_EXPONENT:
             raise QuantityError(f"{value!r} is out of range; exponents go from -{_MAX_EXPONENT} to {_MAX_EXPONENT}")
-        return number.scaleb(exponent)
+        scaled: Decimal = number.scaleb(exponent)
+        return scaled
 
 
 def to_millis(quantity: Decimal) -> int:

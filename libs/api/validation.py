@@ -24,11 +24,11 @@ from libs.api.images import ImagePolicy
 from libs.api.models import (
     EXTENDED_RESOURCE_PATTERN,
     GPU_RESOURCE,
-    WHOLE_COUNT_PATTERN,
     KUBEFLOW_PASSWORD_KEY,
     KUBEFLOW_UI_PORT_NAME,
     NODE_LEVEL_BLOCKS,
     PATTERN_HELP,
+    WHOLE_COUNT_PATTERN,
     NodeRole,
     NodeSpec,
     Vk8s,
@@ -206,7 +206,7 @@ def _origin_relocator(document: Any) -> Callable[[Loc], Loc]:
     origins: dict[str, Loc] = {}
     spec = document.get("spec") if isinstance(document, Mapping) else None
     nodes = spec.get("nodes") if isinstance(spec, Mapping) else None
-    if isinstance(nodes, (list, tuple)):
+    if isinstance(spec, Mapping) and isinstance(nodes, (list, tuple)):
         for block in NODE_LEVEL_BLOCKS:
             if block in spec:
                 continue

@@ -29,8 +29,8 @@ from libs.events.topology import (
 
 __all__ = [
     "EVENTS",
-    "REGISTRY",
     "MAX_EVENT_BYTES",
+    "REGISTRY",
     "STREAM_NAME",
     "UNKNOWN_CLUSTER_ID",
     "Backoff",

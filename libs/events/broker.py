@@ -66,7 +66,7 @@ async def ensure_stream(js: JetStreamContext, settings: StreamSettings) -> js_ap
     except NotFoundError:
         try:
             return await js.add_stream(config)
-        except Exception:
+        except Exception:  # noqa: BLE001 - whatever add_stream raised, the look-up below re-raises if still absent
             # Another service created it between our look-up and create: fall through to update.
             await js.stream_info(settings.name)
     return await js.update_stream(config)

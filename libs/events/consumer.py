@@ -30,6 +30,7 @@ import structlog
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
+from libs.backoff import backoff_delay
 from libs.events.broker import STREAM_NAME, ConsumerSettings, Publisher, ensure_consumer
 from libs.events.catalog import UNKNOWN_CLUSTER_ID, ClusterFailed, ClusterRejected, ClusterRequested
 from libs.events.envelope import ID_MAX_LENGTH, Envelope
@@ -55,7 +56,7 @@ class Backoff:
     max_s: float = 60.0
 
     def delay(self, delivery: int) -> float:
-        return min(self.max_s, self.base_s * 2 ** max(0, delivery - 1))
+        return backoff_delay(delivery, self.base_s, self.max_s)
 
 
 class Consumer:
@@ -227,7 +228,7 @@ class Consumer:
         if delivery > 1:
             self._metrics.redeliveries.labels(subject).inc()
         context: dict[str, Any] = {"subject": subject, "delivery": delivery}
-        outcome, details = "ack", {}
+        outcome, details = "ack", dict[str, Any]()
         try:
             envelope = self._registry.decode(subject, msg.data)
         except InvalidEvent as invalid:

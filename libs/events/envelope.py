@@ -38,6 +38,8 @@ class Payload(EventModel):
 
 
 P = TypeVar("P", bound=Payload)
+# The payload of an event that another causes: its own type, not the cause's.
+Caused = TypeVar("Caused", bound=Payload)
 
 
 class Envelope(BaseModel, Generic[P]):
@@ -81,7 +83,7 @@ class Envelope(BaseModel, Generic[P]):
             data=data,
         )
 
-    def follow(self, data: P, *, now: datetime, key: str = "") -> Envelope[P]:
+    def follow(self, data: Caused, *, now: datetime, key: str = "") -> Envelope[Caused]:
         """An event caused by this one. Its id is derived from this id, the new type and `key`,
         so handling this event twice publishes the same ids (deduplicated by the broker)."""
         derived = uuid.uuid5(EVENT_ID_NAMESPACE, f"{self.id}/{data.subject}/{key}")

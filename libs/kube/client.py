@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 from kubernetes.aio import client, config
-from kubernetes.aio.client import ApiClient
+from kubernetes.aio.client import ApiClient as ApiClient  # re-exported: the client services hold
 
 
 async def kube_client(kubeconfig: str | None = None) -> ApiClient:

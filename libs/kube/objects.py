@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from kubernetes.aio.client import ApiClient, CustomObjectsApi
 from kubernetes.aio.client.exceptions import ApiException
@@ -40,7 +40,8 @@ async def create_or_get(create: Callable[[], Awaitable[T]], get: Callable[[], Aw
 async def read_vk8s(api: ApiClient, namespace: str, name: str) -> dict[str, Any] | None:
     """The Vk8s object, or None when there is none."""
     try:
-        return await CustomObjectsApi(api).get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+        found = await CustomObjectsApi(api).get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+        return cast(dict[str, Any], found)
     except ApiException as error:
         if error.status == 404:
             return None

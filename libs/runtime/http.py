@@ -8,8 +8,8 @@ import inspect
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
-from pydantic import SecretStr
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from pydantic import SecretStr
 
 ReadinessCheck = Callable[[], bool | Awaitable[bool]]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

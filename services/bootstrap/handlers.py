@@ -96,7 +96,7 @@ class BootstrapHandlers:
 
         async def progress(vnode: str, step: str, status: str, message: str, attempt: int) -> None:
             update = VNodeSetupProgressed(
-                generation=generation, vnode=vnode, step=step, status=status, message=message, attempt=attempt  # type: ignore[arg-type]
+                generation=generation, vnode=vnode, step=step, status=status, message=message, attempt=attempt
             )
             self._metrics.steps.labels(logic.metric_step(step), status).inc()
             await self._publisher.publish(event.follow(update, now=self._clock(), key=f"{vnode}/{step}/{status}/{attempt}"))

@@ -131,7 +131,7 @@ def kubeadm_init_config(
         "localAPIEndpoint": {"advertiseAddress": network.advertise_ip, "bindPort": API_SERVER_PORT},
         "nodeRegistration": node_registration,
     }
-    cluster = {
+    cluster: dict[str, Any] = {
         "apiVersion": api,
         "kind": "ClusterConfiguration",
         "clusterName": cluster_name,

@@ -7,6 +7,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from libs.backoff import backoff_delay
 from libs.events import PermanentError
 from services.bootstrap import logic
 from services.bootstrap.adapters.node_exec import ExecResult, NodeExec
@@ -64,7 +65,7 @@ class StepRunner:
                     return result
                 message = logic.step_failure(f"exit {result.exit_code}: {result.summary()}", argv)
             if attempt < self._attempts:
-                await asyncio.sleep(self._backoff_s * 2 ** (attempt - 1))
+                await asyncio.sleep(backoff_delay(attempt, self._backoff_s))
         await self._progress(target.vnode, step, "Failed", message, self._attempts)
         raise PermanentError(
             f"{target.vnode}: step {step} failed after {self._attempts} attempts: {message}", reason="StepFailed"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -18,6 +19,7 @@ import structlog
 
 from libs.api.models import Vk8sSpec
 from libs.api.validation import Problem
+from libs.backoff import backoff_delay
 from libs.events import Envelope, Publisher, Publishes, declare, subscriber, utc_now
 from libs.events.catalog import (
     ClusterAccepted,
@@ -32,7 +34,7 @@ from services.gateway import logic
 from services.gateway.adapters.kubernetes import ClusterObjects, Object, describe_failure
 from services.gateway.adapters.ledger import Ledger
 from services.gateway.adapters.metrics import GatewayMetrics
-from services.gateway.logic import Action, Assessment, ClusterRecord, Holdings, Observed, ObjectPlan, Verdict
+from services.gateway.logic import Action, Assessment, ClusterRecord, Holdings, ObjectPlan, Observed, Verdict
 from services.gateway.settings import GatewaySettings
 
 log = structlog.get_logger(__name__)
@@ -78,6 +80,7 @@ class GatewayHandlers:
         request = cause.data
         from_object, from_nats = logic.REQUEST_SOURCES
         source = from_nats if request.uid is None else from_object
+        obj: Object | None
         if request.uid is None:
             body = logic.object_for_request(cause)
             problems = logic.request_problems(
@@ -218,7 +221,7 @@ class GatewayHandlers:
             self._metrics.reconcile_errors.inc()
             reason, message = describe_failure(error)
             attempts = (failure.attempts if failure is not None else 0) + 1
-            delay = logic.retry_delay(attempts, self._settings.reconcile_retry_s, self._settings.reconcile_retry_max_s)
+            delay = backoff_delay(attempts, self._settings.reconcile_retry_s, self._settings.reconcile_retry_max_s)
             log.warning(
                 "Reconciling failed; trying this object again later",
                 reason=reason,
@@ -320,9 +323,9 @@ class GatewayHandlers:
             if logic.plan_for_gone(record, now=self._clock(), delete_resync=self._delete_resync).action is Action.NONE:
                 continue
             with structlog.contextvars.bound_contextvars(cluster_id=record.cluster_id, uid=record.uid):
-                await self._isolated(record.uid, lambda _, record=record: self._swept(record))
+                await self._isolated(record.uid, functools.partial(self._swept, record))
 
-    async def _swept(self, record: ClusterRecord) -> None:
+    async def _swept(self, record: ClusterRecord, _retry: bool) -> None:
         namespace, name = record.cluster_id.split("/", 1)
         current = await self._objects.get(namespace, name)
         if current is not None and current["metadata"]["uid"] == record.uid:

@@ -459,7 +459,8 @@ def intake_problems(subject_namespace: str, document: Any) -> tuple[str, ...]:
     problems = []
     if not isinstance(document.get("id"), str) or not document["id"]:
         problems.append("id: required; the request is stored under it (Nats-Msg-Id)")
-    data = document.get("data") if isinstance(document.get("data"), Mapping) else {}
+    raw_data = document.get("data")
+    data: Mapping[str, Any] = raw_data if isinstance(raw_data, Mapping) else {}
     namespace = data.get("namespace", "default")
     if namespace != subject_namespace:
         problems.append(
@@ -595,11 +596,6 @@ def _cluster_fields(observed: Observed, spec: Vk8sSpec) -> dict[str, Any]:
 
 
 # --- failures: one object's trouble is its own ---------------------------------------------------
-
-
-def retry_delay(attempts: int, first_s: float, max_s: float) -> float:
-    """Delay before the next try of an object that failed `attempts` times in a row."""
-    return min(max_s, first_s * 2 ** max(0, attempts - 1))
 
 
 def reconcile_status(reason: str, message: str, attempts: int, now: datetime, delay_s: float) -> dict[str, Any]:

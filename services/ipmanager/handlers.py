@@ -19,7 +19,6 @@ from libs.events.catalog import (
     ClusterVNodesDeleted,
 )
 from services.ipmanager.allocator import Allocator, Contention, NetworkNotClaimed, StaleAllocation
-from services.ipmanager.settings import IpManagerSettings
 from services.ipmanager.logic import (
     ClusterReleased,
     NetworkConflict,
@@ -28,6 +27,7 @@ from services.ipmanager.logic import (
     PoolExhausted,
     valid_uid,
 )
+from services.ipmanager.settings import IpManagerSettings
 
 log = structlog.get_logger(__name__)
 

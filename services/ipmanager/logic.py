@@ -53,7 +53,7 @@ def valid_uid(uid: str) -> bool:
 
 
 def overlaps(a: IPNetwork, b: IPNetwork) -> bool:
-    return a.version == b.version and a.overlaps(b)  # type: ignore[arg-type]
+    return a.version == b.version and a.overlaps(b)
 
 
 def _stable_hash(text: str) -> int:
@@ -204,7 +204,7 @@ def claim_network(
         raise NetworkConflict(problems)
 
     occupied = [network for network, _ in taken]
-    pod = request.pod_cidr or layout.pod_pool.first_free([*occupied, *filter(None, [request.service_cidr])])
+    pod = request.pod_cidr or layout.pod_pool.first_free([*occupied, *([request.service_cidr] if request.service_cidr else [])])
     service = request.service_cidr or layout.service_pool.first_free([*occupied, pod])
     return NetworkClaim(
         uid=uid,

@@ -60,7 +60,7 @@ class Reconciler:
         while True:
             try:
                 await self.reconcile()
-            except Exception:  # noqa: BLE001 - an unreachable apiserver must not stop allocations
+            except Exception:  # an unreachable apiserver must not stop allocations
                 self._metrics.reconciles.labels("error").inc()
                 log.exception("Reconcile failed; trying again next round")
             await asyncio.sleep(self._interval_s)

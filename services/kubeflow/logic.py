@@ -93,7 +93,8 @@ class Readiness:
 
 
 def readiness(expected: Iterable[tuple[str, str]], observed: Mapping[tuple[str, str], Mapping[str, Any]]) -> Readiness:
-    ready, waiting = [], []
+    ready: list[tuple[str, str]] = []
+    waiting: list[tuple[str, str]] = []
     for key in expected:
         deployment = observed.get(key)
         (ready if deployment is not None and deployment_available(deployment) else waiting).append(key)
@@ -141,7 +142,8 @@ def current_hash(config_yaml: str, email: str) -> str | None:
     config = yaml.safe_load(config_yaml) or {}
     for entry in config.get("staticPasswords") or []:
         if entry.get("email") == email:
-            return entry.get("hash")
+            hashed: str | None = entry.get("hash")
+            return hashed
     return None
 
 

@@ -37,8 +37,8 @@ from libs.api.models import (
     Condition,
     Phase,
     PhaseRecord,
-    VNodeSetupStatus,
     Vk8sStatus,
+    VNodeSetupStatus,
 )
 from libs.events import Envelope
 from libs.events import catalog as ev
@@ -639,7 +639,7 @@ def _waiting_since(progress: Progress) -> datetime:
 def _condition(type_: str, status: str, reason: str, message: str, time: datetime, generation: int | None) -> Condition:
     return Condition(
         type=type_,
-        status=status,  # type: ignore[arg-type]
+        status=status,
         reason=reason,
         message=message,
         last_transition_time=time,

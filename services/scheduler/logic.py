@@ -408,9 +408,7 @@ class Inventory:
                     del self._groups[current[0]]
             del self._indexed[name]
         if place is not None:
-            group = self._groups.get(place[0])
-            if group is None:
-                group = self._groups[place[0]] = _Group(place[0])
+            group = self._groups.setdefault(place[0], _Group(place[0]))
             group.buckets.setdefault(place[1], {})[name] = None
             self._indexed[name] = place
 
@@ -536,9 +534,9 @@ def place(request: PlacementRequest, inventory: Inventory) -> Placement | Unsche
         return Unschedulable(tuple(reasons), len(request.vnodes))
     assignments = []
     for vnode in request.vnodes:
-        host = inventory.node(hosts[vnode.name])
-        assert host is not None
-        assignments.append(Assignment(vnode, host.name, host.gpu_model if vnode.resources.gpus else None, host.zone))
+        node = inventory.node(hosts[vnode.name])
+        assert node is not None
+        assignments.append(Assignment(vnode, node.name, node.gpu_model if vnode.resources.gpus else None, node.zone))
     return Placement(tuple(assignments))
 
 
@@ -631,7 +629,7 @@ class _Search:
     def _preferred(self, vnode: VNodeRequest, groups: list[_Group]) -> str | None:
         name = self._request.preferred.get(vnode.name)
         indexed = self._inv._indexed.get(name) if name is not None else None
-        if indexed is None or name in self._request.excluded or not any(g.key == indexed[0] for g in groups):
+        if name is None or indexed is None or name in self._request.excluded or not any(g.key == indexed[0] for g in groups):
             return None
         # Where the vNode's pod runs already, what that pod takes is its own to keep.
         own = self._inv.vnode_pods_on(name, (self._request.uid, vnode.name))
@@ -1081,7 +1079,7 @@ def scheduled_event(
 
 
 def unschedulable_event(
-    cause: Envelope, generation: int, decision: Unschedulable, now: datetime
+    cause: Envelope[Any], generation: int, decision: Unschedulable, now: datetime
 ) -> Envelope[ClusterUnschedulable]:
     data = ClusterUnschedulable(
         generation=generation,

@@ -278,7 +278,7 @@ class Scheduler:
     async def _remember(self, ask: ClusterAsk, decision: Unschedulable, now: datetime) -> None:
         existing = self._ledger.pending_for(ask.cluster_id)
         same_cluster = existing is not None and existing.uid == ask.uid
-        if same_cluster and existing.generation == ask.generation and existing.message == decision.message:
+        if same_cluster and existing is not None and existing.generation == ask.generation and existing.message == decision.message:
             return
         for reason in decision.reasons:
             self._metrics.unschedulable.labels(reason.code).inc()
@@ -411,7 +411,7 @@ class Scheduler:
                 except InvalidEvent as invalid:
                     log.error("Dropping a pending cluster whose request no longer decodes", error=str(invalid))
                     await self._ledger.delete_pending(entry.cluster_id)
-                except Exception:  # noqa: BLE001 - the next retry tries again; one cluster must not stop the rest
+                except Exception:  # the next retry tries again; one cluster must not stop the rest
                     log.exception("Retrying a pending cluster failed")
 
     async def _retry(self, entry: PendingCluster, publish: Publish) -> None:
@@ -431,7 +431,7 @@ class Scheduler:
             await asyncio.sleep(interval_s)
             try:
                 await self.sweep()
-            except Exception:  # noqa: BLE001 - a sweep that fails is simply done again next time
+            except Exception:  # a sweep that fails is simply done again next time
                 log.exception("Sweeping the ledger failed")
 
     async def sweep(self) -> None:
@@ -497,8 +497,8 @@ class Scheduler:
             return
         async with self._lock:
             for node, uid in sorted(confirmed):
-                reservation, _ = await self._ledger.reservation(owners[uid])
-                listed = reservation.bookings_on(node) if reservation is not None and reservation.uid == uid else {}
+                owner, _ = await self._ledger.reservation(owners[uid])
+                listed = owner.bookings_on(node) if owner is not None and owner.uid == uid else {}
                 if await self._ledger.replace_bookings(node, uid, listed, admit=True):
                     self._metrics.repaired.inc()
                     log.warning("Repaired bookings left out of line", node=node, cluster_id=owners[uid])

@@ -133,7 +133,8 @@ class VNodeHandlers:
         vk8s = await self._kube.read_vk8s(record.namespace, record.name)
         if vk8s is None or vk8s["metadata"].get("deletionTimestamp"):
             return None
-        return vk8s["metadata"]["uid"]
+        uid: str = vk8s["metadata"]["uid"]
+        return uid
 
     async def _apply(self, record: logic.ClusterRecord) -> None:
         current = await self._kube.statefulsets(record.namespace)

@@ -61,7 +61,9 @@ class VNodeSettings(ServiceSettings):
     )
     access_pod_port: int = Field(default=22, ge=1, le=65535, description="Access pod port when accessPodPort is unset.")
     access_pod_resources: dict[str, dict[str, Quantity]] = Field(
-        default_factory=lambda: {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}}
+        default_factory=lambda: dict[str, dict[str, Quantity]](
+            requests={"cpu": "50m", "memory": "64Mi"}, limits={"memory": "256Mi"}
+        )
     )
 
     ready_timeout_s: float = Field(default=900.0, gt=0, description="How long vNode pods may take to run or stop.")

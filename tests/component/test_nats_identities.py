@@ -7,14 +7,13 @@ import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 
 import nats
 import pytest
 from nats.aio.client import Client as NATS
 from nats.errors import TimeoutError as NatsTimeoutError
 
-from libs.events import STREAM_NAME, Envelope, Publisher, StreamSettings, ensure_consumer, ensure_kv, ensure_stream
+from libs.events import STREAM_NAME, Envelope, StreamSettings, ensure_consumer, ensure_kv, ensure_stream
 from libs.events.broker import ConsumerSettings
 from libs.events.catalog import EVENTS
 from libs.events.permissions import REQUESTER, nats_authorization

@@ -22,7 +22,7 @@ from tests.support.events import NOW, cluster_requested
 DURABLE = "drain-test"
 
 SERVICE = textwrap.dedent(
-    """
+    f"""
     import asyncio, sys
     from pathlib import Path
     from types import SimpleNamespace
@@ -32,21 +32,20 @@ SERVICE = textwrap.dedent(
     nats_url, grace_s, work_s, marks = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), Path(sys.argv[4])
 
     async def handle(event):
-        (marks / f"started-{event.id}").touch()
+        (marks / f"started-{{event.id}}").touch()
         await asyncio.sleep(work_s)
-        (marks / f"finished-{event.id}").touch()
+        (marks / f"finished-{{event.id}}").touch()
         return []
 
     async def main():
         topology = ServiceTopology("drain", (Subscription("cluster.requested", "handle", ()),))
         settings = ServiceSettings(nats_url=nats_url, http_port=0, shutdown_timeout_s=grace_s, log_format="json")
         async with Service("drain", settings) as service:
-            service.consume(topology, SimpleNamespace(handle=handle), durable="%s")
+            service.consume(topology, SimpleNamespace(handle=handle), durable="{DURABLE}")
             await service.run()
 
     asyncio.run(main())
     """
-    % DURABLE
 )
 
 

@@ -4,7 +4,6 @@ service as its own process), driven through kubectl, the vk8s CLI and the API.""
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -15,6 +14,7 @@ import pytest
 from kubernetes.aio import client
 
 from libs.kube import GROUP, PLURAL, VERSION
+from tests.support.cli import cli_env
 from vk8s.local import stack
 from vk8s.testbed.config import FleetSpec
 from vk8s.testbed.fixtures import create_namespace, delete_namespace, new_api_client
@@ -42,7 +42,7 @@ def product(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[stack.St
 @pytest.fixture(scope="session")
 def product_env(product: tuple[stack.StackLayout, stack.StackInfo]) -> dict[str, str]:
     _, info = product
-    return {**os.environ, "KUBECONFIG": info.kubeconfig, "NATS_URL": info.nats_url, "NATS_USER": info.nats_user, "NATS_PASSWORD": info.nats_password, "PATH": f"{ROOT / '.venv/bin'}:{os.environ['PATH']}"}
+    return cli_env(info)
 
 
 @pytest.fixture(scope="session")

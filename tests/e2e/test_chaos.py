@@ -13,7 +13,6 @@ import os
 import signal
 from collections import Counter
 from pathlib import Path
-from typing import Any
 
 import nats
 import pytest

@@ -118,7 +118,7 @@ async def test_apply_runs_propagates_labels_and_delete_frees_everything(
 
     await eventually(relabelled, "labels on the StatefulSets", timeout=120)
 
-    layout, info = product
+    _layout, info = product
     allocations = http_json(info, "ipmanager", f"/v1/allocations/{namespace}/{name}")
     assert allocations, "the cluster holds IPs while it runs"
 
@@ -198,7 +198,7 @@ async def test_vk8s_create_wait_shows_progress_until_running(
     shown = run(["vk8s", "get", "demo", "-o", "yaml"], product_env)
     status = yaml.safe_load(shown.stdout)["status"]
     assert status["phase"] == "Running"
-    assert [c["phase"] for c in status["conditions"]][0] == "Waiting"
+    assert next(c["phase"] for c in status["conditions"]) == "Waiting"
 
     # The simulated tier's admin kubeconfig works from this shell too, and says what runs.
     kubeconfig = tmp_path / "demo.kubeconfig"

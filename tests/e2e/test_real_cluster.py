@@ -16,9 +16,10 @@ from kubernetes.aio import client
 
 from libs.api.versions import default_matrix
 from libs.kube import GROUP, VERSION
-from tests.support.real_tier import require_real_tier
-from tests.e2e.conftest import ROOT, eventually, run, vk8s_object
+from tests.e2e.conftest import eventually, run, vk8s_object
 from tests.e2e.test_lifecycle import assert_no_allocation, running, statefulsets
+from tests.support.cli import cli_env
+from tests.support.real_tier import require_real_tier
 from vk8s.images.builders import toolbox_ref
 from vk8s.local import stack
 from vk8s.testbed.config import FleetSpec, pinned_versions
@@ -69,8 +70,7 @@ def real_product(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[sta
 @pytest.fixture(scope="module")
 def real_env(real_product: tuple[stack.StackLayout, stack.StackInfo]) -> dict[str, str]:
     _, info = real_product
-    path = f"{ROOT / '.venv/bin'}:{os.environ['PATH']}"
-    return {**os.environ, "KUBECONFIG": info.kubeconfig, "NATS_URL": info.nats_url, "NATS_USER": info.nats_user, "NATS_PASSWORD": info.nats_password, "PATH": path}
+    return cli_env(info)
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ from typing import Any
 
 import click
 import yaml
-
 from kubernetes.aio import client
 
 from libs.kube import kube_client, not_found

@@ -14,6 +14,7 @@ import click
 
 from libs.api import validate_document
 from libs.api.documents import load_documents
+from services.topology import NAMES as SERVICE_NAMES
 from vk8s import client as vk8s_client
 from vk8s.commands.clusters import start_watch
 from vk8s.local import stack
@@ -121,7 +122,7 @@ def up_command(
     tier, why = pick_runtime(runtime)
     click.echo(f"Host tier: {why}.", err=True)
     nodes = nodes or (2 if tier == "real" else 4)
-    click.echo(f"Starting NATS, the testbed ({nodes} nodes x {gpus_per_node} GPUs) and {len(stack.NAMES)} services...", err=True)
+    click.echo(f"Starting NATS, the testbed ({nodes} nodes x {gpus_per_node} GPUs) and {len(SERVICE_NAMES)} services...", err=True)
     started = time.monotonic()
     try:
         # The real tier's nodes carry the vNode images of the testbed's release (the demo's).

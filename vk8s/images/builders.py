@@ -4,6 +4,7 @@ each built here from source or Debian packages and cached as an OCI archive."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import shutil
@@ -81,7 +82,7 @@ def build_host_images(bin_dir: Path, kubernetes_version: str, steps: BuildSteps 
     if steps is None:
         steps = BuildSteps(f"images of Kubernetes {_v(kubernetes_version)}", [*refs, toolbox_ref()])
         steps.announce()
-    images = {ref: steps.run(ref, lambda ref=ref: build_image(ref, bin_dir, kubernetes_version)) for ref in refs}
+    images = {ref: steps.run(ref, functools.partial(build_image, ref, bin_dir, kubernetes_version)) for ref in refs}
     ref, archive = steps.run(toolbox_ref(), toolbox_image)
     images[ref] = archive
     return images

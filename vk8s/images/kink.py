@@ -414,7 +414,9 @@ def _prune(name: str, keep: int = KEEP_BUILDS) -> None:
 
 
 def _deb822(text: str) -> list[dict[str, str]]:
-    stanzas, fields, last = [], {}, ""
+    stanzas: list[dict[str, str]] = []
+    fields: dict[str, str] = {}
+    last = ""
     for line in [*text.splitlines(), ""]:
         if not line.strip():
             if fields:

@@ -19,14 +19,11 @@ import time
 from datetime import UTC, datetime
 from types import FrameType
 
+from libs.backoff import backoff_delay
+
 # A process that ran this long was healthy: its next exit starts the delays from the first again.
 STABLE_S = 60.0
 RESTART_EVENT = "Service process exited; restarting it"
-
-
-def restart_delay(restarts: int, first_s: float, max_s: float) -> float:
-    """Delay before restart number `restarts` (1-based) in a row."""
-    return min(max_s, first_s * 2 ** max(0, restarts - 1))
 
 
 def _log(name: str, level: str, event: str, **fields: object) -> None:
@@ -58,7 +55,7 @@ def keep(name: str, command: list[str], *, first_delay_s: float, max_delay_s: fl
             return 0
         ran_s = time.monotonic() - started
         restarts = 1 if ran_s >= STABLE_S else restarts + 1
-        delay = restart_delay(restarts, first_delay_s, max_delay_s)
+        delay = backoff_delay(restarts, first_delay_s, max_delay_s)
         # A negative code is the signal that ended it (-9: SIGKILL).
         _log(
             name,

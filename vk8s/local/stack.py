@@ -3,6 +3,7 @@ a subprocess. `vk8s up` starts it; `vk8s down` stops it; the CLI finds it throug
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -187,19 +188,15 @@ def _reaped(pid: int) -> bool:
 def stop_pids(pids: dict[str, int] | list[int], timeout_s: float = 20.0) -> None:
     targets = list(pids.values()) if isinstance(pids, dict) else list(pids)
     for pid in targets:
-        try:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pid, signal.SIGTERM)
-        except (ProcessLookupError, PermissionError):
-            pass
     deadline = time.monotonic() + timeout_s
     for pid in targets:
         while _alive(pid) and not _reaped(pid) and time.monotonic() < deadline:
             time.sleep(0.1)
         if _alive(pid) and not _reaped(pid):
-            try:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
 
 
 def _demo_settings(layout: StackLayout) -> dict[str, str]:

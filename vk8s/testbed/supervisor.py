@@ -327,8 +327,10 @@ def _insecure_tls() -> ssl.SSLContext:
 
 async def _http_ok(url: str, tls: ssl.SSLContext | None = None) -> bool:
     try:
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session:
-            async with session.get(url, ssl=tls if tls is not None else True) as response:
-                return response.status == 200
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session,
+            session.get(url, ssl=tls if tls is not None else True) as response,
+        ):
+            return response.status == 200
     except (aiohttp.ClientError, TimeoutError, OSError):
         return False

@@ -88,4 +88,6 @@ class Ledger:
             entry = await self._kv.get(key)
         except KeyNotFoundError:
             return None, 0
+        # A get answers with the stored value and its revision; a delete marker raises above.
+        assert entry.value is not None and entry.revision is not None
         return model.model_validate_json(entry.value), entry.revision

@@ -61,9 +61,9 @@ async def _checkout(source: GitSource, cache_dir: Path) -> Path:
     """A shallow clone of the ref, kept by url+ref; a tag does not move, so it is fetched once."""
     key = hashlib.sha256(f"{source.url}@{source.ref}".encode()).hexdigest()[:16]
     target = cache_dir / key
-    if (target / ".git").is_dir():
+    if await asyncio.to_thread((target / ".git").is_dir):
         return target
-    cache_dir.mkdir(parents=True, exist_ok=True)
+    await asyncio.to_thread(cache_dir.mkdir, parents=True, exist_ok=True)
     partial = cache_dir / f"{key}.partial"
     await _run("rm", "-rf", str(partial))
     try:

@@ -238,7 +238,7 @@ class KubeInventory:
         cluster_id = cluster_id_of(metadata.namespace, (metadata.labels or {})[vnodes.CLUSTER_LABEL])
         try:
             await self._on_vnode_pod(cluster_id, vnode)
-        except Exception:  # noqa: BLE001 - the next event of the pod tries again; the watch goes on
+        except Exception:  # the next event of the pod tries again; the watch goes on
             log.exception("Deleting a displaced placeholder pod failed", cluster_id=cluster_id, vnode=vnode[1])
 
     @staticmethod

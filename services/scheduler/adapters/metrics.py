@@ -34,9 +34,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from services.scheduler.adapters.ledger import Ledger
 from libs.events import start_at_zero
-from services.scheduler.adapters.ledger import KEY_KINDS
+from services.scheduler.adapters.ledger import KEY_KINDS, Ledger
 from services.scheduler.logic import UNSCHEDULABLE_REASONS, Inventory, ReservationState
 
 PREFIX = "vk8s_scheduler"

@@ -14,13 +14,13 @@ from kubernetes.aio.client import ApiClient
 from kubernetes.aio.client.exceptions import ApiException
 
 from libs.events import PermanentError
-from libs.kube import not_found, read_vk8s
+from libs.kube import not_found, read_vk8s, vnodes
 from services.vnode import logic
 from services.vnode.adapters.metrics import VNodeMetrics
 
 FIELD_MANAGER = "vk8s-vnode"
 APPLY_PATCH = "application/apply-patch+yaml"
-VNODE_SELECTOR = f"{logic.APP_LABEL}={logic.APP},{logic.COMPONENT_LABEL}={logic.VNODE_COMPONENT}"
+VNODE_SELECTOR = f"{vnodes.APP_LABEL}={vnodes.APP},{vnodes.COMPONENT_LABEL}={vnodes.VNODE_COMPONENT}"
 
 log = structlog.get_logger(__name__)
 
@@ -51,9 +51,9 @@ class VNodeObjects:
             current.append(
                 logic.CurrentStatefulSet(
                     name=item.metadata.name,
-                    cluster=labels.get(logic.CLUSTER_LABEL),
-                    vnode=labels.get(logic.VNODE_LABEL),
-                    uid=labels.get(logic.CLUSTER_UID_LABEL),
+                    cluster=labels.get(vnodes.CLUSTER_LABEL),
+                    vnode=labels.get(vnodes.VNODE_LABEL),
+                    uid=labels.get(vnodes.CLUSTER_UID_LABEL),
                     volume_claim_templates=tuple(claims),
                 )
             )
@@ -62,7 +62,7 @@ class VNodeObjects:
     def rollout(self, statefulset: Any) -> logic.VNodeRollout | None:
         """What the rollout tracker needs of a watched StatefulSet; None for one that is not a vNode's."""
         labels = statefulset.metadata.labels or {}
-        cluster, vnode, uid = (labels.get(k) for k in (logic.CLUSTER_LABEL, logic.VNODE_LABEL, logic.CLUSTER_UID_LABEL))
+        cluster, vnode, uid = (labels.get(k) for k in (vnodes.CLUSTER_LABEL, vnodes.VNODE_LABEL, vnodes.CLUSTER_UID_LABEL))
         if cluster is None or vnode is None or uid is None:
             return None
         spec, status, template = statefulset.spec, statefulset.status, statefulset.spec.template
@@ -152,7 +152,7 @@ class VNodeObjects:
 
     async def pod_problems(self, namespace: str, uid: str) -> list[str]:
         """Why the vNode pods of a cluster are not running, e.g. `team-a-master-0: Pending (ImagePullBackOff)`."""
-        selector = f"{logic.cluster_selector(uid)},{logic.COMPONENT_LABEL}={logic.VNODE_COMPONENT}"
+        selector = f"{logic.cluster_selector(uid)},{vnodes.COMPONENT_LABEL}={vnodes.VNODE_COMPONENT}"
         pods = await self._core.list_namespaced_pod(namespace, label_selector=selector)
         problems = []
         for pod in pods.items:

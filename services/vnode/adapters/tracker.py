@@ -108,7 +108,7 @@ class RolloutTracker:
                     await self.evaluate(cluster_id)
                 except TransientError as error:
                     log.info("Evaluating rollout deferred", cluster_id=cluster_id, reason=str(error))
-                except Exception:  # noqa: BLE001 - one cluster's trouble must not stall the others
+                except Exception:  # one cluster's trouble must not stall the others
                     log.exception("Evaluating rollout failed; retrying at the next resync", cluster_id=cluster_id)
 
     async def evaluate(self, cluster_id: str) -> None:

@@ -24,6 +24,7 @@ from services.projector.logic import render_status
 from tests.unit.projector.sequence import Timeline
 from tests.unit.projector.test_logic import fold, full_story
 
+
 @pytest.fixture
 async def kv_bucket(js: JetStreamContext) -> AsyncIterator[str]:
     # A bucket of its own per test: a re-created bucket of the same name can briefly still show

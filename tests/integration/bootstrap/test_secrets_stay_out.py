@@ -25,7 +25,7 @@ def target(namespace: str, pod: str) -> workflow.VNodeTarget:
 async def test_the_exec_error_carries_the_join_token_for_short_names(kube_api: client.ApiClient, namespace: str) -> None:
     """Where the leak came from: the handshake error names the exec URL, whose query is the command line."""
     argv = logic.via_shell(logic.join_args(JOIN, "w"))
-    with pytest.raises(Exception) as error:  # noqa: PT011 - whatever the websocket client raises
+    with pytest.raises(Exception) as error:  # whatever the websocket client raises
         await NodeExec(kube_api, "vnode", timeout_s=30).run(namespace, "p", argv)
     assert TOKEN in str(error.value)
 

@@ -8,8 +8,9 @@ from pathlib import Path
 
 from kubernetes.aio import client
 
+from services.topology import NAMES as SERVICES
 from tests.integration.deploy.conftest import Release, run_helm
-from tests.unit.deploy.helm import CHART_DIR, SERVICES
+from tests.unit.deploy.helm import CHART_DIR
 
 
 async def test_release_is_deployed_with_every_service_available(

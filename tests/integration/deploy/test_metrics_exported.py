@@ -27,8 +27,8 @@ import pytest
 import yaml
 from kubernetes.aio import client
 
+from services.topology import NAMES as SERVICES
 from tests.integration.deploy.conftest import NATS_SECRET, Release, run_helm, service_account_kubeconfig
-from tests.unit.deploy.helm import SERVICES
 from tests.unit.deploy.referenced_metrics import EXTERNAL_METRICS, exposition_names, our_metrics
 from vk8s.local.nats_server import nats_server_binary
 from vk8s.testbed.config import REPO_ROOT

@@ -13,8 +13,8 @@ import pytest
 from kubernetes.aio import client, config
 from kubernetes.aio.client.exceptions import ApiException
 
+from services.topology import NAMES as SERVICES
 from tests.integration.deploy.conftest import Release, service_account_kubeconfig
-from tests.unit.deploy.helm import SERVICES
 from tests.unit.deploy.rbac_expectations import NEEDED, REFUSED, Access
 
 

@@ -14,10 +14,10 @@ from typing import Any, TypeVar
 
 import pytest
 import structlog
-from prometheus_client import CollectorRegistry
 from kubernetes.aio import client
 from kubernetes.aio.client.exceptions import ApiException
 from nats.js import JetStreamContext
+from prometheus_client import CollectorRegistry
 
 from libs.api.images import ImagePolicy
 from libs.events import REGISTRY, STREAM_NAME, Envelope, Publisher, ensure_kv
@@ -239,8 +239,8 @@ async def test_pause_resume_pause_resume_quickly_publishes_each_change(gateway: 
     duplicates of the first (which the broker would drop, leaving the cluster paused)."""
     await cluster.apply()
     await cluster.next("cluster.accepted")
-    for annotations in ({PAUSED_ANNOTATION: "true"}, {PAUSED_ANNOTATION: None}) * 2:
-        await cluster.patch({"metadata": {"annotations": annotations}})
+    for paused in ({PAUSED_ANNOTATION: "true"}, {PAUSED_ANNOTATION: None}) * 2:
+        await cluster.patch({"metadata": {"annotations": paused}})
     updates = await cluster.next("cluster.updated", count=4)
     assert [update.data.paused for update in updates] == [True, False, True, False]
     assert len({update.id for update in updates}) == 4

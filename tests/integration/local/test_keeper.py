@@ -18,7 +18,6 @@ from typing import Any, TypeVar
 import pytest
 
 from vk8s.local import stack
-from vk8s.local.keeper import restart_delay
 
 T = TypeVar("T")
 
@@ -58,10 +57,6 @@ def alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return Path(f"/proc/{pid}/stat").read_text().split(") ")[-1][:1] not in "ZX"
-
-
-def test_restart_delays_double_up_to_the_longest() -> None:
-    assert [restart_delay(n, 1.0, 60.0) for n in (1, 2, 3, 7, 8)] == [1.0, 2.0, 4.0, 60.0, 60.0]
 
 
 def test_a_service_failing_at_start_up_is_reported_at_once_not_restarted_until_the_timeout(tmp_path: Path) -> None:

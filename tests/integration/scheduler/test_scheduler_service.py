@@ -215,9 +215,8 @@ def cluster(namespace: str, name: str, gpus: int, pool: Pool, *, uid: str | None
 
 
 async def scrape(service: Service) -> str:
-    async with aiohttp.ClientSession() as session:
-        async with session.get(f"http://127.0.0.1:{service.http.port}/metrics") as response:
-            return await response.text()
+    async with aiohttp.ClientSession() as session, session.get(f"http://127.0.0.1:{service.http.port}/metrics") as response:
+        return await response.text()
 
 
 async def gpus_of(service: Service, node: str, state: str = "in_use") -> float | None:

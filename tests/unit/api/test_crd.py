@@ -23,10 +23,10 @@ from libs.api.models import (
     Condition,
     NodeSpec,
     Phase,
-    VNodeSetupStatus,
     Vk8s,
     Vk8sSpec,
     Vk8sStatus,
+    VNodeSetupStatus,
 )
 from tests.unit.api.conftest import EXAMPLES, REPO, valid_document
 

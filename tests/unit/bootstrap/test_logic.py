@@ -154,7 +154,8 @@ def test_local_path_is_the_default_storage_class() -> None:
     assert paths == [{"node": "DEFAULT_PATH_FOR_NON_LISTED_NODES", "paths": ["/var/lib/vk8s-node/local-path"]}]
     assert 'mkdir -m 0777 -p "${VOL_DIR}"' in config["data"]["setup"]
     assert 'rm -rf "${VOL_DIR}"' in config["data"]["teardown"]
-    assert {d["metadata"].get("namespace") for d in documents if d["kind"] not in ("Namespace", "ClusterRole", "ClusterRoleBinding", "StorageClass")} == {"local-path-storage"}
+    cluster_wide = ("Namespace", "ClusterRole", "ClusterRoleBinding", "StorageClass")
+    assert {d["metadata"].get("namespace") for d in documents if d["kind"] not in cluster_wide} == {"local-path-storage"}
 
 
 def test_join_command_becomes_a_node_join() -> None:

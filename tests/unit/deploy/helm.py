@@ -11,7 +11,6 @@ from typing import Any
 
 import yaml
 
-from services.topology import NAMES as SERVICES
 from vk8s.testbed import lifecycle
 from vk8s.testbed.config import REPO_ROOT, pinned_versions
 

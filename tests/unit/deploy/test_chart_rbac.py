@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.unit.deploy.helm import SERVICES, Manifest, of_kind, render
+from services.topology import NAMES as SERVICES
+from tests.unit.deploy.helm import Manifest, of_kind, render
 from tests.unit.deploy.rbac_expectations import NEEDED, REFUSED
 
 TENANTS = ["team-a", "team-b"]

@@ -13,10 +13,10 @@ import yaml
 from libs.api.images import ImagePolicy
 from libs.runtime import ServiceSettings
 from services.gateway.settings import GatewaySettings
+from services.topology import NAMES as SERVICES
 from tests.unit.deploy.helm import (
     CHART_DIR,
     HELM_KUBE_VERSION,
-    SERVICES,
     Manifest,
     by_component,
     helm,

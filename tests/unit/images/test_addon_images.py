@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -46,7 +47,7 @@ def test_the_pinned_refs_are_what_the_recipes_make_now() -> None:
 
 @pytest.mark.skipif(shutil.which("apt-cache") is None, reason="the toolbox's version comes from apt")
 def test_the_pinned_toolbox_is_the_one_apt_builds() -> None:
-    assert logic.TOOLBOX_IMAGE == builders.toolbox_ref()
+    assert builders.toolbox_ref() == logic.TOOLBOX_IMAGE
 
 
 def manifest_images(version: str) -> set[str]:
@@ -92,9 +93,9 @@ def test_every_image_of_the_manifests_is_one_a_builder_makes(version: str, monke
 
 
 def test_a_stale_pin_or_an_unknown_image_is_refused() -> None:
-    with pytest.raises(ImageBuildError, match="pins vk8s.local/vk8s-netd:0.0.1-000000000000, but the recipe's inputs make"):
+    with pytest.raises(ImageBuildError, match=re.escape("pins vk8s.local/vk8s-netd:0.0.1-000000000000, but the recipe's inputs make")):
         builders.build_addon_image("vk8s.local/vk8s-netd:0.0.1-000000000000")
-    with pytest.raises(ImageBuildError, match="no recipe builds docker.io/flannel/flannel:v0.26.7"):
+    with pytest.raises(ImageBuildError, match=re.escape("no recipe builds docker.io/flannel/flannel:v0.26.7")):
         builders.build_addon_image("docker.io/flannel/flannel:v0.26.7")
 
 
@@ -215,7 +216,11 @@ def test_a_netd_dry_run_prints_what_a_vnode_needs(tmp_path: Path) -> None:
     nodes = {
         "items": [
             {"metadata": {"name": "me"}, "spec": {"podCIDR": "100.64.3.0/24"}, "status": {"addresses": [{"type": "InternalIP", "address": "127.0.0.1"}]}},
-            {"metadata": {"name": "peer"}, "spec": {"podCIDR": "100.64.4.0/24"}, "status": {"addresses": [{"type": "Hostname", "address": "peer"}, {"type": "InternalIP", "address": "10.250.0.9"}]}},
+            {
+                "metadata": {"name": "peer"},
+                "spec": {"podCIDR": "100.64.4.0/24"},
+                "status": {"addresses": [{"type": "Hostname", "address": "peer"}, {"type": "InternalIP", "address": "10.250.0.9"}]},
+            },
             {"metadata": {"name": "new"}, "spec": {}, "status": {"addresses": [{"type": "InternalIP", "address": "10.250.0.10"}]}},
         ]
     }  # fmt: skip

@@ -39,10 +39,10 @@ LAYOUT = NetworkLayout(
 POOL = AddressPool(IPv4Network("10.250.0.0/24"))
 
 
-def claim(table: NetworkTable, uid: str, request: NetworkRequest = NetworkRequest(), generation: int = 1, **kw):
+def claim(table: NetworkTable, uid: str, request: NetworkRequest | None = None, generation: int = 1, **kw):
     return claim_network(
         table, uid=uid, cluster_id=kw.get("cluster_id", f"team/{uid}"), generation=generation,
-        request=request, layout=kw.get("layout", LAYOUT), now=NOW,
+        request=request if request is not None else NetworkRequest(), layout=kw.get("layout", LAYOUT), now=NOW,
     )  # fmt: skip
 
 

@@ -92,10 +92,7 @@ def test_each_stage_says_what_is_awaited(upto: int, phase: str, message: str, fr
 
 def test_setup_progress_per_vnode() -> None:
     t = Timeline()
-    events = t.happy_path()[:5] + [
-        t.setup("master", "kubeadm-init", "Running"),
-        t.setup("worker-0", "kubeadm-join", "Failed", message="token expired"),
-    ]
+    events = [*t.happy_path()[:5], t.setup("master", "kubeadm-init", "Running"), t.setup("worker-0", "kubeadm-join", "Failed", message="token expired")]
     status = status_of(events)
     assert status["vnodeKubernetesSetupStatuses"] == {
         "master": {"status": "Running", "isKubernetesSetup": "", "message": "kubeadm-init running"},
@@ -129,7 +126,7 @@ def test_a_vnode_removed_from_the_spec_loses_its_status_entry() -> None:
 
 def test_kubeflow_progress_is_in_the_condition_not_the_history() -> None:
     t = Timeline()
-    events = t.happy_path()[:10] + [t.kubeflow_progress(12), t.kubeflow_progress(20)]
+    events = [*t.happy_path()[:10], t.kubeflow_progress(12), t.kubeflow_progress(20)]
     status = status_of(events)
     assert condition(status, "KubeflowReady")["message"] == (
         "waiting for Kubeflow v1.9.0: 20/30 deployments available (apply-manifests)"
@@ -174,7 +171,7 @@ def test_unschedulable_is_pending_with_the_reasons_then_scheduled() -> None:
 
 def test_failure_names_the_stage_and_holds_until_a_newer_generation() -> None:
     t = Timeline()
-    events = t.happy_path()[:6] + [t.failed("bootstrap", "kubeadm init exited 1")]
+    events = [*t.happy_path()[:6], t.failed("bootstrap", "kubeadm init exited 1")]
     status = status_of(events)
     assert (status["phase"], status["message"]) == ("Failed", "bootstrap: kubeadm init exited 1")
     kubernetes = condition(status, "KubernetesReady")
@@ -233,7 +230,7 @@ def test_label_change_of_a_running_cluster_keeps_it_running() -> None:
 
 def test_deletion() -> None:
     t = Timeline()
-    events = t.happy_path() + [t.delete_requested(), t.vnodes_deleted(), t.ips_released()]
+    events = [*t.happy_path(), t.delete_requested(), t.vnodes_deleted(), t.ips_released()]
     status = status_of(events)
     assert (status["phase"], status["message"]) == ("Deleting", "releasing GPU reservations")
     assert {c["reason"] for c in status["readiness"]} == {"Deleting"}
@@ -403,7 +400,7 @@ def test_phase_never_goes_backwards_when_events_arrive_out_of_order() -> None:
 
 def test_late_events_of_an_older_generation_are_ignored() -> None:
     t = Timeline()
-    events = t.happy_path()[:5] + [t.updated(2)]
+    events = [*t.happy_path()[:5], t.updated(2)]
     late_old = [t.kubernetes_ready(1), t.ready(1)]  # stamped after the update
     status = status_of(events + late_old)
     assert (status["phase"], status["message"], status["observedGeneration"]) == ("Waiting", "creating node", 2)

@@ -104,7 +104,12 @@ def containerd_config(node: RealNode, cni_bin: Path, pause_image: str) -> str:
     return f"""version = 2
 root = "{root / 'root'}"
 state = "{root / 'state'}"
-disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.aufs"]
+disabled_plugins = [
+  "io.containerd.snapshotter.v1.btrfs",
+  "io.containerd.snapshotter.v1.zfs",
+  "io.containerd.snapshotter.v1.devmapper",
+  "io.containerd.snapshotter.v1.aufs",
+]
 
 [grpc]
   address = "{node.containerd_socket}"

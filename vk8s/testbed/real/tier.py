@@ -4,6 +4,7 @@ apiserver, provision volumes, and remove every container on the way out."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import socket
@@ -70,10 +71,10 @@ def vnode_images(kubernetes_version: str, *, testbed_bin: Path, testbed_version:
     steps = BuildSteps(f"vNode images of Kubernetes {version}", [*host_refs, *addon_refs, *kinks])
     steps.announce()
     preload = build_host_images(bin_dir, version, steps)
-    preload |= {ref: steps.run(ref, lambda ref=ref: build_addon_image(ref)) for ref in addon_refs}
+    preload |= {ref: steps.run(ref, functools.partial(build_addon_image, ref)) for ref in addon_refs}
     out = images_dir() / "kink"
     return {
-        ref: steps.run(ref, lambda gpu=gpu: build_kink_image(bin_dir, version, preload, gpu, out))
+        ref: steps.run(ref, functools.partial(build_kink_image, bin_dir, version, preload, gpu, out))
         for ref, gpu in kinks.items()
     }
 
