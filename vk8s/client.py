@@ -12,7 +12,8 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from datetime import UTC, datetime
+from typing import Any, cast
 
 import nats
 from kubernetes.aio import client
@@ -144,7 +145,7 @@ async def follow(
         start = time.time() - since_s
         config = js_api.ConsumerConfig(
             deliver_policy=js_api.DeliverPolicy.BY_START_TIME,
-            opt_start_time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(start)),
+            opt_start_time=datetime.fromtimestamp(start, UTC),
         )
     else:
         config = js_api.ConsumerConfig(deliver_policy=js_api.DeliverPolicy.NEW)
@@ -175,7 +176,7 @@ async def list_objects(api: client.ApiClient, namespace: str | None) -> list[dic
         listing = await custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)
     else:
         listing = await custom.list_cluster_custom_object(GROUP, VERSION, PLURAL)
-    return list(listing["items"])
+    return list(cast(dict[str, Any], listing)["items"])
 
 
 async def delete_object(api: client.ApiClient, name: str, namespace: str) -> bool:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from kubernetes.aio import client, config
 
@@ -25,7 +25,7 @@ __all__ = [
 
 
 async def connect(kubeconfig: Path) -> client.ApiClient:
-    return await config.new_client_from_config(config_file=str(kubeconfig), persist_config=False)
+    return cast(client.ApiClient, await config.new_client_from_config(config_file=str(kubeconfig), persist_config=False))
 
 
 async def create_nodes(api: client.ApiClient, manifests: list[dict[str, Any]]) -> None:

@@ -16,7 +16,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, cast
 
 from kubernetes.aio import client, config
 from kubernetes.aio.client.exceptions import ApiException
@@ -125,7 +125,7 @@ def _k3s(scratch: Path) -> Iterator[ControlPlane]:
 
 async def new_api_client(kubeconfig: Path) -> client.ApiClient:
     """An ApiClient for `kubeconfig` with the project's CRDs applied (they may be newer than the cluster's)."""
-    api = await config.new_client_from_config(config_file=str(kubeconfig), persist_config=False)
+    api = cast(client.ApiClient, await config.new_client_from_config(config_file=str(kubeconfig), persist_config=False))
     try:
         await crds.apply_crds(api, crds.project_crds())
     except BaseException:
@@ -137,8 +137,9 @@ async def new_api_client(kubeconfig: Path) -> client.ApiClient:
 async def create_namespace(api: client.ApiClient, prefix: str = "t-", timeout: float = 30.0) -> str:
     """A fresh namespace, returned once its default ServiceAccount exists (pods need it)."""
     core = client.CoreV1Api(api)
-    namespace = await core.create_namespace({"metadata": {"generateName": prefix}})
+    namespace = await core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(generate_name=prefix)))
     name = namespace.metadata.name
+    assert name is not None  # the apiserver names what it creates
     deadline = time.monotonic() + timeout
     while True:
         try:

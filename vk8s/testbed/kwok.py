@@ -6,7 +6,7 @@ import json
 import os
 import subprocess
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import yaml
 
@@ -43,7 +43,7 @@ def module_dir() -> Path:
 
 
 def _load(relative: str) -> dict[str, Any]:
-    return yaml.safe_load((module_dir() / "kustomize" / relative).read_text())
+    return cast(dict[str, Any], yaml.safe_load((module_dir() / "kustomize" / relative).read_text()))
 
 
 def _gate_on_sandbox(stage: dict[str, Any]) -> dict[str, Any]:

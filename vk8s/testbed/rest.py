@@ -11,7 +11,7 @@ import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 from kubernetes.aio import client
 from kubernetes.aio.client.exceptions import ApiException
@@ -32,7 +32,7 @@ async def request(
     headers = {"Accept": "application/json"}
     if body is not None:
         headers["Content-Type"] = content_type
-    method, url, headers, body, post = await api.param_serialize(
+    method, url, headers, serialized, post = await api.param_serialize(
         method=method,
         resource_path=path,
         query_params=list((query or {}).items()) or None,
@@ -40,11 +40,11 @@ async def request(
         body=body,
         auth_settings=["BearerToken"],
     )
-    response = await api.call_api(method, url, header_params=headers, body=body, post_params=post)
+    response = await api.call_api(method, url, header_params=headers, body=serialized, post_params=post)
     data = await response.read()
     if response.status >= 400:
         raise ApiException(http_resp=response)
-    return json.loads(data)
+    return cast(dict[str, Any], json.loads(data))
 
 
 async def get_or_none(api: client.ApiClient, path: str) -> dict[str, Any] | None:

@@ -132,7 +132,8 @@ class SandboxController:
             if "persistentVolumeClaim" in volume
         ]
         if not claims:
-            return pod["metadata"]["name"]
+            name: str = pod["metadata"]["name"]
+            return name
         namespace = pod["metadata"]["namespace"]
         claim = await rest.get_or_none(self.api, f"/api/v1/namespaces/{namespace}/persistentvolumeclaims/{claims[0]}")
         if claim is None or claim["metadata"].get("deletionTimestamp"):

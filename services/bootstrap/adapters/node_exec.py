@@ -62,7 +62,8 @@ class NodeExec:
             )
             channels: dict[int, list[str]] = {STDOUT: [], STDERR: [], ERROR: []}
             async with asyncio.timeout(self._timeout_s), response as socket:
-                async for message in socket:
+                # Through WsApiClient the call answers a websocket, not the ClientResponse it is typed with.
+                async for message in socket:  # type: ignore[attr-defined]
                     data = message.data if isinstance(message.data, bytes) else str(message.data).encode()
                     if len(data) > 1 and data[0] in channels:
                         channels[data[0]].append(data[1:].decode(errors="replace"))

@@ -10,7 +10,7 @@ import json
 import re
 from collections.abc import AsyncIterator, Mapping
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 import structlog
 from kubernetes.aio import client
@@ -64,10 +64,14 @@ class ClusterObjects:
 
     async def create_or_get(self, body: Object) -> tuple[Object, bool]:
         namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
-        return await create_or_get(
-            lambda: self._custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body),
-            lambda: self._custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name),
-        )
+
+        async def create() -> Object:
+            return cast(Object, await self._custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body))
+
+        async def get() -> Object:
+            return cast(Object, await self._custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name))
+
+        return await create_or_get(create, get)
 
     async def namespace_exists(self, body: Object) -> bool:
         """Whether the object's namespace exists, asked as the apiserver would answer creating it
@@ -126,7 +130,7 @@ class ClusterObjects:
                 if not conflict(error):
                     raise
             else:
-                return patched, True
+                return cast(Object, patched), True
             current = await self.get(namespace, name)
             if current is None or current["metadata"]["uid"] != uid:
                 return None, False

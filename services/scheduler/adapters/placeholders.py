@@ -44,7 +44,7 @@ class PlaceholderPods:
         namespace, name = metadata["namespace"], metadata["name"]
         for _ in range(3):
             try:
-                await self._core.create_namespaced_pod(namespace, body)
+                await self._core.create_namespaced_pod(namespace, body)  # type: ignore[arg-type]  # a dict body is sent as it is
             except ApiException as error:
                 if not conflict(error):
                     raise

@@ -170,6 +170,7 @@ class VNodeObjects:
 
 def _message(error: ApiException) -> str:
     try:
-        return json.loads(error.body)["message"]
+        message: str = json.loads(error.body or "")["message"]
+        return message
     except (TypeError, ValueError, KeyError):
         return str(error.reason)

@@ -12,7 +12,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import yaml
 
@@ -88,7 +88,7 @@ class Api:
         request = urllib.request.Request(self.server + path, data=data, method=method, headers=headers)
         try:
             with urllib.request.urlopen(request, context=self.tls, timeout=15) as response:
-                return json.loads(response.read() or b"{}")
+                return cast(dict[str, Any], json.loads(response.read() or b"{}"))
         except urllib.error.HTTPError as error:
             raise ApiError(error.code, error.read().decode(errors="replace")[:500]) from None
         except (urllib.error.URLError, OSError) as error:
