@@ -15,6 +15,7 @@ from libs.events.consumer import Backoff, Consumer, utc_now
 from libs.events.envelope import Envelope, EventModel, Payload, cluster_id_of
 from libs.events.errors import InvalidEvent, PermanentError, Problem, TransientError, UndeclaredEvent
 from libs.events.metrics import EventMetrics, start_at_zero
+from libs.events.reasons import Reason
 from libs.events.registry import Registry
 from libs.events.topology import (
     Handler,
@@ -46,6 +47,7 @@ __all__ = [
     "Problem",
     "Publisher",
     "Publishes",
+    "Reason",
     "Registry",
     "Route",
     "ServiceTopology",

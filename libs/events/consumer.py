@@ -36,6 +36,7 @@ from libs.events.catalog import UNKNOWN_CLUSTER_ID, ClusterFailed, ClusterReject
 from libs.events.envelope import ID_MAX_LENGTH, Envelope
 from libs.events.errors import InvalidEvent, PermanentError, TransientError, UndeclaredEvent, plain_message
 from libs.events.metrics import EventMetrics
+from libs.events.reasons import Reason
 from libs.events.registry import Registry
 from libs.events.topology import Route
 
@@ -210,7 +211,7 @@ class Consumer:
             self._log.warning(
                 "Handled message",
                 outcome="nak",
-                reason="ShuttingDown",
+                reason=Reason.SHUTTING_DOWN,
                 subject=msg.subject,
                 delivery=msg.metadata.num_delivered,
                 duration_ms=round(seconds * 1000, 2),
@@ -254,8 +255,8 @@ class Consumer:
             # Delivered this often, most deliveries ended unsettled (the service crashed or
             # stopped while handling it): stop the loop, with an answer.
             message = f"delivered {delivery} times, never settled (the handler crashed or timed out)"
-            outcome = await self._fail(msg, envelope, "RetriesExhausted", message)
-            return outcome, {"reason": "RetriesExhausted", "error": message}
+            outcome = await self._fail(msg, envelope, Reason.RETRIES_EXHAUSTED, message)
+            return outcome, {"reason": Reason.RETRIES_EXHAUSTED, "error": message}
         try:
             results = list(await route.handler(envelope))
             if undeclared := sorted({r.type for r in results} - route.emits):
@@ -268,8 +269,8 @@ class Consumer:
             reason = error.reason if isinstance(error, TransientError) else type(error).__name__
             if delivery >= self._settings.max_deliver:
                 message = f"gave up after {delivery} attempts: {plain_message(error)}"
-                outcome = await self._fail(msg, envelope, "RetriesExhausted", message)
-                return outcome, {"reason": "RetriesExhausted", "error": str(error)}
+                outcome = await self._fail(msg, envelope, Reason.RETRIES_EXHAUSTED, message)
+                return outcome, {"reason": Reason.RETRIES_EXHAUSTED, "error": str(error)}
             delay = error.delay if isinstance(error, TransientError) and error.delay is not None else None
             delay = self._backoff.delay(delivery) if delay is None else delay
             await msg.nak(delay=delay)
@@ -277,7 +278,7 @@ class Consumer:
         await msg.ack()
         return "ack", {"published": [r.type for r in results]} if results else {}
 
-    async def _fail(self, msg: Msg, cause: Envelope[Any], reason: str, message: str) -> str:
+    async def _fail(self, msg: Msg, cause: Envelope[Any], reason: Reason, message: str) -> str:
         generation = getattr(cause.data, "generation", None)
         failure = ClusterFailed(
             stage=self._service, reason=reason, message=message, failed_event=cause.type, generation=generation
@@ -296,7 +297,7 @@ class Consumer:
             payload: ClusterRejected | ClusterFailed = ClusterRejected(request_id=request_id, problems=problems)
         else:
             payload = ClusterFailed(
-                stage=self._service, reason="InvalidEvent", message="; ".join(problems), failed_event=invalid.subject
+                stage=self._service, reason=Reason.INVALID_EVENT, message="; ".join(problems), failed_event=invalid.subject
             )
         # The answer follows the message as far as its ids could be read (else its Nats-Msg-Id).
         causation_id = invalid.event_id or (request_id if request_id and len(request_id) <= ID_MAX_LENGTH else None)

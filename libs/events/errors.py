@@ -6,6 +6,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from libs.events.reasons import Reason
+
 # Longest error sentence put into an event (and from there the status); the log has the rest.
 MESSAGE_MAX_CHARS = 300
 
@@ -14,7 +16,7 @@ class TransientError(Exception):
     """Worth retrying: the message is nak'ed and redelivered after `delay` seconds
     (the wrapper's backoff when None), until the consumer's delivery limit."""
 
-    def __init__(self, message: str, *, delay: float | None = None, reason: str = "Transient"):
+    def __init__(self, message: str, *, delay: float | None = None, reason: Reason = Reason.TRANSIENT):
         super().__init__(message)
         self.delay = delay
         self.reason = reason
@@ -23,7 +25,7 @@ class TransientError(Exception):
 class PermanentError(Exception):
     """Retrying cannot help: the message is terminated and a failure event is published."""
 
-    def __init__(self, message: str, *, reason: str = "Permanent"):
+    def __init__(self, message: str, *, reason: Reason = Reason.PERMANENT):
         super().__init__(message)
         self.reason = reason
 
@@ -33,7 +35,7 @@ class UndeclaredEvent(PermanentError):
     nothing of it is published, and the cause fails instead."""
 
     def __init__(self, message: str):
-        super().__init__(message, reason="UndeclaredEvent")
+        super().__init__(message, reason=Reason.UNDECLARED_EVENT)
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ from typing import Any
 import structlog
 
 from libs.api import Vk8s, admin_kubeconfig_secret_name
-from libs.events import Envelope, PermanentError, Publisher, Publishes, declare, subscriber
+from libs.events import Envelope, PermanentError, Publisher, Publishes, Reason, declare, subscriber
 from libs.events.catalog import ClusterKubernetesReady, ClusterVNodesReady, VNodeSetupProgressed
 from libs.events.consumer import Clock
 from libs.kube.inner import KubeconfigRefused, inner_credentials
@@ -23,13 +23,13 @@ log = structlog.get_logger(__name__)
 def plan_for(vk8s: Vk8s, event: ClusterVNodesReady, namespace: str) -> workflow.ClusterPlan:
     version = vk8s.spec.kubernetes_version()
     if version is None:
-        raise PermanentError("the cluster names no Kubernetes version", reason="NoKubernetesVersion")
+        raise PermanentError("the cluster names no Kubernetes version", reason=Reason.NO_KUBERNETES_VERSION)
     nodes = {node.name: node for node in vk8s.spec.nodes}
 
     def target(ref: Any) -> workflow.VNodeTarget:
         node = nodes.get(ref.vnode)
         if node is None:
-            raise PermanentError(f"vNode {ref.vnode} is not in the spec", reason="UnknownVNode")
+            raise PermanentError(f"vNode {ref.vnode} is not in the spec", reason=Reason.UNKNOWN_VNODE)
         limits = {**node.resources.requests, **node.resources.limits}
         return workflow.VNodeTarget(
             vnode=ref.vnode,
@@ -44,7 +44,7 @@ def plan_for(vk8s: Vk8s, event: ClusterVNodesReady, namespace: str) -> workflow.
 
     masters = [ref for ref in event.vnodes if ref.role == "master"]
     if len(masters) != 1:
-        raise PermanentError(f"expected one master vNode, got {len(masters)}", reason="NoMaster")
+        raise PermanentError(f"expected one master vNode, got {len(masters)}", reason=Reason.NO_MASTER)
     return workflow.ClusterPlan(
         name=vk8s.metadata.name,
         kubernetes_version=version,
@@ -94,12 +94,18 @@ class BootstrapHandlers:
                 return []
         generation = event.data.generation
 
-        async def progress(vnode: str, step: str, status: str, message: str, attempt: int) -> None:
+        async def progress(step: workflow.StepProgress) -> None:
             update = VNodeSetupProgressed(
-                generation=generation, vnode=vnode, step=step, status=status, message=message, attempt=attempt
+                generation=generation,
+                vnode=step.vnode,
+                step=step.step,
+                status=step.status,
+                message=step.message,
+                attempt=step.attempt,
             )
-            self._metrics.steps.labels(logic.metric_step(step), status).inc()
-            await self._publisher.publish(event.follow(update, now=self._clock(), key=f"{vnode}/{step}/{status}/{attempt}"))
+            self._metrics.steps.labels(logic.metric_step(step.step), step.status).inc()
+            key = f"{step.vnode}/{step.step}/{step.status}/{step.attempt}"
+            await self._publisher.publish(event.follow(update, now=self._clock(), key=key))
 
         runner = workflow.StepRunner(self._exec, progress, self._settings.step_attempts, self._settings.step_backoff_s)
         with self._metrics.bootstrap_seconds.time():
@@ -109,7 +115,7 @@ class BootstrapHandlers:
             # The stages after this one trust certificate data for this server only.
             api_server = inner_credentials(done.kubeconfig, server=None).server
         except KubeconfigRefused as refused:
-            raise PermanentError(f"the master's admin kubeconfig: {refused}", reason="KubeconfigRefused") from None
+            raise PermanentError(f"the master's admin kubeconfig: {refused}", reason=Reason.KUBECONFIG_REFUSED) from None
         secret = admin_kubeconfig_secret_name(name)
         await self._host.store_kubeconfig(obj, secret, done.kubeconfig)
         ready = ClusterKubernetesReady(

@@ -8,12 +8,24 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from libs.backoff import backoff_delay
-from libs.events import PermanentError
+from libs.events import PermanentError, Reason
+from libs.events.catalog import SetupStatus
 from services.bootstrap import logic
 from services.bootstrap.adapters.node_exec import ExecResult, NodeExec
 
-# vnode, step, status (Running|Success|Failed), message, attempt
-Progress = Callable[[str, str, str, str, int], Awaitable[None]]
+
+@dataclass(frozen=True)
+class StepProgress:
+    """One try of one step on one vNode started, succeeded or failed (`message` says why)."""
+
+    vnode: str
+    step: str
+    status: SetupStatus
+    attempt: int
+    message: str = ""
+
+
+Progress = Callable[[StepProgress], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -54,21 +66,21 @@ class StepRunner:
     async def run(self, target: VNodeTarget, step: str, argv: list[str]) -> ExecResult:
         message = ""
         for attempt in range(1, self._attempts + 1):
-            await self._progress(target.vnode, step, "Running", "", attempt)
+            await self._progress(StepProgress(target.vnode, step, "Running", attempt))
             try:
                 result = await self._exec.run(target.namespace, target.pod, logic.via_shell(argv))
             except Exception as error:  # noqa: BLE001 - the transport failing is a failed try too
                 message = logic.step_failure(f"{type(error).__name__}: {error}", argv)
             else:
                 if result.exit_code == 0:
-                    await self._progress(target.vnode, step, "Success", "", attempt)
+                    await self._progress(StepProgress(target.vnode, step, "Success", attempt))
                     return result
                 message = logic.step_failure(f"exit {result.exit_code}: {result.summary()}", argv)
             if attempt < self._attempts:
                 await asyncio.sleep(backoff_delay(attempt, self._backoff_s))
-        await self._progress(target.vnode, step, "Failed", message, self._attempts)
+        await self._progress(StepProgress(target.vnode, step, "Failed", self._attempts, message))
         raise PermanentError(
-            f"{target.vnode}: step {step} failed after {self._attempts} attempts: {message}", reason="StepFailed"
+            f"{target.vnode}: step {step} failed after {self._attempts} attempts: {message}", reason=Reason.STEP_FAILED
         )
 
 
@@ -93,7 +105,7 @@ async def bootstrap_master(runner: StepRunner, plan: ClusterPlan, timeouts: Time
         await runner.run(master, "start", ["vk8s-node", "start", str(timeouts.control_plane_s)])
     else:
         if not state.kubernetes_version:
-            raise PermanentError(f"{master.vnode}: the node image reports no kubeadm version", reason="NodeImageUnsupported")
+            raise PermanentError(f"{master.vnode}: the node image reports no kubeadm version", reason=Reason.NODE_IMAGE_UNSUPPORTED)
         config = logic.kubeadm_init_config(
             kubeadm_version=state.kubernetes_version,
             node_name=master.vnode,
@@ -145,4 +157,4 @@ async def bootstrap(runner: StepRunner, plan: ClusterPlan, timeouts: Timeouts) -
     try:
         return Bootstrapped(kubeconfig, logic.server_version(version.stdout))
     except ValueError as error:
-        raise PermanentError(f"{plan.master.vnode}: {error}", reason="NoServerVersion") from None
+        raise PermanentError(f"{plan.master.vnode}: {error}", reason=Reason.NO_SERVER_VERSION) from None

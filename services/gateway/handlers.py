@@ -20,7 +20,7 @@ import structlog
 from libs.api.models import Vk8sSpec
 from libs.api.validation import Problem
 from libs.backoff import backoff_delay
-from libs.events import Envelope, Publisher, Publishes, declare, subscriber, utc_now
+from libs.events import Envelope, Publisher, Publishes, Reason, declare, subscriber, utc_now
 from libs.events.catalog import (
     ClusterAccepted,
     ClusterDeleted,
@@ -39,8 +39,6 @@ from services.gateway.settings import GatewaySettings
 
 log = structlog.get_logger(__name__)
 
-PLAIN_PASSWORD_REASON = "PlainPasswordDeprecated"
-SPEC_WARNING_REASON = "SpecWarning"
 
 
 @dataclass(frozen=True)
@@ -429,7 +427,7 @@ class GatewayHandlers:
 
     async def _report_warnings(self, obj: Object, assessment: Assessment | None) -> None:
         for warning in assessment.warnings if assessment is not None else ():
-            reason = PLAIN_PASSWORD_REASON if warning.path.endswith("kubeflow.password") else SPEC_WARNING_REASON
+            reason = Reason.PLAIN_PASSWORD_DEPRECATED if warning.path.endswith("kubeflow.password") else Reason.SPEC_WARNING
             await self._objects.warn(obj, reason, str(warning), now=self._clock())
 
 

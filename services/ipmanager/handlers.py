@@ -9,7 +9,7 @@ from typing import Any
 
 import structlog
 
-from libs.events import Envelope, PermanentError, TransientError, declare, subscriber, utc_now
+from libs.events import Envelope, PermanentError, Reason, TransientError, declare, subscriber, utc_now
 from libs.events.catalog import (
     ClusterAccepted,
     ClusterIPsAllocated,
@@ -77,7 +77,7 @@ class IpManagerHandlers:
         """The cluster's network claim of this generation, made or found; the errors the wrapper
         acts on."""
         if not valid_uid(uid):
-            raise PermanentError(f"uid {uid!r} is not a Kubernetes uid", reason="InvalidUid")
+            raise PermanentError(f"uid {uid!r} is not a Kubernetes uid", reason=Reason.INVALID_UID)
         request = NetworkRequest.from_spec(pod_network_cidr, service_cidr)
         try:
             await self._allocator.claim_network(
@@ -86,10 +86,10 @@ class IpManagerHandlers:
         except NetworkConflict as error:
             raise PermanentError(
                 f"{error}; choose ranges that overlap none of these, or leave them out to get free ones",
-                reason="NetworkOverlap",
+                reason=Reason.NETWORK_OVERLAP,
             ) from error
         except NetworkImmutable as error:
-            raise PermanentError(str(error), reason="NetworkImmutable") from error
+            raise PermanentError(str(error), reason=Reason.NETWORK_IMMUTABLE) from error
         except (PoolExhausted, Contention) as error:
             raise _retry(error) from error
 
@@ -103,8 +103,15 @@ class IpManagerHandlers:
 TOPOLOGY = declare("ipmanager", IpManagerHandlers, kv_bucket=IpManagerSettings.model_fields["kv_bucket"].default)
 
 
-def _retry(error: Exception) -> TransientError:
-    # Addresses and blocks come free as clusters are deleted; a lost race is won on a later try; a
-    # missing network (a cluster.scheduled of an earlier version, without `networks`) appears once
-    # cluster.accepted is handled.
-    return TransientError(str(error), reason=type(error).__name__)
+# Addresses and blocks come free as clusters are deleted; a lost race is won on a later try; a
+# missing network (a cluster.scheduled of an earlier version, without `networks`) appears once
+# cluster.accepted is handled.
+_RETRY_REASONS: dict[type[Exception], Reason] = {
+    NetworkNotClaimed: Reason.NETWORK_NOT_CLAIMED,
+    PoolExhausted: Reason.POOL_EXHAUSTED,
+    Contention: Reason.CONTENTION,
+}
+
+
+def _retry(error: NetworkNotClaimed | PoolExhausted | Contention) -> TransientError:
+    return TransientError(str(error), reason=_RETRY_REASONS[type(error)])

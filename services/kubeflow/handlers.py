@@ -7,7 +7,7 @@ from typing import Any
 import structlog
 
 from libs.api import admin_kubeconfig_secret_name, kubeflow_user_secret_name
-from libs.events import Envelope, PermanentError, Publisher, Publishes, declare, subscriber
+from libs.events import Envelope, PermanentError, Publisher, Publishes, Reason, declare, subscriber
 from libs.events.catalog import ClusterKubernetesReady, ClusterReady, KubeflowProgressed
 from libs.events.consumer import Clock
 from libs.kube.inner import KubeconfigRefused
@@ -65,11 +65,11 @@ class KubeflowHandlers:
         if release is None:
             raise PermanentError(
                 f"no Kubeflow release is compatible with Kubernetes {vk8s.spec.kubernetes_version()}",
-                reason="NoCompatibleKubeflow",
+                reason=Reason.NO_COMPATIBLE_KUBEFLOW,
             )
         source = self._sources.for_release(release)
         if source is None:
-            raise PermanentError(f"no manifest source is configured for Kubeflow {release}", reason="NoManifestSource")
+            raise PermanentError(f"no manifest source is configured for Kubeflow {release}", reason=Reason.NO_MANIFEST_SOURCE)
 
         objects = await manifests.load(source, kubectl=self._settings.kubectl, cache_dir=self._settings.git_cache_dir)
         ref = kubeflow.password_secret_ref
@@ -106,7 +106,7 @@ class KubeflowHandlers:
                 async with inner_cluster as inner:
                     unavailable = await workflow.install(inner, plan, progress)
             except KubeconfigRefused as refused:
-                raise PermanentError(f"Secret {namespace}/{secret}: {refused}", reason="KubeconfigRefused") from None
+                raise PermanentError(f"Secret {namespace}/{secret}: {refused}", reason=Reason.KUBECONFIG_REFUSED) from None
         self._metrics.installs.labels(release).inc()
         ready = ClusterReady(generation=generation, kubeflow_release=release, kubeflow_unavailable=unavailable)
         return [event.follow(ready, now=self._clock())]

@@ -12,7 +12,7 @@ from typing import Any
 import bcrypt
 import structlog
 
-from libs.events import PermanentError
+from libs.events import PermanentError, Reason
 from services.kubeflow import logic
 from services.kubeflow.adapters.inner import ApplyError, InnerCluster
 
@@ -98,7 +98,7 @@ async def _apply_in_rounds(
     if failures:
         shown = "; ".join(f"{key}: {why}" for key, why in sorted(failures.items())[:5])
         raise PermanentError(
-            f"{len(failures)} objects still failing after {plan.rounds} apply rounds: {shown}", reason="ApplyFailed"
+            f"{len(failures)} objects still failing after {plan.rounds} apply rounds: {shown}", reason=Reason.APPLY_FAILED
         )
 
 
@@ -112,7 +112,7 @@ async def _wait_established(inner: InnerCluster, crds: list[str], delay_s: float
 async def _set_dex_user(inner: InnerCluster, user: User, rounds: int) -> None:
     data = await inner.config_map_data("auth", "dex")
     if data is None or "config.yaml" not in data:
-        raise PermanentError("the release has no dex ConfigMap auth/dex with config.yaml", reason="NoDex")
+        raise PermanentError("the release has no dex ConfigMap auth/dex with config.yaml", reason=Reason.NO_DEX)
     existing = logic.current_hash(data["config.yaml"], user.email)
     if existing and bcrypt.checkpw(user.password.encode(), existing.encode()):
         return  # unchanged password: keep the hash, so a redelivery changes nothing
@@ -144,7 +144,7 @@ async def _wait_ready(
             return
         if time.monotonic() > deadline:
             raise PermanentError(
-                f"Kubeflow not ready after {plan.ready_timeout_s:.0f}s: {state.message()}", reason="KubeflowNotReady"
+                f"Kubeflow not ready after {plan.ready_timeout_s:.0f}s: {state.message()}", reason=Reason.KUBEFLOW_NOT_READY
             )
         await asyncio.sleep(plan.poll_interval_s)
 

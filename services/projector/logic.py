@@ -40,7 +40,7 @@ from libs.api.models import (
     Vk8sStatus,
     VNodeSetupStatus,
 )
-from libs.events import Envelope
+from libs.events import Envelope, Reason
 from libs.events import catalog as ev
 
 FACT_LIMIT = 500
@@ -61,7 +61,7 @@ DELETION = (
 )
 FAILURES = (ev.ClusterFailed.subject, ev.ClusterRejected.subject)
 # (stage, reason) a rejection is counted and shown as.
-REJECTION_FAILURE = ("gateway", "Rejected")
+REJECTION_FAILURE = ("gateway", Reason.REJECTED)
 
 # Progress within one run: the phase follows the highest rank reached. Equal ranks let a
 # newer fact of the same stage refresh details (a newer unschedulable reason, Kubeflow count).
@@ -470,21 +470,21 @@ def _kubeflow_asked(progress: Progress) -> bool:
 class _Step:
     type: str
     stage: str
-    waiting_reason: str
+    waiting_reason: Reason
     waiting_message: str
 
 
 STEPS = (
-    _Step("Scheduled", ev.ClusterScheduled.subject, "Scheduling", "waiting for the scheduler to place the vnodes"),
-    _Step("IPsAllocated", ev.ClusterIPsAllocated.subject, "AllocatingIPs", "waiting for fixed pod IPs for the vnodes"),
-    _Step("VNodesReady", ev.ClusterVNodesReady.subject, "CreatingVNodes", "waiting for the vnode pods to run"),
+    _Step("Scheduled", ev.ClusterScheduled.subject, Reason.SCHEDULING, "waiting for the scheduler to place the vnodes"),
+    _Step("IPsAllocated", ev.ClusterIPsAllocated.subject, Reason.ALLOCATING_IPS, "waiting for fixed pod IPs for the vnodes"),
+    _Step("VNodesReady", ev.ClusterVNodesReady.subject, Reason.CREATING_VNODES, "waiting for the vnode pods to run"),
     _Step(
         "KubernetesReady",
         ev.ClusterKubernetesReady.subject,
-        "BootstrappingKubernetes",
+        Reason.BOOTSTRAPPING_KUBERNETES,
         "waiting for kubeadm to set up Kubernetes on the vnodes",
     ),
-    _Step("KubeflowReady", ev.ClusterReady.subject, "InstallingKubeflow", "waiting for the Kubeflow deployments"),
+    _Step("KubeflowReady", ev.ClusterReady.subject, Reason.INSTALLING_KUBEFLOW, "waiting for the Kubeflow deployments"),
 )
 CONDITION_TYPES = (*(s.type for s in STEPS), "Ready")
 
@@ -550,10 +550,10 @@ def _conditions(progress: Progress) -> tuple[Condition, ...]:
         conditions.append(condition)
     ready = progress.reached.get(ev.ClusterReady.subject)
     if frontier is None and ready is not None and blocked is None:
-        conditions.append(_condition("Ready", "True", "Running", "the cluster is running", ready.time, generation))
+        conditions.append(_condition("Ready", "True", Reason.RUNNING, "the cluster is running", ready.time, generation))
     elif frontier is None:
         # No Kubeflow asked for: every step is done but the final cluster.ready.
-        reason, message, since = blocked or ("FinishingSetup", "waiting for the cluster to be marked ready",
+        reason, message, since = blocked or (Reason.FINISHING_SETUP, "waiting for the cluster to be marked ready",
                                              _waiting_since(progress))
         conditions.append(_condition("Ready", "False", reason, message, since, generation))
     else:
@@ -575,23 +575,23 @@ def _stage_rank(progress: Progress) -> int:
 def _blocked(progress: Progress) -> tuple[str, str, datetime] | None:
     """Why every unmet condition is stuck, when it is not simply waiting: (reason, message, since)."""
     if progress.deletion is not None:
-        return "Deleting", f"deleting the cluster: {_DELETION_MESSAGE[progress.deletion.kind]}", progress.deletion.time
+        return Reason.DELETING, f"deleting the cluster: {_DELETION_MESSAGE[progress.deletion.kind]}", progress.deletion.time
     if progress.failure is not None:
         failure = progress.failure
-        return _reason(failure.reason or "Failed"), _failure_message(failure), failure.time
+        return _reason(failure.reason or Reason.FAILED), _failure_message(failure), failure.time
     if progress.mode == "pause":
         stage = progress.stage
         assert stage is not None
         if stage.kind == ev.ClusterPaused.subject:
-            return "Paused", "paused: remove the vk8s-resource-stopped annotation to resume", stage.time
-        return "Pausing", "waiting for the vnodes to stop", stage.time
+            return Reason.PAUSED, "paused: remove the vk8s-resource-stopped annotation to resume", stage.time
+        return Reason.PAUSING, "waiting for the vnodes to stop", stage.time
     return None
 
 
 def _waiting(progress: Progress, step: _Step) -> tuple[str, str]:
     stage = progress.stage
     if step.type == "Scheduled" and stage is not None and stage.kind == ev.ClusterUnschedulable.subject:
-        return "Unschedulable", f"waiting for capacity: {stage.detail}"
+        return Reason.UNSCHEDULABLE, f"waiting for capacity: {stage.detail}"
     if step.type == "KubernetesReady" and progress.vnodes:
         nodes = ", ".join(
             f"{name}: {node.message or node.status or 'waiting'}" for name, node in sorted(progress.vnodes.items())
@@ -652,4 +652,4 @@ def _reason(text: str) -> str:
     if re.fullmatch(CONDITION_REASON_PATTERN, text):
         return text
     camel = "".join(part[:1].upper() + part[1:] for part in re.split(r"[^A-Za-z0-9]+", text) if part)
-    return camel if camel and camel[0].isalpha() else "Failed"
+    return camel if camel and camel[0].isalpha() else Reason.FAILED

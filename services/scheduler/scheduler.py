@@ -21,7 +21,7 @@ from typing import Any
 import structlog
 
 from libs.api.models import Vk8sSpec
-from libs.events import REGISTRY, Envelope, InvalidEvent, TransientError
+from libs.events import REGISTRY, Envelope, InvalidEvent, Reason, TransientError
 from libs.events.catalog import ClusterAccepted, ClusterUpdated
 from services.scheduler.adapters.ledger import Ledger
 from services.scheduler.adapters.metrics import SchedulerMetrics
@@ -119,7 +119,7 @@ class Scheduler:
                 for event in self._synced:
                     await event.wait()
         except TimeoutError:
-            raise TransientError("the host inventory or the ledger is not loaded yet", reason="NotSynced") from None
+            raise TransientError("the host inventory or the ledger is not loaded yet", reason=Reason.NOT_SYNCED) from None
 
     # -- placing -----------------------------------------------------------------------------
 
@@ -138,7 +138,7 @@ class Scheduler:
                 if outcome is not None:
                     return outcome
         raise TransientError(
-            f"other requests took the capacity {self._attempts} times in a row; trying again", reason="LostRaces"
+            f"other requests took the capacity {self._attempts} times in a row; trying again", reason=Reason.LOST_RACES
         )
 
     async def _try_schedule(self, ask: ClusterAsk, *, forget_pending: bool) -> Outcome | None:
@@ -316,7 +316,7 @@ class Scheduler:
                 current, revision = await self._ledger.reservation(cluster_id)
                 if current is None or await change(current, revision):
                     return
-        raise TransientError("the cluster's reservation kept changing; trying again", reason="LostRaces")
+        raise TransientError("the cluster's reservation kept changing; trying again", reason=Reason.LOST_RACES)
 
     async def pause(self, cluster_id: str, generation: int, at: datetime) -> None:
         """Releases the bookings and keeps the placements, to bring vNodes back where their disks are.

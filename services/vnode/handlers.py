@@ -10,7 +10,7 @@ from typing import Any
 
 import structlog
 
-from libs.events import Envelope, Publishes, TransientError, declare, subscriber
+from libs.events import Envelope, Publishes, Reason, TransientError, declare, subscriber
 from libs.events.catalog import (
     ClusterAccepted,
     ClusterDeleteRequested,
@@ -81,7 +81,7 @@ class VNodeHandlers:
             # The spec event is not taken in yet: the object it comes from says the same.
             known = logic.with_object_spec(known, vk8s)
             if known is None:
-                raise TransientError("the Vk8s was re-created; waiting for its spec", reason="SpecNotRecorded")
+                raise TransientError("the Vk8s was re-created; waiting for its spec", reason=Reason.SPEC_NOT_RECORDED)
         record = logic.on_allocated(known, envelope, self._clock(), resume_grace_s=self._settings.resume_grace_s)
         if isinstance(record, logic.Ignore):
             log.info("Ignoring allocation", reason=record.reason)
@@ -122,7 +122,7 @@ class VNodeHandlers:
         remaining = await self._kube.delete_cluster(namespace, uid, retain_volumes=retain)
         if remaining:
             shown = ", ".join(remaining[:5]) + (", ..." if len(remaining) > 5 else "")
-            raise TransientError(f"waiting for {len(remaining)} object(s) to go: {shown}", reason="Deleting")
+            raise TransientError(f"waiting for {len(remaining)} object(s) to go: {shown}", reason=Reason.DELETING)
         if record is not None and revision is not None:
             await self._store.delete(envelope.cluster_id, revision)
         log.info("Deleted cluster objects", retained_volumes=retain)

@@ -26,7 +26,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict
 
 from libs.api.models import GPU_RESOURCE, NodeRole, NodeSpec, Vk8sSpec
 from libs.api.validation import node_image_refusals
-from libs.events import REGISTRY, Envelope, PermanentError, TransientError
+from libs.events import REGISTRY, Envelope, PermanentError, Reason, TransientError
 from libs.events.catalog import (
     ClusterAccepted,
     ClusterIPsAllocated,
@@ -240,7 +240,7 @@ def on_allocated(
         raise TransientError(
             f"allocation for generation {event.generation}, but the spec of generation {record.generation} is the "
             "newest taken in yet",
-            reason="SpecNotRecorded",
+            reason=Reason.SPEC_NOT_RECORDED,
         )
     if record.allocation is not None and event.generation < record.allocation.generation:
         return Ignore(f"stale: generation {record.allocation.generation} is allocated already")
@@ -248,11 +248,11 @@ def on_allocated(
         # A resume reaches the scheduler and us by separate paths; ours may still be on its way. The
         # consumer's doubling backoff spaces the tries (settings check they outlast the grace).
         if now - envelope.time < timedelta(seconds=resume_grace_s):
-            raise TransientError("the cluster is recorded as paused; waiting for its resume", reason="Paused")
+            raise TransientError("the cluster is recorded as paused; waiting for its resume", reason=Reason.PAUSED)
         return Ignore("the cluster is paused")
     missing = sorted(p.vnode for p in event.placements if p.vnode not in event.vnode_ips)
     if missing:
-        raise PermanentError(f"no IP allocated for vNode(s) {', '.join(missing)}", reason="IncompleteAllocation")
+        raise PermanentError(f"no IP allocated for vNode(s) {', '.join(missing)}", reason=Reason.INCOMPLETE_ALLOCATION)
     allocation = Allocation(
         generation=event.generation,
         placements=tuple(event.placements),
@@ -263,7 +263,7 @@ def on_allocated(
     awaiting = Awaiting(target="ready", since=now, cause=envelope.to_json().decode())
     allocated = record.model_copy(update={"allocation": allocation, "scaled_up": True, "awaiting": awaiting})
     if not placed_vnodes(allocated):
-        raise PermanentError("the allocation places none of the spec's nodes", reason="IncompleteAllocation")
+        raise PermanentError("the allocation places none of the spec's nodes", reason=Reason.INCOMPLETE_ALLOCATION)
     return allocated
 
 
@@ -359,18 +359,18 @@ def plan(record: ClusterRecord, current: Iterable[CurrentStatefulSet], settings:
         raise TransientError(
             f"StatefulSet(s) {', '.join(sorted(f.name for f in stale))} of an earlier cluster named "
             f"{record.name!r} are still being deleted",
-            reason="PreviousClusterDeleting",
+            reason=Reason.PREVIOUS_CLUSTER_DELETING,
         )
     if found := clashes(record, current_by_name.values()):
         raise PermanentError(
             f"StatefulSet name(s) taken by another cluster in namespace {record.namespace}: {', '.join(found)}; "
             "rename the cluster or its nodes",
-            reason="NameClash",
+            reason=Reason.NAME_CLASH,
         )
     if refusals := node_image_refusals(record.spec, settings.image_policy):
         raise PermanentError(
             "; ".join(f"spec.nodes[{index}].image: {refusal}" for index, refusal in refusals.items()),
-            reason="ImageNotAllowed",
+            reason=Reason.IMAGE_NOT_ALLOWED,
         )
     placed = placed_vnodes(record)
     replicas = 1 if record.scaled_up and not record.paused else 0
@@ -466,7 +466,7 @@ def statefulset(
     try:
         image = record.spec.image_for(node, settings.image_catalog)
     except ValueError as error:
-        raise PermanentError(str(error), reason="NoNodeImage") from None
+        raise PermanentError(str(error), reason=Reason.NO_NODE_IMAGE) from None
     container: dict[str, Any] = {
         "name": VNODE_CONTAINER,
         "image": image,

@@ -18,6 +18,7 @@ from kubernetes.aio.client.exceptions import ApiException
 from pydantic import SecretStr
 
 from libs.api.models import CONDITION_REASON_PATTERN, KUBEFLOW_PASSWORD_KEY, kubeflow_user_secret_name
+from libs.events import Reason
 from libs.kube import (
     FINALIZER,
     GROUP,
@@ -253,10 +254,10 @@ def describe_failure(error: Exception) -> tuple[str, str]:
     an API error, the apiserver's own reason and message."""
     if isinstance(error, ApiException):
         status = _status(error)
-        reason = str(status.get("reason") or "") or ("ApiServerError" if (error.status or 500) >= 500 else "ApiError")
+        reason = str(status.get("reason") or "") or (Reason.API_SERVER_ERROR if (error.status or 500) >= 500 else Reason.API_ERROR)
         message = f"HTTP {error.status}: {status.get('message') or error.reason}"
     else:
         reason, message = type(error).__name__, str(error) or type(error).__name__
     if not re.match(CONDITION_REASON_PATTERN, reason):
-        reason = "ReconcileFailed"
+        reason = Reason.RECONCILE_FAILED
     return reason, " ".join(message.split())[:2000]

@@ -8,7 +8,7 @@ from typing import Any
 from kubernetes.aio import client
 
 from libs.api import Vk8s
-from libs.events import PermanentError
+from libs.events import PermanentError, Reason
 from libs.kube import not_found, read_vk8s
 
 
@@ -27,16 +27,16 @@ class HostCluster:
             secret = await self._core.read_namespaced_secret(name, namespace)
         except client.ApiException as error:
             if not_found(error):
-                raise PermanentError(f"Secret {namespace}/{name} not found", reason="SecretMissing") from None
+                raise PermanentError(f"Secret {namespace}/{name} not found", reason=Reason.SECRET_MISSING) from None
             raise
         owners = secret.metadata.owner_references or []
         if owner_uid is not None and not any(owner.uid == owner_uid for owner in owners):
             raise PermanentError(
                 f"Secret {namespace}/{name} is not owned by the cluster's Vk8s (uid {owner_uid}); "
                 "the platform's kubeconfig Secret is",
-                reason="KubeconfigRefused",
+                reason=Reason.KUBECONFIG_REFUSED,
             )
         data: dict[str, Any] = secret.data or {}
         if key not in data:
-            raise PermanentError(f"Secret {namespace}/{name} has no key {key!r}", reason="SecretMissing")
+            raise PermanentError(f"Secret {namespace}/{name} has no key {key!r}", reason=Reason.SECRET_MISSING)
         return base64.b64decode(data[key]).decode()

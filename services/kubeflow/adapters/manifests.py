@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from libs.events import PermanentError, TransientError
+from libs.events import PermanentError, Reason, TransientError
 from services.kubeflow.settings import GitSource, ManifestSource
 
 
@@ -28,17 +28,17 @@ def parse(text: str, origin: str) -> list[dict[str, Any]]:
     try:
         documents = [d for d in yaml.safe_load_all(text) if d]
     except yaml.YAMLError as error:
-        raise PermanentError(f"manifests from {origin} are not valid YAML: {error}", reason="InvalidManifests") from None
+        raise PermanentError(f"manifests from {origin} are not valid YAML: {error}", reason=Reason.INVALID_MANIFESTS) from None
     for document in documents:
         if not isinstance(document, dict) or not {"apiVersion", "kind", "metadata"} <= document.keys():
-            raise PermanentError(f"manifests from {origin} hold a document that is not a Kubernetes object", reason="InvalidManifests")
+            raise PermanentError(f"manifests from {origin} hold a document that is not a Kubernetes object", reason=Reason.INVALID_MANIFESTS)
     return documents
 
 
 async def load(source: ManifestSource, *, kubectl: str, cache_dir: Path) -> list[dict[str, Any]]:
     if source.directory is not None:
         if not source.directory.is_dir():
-            raise PermanentError(f"manifest mirror {source.directory} does not exist", reason="NoManifests")
+            raise PermanentError(f"manifest mirror {source.directory} does not exist", reason=Reason.NO_MANIFESTS)
         files = sorted(p for p in source.directory.rglob("*") if p.suffix in (".yaml", ".yml"))
         return [obj for path in files for obj in parse(path.read_text(), str(path))]
     if source.kustomize is not None:
@@ -50,11 +50,11 @@ async def load(source: ManifestSource, *, kubectl: str, cache_dir: Path) -> list
 
 async def _kustomize(kubectl: str, directory: Path) -> str:
     if not (directory / "kustomization.yaml").exists() and not (directory / "kustomization.yml").exists():
-        raise PermanentError(f"{directory} has no kustomization.yaml", reason="NoManifests")
+        raise PermanentError(f"{directory} has no kustomization.yaml", reason=Reason.NO_MANIFESTS)
     try:
         return await _run(kubectl, "kustomize", str(directory))
     except RuntimeError as error:
-        raise PermanentError(str(error), reason="KustomizeFailed") from None
+        raise PermanentError(str(error), reason=Reason.KUSTOMIZE_FAILED) from None
 
 
 async def _checkout(source: GitSource, cache_dir: Path) -> Path:
@@ -69,6 +69,6 @@ async def _checkout(source: GitSource, cache_dir: Path) -> Path:
     try:
         await _run("git", "clone", "--quiet", "--depth", "1", "--branch", source.ref, source.url, str(partial))
     except RuntimeError as error:
-        raise TransientError(f"cloning {source.url}@{source.ref}: {error}", reason="ManifestsUnavailable") from None
+        raise TransientError(f"cloning {source.url}@{source.ref}: {error}", reason=Reason.MANIFESTS_UNAVAILABLE) from None
     partial.rename(target)
     return target

@@ -16,7 +16,7 @@ import structlog
 from kubernetes.aio import client
 from kubernetes.aio.client.exceptions import ApiException
 
-from libs.events import TransientError
+from libs.events import Reason, TransientError
 from libs.kube import ApiClient, conflict, not_found
 from libs.kube.vnodes import CLUSTER_UID_LABEL, PLACEHOLDER_FINALIZER, placeholder_name
 from services.scheduler.logic import (
@@ -62,7 +62,7 @@ class PlaceholderPods:
             ):
                 return
             await self._remove(existing)
-        raise TransientError(f"placeholder pod {namespace}/{name} kept being replaced", reason="PlaceholderRace")
+        raise TransientError(f"placeholder pod {namespace}/{name} kept being replaced", reason=Reason.PLACEHOLDER_RACE)
 
     async def release(self, cluster_id: str, vnode: BookingKey) -> None:
         """Removes the vNode's placeholder (its finalizer too), if it is this cluster uid's."""

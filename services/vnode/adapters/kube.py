@@ -13,7 +13,7 @@ from kubernetes.aio import client
 from kubernetes.aio.client import ApiClient
 from kubernetes.aio.client.exceptions import ApiException
 
-from libs.events import PermanentError
+from libs.events import PermanentError, Reason
 from libs.kube import not_found, read_vk8s, vnodes
 from services.vnode import logic
 from services.vnode.adapters.metrics import VNodeMetrics
@@ -104,7 +104,7 @@ class VNodeObjects:
         except ApiException as error:
             if error.status in (400, 422):
                 message = f"{kind} {namespace}/{name} is refused: {_message(error)}"
-                raise PermanentError(message, reason="InvalidObject") from None
+                raise PermanentError(message, reason=Reason.INVALID_OBJECT) from None
             raise
         self._metrics.objects_applied.labels(kind).inc()
 

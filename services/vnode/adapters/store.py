@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from nats.js.errors import APIError, KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError
 from nats.js.kv import KeyValue
 
-from libs.events import TransientError
+from libs.events import Reason, TransientError
 from services.vnode.logic import ClusterRecord
 
 
@@ -56,4 +56,4 @@ class RecordStore:
 
 
 def _changed(cluster_id: str) -> TransientError:
-    return TransientError(f"the record of {cluster_id} changed meanwhile", delay=0.2, reason="Conflict")
+    return TransientError(f"the record of {cluster_id} changed meanwhile", delay=0.2, reason=Reason.CONFLICT)

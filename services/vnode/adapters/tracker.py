@@ -19,7 +19,7 @@ from typing import Any
 
 import structlog
 
-from libs.events import Envelope, Publisher, TransientError
+from libs.events import Envelope, Publisher, Reason, TransientError
 from libs.events.catalog import ClusterFailed, ClusterVNodesReady
 from libs.kube import WatchEvent, watch_objects
 from services.vnode import logic
@@ -147,7 +147,7 @@ class RolloutTracker:
             message += f"; {'; '.join(problems)}"
         return ClusterFailed(
             stage=STAGE,
-            reason="VNodesNotRunning" if awaiting.target == "ready" else "VNodesNotStopped",
+            reason=Reason.VNODES_NOT_RUNNING if awaiting.target == "ready" else Reason.VNODES_NOT_STOPPED,
             message=message,
             failed_event=cause.type,
             generation=getattr(cause.data, "generation", None),

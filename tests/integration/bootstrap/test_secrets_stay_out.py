@@ -36,8 +36,8 @@ async def test_a_failed_join_says_why_without_the_token_in_events_or_logs(
 ) -> None:
     published: list[str] = []
 
-    async def progress(vnode: str, step: str, status: str, message: str, attempt: int) -> None:
-        published.append(f"{vnode} {step} {status} {message} {attempt}")
+    async def progress(step: workflow.StepProgress) -> None:
+        published.append(f"{step.vnode} {step.step} {step.status} {step.message} {step.attempt}")
 
     runner = workflow.StepRunner(NodeExec(kube_api, "vnode", timeout_s=30), progress, attempts=2, backoff_s=0.01)
     argv = [*logic.join_args(JOIN, "w"), f"--certificate-key={CERTIFICATE_KEY}"]
