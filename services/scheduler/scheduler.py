@@ -27,6 +27,7 @@ from services.scheduler.adapters.ledger import Ledger
 from services.scheduler.adapters.metrics import SchedulerMetrics
 from services.scheduler.adapters.placeholders import PlaceholderPods
 from services.scheduler.logic import (
+    AskAction,
     BookingKey,
     Inventory,
     PendingCluster,
@@ -40,6 +41,7 @@ from services.scheduler.logic import (
     place,
     placeholders_wanted,
     plan,
+    plan_for_ask,
     reservation_for,
     scheduled_event,
     unschedulable_event,
@@ -143,25 +145,16 @@ class Scheduler:
 
     async def _try_schedule(self, ask: ClusterAsk, *, forget_pending: bool) -> Outcome | None:
         """One attempt; None when the ledger changed under it and it is worth another."""
-        pending = self._ledger.pending_for(ask.cluster_id)
-        if pending is not None and pending.uid == ask.uid and pending.generation > ask.generation:
-            return Stale(f"generation {pending.generation} is waiting for capacity")
         current, revision = await self._ledger.reservation(ask.cluster_id)
-        if current is not None and current.uid != ask.uid:
-            if ask.cause.time <= current.placed_at:
-                return Stale(f"a later cluster of the same name ({current.uid}) holds the reservation")
-            # Left by an earlier object of the same name whose end never reached this service.
+        verdict = plan_for_ask(ask.uid, ask.generation, ask.cause.time, self._ledger.pending_for(ask.cluster_id), current)
+        if verdict.action is AskAction.STALE:
+            return Stale(verdict.detail)
+        # DROP_EARLIER and REBOOK come only with a reservation; the checks of `current` narrow its type.
+        if verdict.action is AskAction.DROP_EARLIER and current is not None:
             log.warning("Dropping the reservation of an earlier cluster of the same name", earlier_uid=current.uid)
             await self._drop(current, revision)
             return None
-        if current is not None and current.generation > ask.generation:
-            return Stale(f"the reservation is at generation {current.generation}")
-        if (
-            current is not None
-            and current.generation == ask.generation
-            and current.state is not ReservationState.PAUSED
-        ):
-            # Placed before (a redelivery, or another replica's retry): make sure it is all booked.
+        if verdict.action is AskAction.REBOOK and current is not None:
             if await self._book(current, previous=None):
                 await self._hold_places(current, previous=None)
                 if forget_pending:

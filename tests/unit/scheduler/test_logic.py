@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from services.scheduler.logic import (
+    AskAction,
     Booking,
     Inventory,
     PendingCluster,
@@ -23,6 +24,7 @@ from services.scheduler.logic import (
     nodes_awaited,
     place,
     plan,
+    plan_for_ask,
     reservation_for,
 )
 from tests.unit.scheduler.support import GI, gang, host, inventory, node_spec, spec, vnode
@@ -630,3 +632,41 @@ def test_a_placeholder_covers_its_booking_and_counts_as_reserved_not_in_use() ->
     # A placeholder whose booking is gone (a crash between the two) is found.
     inv.upsert_pod("team/b-w1-hold", PodUsage("n1", Resources(2, 0, 0, 1), ("uid-b", "w1"), placeholder=True))
     assert inv.unbooked_placeholders() == {"team/b-w1-hold": ("uid-b", "w1")}
+
+
+# -- what an ask for a generation meets in the ledger ---------------------------------------------
+
+
+def waiting(uid: str, generation: int) -> PendingCluster:
+    return pending("team/a", 0).model_copy(update={"uid": uid, "generation": generation})
+
+
+def test_an_ask_with_nothing_in_the_ledger_is_placed() -> None:
+    assert plan_for_ask("uid-a", 1, NOW, None, None).action is AskAction.PLACE
+    # A cluster of another object waiting under the name says nothing about this one.
+    assert plan_for_ask("uid-a", 1, NOW, waiting("uid-old", 5), None).action is AskAction.PLACE
+
+
+def test_an_ask_behind_its_own_newer_generation_waiting_for_capacity_is_stale() -> None:
+    verdict = plan_for_ask("uid-a", 1, NOW, waiting("uid-a", 2), None)
+    assert (verdict.action, verdict.detail) == (AskAction.STALE, "generation 2 is waiting for capacity")
+    assert plan_for_ask("uid-a", 2, NOW, waiting("uid-a", 2), None).action is AskAction.PLACE
+
+
+def test_a_reservation_of_another_object_of_the_name_is_dropped_only_when_older_than_the_ask() -> None:
+    other = reservation(uid="uid-old")
+    assert plan_for_ask("uid-a", 1, NOW + timedelta(seconds=1), None, other).action is AskAction.DROP_EARLIER
+    verdict = plan_for_ask("uid-a", 1, NOW, None, other)
+    assert verdict.action is AskAction.STALE
+    assert verdict.detail == "a later cluster of the same name (uid-old) holds the reservation"
+
+
+def test_an_ask_older_than_the_reservation_is_stale() -> None:
+    verdict = plan_for_ask("uid-a", 1, NOW, None, reservation(generation=2))
+    assert (verdict.action, verdict.detail) == (AskAction.STALE, "the reservation is at generation 2")
+
+
+def test_an_ask_placed_before_is_booked_again_unless_paused_and_a_newer_one_is_placed() -> None:
+    assert plan_for_ask("uid-a", 1, NOW, None, reservation()).action is AskAction.REBOOK
+    assert plan_for_ask("uid-a", 1, NOW, None, reservation(state=ReservationState.PAUSED)).action is AskAction.PLACE
+    assert plan_for_ask("uid-a", 2, NOW, None, reservation()).action is AskAction.PLACE
