@@ -11,8 +11,8 @@ from libs.runtime import Service, serve
 from services.vnode.adapters.kube import VNodeObjects
 from services.vnode.adapters.metrics import VNodeMetrics
 from services.vnode.adapters.store import RecordStore
-from services.vnode.adapters.tracker import RolloutTracker
 from services.vnode.handlers import ROLLOUT_TRACKER, TOPOLOGY, VNodeHandlers
+from services.vnode.rollouts import RolloutTracker
 from services.vnode.settings import VNodeSettings
 
 

@@ -24,7 +24,7 @@ from libs.events.catalog import (
 from services.vnode import logic
 from services.vnode.adapters.kube import VNodeObjects
 from services.vnode.adapters.store import RecordStore
-from services.vnode.adapters.tracker import RolloutTracker
+from services.vnode.rollouts import RolloutTracker
 from services.vnode.settings import VNodeSettings
 
 log = structlog.get_logger(__name__)
@@ -143,5 +143,5 @@ class VNodeHandlers:
 
 ROLLOUT_TRACKER = Publishes.of("the rollout tracker", ClusterVNodesReady, ClusterPaused, ClusterFailed)
 TOPOLOGY = declare(
-    "vnode", VNodeHandlers, publishers=(ROLLOUT_TRACKER,), kv_bucket=VNodeSettings.model_fields["kv_bucket"].default
+    logic.STAGE, VNodeHandlers, publishers=(ROLLOUT_TRACKER,), kv_bucket=VNodeSettings.model_fields["kv_bucket"].default
 )

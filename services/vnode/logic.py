@@ -17,7 +17,7 @@ for the first consumer still provision on that host.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
@@ -29,6 +29,7 @@ from libs.api.validation import node_image_refusals
 from libs.events import REGISTRY, Envelope, PermanentError, Reason, TransientError
 from libs.events.catalog import (
     ClusterAccepted,
+    ClusterFailed,
     ClusterIPsAllocated,
     ClusterPaused,
     ClusterUpdated,
@@ -62,6 +63,8 @@ NOT_PROPAGATED_ANNOTATIONS = frozenset({"kubectl.kubernetes.io/last-applied-conf
 
 NODE_STATE_VOLUME = "node-state"
 VNODE_CONTAINER = "vnode"
+# The stage's name: its topology's service, the `stage` of the cluster.failed it publishes.
+STAGE = "vnode"
 ACCESS_PORT_NAME = "access"
 INNER_API_SERVER_PORT = 6443
 
@@ -711,6 +714,23 @@ def evaluate(
     if now - awaiting.since > timedelta(seconds=settings.ready_timeout_s):
         return TimedOut(f"{detail} after {settings.ready_timeout_s:.0f}s")
     return Waiting(detail)
+
+
+def rollout_failed(awaiting: Awaiting, outcome: TimedOut, pod_problems: Sequence[str]) -> ClusterFailed:
+    """cluster.failed for a wait that timed out; for vNodes that do not run, with why their pods
+    do not (as the host cluster reports it)."""
+    cause = awaiting.cause_envelope()
+    ready = awaiting.target == "ready"
+    message = outcome.detail
+    if ready and pod_problems:
+        message += f"; {'; '.join(pod_problems)}"
+    return ClusterFailed(
+        stage=STAGE,
+        reason=Reason.VNODES_NOT_RUNNING if ready else Reason.VNODES_NOT_STOPPED,
+        message=message,
+        failed_event=cause.type,
+        generation=getattr(cause.data, "generation", None),
+    )
 
 
 def vnodes_ready(record: ClusterRecord) -> ClusterVNodesReady:

@@ -313,6 +313,30 @@ def test_missing_vnode_times_out() -> None:
     assert outcome == logic.TimedOut("vNode(s) not running yet: worker-0 after 60s")
 
 
+def test_a_timed_out_wait_fails_the_cluster_saying_why_the_pods_do_not_run() -> None:
+    rec = placed(allocated(), recorded(accepted()))
+    assert rec.awaiting is not None
+    timed_out = logic.TimedOut("vNode(s) not running yet: worker-0 after 60s")
+
+    failed = logic.rollout_failed(rec.awaiting, timed_out, ["t-worker-0: Pending (ImagePullBackOff)"])
+
+    assert failed.stage == "vnode"
+    assert failed.reason == "VNodesNotRunning"
+    assert failed.message == "vNode(s) not running yet: worker-0 after 60s; t-worker-0: Pending (ImagePullBackOff)"
+    assert failed.failed_event == rec.awaiting.cause_envelope().type == "cluster.ips.allocated"
+    assert failed.generation == 1
+
+
+def test_a_timed_out_pause_fails_the_cluster_as_not_stopped() -> None:
+    rec = recorded(updated(AT, paused=True), placed(allocated(), recorded(accepted())))
+    assert rec.awaiting is not None and rec.awaiting.target == "paused"
+
+    failed = logic.rollout_failed(rec.awaiting, logic.TimedOut("vNode(s) not stopped yet: master after 60s"), ["ignored"])
+
+    assert (failed.reason, failed.message) == ("VNodesNotStopped", "vNode(s) not stopped yet: master after 60s")
+    assert failed.failed_event == "cluster.updated"
+
+
 def test_paused_once_no_pod_is_left() -> None:
     rec = recorded(updated(AT, paused=True), placed(allocated(), recorded(accepted())))
     stopping = {name: r for name, r in running().items()}

@@ -19,8 +19,8 @@ from typing import Any
 
 import structlog
 
-from libs.events import Envelope, Publisher, Reason, TransientError
-from libs.events.catalog import ClusterFailed, ClusterVNodesReady
+from libs.events import Envelope, Publisher, TransientError
+from libs.events.catalog import ClusterVNodesReady
 from libs.kube import WatchEvent, watch_objects
 from services.vnode import logic
 from services.vnode.adapters.kube import VNODE_SELECTOR, VNodeObjects
@@ -29,9 +29,6 @@ from services.vnode.adapters.store import RecordStore
 from services.vnode.settings import VNodeSettings
 
 log = structlog.get_logger(__name__)
-
-STAGE = "vnode"
-
 
 class RolloutTracker:
     def __init__(
@@ -132,26 +129,13 @@ class RolloutTracker:
             if isinstance(outcome.event, ClusterVNodesReady):
                 self._metrics.pods_ready.observe((now - awaiting.since).total_seconds())
         else:
-            event = cause.follow(await self._failure(record, awaiting, outcome, cause), now=now)
+            problems = await self._kube.pod_problems(record.namespace, record.uid) if awaiting.target == "ready" else []
+            event = cause.follow(logic.rollout_failed(awaiting, outcome, problems), now=now)
             self._metrics.rollout_timeouts.labels(awaiting.target).inc()
         await self._publisher.publish(event)
         # Compare-and-set: a wait recorded meanwhile (a newer cause) stays.
         await self._store.save(record.model_copy(update={"awaiting": None}), stored.revision)
         log.info("Published rollout outcome", cluster_id=cluster_id, event_type=event.type, event_id=event.id)
-
-    async def _failure(
-        self, record: logic.ClusterRecord, awaiting: logic.Awaiting, outcome: logic.TimedOut, cause: Envelope[Any]
-    ) -> ClusterFailed:
-        message = outcome.detail
-        if awaiting.target == "ready" and (problems := await self._kube.pod_problems(record.namespace, record.uid)):
-            message += f"; {'; '.join(problems)}"
-        return ClusterFailed(
-            stage=STAGE,
-            reason=Reason.VNODES_NOT_RUNNING if awaiting.target == "ready" else Reason.VNODES_NOT_STOPPED,
-            message=message,
-            failed_event=cause.type,
-            generation=getattr(cause.data, "generation", None),
-        )
 
 
 def _stop_if_cancelled() -> None:
