@@ -16,9 +16,7 @@ from nats.js import JetStreamContext
 from prometheus_client import CollectorRegistry
 
 from libs.events import (
-    REGISTRY,
     STREAM_NAME,
-    Backoff,
     Consumer,
     ConsumerSettings,
     Envelope,
@@ -34,6 +32,7 @@ from libs.events import (
     ensure_stream,
 )
 from libs.events.catalog import ClusterAccepted, ClusterFailed, ClusterRejected, ClusterRequested
+from tests.support.consumers import start_consumer
 from tests.support.events import NOW, cluster_requested
 from tests.support.streams import answering, caused_by, next_event
 
@@ -73,22 +72,18 @@ async def run_consumer(
     ) -> Consumer:
         if durable not in metrics:
             metrics[durable] = EventMetrics(durable, registry)
-        consumer = Consumer(
-            service=durable,
-            js=js,
-            publisher=Publisher(js, metrics[durable]),
-            registry=REGISTRY,
-            settings=ConsumerSettings(durable=durable, filter_subjects=tuple(subjects), **settings),
-            routes=[Route(s, handler, frozenset(emits)) for s in subjects],
+        consumer = await start_consumer(
+            js,
+            [Route(s, handler, frozenset(emits)) for s in subjects],
+            durable=durable,
             metrics=metrics[durable],
             stream=stream,
             concurrency=concurrency,
             prefetch=prefetch,
-            backoff=Backoff(base_s=0.1, max_s=0.2),
             clock=lambda: NOW,
             answers_invalid_requests=answers_invalid_requests,
+            **settings,
         )
-        await consumer.start()
         started.append(consumer)
         return consumer
 

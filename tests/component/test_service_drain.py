@@ -18,6 +18,7 @@ from nats.js import JetStreamContext
 from libs.events import STREAM_NAME, Envelope, Publisher, StreamSettings, ensure_stream
 from libs.events.catalog import ClusterRequested
 from tests.support.events import NOW, cluster_requested
+from tests.support.wait import eventually
 
 DURABLE = "drain-test"
 
@@ -47,14 +48,6 @@ SERVICE = textwrap.dedent(
     asyncio.run(main())
     """
 )
-
-
-async def eventually(condition: object, what: str, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 def start_service(nats_url: str, grace_s: float, work_s: float, marks: Path) -> subprocess.Popen[bytes]:

@@ -3,10 +3,9 @@ service as its own process), driven through kubectl, the vk8s CLI and the API.""
 
 from __future__ import annotations
 
-import asyncio
+import functools
 import subprocess
-import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,12 +13,16 @@ import pytest
 from kubernetes.aio import client
 
 from libs.kube import GROUP, PLURAL, VERSION
+from tests.support import wait
 from tests.support.cli import cli_env
 from vk8s.local import stack
 from vk8s.testbed.config import FleetSpec
 from vk8s.testbed.fixtures import create_namespace, delete_namespace, new_api_client
 
 ROOT = Path(__file__).resolve().parents[2]
+
+# A whole stack answers in seconds, and each probe may run a CLI: poll once a second.
+eventually = functools.partial(wait.eventually, interval=1.0)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -70,20 +73,6 @@ async def vk8s_object(api: client.ApiClient, namespace: str, name: str) -> dict[
         if error.status == 404:
             return None
         raise
-
-
-async def eventually(check: Callable[[], Any], what: str, timeout: float = 300, interval: float = 1.0) -> Any:
-    """Polls `check` (sync or async) until it returns something truthy."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if asyncio.iscoroutine(last):
-            last = await last
-        if last:
-            return last
-        await asyncio.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
 
 
 async def phase_of(api: client.ApiClient, namespace: str, name: str) -> str | None:

@@ -3,12 +3,10 @@ nodes, garbage collection, exec over the real streaming API, and RBAC."""
 
 from __future__ import annotations
 
-import asyncio
 import copy
-import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 import yaml
@@ -16,22 +14,13 @@ from kubernetes.aio import client
 from kubernetes.aio.client.exceptions import ApiException
 from kubernetes.aio.stream import WsApiClient
 
+from tests.support.wait import eventually
 from vk8s.images.builders import toolbox_ref
 from vk8s.testbed.config import FAKE_NODE_ANNOTATION, GPU_PRODUCT_LABEL, GPU_RESOURCE, GPU_TOPOLOGY_LABEL, ZONE_LABEL
 from vk8s.testbed.crds import project_crds
 from vk8s.testbed.fixtures import ControlPlane
 
 REPO = Path(__file__).resolve().parents[2]
-T = TypeVar("T")
-
-
-async def eventually(probe: Callable[[], Awaitable[T | None]], what: str, timeout: float = 30.0) -> T:
-    deadline = time.monotonic() + timeout
-    while (result := await probe()) is None or result is False:
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        await asyncio.sleep(0.1)
-    return result
 
 
 @pytest.fixture

@@ -4,38 +4,39 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
-from kubernetes.aio import client
 from nats.js import JetStreamContext
 
-from libs.events import Envelope, ensure_kv
+from libs.events import Envelope
 from libs.events.catalog import ClusterRequested
 from libs.runtime import Service
-from services.gateway.adapters.kubernetes import ClusterObjects
-from services.gateway.adapters.ledger import Ledger
-from services.gateway.adapters.metrics import GatewayMetrics
-from services.gateway.handlers import ANNOUNCER, TOPOLOGY, GatewayHandlers
+from services.gateway.__main__ import wired
 from services.gateway.settings import GatewaySettings
 from tests.support.events import NOW, spec_document
 from tests.support.streams import answering, next_event
 
+NOWHERE_KUBECONFIG = {
+    "apiVersion": "v1",
+    "kind": "Config",
+    "clusters": [{"name": "nowhere", "cluster": {"server": "http://127.0.0.1:9"}}],
+    "users": [{"name": "nobody", "user": {}}],
+    "contexts": [{"name": "nowhere", "context": {"cluster": "nowhere", "user": "nobody"}}],
+    "current-context": "nowhere",
+}
+
 
 @pytest.fixture
-async def gateway_consumer(nats_url: str, js: JetStreamContext) -> AsyncIterator[Service]:
-    """The gateway's consumer alone, with an apiserver address nothing listens on: a rejection
-    must be decided without Kubernetes."""
-    settings = GatewaySettings(nats_url=nats_url, http_port=0, max_deliver=2, backoff_base_s=0.1)
-    api = client.ApiClient(client.Configuration(host="http://127.0.0.1:9"))
-    async with api, Service(TOPOLOGY.service, settings) as service:
-        gateway = GatewayHandlers(
-            objects=ClusterObjects(api),
-            ledger=Ledger(await ensure_kv(service.js, settings.kv_bucket)),
-            publisher=service.publisher.only(ANNOUNCER),
-            metrics=GatewayMetrics(service.metrics_registry),
-            settings=settings,
-        )
-        service.consume(TOPOLOGY, gateway)
+async def gateway_consumer(nats_url: str, js: JetStreamContext, tmp_path: Path) -> AsyncIterator[Service]:
+    """The gateway as it is wired, with an apiserver address nothing listens on: a rejection must
+    be decided without Kubernetes."""
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(json.dumps(NOWHERE_KUBECONFIG))
+    settings = GatewaySettings(
+        nats_url=nats_url, http_port=0, max_deliver=2, backoff_base_s=0.1, kubeconfig=str(kubeconfig)
+    )
+    async with wired(settings) as service:
         await service.start()
         yield service
 

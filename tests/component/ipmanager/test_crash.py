@@ -18,6 +18,7 @@ from nats.js import JetStreamContext
 from libs.events import REGISTRY, Envelope, StreamSettings, ensure_kv, ensure_stream
 from services.ipmanager.adapters.kv import KvStore
 from tests.component.ipmanager.support import BUCKET, accepted, assert_unique, publish, scheduled, vnode_names
+from tests.support.wait import eventually
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 CLUSTERS = 60
@@ -74,22 +75,14 @@ async def allocations(js: JetStreamContext) -> AsyncIterator[list[Envelope[Any]]
     await sub.unsubscribe()
 
 
-async def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    try:
-        async with asyncio.timeout(timeout):
-            while not condition():
-                await asyncio.sleep(0.02)
-    except TimeoutError:
-        raise AssertionError(f"timed out waiting for {what}") from None
-
-
 async def test_sigkill_mid_burst_loses_nothing_and_doubles_nothing(
     js: JetStreamContext, start_ipmanager: Callable[[str], Any], allocations: list[Envelope[Any]], tmp_path: Path
 ) -> None:
     first = await start_ipmanager("first")
     await publish(js, *(accepted(*cluster(i), uid(i), workers=WORKERS) for i in range(CLUSTERS)))
     await publish(js, *(scheduled(*cluster(i), workers=WORKERS) for i in range(CLUSTERS)))
-    await wait_until(lambda: len(allocations) >= KILL_AFTER, 60, f"{KILL_AFTER} allocations before the kill")
+    # Polled often: the kill must land while the burst is still going.
+    await eventually(lambda: len(allocations) >= KILL_AFTER, f"{KILL_AFTER} allocations before the kill", 60, interval=0.02)
     first.send_signal(signal.SIGKILL)
     await first.wait()
     done_before_kill = {event.cluster_id for event in allocations}
@@ -97,9 +90,7 @@ async def test_sigkill_mid_burst_loses_nothing_and_doubles_nothing(
 
     second = await start_ipmanager("second")
     try:
-        await wait_until(
-            lambda: len({event.cluster_id for event in allocations}) == CLUSTERS, 90, "every cluster's allocation"
-        )
+        await eventually(lambda: len({event.cluster_id for event in allocations}) == CLUSTERS, "every cluster's allocation", 90)
     finally:
         second.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(second.wait(), 30) == 0, (tmp_path / "ipmanager-second.log").read_text()[-3000:]

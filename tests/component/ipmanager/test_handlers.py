@@ -14,14 +14,11 @@ from prometheus_client import CollectorRegistry
 
 from libs.api.models import DEFAULT_SERVICE_CIDR
 from libs.events import (
-    REGISTRY,
     STREAM_NAME,
     Backoff,
     Consumer,
-    ConsumerSettings,
     Envelope,
     EventMetrics,
-    Publisher,
     StreamSettings,
     ensure_kv,
     ensure_stream,
@@ -40,6 +37,7 @@ from tests.component.ipmanager.support import (
     scheduled,
     vnodes_deleted,
 )
+from tests.support.consumers import start_consumer
 
 
 @pytest.fixture
@@ -50,20 +48,15 @@ async def kv(js: JetStreamContext) -> KeyValue:
 
 @pytest.fixture
 async def ipmanager(js: JetStreamContext, kv: KeyValue) -> AsyncIterator[Consumer]:
-    metrics = EventMetrics("ipmanager", CollectorRegistry())
-    consumer = Consumer(
-        service="ipmanager",
-        js=js,
-        publisher=Publisher(js, metrics),
-        registry=REGISTRY,
-        settings=ConsumerSettings(durable="ipmanager", filter_subjects=TOPOLOGY.consumes, max_deliver=20),
-        routes=routes(TOPOLOGY, IpManagerHandlers(allocator=allocator_for(kv))),
-        metrics=metrics,
-        stream=STREAM_NAME,
+    consumer = await start_consumer(
+        js,
+        routes(TOPOLOGY, IpManagerHandlers(allocator=allocator_for(kv))),
+        durable="ipmanager",
+        metrics=EventMetrics("ipmanager", CollectorRegistry()),
         concurrency=4,
         backoff=Backoff(base_s=0.05, max_s=0.2),
+        max_deliver=20,
     )
-    await consumer.start()
     yield consumer
     await consumer.stop()
 

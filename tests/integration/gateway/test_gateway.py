@@ -10,7 +10,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 import structlog
@@ -33,20 +33,11 @@ from services.gateway.logic import PAUSED_ANNOTATION, REQUEST_ID_ANNOTATION
 from services.gateway.settings import GatewaySettings
 from tests.support.events import NOW, spec_document
 from tests.support.services import running
+from tests.support.wait import eventually
 
-T = TypeVar("T")
 NAME = "team-a"
 PASSWORD = "n0t-in-any-event"
 SECRET = spec_document()["kubeflow"]["passwordSecretRef"]["name"]
-
-
-async def eventually(probe: Callable[[], Awaitable[T | None]], what: str, timeout: float = 30.0) -> T:
-    deadline = time.monotonic() + timeout
-    while (result := await probe()) is None or result is False:
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        await asyncio.sleep(0.1)
-    return result
 
 
 class Cluster:

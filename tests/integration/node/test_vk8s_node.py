@@ -6,19 +6,18 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 from kubernetes.aio import client, config
 from kubernetes.aio.client.exceptions import ApiException
 from kubernetes.aio.stream import WsApiClient
 
+from tests.support.wait import eventually
 from vk8s.testbed.config import FAKE_NODE_ANNOTATION, GPU_RESOURCE
 
-T = TypeVar("T")
 RC_MARK = "__vk8s_rc="
 KUBEADM_CONFIG = """\
 apiVersion: kubeadm.k8s.io/v1beta4
@@ -38,15 +37,6 @@ networking:
 """
 
 pytestmark = pytest.mark.timeout(900)
-
-
-async def eventually(probe: Callable[[], Awaitable[T | None]], what: str, timeout: float = 60.0) -> T:
-    deadline = time.monotonic() + timeout
-    while (result := await probe()) is None or result is False:
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        await asyncio.sleep(0.2)
-    return result
 
 
 async def run(api: client.ApiClient, namespace: str, pod: str, script: str) -> tuple[int, str]:
@@ -124,7 +114,7 @@ async def running(core: client.CoreV1Api, namespace: str, name: str) -> client.V
             raise
         return pod if pod.status.phase == "Running" and not pod.metadata.deletion_timestamp else None
 
-    return await eventually(probe, f"pod {name} Running")
+    return await eventually(probe, f"pod {name} Running", 60)
 
 
 async def gone(read: Callable[[], Awaitable[object]], what: str) -> None:
@@ -137,7 +127,7 @@ async def gone(read: Callable[[], Awaitable[object]], what: str) -> None:
             raise
         return False
 
-    await eventually(probe, f"{what} deleted")
+    await eventually(probe, f"{what} deleted", 60)
 
 
 def pids_of(sandbox: Path) -> list[int]:
@@ -237,7 +227,7 @@ async def test_vnode_lifecycle_builds_a_real_inner_cluster(
     control_plane = pids_of(master_sandbox)
     await core.delete_namespaced_pod("c1-master-0", namespace, grace_period_seconds=0)
     await gone(lambda: core.read_namespaced_pod("c1-master-0", namespace), "the master pod")
-    await eventually(lambda: _true(not any(alive(pid) for pid in control_plane)), "the inner control plane to stop")
+    await eventually(lambda: not any(alive(pid) for pid in control_plane), "the inner control plane to stop", 60)
     await core.create_namespaced_pod(namespace, master)
     await running(core, namespace, "c1-master-0")
     resumed = await state(kube_api, namespace, "c1-master-0")
@@ -256,16 +246,13 @@ async def test_vnode_lifecycle_builds_a_real_inner_cluster(
     for name in ("node-state-master", "node-state-worker"):
         await core.delete_namespaced_persistent_volume_claim(name, namespace)
     await eventually(
-        lambda: _true(not any(path.name.startswith("pvc-") for path in (sandbox_root / namespace).glob("*"))),
+        lambda: not any(path.name.startswith("pvc-") for path in (sandbox_root / namespace).glob("*")),
         "both vNode sandboxes to be removed",
+        60,
     )
 
     assert restarted and not any(alive(pid) for pid in restarted)
     assert not master_sandbox.exists()
-
-
-async def _true(value: bool) -> bool:
-    return value
 
 
 async def prepared_master(

@@ -3,11 +3,10 @@ reordered still give the Vk8s object the right status and history."""
 
 from __future__ import annotations
 
-import asyncio
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import aiohttp
 import pytest
@@ -23,10 +22,9 @@ from services.projector.logic import render_status
 from services.projector.settings import ProjectorSettings
 from tests.support.events import spec_document
 from tests.support.services import running
+from tests.support.wait import eventually
 from tests.unit.projector.sequence import Timeline
 from tests.unit.projector.test_logic import fold
-
-T = TypeVar("T")
 
 TOKEN = "projector-read-token"
 AUTHORIZED = {"Authorization": f"Bearer {TOKEN}"}
@@ -62,16 +60,6 @@ async def publish(js: JetStreamContext, events: Sequence[tuple[Envelope[Any], st
     for envelope, msg_id in events:
         ack = await js.publish(envelope.type, envelope.to_json(), headers={"Nats-Msg-Id": msg_id})
         assert not ack.duplicate  # every copy reaches the projector: the broker dedupe is not what is tested
-
-
-async def eventually(probe: Callable[[], Awaitable[T]], done: Callable[[T], bool], timeout: float = 30.0) -> T:
-    """Probes until `done` holds; on timeout fails showing what was seen last."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not done(seen := await probe()):
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"not reached in {timeout:.0f}s; last seen: {seen!r}")
-        await asyncio.sleep(0.1)
-    return seen
 
 
 async def acked(service: Service) -> float:
@@ -119,9 +107,9 @@ async def test_status_is_right_after_redelivery_and_reordering(
     await publish(js, copies)
 
     expected = render_status(fold(events))
-    status = await eventually(lambda: status_of(kube_api, namespace, "team-a"), lambda s: s == expected)
+    status = await eventually(lambda: status_of(kube_api, namespace, "team-a"), "team-a's status", done=lambda s: s == expected)
     # Every copy reached the projector, and the status is still the one of each event once.
-    await eventually(lambda: acked(projector), lambda count: count == len(copies))
+    await eventually(lambda: acked(projector), "every copy acked", done=lambda count: count == len(copies))
     assert await status_of(kube_api, namespace, "team-a") == expected
 
     assert (status["phase"], status["message"]) == ("Running", "Running")
@@ -170,7 +158,7 @@ async def test_a_late_failure_of_an_old_generation_does_not_fail_the_new_one(
     events += [t.failed("ipmanager", "pool exhausted", generation=1), t.scheduled(2)]  # the failure is stale
     await publish(js, [(e, e.id) for e in reversed(events)])
     expected = render_status(fold(events))
-    status = await eventually(lambda: status_of(kube_api, namespace, "team-b"), lambda s: s == expected)
+    status = await eventually(lambda: status_of(kube_api, namespace, "team-b"), "team-b's status", done=lambda s: s == expected)
     assert (status["phase"], status["message"], status["observedGeneration"]) == ("Waiting", "creating node", 2)
 
 
@@ -187,5 +175,5 @@ async def test_events_of_a_cluster_without_an_object_stay_in_the_read_model(
             async with http.get(url) as response:
                 return await response.json() if response.status == 200 else {}
 
-    body = await eventually(read, lambda b: b.get("status", {}).get("phase") == "Failed")
+    body = await eventually(read, "phase Failed in the read API", done=lambda b: b.get("status", {}).get("phase") == "Failed")
     assert body["status"]["message"] == "request rejected: spec.nodes: at least one node is needed"

@@ -15,7 +15,8 @@ import pytest
 from kubernetes.aio import client
 
 from tests.integration.real.test_real_nodes import toolbox_pod
-from tests.integration.test_testbed import eventually, running_pod
+from tests.integration.test_testbed import running_pod
+from tests.support.wait import eventually
 from vk8s.testbed import lifecycle
 from vk8s.testbed.config import FleetSpec, StateLayout
 from vk8s.testbed.fixtures import create_namespace, new_api_client

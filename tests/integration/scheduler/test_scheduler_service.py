@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -44,6 +43,7 @@ from libs.runtime import Service
 from services.scheduler.__main__ import wired
 from services.scheduler.settings import SchedulerSettings
 from tests.support.services import running
+from tests.support.wait import eventually
 from vk8s.testbed.config import FAKE_NODE_ANNOTATION, GPU_PRODUCT_LABEL, GPU_RESOURCE, ZONE_LABEL
 
 POOL_LABEL = "vk8s.skt.co.kr/test-pool"
@@ -74,19 +74,6 @@ def node_manifest(name: str, pool: str, gpus: int) -> dict[str, Any]:
         "spec": {"taints": [{"key": POOL_LABEL, "value": pool, "effect": "NoSchedule"}]},
         "status": {"capacity": capacity, "allocatable": capacity},
     }
-
-
-async def eventually(probe: Callable[[], Any], what: str, timeout: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = probe()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        await asyncio.sleep(0.1)
 
 
 @pytest.fixture

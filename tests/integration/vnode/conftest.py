@@ -3,13 +3,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 from kubernetes.aio import client
@@ -26,17 +25,6 @@ from services.vnode.__main__ import wired
 from services.vnode.settings import VNodeSettings
 from tests.support.services import running
 from vk8s.testbed.config import FAKE_NODE_ANNOTATION, GPU_RESOURCE
-
-T = TypeVar("T")
-
-
-async def eventually(probe: Callable[[], Awaitable[T | None]], what: str, timeout: float = 30.0) -> T:
-    deadline = time.monotonic() + timeout
-    while (result := await probe()) is None or result is False:
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        await asyncio.sleep(0.1)
-    return result
 
 
 @pytest.fixture

@@ -27,8 +27,9 @@ from libs.events.catalog import (
 from libs.kube import GROUP, PLURAL, VERSION
 from libs.runtime import Service
 from services.vnode.logic import RETAIN_VOLUMES_ANNOTATION
-from tests.integration.vnode.conftest import Bus, eventually
+from tests.integration.vnode.conftest import Bus
 from tests.support.events import spec_document
+from tests.support.wait import eventually
 
 CreateVk8s = Callable[..., Awaitable[dict[str, Any]]]
 IPS = {"master": "10.200.0.2", "worker-0": "10.200.0.3", "worker-1": "10.200.0.4"}
