@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any, TypeVar
 
-from libs.runtime import Service
+from libs.runtime import Service, ServiceSettings
+
+S = TypeVar("S", bound=ServiceSettings)
 
 
 @contextlib.asynccontextmanager
@@ -14,3 +18,9 @@ async def running(wired: contextlib.AbstractAsyncContextManager[Service]) -> Asy
     async with wired as service:
         await service.start()
         yield service
+
+
+def local_settings(settings_class: type[S], nats_url: str, kubeconfig: Path, **overrides: Any) -> S:
+    """A service's settings against the test's NATS and apiserver, serving HTTP on a free local
+    port; `overrides` are the test's own (faster retries, a node selector, ...)."""
+    return settings_class(nats_url=nats_url, kubeconfig=str(kubeconfig), http_host="127.0.0.1", http_port=0, **overrides)

@@ -21,7 +21,7 @@ from services.projector.__main__ import wired
 from services.projector.logic import render_status
 from services.projector.settings import ProjectorSettings
 from tests.support.events import spec_document
-from tests.support.services import running
+from tests.support.services import local_settings, running
 from tests.support.wait import eventually
 from tests.unit.projector.sequence import Timeline
 from tests.unit.projector.test_logic import fold
@@ -32,11 +32,10 @@ AUTHORIZED = {"Authorization": f"Bearer {TOKEN}"}
 
 @pytest.fixture
 async def projector(nats_url: str, kube_config_path: Path, js: JetStreamContext) -> AsyncIterator[Service]:
-    settings = ProjectorSettings(
-        nats_url=nats_url,
-        kubeconfig=str(kube_config_path),
-        http_host="127.0.0.1",
-        http_port=0,
+    settings = local_settings(
+        ProjectorSettings,
+        nats_url,
+        kube_config_path,
         backoff_base_s=0.1,
         backoff_max_s=0.5,
         read_api_token=SecretStr(TOKEN),

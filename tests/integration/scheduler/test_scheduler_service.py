@@ -42,7 +42,7 @@ from libs.kube.vnodes import (
 from libs.runtime import Service
 from services.scheduler.__main__ import wired
 from services.scheduler.settings import SchedulerSettings
-from tests.support.services import running
+from tests.support.services import local_settings, running
 from tests.support.wait import eventually
 from vk8s.testbed.config import FAKE_NODE_ANNOTATION, GPU_PRODUCT_LABEL, GPU_RESOURCE, ZONE_LABEL
 
@@ -107,11 +107,10 @@ async def pool(kube_api: client.ApiClient) -> AsyncIterator[Pool]:
 
 @contextlib.asynccontextmanager
 async def running_scheduler(nats_url: str, kubeconfig: Path, pool: Pool) -> AsyncIterator[Service]:
-    settings = SchedulerSettings(
-        nats_url=nats_url,
-        kubeconfig=str(kubeconfig),
-        http_host="127.0.0.1",
-        http_port=0,
+    settings = local_settings(
+        SchedulerSettings,
+        nats_url,
+        kubeconfig,
         node_selector=f"{POOL_LABEL}={pool.id}",
         retry_debounce_s=0.1,
         backoff_base_s=0.2,

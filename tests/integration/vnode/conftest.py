@@ -23,7 +23,7 @@ from libs.kube import GROUP, KIND, PLURAL, VERSION
 from libs.runtime import Service
 from services.vnode.__main__ import wired
 from services.vnode.settings import VNodeSettings
-from tests.support.services import running
+from tests.support.services import local_settings, running
 from vk8s.testbed.config import FAKE_NODE_ANNOTATION, GPU_RESOURCE
 
 
@@ -43,11 +43,10 @@ async def gpu_hosts(kube_api: client.ApiClient) -> list[str]:
 
 @pytest.fixture
 async def vnode_service(nc: NATS, nats_url: str, kube_config_path: Path) -> AsyncIterator[Service]:
-    settings = VNodeSettings(
-        nats_url=nats_url,
-        kubeconfig=str(kube_config_path),
-        http_host="127.0.0.1",
-        http_port=0,
+    settings = local_settings(
+        VNodeSettings,
+        nats_url,
+        kube_config_path,
         resync_interval_s=0.5,
         backoff_base_s=0.2,
         backoff_max_s=1.0,
