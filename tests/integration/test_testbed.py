@@ -14,6 +14,7 @@ from kubernetes.aio import client
 from kubernetes.aio.client.exceptions import ApiException
 from kubernetes.aio.stream import WsApiClient
 
+from tests.support.pods import running_pod
 from tests.support.wait import eventually
 from vk8s.images.builders import toolbox_ref
 from vk8s.testbed.config import FAKE_NODE_ANNOTATION, GPU_PRODUCT_LABEL, GPU_RESOURCE, GPU_TOPOLOGY_LABEL, ZONE_LABEL
@@ -58,19 +59,6 @@ def pod_manifest(
             "containers": [container],
         },
     }
-
-
-async def running_pod(core: client.CoreV1Api, namespace: str, name: str) -> client.V1Pod:
-    async def probe() -> client.V1Pod | None:
-        try:
-            pod = await core.read_namespaced_pod(name, namespace)
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
-        return pod if pod.status.phase == "Running" else None
-
-    return await eventually(probe, f"pod {namespace}/{name} Running")
 
 
 def vk8s_plural() -> tuple[str, str, str]:

@@ -15,6 +15,7 @@ from kubernetes.aio import client, config
 from kubernetes.aio.client.exceptions import ApiException
 from kubernetes.aio.stream import WsApiClient
 
+from tests.support.pods import running_pod
 from tests.support.wait import eventually
 from vk8s.testbed.config import FAKE_NODE_ANNOTATION, GPU_RESOURCE
 
@@ -104,19 +105,6 @@ def claim(name: str) -> dict[str, Any]:
     }
 
 
-async def running(core: client.CoreV1Api, namespace: str, name: str) -> client.V1Pod:
-    async def probe() -> client.V1Pod | None:
-        try:
-            pod = await core.read_namespaced_pod(name, namespace)
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
-        return pod if pod.status.phase == "Running" and not pod.metadata.deletion_timestamp else None
-
-    return await eventually(probe, f"pod {name} Running", 60)
-
-
 async def gone(read: Callable[[], Awaitable[object]], what: str) -> None:
     async def probe() -> bool:
         try:
@@ -161,8 +149,8 @@ async def test_vnode_lifecycle_builds_a_real_inner_cluster(
     worker = vnode_pod("c1-worker-0", "node-state-worker", host, cpu="2", memory="8Gi", gpus=0)
     await core.create_namespaced_pod(namespace, master)
     await core.create_namespaced_pod(namespace, worker)
-    await running(core, namespace, "c1-master-0")
-    await running(core, namespace, "c1-worker-0")
+    await running_pod(core, namespace, "c1-master-0", 60)
+    await running_pod(core, namespace, "c1-worker-0", 60)
     master_sandbox = sandbox_root / namespace / f"pvc-{master_claim.metadata.uid}"
 
     # prepare: the host's capacity minus the limits is reserved; exactly the pod's GPU is listed.
@@ -229,7 +217,7 @@ async def test_vnode_lifecycle_builds_a_real_inner_cluster(
     await gone(lambda: core.read_namespaced_pod("c1-master-0", namespace), "the master pod")
     await eventually(lambda: not any(alive(pid) for pid in control_plane), "the inner control plane to stop", 60)
     await core.create_namespaced_pod(namespace, master)
-    await running(core, namespace, "c1-master-0")
+    await running_pod(core, namespace, "c1-master-0", 60)
     resumed = await state(kube_api, namespace, "c1-master-0")
     await vk8s_node(kube_api, namespace, "c1-master-0", "start")
     nodes = await inner_nodes(kubeconfig)
@@ -263,7 +251,7 @@ async def prepared_master(
     await core.create_namespaced_persistent_volume_claim(namespace, claim(f"node-state-{pod}"))
     master = vnode_pod(pod, f"node-state-{pod}", host.metadata.name, cpu="2", memory="4Gi", gpus=0)
     await core.create_namespaced_pod(namespace, master)
-    await running(core, namespace, pod)
+    await running_pod(core, namespace, pod, 60)
     await vk8s_node(kube_api, namespace, pod, f"prepare --node-name {pod} --cpu-limit 2 --memory-limit 4Gi --gpus 0")
     await vk8s_node(kube_api, namespace, pod, f"write etc/kubernetes/kubeadm.yaml <<'EOF'\n{kubeadm_config}EOF")
 

@@ -11,7 +11,8 @@ import pytest
 from kubernetes.aio import client
 
 from tests.integration.conftest import REAL_FLEET
-from tests.integration.test_testbed import exec_in, pod_manifest, running_pod
+from tests.integration.test_testbed import exec_in, pod_manifest
+from tests.support.pods import running_pod
 from tests.support.wait import eventually
 from vk8s.testbed.config import GPU_PRODUCT_LABEL, GPU_RESOURCE, VNODE_IP_POOL, ZONE_LABEL, StateLayout
 from vk8s.testbed.fixtures import ControlPlane

@@ -15,7 +15,7 @@ import pytest
 from kubernetes.aio import client
 
 from tests.integration.real.test_real_nodes import toolbox_pod
-from tests.integration.test_testbed import running_pod
+from tests.support.pods import running_pod
 from tests.support.wait import eventually
 from vk8s.testbed import lifecycle
 from vk8s.testbed.config import FleetSpec, StateLayout
