@@ -18,8 +18,6 @@ from libs.events.envelope import Envelope
 from services.scheduler.logic.placement import Unschedulable
 from services.scheduler.logic.records import Reservation
 
-# -- events ------------------------------------------------------------------------------------
-
 
 def scheduled_event(
     cause: Envelope[ClusterAccepted] | Envelope[ClusterUpdated], reservation: Reservation, now: datetime

@@ -10,8 +10,6 @@ from libs.kube.objects import owner_reference
 from services.scheduler.logic.inventory import Inventory
 from services.scheduler.logic.records import Reservation, ReservedVNode
 
-# -- placeholder pods --------------------------------------------------------------------------
-
 HOLDS_ANNOTATION = f"{GROUP}/holds"
 
 

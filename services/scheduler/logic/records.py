@@ -17,8 +17,6 @@ from services.scheduler.logic.inventory import Booking, BookingKey, Inventory
 from services.scheduler.logic.placement import Placement, PlacementRequest, VNodeRequest, vnode_request
 from services.scheduler.logic.resources import Resources
 
-# -- the ledger's records ----------------------------------------------------------------------
-
 
 class _Record(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True, alias_generator=to_camel)
