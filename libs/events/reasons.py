@@ -32,6 +32,15 @@ class Reason(StrEnum):
     NOT_SYNCED = "NotSynced"
     LOST_RACES = "LostRaces"
     PLACEHOLDER_RACE = "PlaceholderRace"
+    # Why a vNode did not fit (cluster.unschedulable, by category in the metrics).
+    NO_SCHEDULABLE_NODES = "NoSchedulableNodes"
+    NO_GPU_NODES = "NoGpuNodes"
+    GPU_MODEL_UNAVAILABLE = "GpuModelUnavailable"
+    TAINT_NOT_TOLERATED = "TaintNotTolerated"
+    GPUS_EXCEED_NODE_SIZE = "GpusExceedNodeSize"
+    INSUFFICIENT_GPUS = "InsufficientGpus"
+    INSUFFICIENT_CPU_MEMORY = "InsufficientCpuMemory"
+    BEHIND_HEAD_OF_QUEUE = "BehindHeadOfQueue"
 
     # -- ipmanager -----------------------------------------------------------------------------------
     INVALID_UID = "InvalidUid"

@@ -20,6 +20,7 @@ from datetime import datetime
 from typing import Literal
 
 from libs.api.models import GPU_RESOURCE, NodeSpec, Vk8sSpec
+from libs.events.reasons import Reason
 from services.scheduler.logic.inventory import GroupKey, Inventory, NodeGroup, free_bucket
 from services.scheduler.logic.resources import NOTHING, Resources, Toleration, tolerated
 
@@ -79,21 +80,21 @@ class Placement:
 
 # Every VNodeReason.code the placement search (and the head-of-queue protection) gives.
 UNSCHEDULABLE_REASONS = (
-    "NoSchedulableNodes",
-    "NoGpuNodes",
-    "GpuModelUnavailable",
-    "TaintNotTolerated",
-    "GpusExceedNodeSize",
-    "InsufficientGpus",
-    "InsufficientCpuMemory",
-    "BehindHeadOfQueue",  # fits, but on nodes kept for the head of the pending queue
+    Reason.NO_SCHEDULABLE_NODES,
+    Reason.NO_GPU_NODES,
+    Reason.GPU_MODEL_UNAVAILABLE,
+    Reason.TAINT_NOT_TOLERATED,
+    Reason.GPUS_EXCEED_NODE_SIZE,
+    Reason.INSUFFICIENT_GPUS,
+    Reason.INSUFFICIENT_CPU_MEMORY,
+    Reason.BEHIND_HEAD_OF_QUEUE,  # fits, but on nodes kept for the head of the pending queue
 )
 
 
 @dataclass(frozen=True, slots=True)
 class VNodeReason:
     vnode: str
-    code: str  # CamelCase category, for metrics
+    code: Reason  # the category, for metrics
     text: str  # what a person can act on
 
     def __post_init__(self) -> None:
@@ -132,7 +133,7 @@ def place(request: PlacementRequest, inventory: Inventory) -> Placement | Unsche
         else:
             hosts[vnode.name] = host
     if failed:
-        explained: dict[tuple[object, ...], tuple[str, str]] = {}
+        explained: dict[tuple[object, ...], tuple[Reason, str]] = {}
         reasons = []
         for vnode in sorted(failed, key=lambda v: request.vnodes.index(v)):
             # vNodes of one shape share their reason; explaining is the slow path.
@@ -195,7 +196,7 @@ def behind_head(decision: Unschedulable, head: str, since: datetime, nodes: froz
         f"fits, but waits behind {head} (pending since {since.isoformat(timespec='seconds')}), "
         f"the oldest waiting cluster, which has the nodes it waits on kept for it ({shown})"
     )
-    reasons = tuple(VNodeReason(r.vnode, "BehindHeadOfQueue", text) for r in decision.reasons)
+    reasons = tuple(VNodeReason(r.vnode, Reason.BEHIND_HEAD_OF_QUEUE, text) for r in decision.reasons)
     return Unschedulable(reasons, decision.vnodes_total)
 
 
@@ -309,24 +310,24 @@ class _Search:
 
     # -- why not -----------------------------------------------------------------------------
 
-    def explain(self, vnode: VNodeRequest) -> tuple[str, str]:
+    def explain(self, vnode: VNodeRequest) -> tuple[Reason, str]:
         need = vnode.resources
         wants = _describe_need(vnode)
         groups = list(self._inv._groups.values())
         if not groups:
             cordoned = sum(1 for n in self._inv.nodes() if n.cordoned)
             detail = f" ({cordoned} cordoned)" if cordoned else ""
-            return "NoSchedulableNodes", f"needs {wants}; no host node is schedulable{detail}"
+            return Reason.NO_SCHEDULABLE_NODES, f"needs {wants}; no host node is schedulable{detail}"
         if need.gpus:
             groups = [g for g in groups if g.key.gpu_capacity]
             if not groups:
-                return "NoGpuNodes", f"needs {wants}; no schedulable host node has GPUs"
+                return Reason.NO_GPU_NODES, f"needs {wants}; no schedulable host node has GPUs"
             if vnode.gpu_model is not None:
                 models = sorted({g.key.gpu_model or "unlabelled" for g in groups})
                 groups = [g for g in groups if g.key.gpu_model == vnode.gpu_model]
                 if not groups:
                     return (
-                        "GpuModelUnavailable",
+                        Reason.GPU_MODEL_UNAVAILABLE,
                         f"needs {wants}; no schedulable host node has that model (models: {', '.join(models)})",
                     )
         usable = [g for g in groups if tolerated(g.key.taints, vnode.tolerations)]
@@ -336,7 +337,7 @@ class _Search:
             )
             where = " with that GPU model" if vnode.gpu_model else " with GPUs" if need.gpus else ""
             return (
-                "TaintNotTolerated",
+                Reason.TAINT_NOT_TOLERATED,
                 f"needs {wants}; every schedulable node{where} has a taint the vNode does not tolerate "
                 f"({', '.join(taints[:3])}): add a toleration or free other nodes",
             )
@@ -344,12 +345,12 @@ class _Search:
             return self._explain_gpus(vnode, wants, usable)
         return self._explain_cpu(vnode, wants, usable)
 
-    def _explain_gpus(self, vnode: VNodeRequest, wants: str, groups: list[NodeGroup]) -> tuple[str, str]:
+    def _explain_gpus(self, vnode: VNodeRequest, wants: str, groups: list[NodeGroup]) -> tuple[Reason, str]:
         need = vnode.resources
         largest = max(g.key.gpu_capacity for g in groups)
         if largest < need.gpus:
             return (
-                "GpusExceedNodeSize",
+                Reason.GPUS_EXCEED_NODE_SIZE,
                 f"needs {wants}; no host node has that many (the largest has {largest}): "
                 "split it into vNodes with fewer GPUs each",
             )
@@ -362,7 +363,7 @@ class _Search:
             alone, _ = self._most_free_gpus(groups, with_gang=False)
             if alone >= need.gpus:
                 text += " once the cluster's other vNodes are placed"
-            return "InsufficientGpus", text
+            return Reason.INSUFFICIENT_GPUS, text
         # Enough GPUs somewhere, but not with the CPU, memory or pod slots alongside.
         candidates = [
             name
@@ -375,16 +376,16 @@ class _Search:
         wants = _describe_need(vnode, with_compute=True)
         short = self._short_of(candidates, need)
         if short is None:
-            return "InsufficientCpuMemory", self._no_combination(wants, candidates, need)
-        return "InsufficientCpuMemory", f"needs {wants}; nodes with {need.gpus} free GPUs have at most {short} free"
+            return Reason.INSUFFICIENT_CPU_MEMORY, self._no_combination(wants, candidates, need)
+        return Reason.INSUFFICIENT_CPU_MEMORY, f"needs {wants}; nodes with {need.gpus} free GPUs have at most {short} free"
 
-    def _explain_cpu(self, vnode: VNodeRequest, wants: str, groups: list[NodeGroup]) -> tuple[str, str]:
+    def _explain_cpu(self, vnode: VNodeRequest, wants: str, groups: list[NodeGroup]) -> tuple[Reason, str]:
         need = vnode.resources
         candidates = [name for g in groups for bucket in g.buckets.values() for name in bucket]
         short = self._short_of(candidates, need)
         if short is None:
-            return "InsufficientCpuMemory", self._no_combination(wants, candidates, need)
-        return "InsufficientCpuMemory", f"needs {wants}; the most free on one node is {short}"
+            return Reason.INSUFFICIENT_CPU_MEMORY, self._no_combination(wants, candidates, need)
+        return Reason.INSUFFICIENT_CPU_MEMORY, f"needs {wants}; the most free on one node is {short}"
 
     def _most_free_gpus(self, groups: list[NodeGroup], *, with_gang: bool) -> tuple[int, str | None]:
         most, where = -1, None
