@@ -17,7 +17,7 @@ from tests.support import wait
 from tests.support.cli import cli_env
 from vk8s.local import stack
 from vk8s.testbed.config import FleetSpec
-from vk8s.testbed.fixtures import create_namespace, delete_namespace, new_api_client
+from vk8s.testbed.fixtures import admin_client, fresh_namespace
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -50,16 +50,14 @@ def product_env(product: tuple[stack.StackLayout, stack.StackInfo]) -> dict[str,
 
 @pytest.fixture(scope="session")
 async def api(product: tuple[stack.StackLayout, stack.StackInfo]) -> AsyncIterator[client.ApiClient]:
-    api_client = await new_api_client(Path(product[1].kubeconfig))
-    async with api_client:
+    async with admin_client(Path(product[1].kubeconfig)) as api_client:
         yield api_client
 
 
 @pytest.fixture
 async def namespace(api: client.ApiClient) -> AsyncIterator[str]:
-    name = await create_namespace(api, prefix="e2e-")
-    yield name
-    await delete_namespace(api, name)
+    async with fresh_namespace(api, prefix="e2e-") as name:
+        yield name
 
 
 def run(argv: list[str], env: dict[str, str], *, stdin: str | None = None, timeout: float = 600) -> subprocess.CompletedProcess[str]:

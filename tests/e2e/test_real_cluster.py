@@ -23,7 +23,7 @@ from tests.support.real_tier import require_real_tier
 from vk8s.images.builders import toolbox_ref
 from vk8s.local import stack
 from vk8s.testbed.config import FleetSpec, pinned_versions
-from vk8s.testbed.fixtures import create_namespace, delete_namespace, new_api_client
+from vk8s.testbed.fixtures import admin_client, fresh_namespace
 
 # Booting real vNodes and kubeadm takes minutes on 2 cores; the module's stack start counts too.
 pytestmark = [pytest.mark.real, pytest.mark.timeout(1200)]
@@ -75,16 +75,14 @@ def real_env(real_product: tuple[stack.StackLayout, stack.StackInfo]) -> dict[st
 
 @pytest.fixture(scope="module")
 async def real_host(real_product: tuple[stack.StackLayout, stack.StackInfo]) -> AsyncIterator[client.ApiClient]:
-    api = await new_api_client(Path(real_product[1].kubeconfig))
-    async with api:
+    async with admin_client(Path(real_product[1].kubeconfig)) as api:
         yield api
 
 
 @pytest.fixture
 async def tenant(real_host: client.ApiClient) -> AsyncIterator[str]:
-    name = await create_namespace(real_host, prefix="real-")
-    yield name
-    await delete_namespace(real_host, name)
+    async with fresh_namespace(real_host, prefix="real-") as name:
+        yield name
 
 
 def cluster_manifest(name: str, namespace: str, minor: str, master_memory: str = "4Gi", *, kubeflow: bool = False) -> str:

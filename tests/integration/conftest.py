@@ -12,10 +12,9 @@ from tests.support.real_tier import require_real_tier
 from vk8s.testbed.config import FleetSpec, StateLayout
 from vk8s.testbed.fixtures import (
     ControlPlane,
+    admin_client,
     control_plane,
-    create_namespace,
-    delete_namespace,
-    new_api_client,
+    fresh_namespace,
     private_testbed,
 )
 
@@ -57,17 +56,15 @@ def sandbox_root(kube_control_plane: ControlPlane) -> Path | None:
 @pytest.fixture(scope="session")
 async def kube_api(kube_config_path: Path) -> AsyncIterator[client.ApiClient]:
     """A kubernetes.aio ApiClient as cluster admin, with the project's CRDs applied."""
-    api = await new_api_client(kube_config_path)
-    async with api:
+    async with admin_client(kube_config_path) as api:
         yield api
 
 
 @pytest.fixture
 async def namespace(kube_api: client.ApiClient) -> AsyncIterator[str]:
     """A fresh namespace for one test, deleted after it."""
-    name = await create_namespace(kube_api)
-    yield name
-    await delete_namespace(kube_api, name)
+    async with fresh_namespace(kube_api) as name:
+        yield name
 
 
 @pytest.fixture(scope="session")
@@ -80,16 +77,14 @@ def real_control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Con
 
 @pytest.fixture(scope="session")
 async def real_api(real_control_plane: ControlPlane) -> AsyncIterator[client.ApiClient]:
-    api = await new_api_client(real_control_plane.kubeconfig)
-    async with api:
+    async with admin_client(real_control_plane.kubeconfig) as api:
         yield api
 
 
 @pytest.fixture
 async def real_namespace(real_api: client.ApiClient) -> AsyncIterator[str]:
-    name = await create_namespace(real_api)
-    yield name
-    await delete_namespace(real_api, name)
+    async with fresh_namespace(real_api) as name:
+        yield name
 
 
 @pytest.fixture
@@ -106,6 +101,5 @@ def tier_api(tier: str, request: pytest.FixtureRequest) -> client.ApiClient:
 
 @pytest.fixture
 async def tier_namespace(tier_api: client.ApiClient) -> AsyncIterator[str]:
-    name = await create_namespace(tier_api)
-    yield name
-    await delete_namespace(tier_api, name)
+    async with fresh_namespace(tier_api) as name:
+        yield name

@@ -13,7 +13,7 @@ import os
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, cast
@@ -132,6 +132,24 @@ async def new_api_client(kubeconfig: Path) -> client.ApiClient:
         await api.close()
         raise
     return api
+
+
+@contextlib.asynccontextmanager
+async def admin_client(kubeconfig: Path) -> AsyncIterator[client.ApiClient]:
+    """new_api_client for the span of a test (or a session), closed after it."""
+    api = await new_api_client(kubeconfig)
+    async with api:
+        yield api
+
+
+@contextlib.asynccontextmanager
+async def fresh_namespace(api: client.ApiClient, prefix: str = "t-") -> AsyncIterator[str]:
+    """A namespace of the caller's own, deleted after it."""
+    name = await create_namespace(api, prefix=prefix)
+    try:
+        yield name
+    finally:
+        await delete_namespace(api, name)
 
 
 async def create_namespace(api: client.ApiClient, prefix: str = "t-", timeout: float = 30.0) -> str:
