@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.unit.images.support import kubeadm_script, script
 from vk8s.images import builders, sources
 from vk8s.images.errors import ImageBuildError
 
@@ -31,20 +32,10 @@ def cache_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path / "cache"
 
 
-def script(path: Path, body: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(f"#!/bin/sh\n{body}\n")
-    path.chmod(0o755)
-    return path
-
-
 @pytest.fixture
 def bin_dir(tmp_path: Path) -> Path:
     directory = tmp_path / "bin"
-    script(
-        directory / "kubeadm",
-        'case "$1" in version) echo v1.36.3 ;; config) printf "%s\\n" ' + " ".join(KUBEADM_LIST) + " ;; esac",
-    )
+    kubeadm_script(directory, KUBEADM_LIST)
     script(directory / "kube-apiserver", 'echo "Kubernetes v1.36.3"')
     return directory
 

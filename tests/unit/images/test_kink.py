@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from libs.api.versions import NodeImageCatalog, VersionError
+from tests.unit.images.support import kubeadm_script, script
 from vk8s.images import kink
 from vk8s.images.errors import ImageBuildError
 from vk8s.images.oci import ImageConfig, write_archive
@@ -26,13 +27,6 @@ KUBEADM_LIST = [
     PAUSE,
     ETCD,
 ]
-
-
-def script(path: Path, body: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(f"#!/bin/sh\n{body}\n")
-    path.chmod(0o755)
-    return path
 
 
 @pytest.fixture(autouse=True)
@@ -52,10 +46,7 @@ def crictl(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 @pytest.fixture
 def bin_dir(tmp_path: Path) -> Path:
     directory = tmp_path / "bin"
-    script(
-        directory / "kubeadm",
-        'case "$1" in version) echo v1.36.3 ;; config) printf "%s\\n" ' + " ".join(KUBEADM_LIST) + " ;; esac",
-    )
+    kubeadm_script(directory, KUBEADM_LIST)
     script(directory / "kubelet", 'echo "Kubernetes v1.36.3"')
     script(directory / "kubectl", "exit 0")
     return directory
