@@ -25,8 +25,14 @@ def configure_logging(
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=_current_stderr_logger,
         cache_logger_on_first_use=False,
     )
     if service:
         structlog.contextvars.bind_contextvars(service=service)
+
+
+def _current_stderr_logger(*_args: object) -> structlog.PrintLogger:
+    # sys.stderr as it is now, not as it was when logging was configured: whoever swapped it since
+    # (pytest's capture per test, closed after it) would otherwise get writes to a closed file.
+    return structlog.PrintLogger(file=sys.stderr)
