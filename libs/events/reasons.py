@@ -24,6 +24,8 @@ class Reason(StrEnum):
     RECONCILE_FAILED = "ReconcileFailed"
     API_SERVER_ERROR = "ApiServerError"
     API_ERROR = "ApiError"
+    # An applied Vk8s names a password Secret or key that is not there: it waits for it.
+    PASSWORD_SECRET_MISSING = "PasswordSecretMissing"
     # Kubernetes Events on the Vk8s object for a spec that is accepted with a warning.
     PLAIN_PASSWORD_DEPRECATED = "PlainPasswordDeprecated"
     SPEC_WARNING = "SpecWarning"
@@ -97,3 +99,45 @@ class Reason(StrEnum):
     INSTALLING_KUBEFLOW = "InstallingKubeflow"
     FINISHING_SETUP = "FinishingSetup"
     FAILED = "Failed"
+
+
+# What a stage's cluster.failed can carry: the consumer wrapper's reasons for any stage, plus each
+# stage's own (the projector's failure series start at 0 for these; a test checks them against
+# the reasons each service's code fails with).
+ANY_STAGE_FAILURES = (Reason.PERMANENT, Reason.RETRIES_EXHAUSTED, Reason.INVALID_EVENT, Reason.UNDECLARED_EVENT)
+STAGE_FAILURES: dict[str, tuple[Reason, ...]] = {
+    "gateway": (),
+    "scheduler": (),
+    "ipmanager": (Reason.INVALID_UID, Reason.NETWORK_OVERLAP, Reason.NETWORK_IMMUTABLE),
+    "vnode": (
+        Reason.INCOMPLETE_ALLOCATION,
+        Reason.IMAGE_NOT_ALLOWED,
+        Reason.INVALID_OBJECT,
+        Reason.NAME_CLASH,
+        Reason.NO_NODE_IMAGE,
+        Reason.VNODES_NOT_RUNNING,
+        Reason.VNODES_NOT_STOPPED,
+    ),
+    "bootstrap": (
+        Reason.NO_KUBERNETES_VERSION,
+        Reason.UNKNOWN_VNODE,
+        Reason.NO_MASTER,
+        Reason.STEP_FAILED,
+        Reason.NODE_IMAGE_UNSUPPORTED,
+        Reason.NO_SERVER_VERSION,
+        Reason.KUBECONFIG_REFUSED,
+    ),
+    "kubeflow": (
+        Reason.NO_COMPATIBLE_KUBEFLOW,
+        Reason.NO_MANIFEST_SOURCE,
+        Reason.INVALID_MANIFESTS,
+        Reason.NO_MANIFESTS,
+        Reason.KUSTOMIZE_FAILED,
+        Reason.SECRET_MISSING,
+        Reason.KUBECONFIG_REFUSED,
+        Reason.APPLY_FAILED,
+        Reason.NO_DEX,
+        Reason.KUBEFLOW_NOT_READY,
+    ),
+    "projector": (),
+}

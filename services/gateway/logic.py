@@ -25,7 +25,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, SecretStr
 from libs.api.images import ImagePolicy
 from libs.api.models import API_VERSION, GROUP, KIND, ReconcileStatus, SecretKeyRef, Vk8sSpec
 from libs.api.validation import ROOT_PATH, Problem, validate_document
-from libs.events import MAX_EVENT_BYTES, Envelope, cluster_id_of
+from libs.events import MAX_EVENT_BYTES, Envelope, Reason, cluster_id_of
 from libs.events.catalog import (
     ClusterAccepted,
     ClusterDeleteRequested,
@@ -434,6 +434,8 @@ def password_secret_problems(
 class PasswordSecretMissing(Exception):
     """An applied object names a password Secret (or key) that is not there: it is not requested
     until it is, and says so on its `status.reconcile` (the Secret may simply come later)."""
+
+    reason = Reason.PASSWORD_SECRET_MISSING
 
 
 def password_reference(request: ClusterRequested) -> SecretKeyRef | None:

@@ -257,7 +257,10 @@ def describe_failure(error: Exception) -> tuple[str, str]:
         reason = str(status.get("reason") or "") or (Reason.API_SERVER_ERROR if (error.status or 500) >= 500 else Reason.API_ERROR)
         message = f"HTTP {error.status}: {status.get('message') or error.reason}"
     else:
-        reason, message = type(error).__name__, str(error) or type(error).__name__
+        # Ours carry a Reason; any other error is named by its type.
+        known = getattr(error, "reason", None)
+        reason = known if isinstance(known, Reason) else type(error).__name__
+        message = str(error) or type(error).__name__
     if not re.match(CONDITION_REASON_PATTERN, reason):
         reason = Reason.RECONCILE_FAILED
     return reason, " ".join(message.split())[:2000]

@@ -6,7 +6,8 @@
 - vk8s_projector_stage_duration_seconds{stage}: histogram, time between consecutive stage events;
   stage = admission, scheduling, ip_allocation, vnodes, kubernetes, kubeflow, pausing, deletion;
 - vk8s_projector_failures_total{stage,reason}: counter, cluster.failed (and cluster.rejected, as
-  stage="gateway", reason="Rejected") events, each counted once;
+  stage="gateway", reason="Rejected") events, each counted once; at 0 from start for each stage's
+  known reasons (libs.events.reasons.STAGE_FAILURES);
 - vk8s_projector_kv_conflicts_total: counter, read-model writes retried because another writer won;
 - vk8s_projector_status_writes_total{outcome}: counter, status patches: patched, missing (no object),
   refused (the apiserver rejected the status), repatched (a newer revision was written meanwhile).
@@ -20,6 +21,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from libs.api.models import Phase
 from libs.events import Envelope, start_at_zero
+from libs.events.reasons import ANY_STAGE_FAILURES, STAGE_FAILURES
 from services.projector.adapters.read_model import Change
 from services.projector.adapters.status import Written
 from services.projector.logic import FAILURES, REJECTION_FAILURE, STAGE_TIMINGS, fact_from
@@ -59,8 +61,9 @@ class ProjectorMetrics:
             "vk8s_projector_status_writes_total", "Status patches, by outcome.", ["outcome"], registry=registry
         )
         start_at_zero(self.stage_duration, stage=(label for label, _, _ in STAGE_TIMINGS))
-        # Other (stage, reason) pairs are open-ended: each series starts with its first failure.
         start_at_zero(self.failures, stage=[REJECTION_FAILURE[0]], reason=[REJECTION_FAILURE[1]])
+        for stage, reasons in STAGE_FAILURES.items():
+            start_at_zero(self.failures, stage=[stage], reason=[*ANY_STAGE_FAILURES, *reasons])
         start_at_zero(self.status_writes, outcome=[*(written.value for written in Written), REPATCHED])
 
     def set_phases(self, phases: dict[str, str]) -> None:

@@ -51,6 +51,8 @@ def test_service_metrics_start_at_zero_for_their_known_label_values() -> None:
     assert value(registry, "vk8s_gateway_finalizer_changes_total", change="removed") == 0.0
     assert value(registry, "vk8s_projector_stage_duration_seconds_count", stage="kubernetes") == 0.0
     assert value(registry, "vk8s_projector_failures_total", stage="gateway", reason="Rejected") == 0.0
+    assert value(registry, "vk8s_projector_failures_total", stage="bootstrap", reason="StepFailed") == 0.0
+    assert value(registry, "vk8s_projector_failures_total", stage="scheduler", reason="RetriesExhausted") == 0.0
     assert value(registry, "vk8s_projector_status_writes_total", outcome="refused") == 0.0
     assert value(registry, "vk8s_projector_status_writes_total", outcome="repatched") == 0.0
     assert value(registry, "vk8s_scheduler_unschedulable_total", reason="InsufficientGpus") == 0.0
