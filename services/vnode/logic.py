@@ -44,6 +44,7 @@ from libs.kube.vnodes import (
     CLUSTER_LABEL,
     CLUSTER_UID_LABEL,
     COMPONENT_LABEL,
+    PLACEHOLDER_COMPONENT,
     VNODE_COMPONENT,
     VNODE_LABEL,
     bounded,
@@ -96,6 +97,13 @@ def cluster_selector(uid: str) -> str:
     """Label selector of every object of one cluster incarnation (a re-created cluster of the same
     name has another uid, so a late delete of the old one cannot touch it)."""
     return f"{APP_LABEL}={APP},{CLUSTER_UID_LABEL}={uid}"
+
+
+def deleted_pods_selector(uid: str) -> str:
+    """The pods a delete waits for: the cluster's, but not the scheduler's placeholders. Their
+    finalizer goes when the scheduler releases the reservation, after this stage's
+    `cluster.vnodes.deleted`: waiting for them would wait for ever."""
+    return f"{cluster_selector(uid)},{COMPONENT_LABEL}!={PLACEHOLDER_COMPONENT}"
 
 
 # ---------------------------------------------------------------------------------------------

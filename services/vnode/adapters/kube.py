@@ -131,7 +131,7 @@ class VNodeObjects:
 
     async def delete_cluster(self, namespace: str, uid: str, *, retain_volumes: bool) -> list[str]:
         """Deletes every object of one cluster incarnation; returns those still present (`Kind/name`),
-        pods included, so the caller knows when all is gone."""
+        pods included (placeholders aside), so the caller knows when all is gone."""
         selector = logic.cluster_selector(uid)
         listings: dict[str, Callable[..., Awaitable[Any]]] = {
             "StatefulSet": self._apps.list_namespaced_stateful_set,
@@ -146,7 +146,7 @@ class VNodeObjects:
                 if item.metadata.deletion_timestamp is None:
                     await self.delete(kind, namespace, item.metadata.name)
                 remaining.append(f"{kind}/{item.metadata.name}")
-        pods = await self._core.list_namespaced_pod(namespace, label_selector=selector)
+        pods = await self._core.list_namespaced_pod(namespace, label_selector=logic.deleted_pods_selector(uid))
         remaining += [f"Pod/{pod.metadata.name}" for pod in pods.items]
         return remaining
 

@@ -25,6 +25,15 @@ from libs.events.catalog import (
     VNodePlacement,
 )
 from libs.kube import GROUP, PLURAL, VERSION
+from libs.kube.vnodes import (
+    APP,
+    APP_LABEL,
+    CLUSTER_UID_LABEL,
+    COMPONENT_LABEL,
+    PLACEHOLDER_COMPONENT,
+    PLACEHOLDER_FINALIZER,
+    placeholder_name,
+)
 from libs.runtime import Service
 from services.vnode.logic import RETAIN_VOLUMES_ANNOTATION
 from tests.integration.vnode.conftest import Bus
@@ -284,6 +293,33 @@ async def test_delete_frees_objects_and_volumes_then_answers(
     assert not (await core.list_namespaced_pod(cluster.namespace, label_selector=selector)).items
     with pytest.raises(ApiException):
         await core.read_namespaced_pod("team-a-master-0", cluster.namespace)
+
+
+async def test_a_delete_does_not_wait_for_the_schedulers_placeholder(
+    kube_api: client.ApiClient, cluster: Cluster, gpu_hosts: list[str]
+) -> None:
+    """Deleted after the scheduler placed it, before this stage made anything: the placeholder pod
+    (kept by the scheduler's finalizer until it releases the reservation, after
+    cluster.vnodes.deleted) is left to the scheduler, not waited for until the retries run out."""
+    core = client.CoreV1Api(kube_api)
+    name = placeholder_name(cluster.name, "master")
+    labels = {APP_LABEL: APP, CLUSTER_UID_LABEL: cluster.uid, COMPONENT_LABEL: PLACEHOLDER_COMPONENT}
+    pod = {
+        "metadata": {"name": name, "labels": labels, "finalizers": [PLACEHOLDER_FINALIZER]},
+        "spec": {"nodeName": gpu_hosts[0], "containers": [{"name": "hold", "image": "registry.k8s.io/pause:3.10"}]},
+    }
+    await core.create_namespaced_pod(cluster.namespace, pod)
+    try:
+        await client.CustomObjectsApi(kube_api).delete_namespaced_custom_object(
+            GROUP, VERSION, cluster.namespace, PLURAL, cluster.name
+        )
+        await cluster.bus.publish(ClusterDeleteRequested(uid=cluster.uid), cluster.cluster_id)
+        deleted = await cluster.bus.next("cluster.vnodes.deleted")
+        assert deleted.data.uid == cluster.uid
+        held = await core.read_namespaced_pod(name, cluster.namespace)
+        assert held.metadata.finalizers == [PLACEHOLDER_FINALIZER], "the scheduler's to release"
+    finally:
+        await core.patch_namespaced_pod(name, cluster.namespace, {"metadata": {"finalizers": None}})
 
 
 async def test_a_redelivered_delete_keeps_retained_volumes(
