@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import aiohttp
 import structlog
 from kubernetes.aio import watch
 from kubernetes.aio.client.exceptions import ApiException
@@ -52,7 +53,9 @@ async def watch_objects(
             finally:
                 watcher.stop()
                 await watcher.close()
-        except (ApiException, OSError, TimeoutError) as error:
+        # aiohttp.ClientError: the connection went mid-response (a reset watch stream, a server
+        # that closed it), which aiohttp does not raise as an OSError.
+        except (ApiException, OSError, TimeoutError, aiohttp.ClientError) as error:
             status = getattr(error, "status", None)
             # 410: the version expired; 429: throttled or storage (re)initialising; 5xx: the server.
             if status not in (410, 429, None) and status < 500:
