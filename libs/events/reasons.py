@@ -71,6 +71,8 @@ class Reason(StrEnum):
     UNKNOWN_VNODE = "UnknownVNode"
     NO_MASTER = "NoMaster"
     STEP_FAILED = "StepFailed"
+    # Retried, not a failure: the API server did not start an exec (429, 5xx, no websocket).
+    EXEC_UNAVAILABLE = "ExecUnavailable"
     NODE_IMAGE_UNSUPPORTED = "NodeImageUnsupported"
     NO_SERVER_VERSION = "NoServerVersion"
     KUBECONFIG_REFUSED = "KubeconfigRefused"

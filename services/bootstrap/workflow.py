@@ -8,10 +8,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from libs.backoff import backoff_delay
-from libs.events import PermanentError, Reason
+from libs.events import PermanentError, Reason, TransientError
 from libs.events.catalog import SetupStatus
 from services.bootstrap import logic
-from services.bootstrap.adapters.node_exec import ExecResult, NodeExec
+from services.bootstrap.adapters.node_exec import ExecResult, ExecUnavailable, NodeExec
 
 
 @dataclass(frozen=True)
@@ -69,6 +69,11 @@ class StepRunner:
             await self._progress(StepProgress(target.vnode, step, "Running", attempt))
             try:
                 result = await self._exec.run(target.namespace, target.pod, logic.via_shell(argv))
+            except ExecUnavailable as error:
+                # The API server's trouble, not the node's: no try of the step is spent, the whole
+                # message is retried later (every step is idempotent). Redacted: the URL holds argv.
+                message = logic.step_failure(str(error), argv)
+                raise TransientError(f"{target.vnode}: step {step}: {message}", reason=Reason.EXEC_UNAVAILABLE) from None
             except Exception as error:  # noqa: BLE001 - the transport failing is a failed try too
                 message = logic.step_failure(f"{type(error).__name__}: {error}", argv)
             else:

@@ -6,8 +6,10 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 from kubernetes.aio import client
 
+from tests.support.apiserver_faults import ApiserverFaultProxy
 from tests.support.real_tier import require_real_tier
 from vk8s.testbed.config import FleetSpec, StateLayout
 from vk8s.testbed.fixtures import (
@@ -58,6 +60,24 @@ async def kube_api(kube_config_path: Path) -> AsyncIterator[client.ApiClient]:
     """A kubernetes.aio ApiClient as cluster admin, with the project's CRDs applied."""
     async with admin_client(kube_config_path) as api:
         yield api
+
+
+@pytest.fixture
+async def faulty_api(
+    kube_control_plane: ControlPlane, tmp_path: Path
+) -> AsyncIterator[tuple[ApiserverFaultProxy, client.ApiClient]]:
+    """An admin API client whose requests go through a fault-injecting proxy (the testbed only:
+    the proxy serves with its PKI), and the proxy, to start a fault period."""
+    if kube_control_plane.source != "testbed":
+        pytest.skip("the fault proxy serves with the testbed's PKI")
+    kubeconfig = kube_control_plane.kubeconfig
+    server = yaml.safe_load(kubeconfig.read_text())["clusters"][0]["cluster"]["server"]
+    proxy = ApiserverFaultProxy(server, StateLayout(kubeconfig.parent).pki).start()
+    try:
+        async with admin_client(proxy.kubeconfig(kubeconfig, tmp_path / "faulty-kubeconfig")) as api:
+            yield proxy, api
+    finally:
+        proxy.stop()
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ The proxy runs its own event loop in a thread: it serves whatever the tests' loo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import ssl
@@ -50,10 +51,8 @@ def _reset(writer: asyncio.StreamWriter) -> None:
     """Closes with a TCP RST (no TLS close, no FIN): what a crashed peer looks like."""
     sock = writer.get_extra_info("socket")
     if sock is not None:
-        try:
+        with contextlib.suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        except OSError:
-            pass
     writer.transport.abort()
 
 

@@ -4,10 +4,12 @@ with their exit code, stdout and stderr."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 from dataclasses import dataclass
 
+import aiohttp
 from kubernetes.aio import client
 from kubernetes.aio.stream import WsApiClient
 
@@ -42,6 +44,11 @@ def exit_code(status: str) -> int:
     raise RuntimeError(data.get("message") or status)
 
 
+class ExecUnavailable(Exception):
+    """The API server did not start the command: it throttled (429) or failed (5xx) the exec, or
+    the connection went before the websocket opened. Nothing ran on the node."""
+
+
 class NodeExec:
     def __init__(self, api: client.ApiClient, container: str, timeout_s: float):
         self._configuration = api.configuration
@@ -61,7 +68,15 @@ class NodeExec:
                 tty=False,
             )
             channels: dict[int, list[str]] = {STDOUT: [], STDERR: [], ERROR: []}
-            async with asyncio.timeout(self._timeout_s), response as socket:
+            async with asyncio.timeout(self._timeout_s), contextlib.AsyncExitStack() as stack:
+                try:
+                    socket = await stack.enter_async_context(response)  # the websocket handshake
+                except aiohttp.WSServerHandshakeError as error:
+                    if error.status != 429 and error.status < 500:
+                        raise
+                    raise ExecUnavailable(f"{type(error).__name__}: {error}") from error
+                except aiohttp.ClientConnectionError as error:
+                    raise ExecUnavailable(f"{type(error).__name__}: {error}") from error
                 # Through WsApiClient the call answers a websocket, not the ClientResponse it is typed with.
                 async for message in socket:  # type: ignore[attr-defined]
                     data = message.data if isinstance(message.data, bytes) else str(message.data).encode()
