@@ -19,7 +19,10 @@ from tests.support.wait import eventually
 from vk8s.images.builders import toolbox_ref
 from vk8s.testbed.config import FAKE_NODE_ANNOTATION, GPU_PRODUCT_LABEL, GPU_RESOURCE, GPU_TOPOLOGY_LABEL, ZONE_LABEL
 from vk8s.testbed.crds import project_crds
-from vk8s.testbed.fixtures import ControlPlane
+from vk8s.testbed import lifecycle
+from vk8s.testbed.config import StateLayout
+from vk8s.testbed.fixtures import TEST_FLEET, ControlPlane, new_api_client, private_testbed
+from vk8s.testbed.node_sim.processes import start_time
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -314,3 +317,32 @@ async def test_service_account_gets_only_what_its_role_allows(tier_api: client.A
     assert allowed == {("list", "configmaps"): True, ("create", "configmaps"): False, ("list", "secrets"): False}
     assert refused.value.status == 403
     assert who.status.user_info.username == f"system:serviceaccount:{namespace}:reader"
+
+
+async def test_down_leaves_no_command_a_sandbox_was_running(tmp_path: Path) -> None:
+    """A command a sandbox's exec started is still running when the testbed goes down: it goes
+    too, so it cannot start inner control-plane processes afterwards. kwok stops the command it
+    ran, not what that one started (`flock` runs the `kubeadm init` shim): here `sleep` under `sh`."""
+    layout = StateLayout(tmp_path / "testbed")
+    with private_testbed(layout, TEST_FLEET) as plane:
+        api = await new_api_client(plane.kubeconfig)
+        async with api:
+            core = client.CoreV1Api(api)
+            key, value = FAKE_NODE_ANNOTATION
+            node = next(n.metadata.name for n in (await core.list_node()).items if n.metadata.annotations.get(key) == value)
+            await core.create_namespaced_pod("default", pod_manifest("shim", node))
+            await running_pod(core, "default", "shim")
+            running = asyncio.create_task(exec_in(api, "default", "shim", ["sh", "-c", "sleep 600 & echo $! > shim.pid; wait"]))
+            pid_file = layout.sandboxes / "default" / "shim" / "shim.pid"
+            pid = int(await eventually(lambda: _read_text(pid_file), "the command to start"))
+            lifecycle.stop(layout)
+            running.cancel()
+            await asyncio.gather(running, return_exceptions=True)
+    assert start_time(pid) is None, f"the sandbox's command {pid} outlived the testbed"
+
+
+async def _read_text(path: Path) -> str | None:
+    try:
+        return path.read_text().strip() or None
+    except FileNotFoundError:
+        return None

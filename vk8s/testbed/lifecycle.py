@@ -131,6 +131,12 @@ def stop(layout: StateLayout, timeout: float = 60.0) -> bool:
             time.sleep(0.1)
         if supervisor_pid(layout) is not None:
             _kill_group(pid)
+        else:
+            # What is left of its group goes too: a command kwok was running in a sandbox (an exec
+            # shim) outlives kwok and would start inner control-plane processes after the
+            # sandboxes were stopped.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
         _reap(pid, block=True)
     # Inner control planes of simulated vNodes run in sessions of their own, outside the group.
     stop_every_sandbox(layout.sandboxes)
