@@ -28,10 +28,20 @@ class ExecResult:
         return text[-1] if text else f"exit code {self.exit_code}"
 
 
+class ExecInterrupted(Exception):
+    """The exec's connection went before the command's exit status came: a failed try."""
+
+
+class ExecUnavailable(Exception):
+    """The API server did not start the command: it throttled (429) or failed (5xx) the exec, or
+    the connection went before the websocket opened. Nothing ran on the node."""
+
+
 def exit_code(status: str) -> int:
-    """The exit code from the error channel's Status object."""
+    """The exit code from the error channel's Status object. The API server always ends an exec
+    with one: none means the connection went mid-command, which may have run in part."""
     if not status:
-        return 0
+        raise ExecInterrupted("the exec ended without its exit status: the connection went mid-command")
     data = json.loads(status)
     if data.get("status") == "Success":
         return 0
@@ -42,11 +52,6 @@ def exit_code(status: str) -> int:
     if match := re.search(r"exit status (\d+)", data.get("message") or ""):
         return int(match.group(1))
     raise RuntimeError(data.get("message") or status)
-
-
-class ExecUnavailable(Exception):
-    """The API server did not start the command: it throttled (429) or failed (5xx) the exec, or
-    the connection went before the websocket opened. Nothing ran on the node."""
 
 
 class NodeExec:
