@@ -211,14 +211,17 @@ async def test_vnode_lifecycle_builds_a_real_inner_cluster(
     assert nodes["c1-worker-0"].status.allocatable["cpu"] == "2"
     assert GPU_RESOURCE not in nodes["c1-worker-0"].status.allocatable
 
-    # pause/resume: the pod goes (its processes with it), a new one gets the same volume's sandbox.
+    # pause/resume, grown in place: the pod goes (its processes with it), a new one with two GPUs
+    # gets the same volume's sandbox; the started kubelet reports its Node's new resources.
     control_plane = pids_of(master_sandbox)
     await core.delete_namespaced_pod("c1-master-0", namespace, grace_period_seconds=0)
     await gone(lambda: core.read_namespaced_pod("c1-master-0", namespace), "the master pod")
     await eventually(lambda: not any(alive(pid) for pid in control_plane), "the inner control plane to stop", 60)
-    await core.create_namespaced_pod(namespace, master)
+    grown = vnode_pod("c1-master-0", "node-state-master", host, cpu="4", memory="16Gi", gpus=2)
+    await core.create_namespaced_pod(namespace, grown)
     await running_pod(core, namespace, "c1-master-0", 60)
     resumed = await state(kube_api, namespace, "c1-master-0")
+    await vk8s_node(kube_api, namespace, "c1-master-0", "prepare --node-name c1-master-0 --cpu-limit 4 --memory-limit 16Gi --gpus 2")
     await vk8s_node(kube_api, namespace, "c1-master-0", "start")
     nodes = await inner_nodes(kubeconfig)
 
@@ -226,6 +229,7 @@ async def test_vnode_lifecycle_builds_a_real_inner_cluster(
     assert resumed["initialized"] and resumed["prepared"] and not resumed["kubeletActive"]
     assert (await state(kube_api, namespace, "c1-master-0"))["kubeletActive"] is True
     assert sorted(nodes) == ["c1-master-0", "c1-worker-0"]
+    assert nodes["c1-master-0"].status.allocatable[GPU_RESOURCE] == "2"
 
     # deleting the cluster: pods, then volumes; the sandboxes and their processes go.
     restarted = pids_of(master_sandbox)

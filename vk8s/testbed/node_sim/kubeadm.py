@@ -315,6 +315,23 @@ def _register_node(env: NodeEnv, node_name: str, version: str) -> None:
     tools.set_unit_active(env, "kubelet", True)
 
 
+def refresh_node_status(env: NodeEnv) -> None:
+    """What a starting kubelet reports of its registered Node: the resources it has now (a vNode
+    grown in place comes back with more GPUs). Nothing before the node joined."""
+    pem = env.kubelet_pki / "kubelet-client-current.pem"
+    if not (env.kubelet_conf.exists() and pem.exists()):
+        return
+    subject = x509.load_pem_x509_certificate(pem.read_bytes()).subject
+    node_name = str(subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value).removeprefix("system:node:")
+    capacity, allocatable = node_resources(env)
+    Api.from_kubeconfig(env.kubelet_conf).request(
+        "PATCH",
+        f"/api/v1/nodes/{node_name}/status",
+        {"status": {"capacity": capacity, "allocatable": allocatable}},
+        content_type=MERGE_PATCH,
+    )
+
+
 # --- init ----------------------------------------------------------------------------------------
 
 

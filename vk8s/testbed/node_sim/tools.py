@@ -51,7 +51,7 @@ def set_unit_active(env: NodeEnv, unit: str, active: bool) -> None:
 
 def _start(env: NodeEnv, unit: str) -> None:
     if unit == "kubelet":
-        from vk8s.testbed.node_sim import cluster
+        from vk8s.testbed.node_sim import cluster, kubeadm
 
         if not (env.kubelet_conf.exists() or env.admin_conf.exists()):
             # A kubelet without its config crash-loops until kubeadm writes one; it counts as activating.
@@ -60,6 +60,7 @@ def _start(env: NodeEnv, unit: str) -> None:
         state = ClusterState.load(env)
         if state is not None:
             cluster.start(env, state)
+        kubeadm.refresh_node_status(env)
     set_unit_active(env, unit, True)
 
 
