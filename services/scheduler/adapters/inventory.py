@@ -185,6 +185,8 @@ class KubeInventory:
         self._node_selector = node_selector
         self._on_growth = on_growth
         self._on_vnode_pod = on_vnode_pod
+        # Bound vNode pods whose placeholder could not be removed yet (the API server failed).
+        self._undisplaced: set[str] = set()
         self.nodes_synced = asyncio.Event()
         self.pods_synced = asyncio.Event()
 
@@ -218,8 +220,10 @@ class KubeInventory:
                 usage = None if event.type == "DELETED" else pod_usage(event.object)
                 appeared = usage is not None and not self._inventory.has_pod(key)
                 grew = self._inventory.upsert_pod(key, usage)
-                if appeared and usage is not None and usage.vnode is not None and not usage.placeholder:
-                    await self._displace_placeholder(event.object.metadata, usage.vnode)
+                if usage is None:
+                    self._undisplaced.discard(key)
+                elif (appeared or key in self._undisplaced) and usage.vnode is not None and not usage.placeholder:
+                    await self._displace_placeholder(key, event.object.metadata, usage.vnode)
                 if event.type == "SYNC":
                     seen.add(key)
             if event.synced:
@@ -230,7 +234,7 @@ class KubeInventory:
             if grew:
                 self._on_growth()
 
-    async def _displace_placeholder(self, metadata: client.V1ObjectMeta, vnode: BookingKey) -> None:
+    async def _displace_placeholder(self, key: str, metadata: client.V1ObjectMeta, vnode: BookingKey) -> None:
         """A vNode pod is bound: its placeholder goes, finalizer and all (the vnode stage deleted it
         before starting the pod; the finalizer kept its room counted until now)."""
         if self._on_vnode_pod is None:
@@ -238,8 +242,11 @@ class KubeInventory:
         cluster_id = cluster_id_of(metadata.namespace, (metadata.labels or {})[vnodes.CLUSTER_LABEL])
         try:
             await self._on_vnode_pod(cluster_id, vnode)
-        except Exception:  # the next event of the pod tries again; the watch goes on
+        except Exception:  # the pod's next event (a relist at the latest) tries again; the watch goes on
+            self._undisplaced.add(key)
             log.exception("Deleting a displaced placeholder pod failed", cluster_id=cluster_id, vnode=vnode[1])
+        else:
+            self._undisplaced.discard(key)
 
     @staticmethod
     def _settle(synced: asyncio.Event, what: str) -> None:
