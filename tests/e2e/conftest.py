@@ -14,10 +14,13 @@ from kubernetes.aio import client
 
 from libs.kube import GROUP, PLURAL, VERSION
 from tests.support import wait
+from tests.support.apiserver_faults import ApiserverFaultProxy
 from tests.support.cli import cli_env
 from vk8s.local import stack
+from vk8s.testbed import lifecycle
 from vk8s.testbed.config import FleetSpec
 from vk8s.testbed.fixtures import admin_client, fresh_namespace
+from vk8s.testbed.node_sim.processes import start_time
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -32,14 +35,56 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.e2e)
 
 
+FLEET = FleetSpec(nodes=4, gpus_per_node=8)
+
+
 @pytest.fixture(scope="session")
-def product(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[stack.StackLayout, stack.StackInfo]]:
-    layout = stack.StackLayout(tmp_path_factory.mktemp("stack"))
-    info = stack.up(layout, FleetSpec(nodes=4, gpus_per_node=8))
+def product_layout(tmp_path_factory: pytest.TempPathFactory) -> stack.StackLayout:
+    return stack.StackLayout(tmp_path_factory.mktemp("stack"))
+
+
+@pytest.fixture(scope="session")
+def apiserver_faults(product_layout: stack.StackLayout) -> Iterator[ApiserverFaultProxy]:
+    """The proxy the product's services reach the testbed's apiserver through; it passes every
+    request through until a test asks it for a fault period."""
+    ready = lifecycle.start_detached(product_layout.testbed, FLEET, lifecycle.ensure_binaries())
+    proxy = ApiserverFaultProxy(ready.server, product_layout.testbed.pki).start()
+    try:
+        yield proxy
+    finally:
+        proxy.stop()
+
+
+@pytest.fixture(scope="session")
+def product(
+    product_layout: stack.StackLayout, apiserver_faults: ApiserverFaultProxy
+) -> Iterator[tuple[stack.StackLayout, stack.StackInfo]]:
+    layout = product_layout
+    ready = lifecycle.read_ready(layout.testbed)
+    assert ready is not None
+    kubeconfig = apiserver_faults.kubeconfig(Path(ready.kubeconfig), layout.root / "services-kubeconfig")
+    info = stack.up(layout, FLEET, service_kubeconfig=str(kubeconfig))
     try:
         yield layout, info
     finally:
         stack.down(layout)
+        left = [f"keeper {pid}" for pid in info.service_pids.values() if start_time(pid) is not None]
+        left += processes_naming(layout.root)
+        assert not left, f"processes of the stack left after its down: {left}"
+
+
+def processes_naming(root: Path) -> list[str]:
+    """Running processes whose command line names a path under `root`: nats-server, the testbed's
+    components and every sandbox's processes (inner control planes, exec shims)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace") if proc.name.isdigit() else ""
+        except OSError:
+            continue
+        if f"{root}/" in cmdline:
+            found.append(f"{proc.name}: {cmdline[:300]}")
+    return found
 
 
 @pytest.fixture(scope="session")

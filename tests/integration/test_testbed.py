@@ -3,6 +3,7 @@ nodes, garbage collection, exec over the real streaming API, and RBAC."""
 
 from __future__ import annotations
 
+import asyncio
 import copy
 from collections.abc import Callable
 from pathlib import Path
@@ -17,10 +18,9 @@ from kubernetes.aio.stream import WsApiClient
 from tests.support.pods import running_pod
 from tests.support.wait import eventually
 from vk8s.images.builders import toolbox_ref
-from vk8s.testbed.config import FAKE_NODE_ANNOTATION, GPU_PRODUCT_LABEL, GPU_RESOURCE, GPU_TOPOLOGY_LABEL, ZONE_LABEL
-from vk8s.testbed.crds import project_crds
 from vk8s.testbed import lifecycle
-from vk8s.testbed.config import StateLayout
+from vk8s.testbed.config import FAKE_NODE_ANNOTATION, GPU_PRODUCT_LABEL, GPU_RESOURCE, GPU_TOPOLOGY_LABEL, ZONE_LABEL, StateLayout
+from vk8s.testbed.crds import project_crds
 from vk8s.testbed.fixtures import TEST_FLEET, ControlPlane, new_api_client, private_testbed
 from vk8s.testbed.node_sim.processes import start_time
 

@@ -12,6 +12,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+# In the store directory: the users and permissions `start` was given, if any (read back to restart alike).
+CONFIG_FILE = "nats-server.conf"
+
 
 def nats_server_binary() -> str:
     beside_python = Path(sys.executable).with_name("nats-server")
@@ -65,7 +68,7 @@ class LocalNatsServer:
         config: list[str] = []
         if self._authorization is not None:
             # The config format is a superset of JSON; it holds passwords: for this user only.
-            path = self.store_dir / "nats-server.conf"
+            path = self.store_dir / CONFIG_FILE
             path.touch(mode=0o600)
             path.chmod(0o600)
             path.write_text(json.dumps(self._authorization, indent=2))

@@ -14,14 +14,14 @@ import subprocess
 import sys
 import time
 import urllib.request
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from libs.events.permissions import REQUESTER, nats_authorization
 from services.topology import NAMES
 from services.topology import SERVICES as TOPOLOGIES
 from vk8s.local.keeper import RESTART_EVENT
-from vk8s.local.nats_server import LocalNatsServer
+from vk8s.local.nats_server import CONFIG_FILE, LocalNatsServer
 from vk8s.testbed import lifecycle
 from vk8s.testbed.config import NODE_NETWORK, FleetSpec, ReadyInfo, StateLayout, state_root
 
@@ -197,6 +197,10 @@ def stop_pids(pids: dict[str, int] | list[int], timeout_s: float = 20.0) -> None
         if _alive(pid) and not _reaped(pid):
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pid, signal.SIGKILL)
+            # Reaped too, when ours: else it stays a zombie and its Popen thinks it still runs.
+            killed_by = time.monotonic() + 5
+            while _alive(pid) and not _reaped(pid) and time.monotonic() < killed_by:
+                time.sleep(0.05)
 
 
 def _demo_settings(layout: StackLayout) -> dict[str, str]:
@@ -220,8 +224,12 @@ def _real_tier_settings(ready: ReadyInfo) -> dict[str, str]:
     }
 
 
-def up(layout: StackLayout, fleet: FleetSpec, extra_env: dict[str, str] | None = None) -> StackInfo:
-    """Starts NATS, the testbed and the services (each detached) and records them in stack.json."""
+def up(
+    layout: StackLayout, fleet: FleetSpec, extra_env: dict[str, str] | None = None, service_kubeconfig: str | None = None
+) -> StackInfo:
+    """Starts NATS, the testbed and the services (each detached) and records them in stack.json.
+    `service_kubeconfig`: what the services reach the host cluster with, if not the testbed's
+    kubeconfig (the chaos tests put a fault-injecting proxy in front of the apiserver)."""
     existing = read_info(layout)
     if existing and _alive(existing.nats_pid):
         raise RuntimeError(f"a stack already runs from {layout.root}; `vk8s down` stops it")
@@ -244,20 +252,43 @@ def up(layout: StackLayout, fleet: FleetSpec, extra_env: dict[str, str] | None =
         _children[nats.pid] = nats.process
     read_api_token = secrets.token_urlsafe(32)
     extra |= {f"VK8S_{name.upper()}_READ_API_TOKEN": read_api_token for name in ("ipmanager", "projector")}
-    environment = ServiceEnvironment(nats.url, ready.kubeconfig, extra, passwords)
+    environment = ServiceEnvironment(nats.url, service_kubeconfig or ready.kubeconfig, extra, passwords)
     pids, ports = start_services(environment, layout.logs)
     info = StackInfo(
         nats.url, ready.kubeconfig, nats.pid, pids, ports, read_api_token, REQUESTER, requester_password, passwords
     )
-    # It holds the read APIs' token: for this user only.
-    layout.info_file.touch(mode=0o600)
-    layout.info_file.chmod(0o600)
-    layout.info_file.write_text(json.dumps(asdict(info), indent=2))
+    _write_info(layout, info)
     try:
         wait_ready(ports, pids, layout.logs)
     except Exception:
         down(layout)
         raise
+    return info
+
+
+def _write_info(layout: StackLayout, info: StackInfo) -> None:
+    # It holds the read APIs' token and the NATS passwords: for this user only.
+    layout.info_file.touch(mode=0o600)
+    layout.info_file.chmod(0o600)
+    layout.info_file.write_text(json.dumps(asdict(info), indent=2))
+
+
+def restart_nats(layout: StackLayout, down_s: float = 0.0) -> StackInfo:
+    """Stops the stack's nats-server and, `down_s` later, starts it again on the same port with
+    the same JetStream store and users, as a NATS rollout would; the services reconnect by themselves."""
+    info = read_info(layout)
+    if info is None or not _alive(info.nats_pid):
+        raise RuntimeError(f"no stack runs from {layout.root}")
+    stop_pids([info.nats_pid])
+    time.sleep(down_s)
+    port = int(info.nats_url.rsplit(":", 1)[1])
+    authorization = json.loads((layout.nats / CONFIG_FILE).read_text())
+    nats = LocalNatsServer(layout.nats, port=port, log_file=layout.root / "nats-server.log", authorization=authorization)
+    nats.start()
+    if nats.process is not None:
+        _children[nats.pid] = nats.process
+    info = replace(info, nats_pid=nats.pid)
+    _write_info(layout, info)
     return info
 
 

@@ -14,8 +14,8 @@ from libs.events import TransientError
 from services.bootstrap import logic, workflow
 from services.bootstrap.adapters.node_exec import ExecInterrupted, ExecUnavailable, NodeExec
 from tests.integration.bootstrap.test_secrets_stay_out import JOIN, TOKEN, target
-from tests.integration.test_testbed import eventually
 from tests.support.apiserver_faults import ApiserverFaultProxy
+from tests.support.wait import eventually
 from vk8s.testbed.config import FAKE_NODE_ANNOTATION
 
 
