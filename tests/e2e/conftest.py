@@ -4,6 +4,7 @@ service as its own process), driven through kubectl, the vk8s CLI and the API.""
 from __future__ import annotations
 
 import functools
+import os
 import subprocess
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -47,12 +48,15 @@ def product_layout(tmp_path_factory: pytest.TempPathFactory) -> stack.StackLayou
 def apiserver_faults(product_layout: stack.StackLayout) -> Iterator[ApiserverFaultProxy]:
     """The proxy the product's services reach the testbed's apiserver through; it passes every
     request through until a test asks it for a fault period."""
-    ready = lifecycle.start_detached(product_layout.testbed, FLEET, lifecycle.ensure_binaries())
+    # Owned by this process (it stops if the session dies first); stopped here too, should the
+    # stack never come up: its `down` stops it otherwise.
+    ready = lifecycle.start_detached(product_layout.testbed, FLEET, lifecycle.ensure_binaries(), owner_pid=os.getpid())
     proxy = ApiserverFaultProxy(ready.server, product_layout.testbed.pki).start()
     try:
         yield proxy
     finally:
         proxy.stop()
+        lifecycle.stop(product_layout.testbed)
 
 
 @pytest.fixture(scope="session")
