@@ -20,7 +20,7 @@ import structlog
 from libs.api.models import Vk8sSpec
 from libs.api.validation import Problem
 from libs.backoff import backoff_delay
-from libs.events import Envelope, Publisher, Publishes, Reason, declare, subscriber, utc_now
+from libs.events import Envelope, Publisher, Publishes, Reason, TransientError, declare, subscriber, utc_now
 from libs.events.catalog import (
     ClusterAccepted,
     ClusterDeleted,
@@ -120,6 +120,12 @@ class GatewayHandlers:
                 plan = logic.reject_request(cause, [str(problem) for problem in refused], now=self._clock())
         if plan.verdict is Verdict.ACCEPT:
             assert obj is not None and live is not None and plan.event is not None
+            # Where the pipeline puts the cluster's vNodes and credentials: there before anyone is told.
+            if await self._objects.ensure_platform_namespace(obj) is None:
+                raise TransientError(
+                    "the platform namespace of an earlier cluster of this name is still being deleted",
+                    reason=Reason.PREVIOUS_CLUSTER_DELETING,
+                )
             await self._store_password(obj, plan.assessment)
             # Recorded first: a crash right after publishing must not let a quick delete of the
             # object skip the delete chain (the pipeline would provision an orphan).
@@ -152,10 +158,13 @@ class GatewayHandlers:
         if not self._serves(namespace):
             return []
         obj = await self._objects.get(namespace, name)
+        if obj is not None and obj["metadata"]["uid"] == uid and not obj["metadata"].get("deletionTimestamp"):
+            log.warning("Keeping finalizer: cluster.deleted names a Vk8s that is not being deleted", uid=uid)
+            return []
+        # Released only once everything of the cluster is gone, its platform namespace included.
+        if (left := await self._objects.delete_platform_namespace(namespace, name, uid)) is not None:
+            raise TransientError(f"waiting for namespace {left} to go", reason=Reason.DELETING)
         if obj is not None and obj["metadata"]["uid"] == uid:
-            if not obj["metadata"].get("deletionTimestamp"):
-                log.warning("Keeping finalizer: cluster.deleted names a Vk8s that is not being deleted", uid=uid)
-                return []
             if await self._objects.remove_finalizer(obj):
                 self._metrics.finalizer_changes.labels("removed").inc()
         await self._ledger.forget(uid)

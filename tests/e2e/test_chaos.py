@@ -20,7 +20,7 @@ from kubernetes.aio import client
 
 from services.topology import SERVICES
 from tests.e2e.conftest import eventually, phase_of, run, vk8s_object
-from tests.e2e.test_lifecycle import assert_no_allocation, http_json, manifest, statefulsets
+from tests.e2e.test_lifecycle import all_gone, assert_no_allocation, http_json, manifest, statefulsets
 from vk8s.local import stack
 
 GPU = "nvidia.com/gpu"
@@ -130,9 +130,8 @@ async def test_chaos_every_cluster_ends_as_asked_and_nothing_is_given_twice(
         assert len(await statefulsets(api, namespace, name)) == 1, name
     for name in (DELETED_AT_ONCE, DELETED_LATER):
         assert await statefulsets(api, namespace, name) == []
+        await all_gone(api, namespace, name)
         assert_no_allocation(info, namespace, name)
-    claims = await client.CoreV1Api(api).list_namespaced_persistent_volume_claim(namespace)
-    assert not [c.metadata.name for c in claims.items if "c-del-" in c.metadata.name]
     every = http_json(info, "ipmanager", "/v1/allocations")["clusters"]
     ours = [a["clusterId"].split("/")[1] for a in every if a["clusterId"].startswith(f"{namespace}/")]
     assert sorted(ours) == sorted(KEPT)

@@ -14,6 +14,7 @@ from libs.api.images import ImagePolicy
 from libs.runtime import ServiceSettings
 from services.gateway.settings import GatewaySettings
 from services.topology import NAMES as SERVICES
+from services.vnode.settings import VNodeSettings
 from tests.unit.deploy.helm import (
     CHART_DIR,
     HELM_KUBE_VERSION,
@@ -365,3 +366,22 @@ def test_helm_assumes_the_kubernetes_of_its_release(tmp_path: Path) -> None:
     (chart / "templates" / "version.yaml").write_text("kubeVersion: {{ .Capabilities.KubeVersion.Version }}\n")
     rendered = helm("template", "probe", str(chart))
     assert yaml.safe_load(rendered.stdout.split("---", 1)[1]) == {"kubeVersion": f"v{HELM_KUBE_VERSION}.0"}
+
+
+def test_the_vnode_service_puts_a_network_policy_around_every_cluster(default_manifests: list[Manifest]) -> None:
+    """Read by VNodeSettings as the vnode service would: the kubeflow service may reach the inner API
+    servers; vNodes reach anywhere but the cloud metadata address."""
+    env = env_of(by_component(default_manifests, "Deployment")["vnode"])
+    settings = VNodeSettings.model_validate(
+        {key.removeprefix("VK8S_VNODE_").lower(): json.loads(env[key]["value"]) for key in env if "NETWORK_POLICY" in key}
+    )
+    assert settings.network_policy is True
+    [kubeflow] = settings.network_policy_ingress
+    assert kubeflow["ports"] == [{"port": 6443, "protocol": "TCP"}]
+    assert kubeflow["from"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "kubeflow"
+    assert kubeflow["from"][0]["namespaceSelector"] == {"matchLabels": {"kubernetes.io/metadata.name": "vk8s-system"}}
+    assert settings.network_policy_egress == [
+        {"to": [{"ipBlock": {"cidr": "0.0.0.0/0", "except": ["169.254.169.254/32"]}}]}
+    ]
+    off = env_of(by_component(render({"networkPolicy": {"tenants": {"enabled": False}}}), "Deployment")["vnode"])
+    assert off["VK8S_VNODE_NETWORK_POLICY"]["value"] == "false"
