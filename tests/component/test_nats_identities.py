@@ -17,6 +17,8 @@ from libs.events import STREAM_NAME, Envelope, StreamSettings, ensure_consumer, 
 from libs.events.broker import ConsumerSettings
 from libs.events.catalog import EVENTS
 from libs.events.permissions import REQUESTER, nats_authorization
+from libs.runtime import ServiceSettings
+from libs.runtime.service import connect_nats, nats_password
 from services.gateway.adapters.requests import RequestIntake
 from services.topology import BY_NAME, SERVICES
 from tests.support.events import NOW, cluster_requested
@@ -148,3 +150,25 @@ async def test_a_service_keeps_its_consumer_and_bucket_and_writes_no_other(conne
     await asyncio.sleep(0.2)
     # (the server lower-cases the subject in its message)
     assert [str(error) for error in errors] == [f'nats: permissions violation for publish to "$kv.{other}.key"']
+
+
+async def test_a_service_connects_with_its_password_read_from_a_file(server: LocalNatsServer, tmp_path: Path) -> None:
+    """What the chart mounts: the password as a Secret's file (with the trailing newline a file may
+    have), so it is in no environment variable."""
+    secret = tmp_path / "password"
+    secret.write_text(f"{SERVICE_PASSWORDS['vnode']}\n")
+    settings = ServiceSettings(nats_url=server.url, nats_user="vnode", nats_password_file=str(secret))
+
+    assert nats_password(settings) == SERVICE_PASSWORDS["vnode"]
+    # The server takes it (a wrong one would keep the service retrying: bounded here).
+    client = await asyncio.wait_for(connect_nats(settings, name="vnode"), timeout=20)
+    try:
+        assert client.is_connected
+    finally:
+        await client.close()
+
+    missing = settings.model_copy(update={"nats_password_file": str(tmp_path / "absent")})
+    with pytest.raises(RuntimeError, match=r"^nats_password_file: cannot read .*absent"):
+        await connect_nats(missing, name="vnode")
+    with pytest.raises(ValueError, match="nats_password and nats_password_file: give one"):
+        ServiceSettings(nats_password="x", nats_password_file=str(secret))

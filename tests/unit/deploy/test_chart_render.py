@@ -114,14 +114,23 @@ def test_hard_anti_affinity_requires_distinct_nodes() -> None:
     assert list(terms) == ["requiredDuringSchedulingIgnoredDuringExecution"]
 
 
-def test_nats_credentials_come_from_the_secret(default_manifests: list[Manifest]) -> None:
+def test_nats_credentials_come_from_the_secret_the_password_as_a_mounted_file(
+    default_manifests: list[Manifest],
+) -> None:
     for name, deployment in by_component(default_manifests, "Deployment").items():
         env = env_of(deployment)
         prefix = f"VK8S_{name.upper()}_"
         assert env[f"{prefix}NATS_URL"]["value"].startswith("nats://")
-        for key, secret_key in (("NATS_USER", "user"), ("NATS_PASSWORD", "password")):
-            assert env[f"{prefix}{key}"]["valueFrom"]["secretKeyRef"] == {"name": "vk8s-nats", "key": secret_key}
-        assert not [item for item in env.values() if "PASSWORD" in item["name"] and "value" in item]
+        assert env[f"{prefix}NATS_USER"]["valueFrom"]["secretKeyRef"] == {"name": "vk8s-nats", "key": "user"}
+        # No password in the environment, neither as a value nor from the Secret.
+        assert f"{prefix}NATS_PASSWORD" not in env
+        assert env[f"{prefix}NATS_PASSWORD_FILE"]["value"] == "/etc/vk8s/nats-password/password"
+        volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+        assert volumes["nats-password"]["secret"] == {
+            "secretName": "vk8s-nats", "defaultMode": 0o400, "items": [{"key": "password", "path": "password"}]
+        }  # fmt: skip
+        mounts = {m["name"]: m for m in container(deployment)["volumeMounts"]}
+        assert mounts["nats-password"] == {"name": "nats-password", "mountPath": "/etc/vk8s/nats-password", "readOnly": True}
 
 
 def test_kv_buckets_are_replicated_like_the_stream(default_manifests: list[Manifest]) -> None:
