@@ -310,6 +310,14 @@ def test_network_policies_default_deny_and_open_only_what_is_used(default_manife
     assert {m["metadata"]["namespace"] for m in policies.values()} == {"vk8s-system"}
 
 
+def test_in_the_mesh_the_sidecar_ports_are_open_to_the_scrapers_only(mesh_manifests: list[Manifest]) -> None:
+    policies = {m["metadata"]["name"]: m for m in of_kind(mesh_manifests, "NetworkPolicy")}
+    operator, sidecar = policies["vk8s-services"]["spec"]["ingress"]
+    assert sidecar["ports"] == [{"port": 15020, "protocol": "TCP"}, {"port": 15021, "protocol": "TCP"}]
+    monitoring = [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
+    assert sidecar["from"] == operator["from"] == monitoring
+
+
 def test_tenant_namespaces_get_a_vnode_policy() -> None:
     policies = [m for m in of_kind(render(TENANTS), "NetworkPolicy") if m["metadata"]["name"] == "vk8s-vnodes"]
     assert sorted(p["metadata"]["namespace"] for p in policies) == ["team-a", "team-b"]
