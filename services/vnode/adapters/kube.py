@@ -154,7 +154,10 @@ class VNodeObjects:
                 if item.metadata.deletion_timestamp is None:
                     await self.delete(kind, namespace, item.metadata.name)
                 remaining.append(f"{kind}/{item.metadata.name}")
-        pods = await self._core.list_namespaced_pod(namespace, label_selector=selector)
+        # Not the scheduler's placeholders: their finalizer holds them until the scheduler frees the
+        # booking, later in the delete chain (then the gateway's namespace deletion waits for them).
+        running = f"{selector},{vnodes.COMPONENT_LABEL}!={vnodes.PLACEHOLDER_COMPONENT}"
+        pods = await self._core.list_namespaced_pod(namespace, label_selector=running)
         remaining += [f"Pod/{pod.metadata.name}" for pod in pods.items]
         return remaining
 

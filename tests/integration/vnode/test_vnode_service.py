@@ -25,7 +25,7 @@ from libs.events.catalog import (
     VNodePlacement,
 )
 from libs.kube import GROUP, PLURAL, VERSION
-from libs.kube.vnodes import RETAINED_VOLUMES_ANNOTATION, platform_namespace
+from libs.kube.vnodes import RETAINED_VOLUMES_ANNOTATION, cluster_labels, platform_namespace
 from libs.runtime import Service
 from services.vnode.logic import RETAIN_VOLUMES_ANNOTATION
 from tests.integration.vnode.conftest import Bus
@@ -304,6 +304,34 @@ async def test_delete_frees_objects_and_volumes_then_answers(
     assert not (await core.list_namespaced_pod(cluster.platform_namespace, label_selector=selector)).items
     with pytest.raises(ApiException):
         await core.read_namespaced_pod("team-a-master-0", cluster.platform_namespace)
+
+
+async def test_a_cluster_deleted_before_its_vnodes_ran_is_not_held_up_by_its_placeholder(
+    kube_api: client.ApiClient, cluster: Cluster
+) -> None:
+    """The scheduler's placeholder keeps its finalizer until the booking is freed, after
+    cluster.vnodes.deleted: waiting for it here would stall the delete chain."""
+    core = client.CoreV1Api(kube_api)
+    labels = {
+        **cluster_labels(cluster.namespace, cluster.name, cluster.uid),
+        "vnode": "master",
+        "vk8s.skt.co.kr/component": "placeholder",
+    }
+    placeholder = {
+        "metadata": {"name": "team-a-master-hold", "labels": labels, "finalizers": ["vk8s.skt.co.kr/placeholder"]},
+        "spec": {"nodeName": "no-such-node", "containers": [{"name": "hold", "image": "registry.invalid/pause:1"}]},
+    }
+    await core.create_namespaced_pod(cluster.platform_namespace, placeholder)
+    custom = client.CustomObjectsApi(kube_api)
+    await custom.delete_namespaced_custom_object(GROUP, VERSION, cluster.namespace, PLURAL, cluster.name)
+    try:
+        await cluster.bus.publish(ClusterDeleteRequested(uid=cluster.uid), cluster.cluster_id)
+
+        deleted = await cluster.bus.next("cluster.vnodes.deleted")
+        assert deleted.data.uid == cluster.uid
+    finally:  # as the scheduler does once the booking is gone
+        released = {"metadata": {"finalizers": None}}
+        await core.patch_namespaced_pod("team-a-master-hold", cluster.platform_namespace, released)
 
 
 async def test_a_redelivered_delete_keeps_retained_volumes(
