@@ -179,7 +179,9 @@ class ClusterKubernetesReady(Payload):
     subject = "cluster.kubernetes.ready"
     generation: int = Field(ge=1)
     kubernetes_version: str
-    kubeconfig_secret: str = Field(description="Secret (in the cluster's namespace) holding the admin kubeconfig.")
+    kubeconfig_secret: str = Field(
+        description="Secret holding the admin kubeconfig, in the cluster's platform namespace (a copy in the tenant's)."
+    )
     api_server: str = Field(
         pattern=r"^https://[^\s/]+$",
         description="The inner API server (https://host:port) the admin kubeconfig names; "

@@ -3,8 +3,10 @@
 A service may publish only the events it emits (`ServiceTopology.emits`), the acks of its own durable
 consumer and the keys of its own KV bucket. A requester publishes no event: it may ask the gateway
 on `vk8s.requests.<namespace>` for the namespaces of its scope only (and read the stream, for
-`vk8s create --wait`). Every user may use the JetStream API (`$JS.API.>`): the permissions bound
-which events exist, not who may administer the stream.
+`vk8s create --wait`). Every user may use the JetStream API (`$JS.API.>`) but for what no
+service does (`_JETSTREAM_DENIED`): deleting or purging a stream or one of its messages. A
+requester may in addition neither create nor change a stream, nor pull from, take over or delete
+a service's durable consumer, nor read a KV bucket directly.
 """
 
 from __future__ import annotations
@@ -20,6 +22,19 @@ REQUESTER = "requester"
 _REPLIES = ("_INBOX.>",)
 # Flow control and heartbeats of push consumers (KV watches, ordered consumers) answer on $JS.FC.
 _JETSTREAM_API = ("$JS.API.>", "$JS.FC.>")
+# No service deletes or purges a stream (or a message of one): nobody may.
+_JETSTREAM_DENIED = ("$JS.API.STREAM.DELETE.>", "$JS.API.STREAM.PURGE.>", "$JS.API.STREAM.MSG.DELETE.>")
+# A requester reads the stream with an ordered (ephemeral) consumer only.
+_REQUESTER_DENIED = (
+    "$JS.API.STREAM.CREATE.>",
+    "$JS.API.STREAM.UPDATE.>",
+    f"$JS.API.CONSUMER.DURABLE.CREATE.{STREAM_NAME}.>",
+    f"$JS.API.CONSUMER.MSG.NEXT.{STREAM_NAME}.>",
+    f"$JS.API.CONSUMER.DELETE.{STREAM_NAME}.>",
+    # (no message is read by sequence or subject: that is how a KV bucket is read)
+    "$JS.API.DIRECT.GET.>",
+    "$JS.API.STREAM.MSG.GET.>",
+)
 
 
 def service_permissions(topology: ServiceTopology) -> dict[str, Any]:
@@ -31,13 +46,14 @@ def service_permissions(topology: ServiceTopology) -> dict[str, Any]:
         # It answers the requests: on the requesters' reply subjects.
         publish += list(_REPLIES)
         subscribe.append(f"{REQUEST_SUBJECT}.*")
-    return {"publish": {"allow": publish}, "subscribe": {"allow": subscribe}}
+    return {"publish": {"allow": publish, "deny": list(_JETSTREAM_DENIED)}, "subscribe": {"allow": subscribe}}
 
 
 def requester_permissions(namespaces: Sequence[str]) -> dict[str, Any]:
     """May ask for clusters in `namespaces` only (`*`: in every namespace)."""
     asks = [request_subject(namespace) for namespace in namespaces]
-    return {"publish": {"allow": [*asks, *_JETSTREAM_API]}, "subscribe": {"allow": list(_REPLIES)}}
+    denied = [*_JETSTREAM_DENIED, *_REQUESTER_DENIED]
+    return {"publish": {"allow": [*asks, *_JETSTREAM_API], "deny": denied}, "subscribe": {"allow": list(_REPLIES)}}
 
 
 def nats_authorization(

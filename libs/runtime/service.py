@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import signal
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import nats
@@ -40,8 +41,19 @@ async def connect_nats(settings: ServiceSettings, *, name: str) -> NATS:
         options["user_credentials"] = settings.nats_creds_file
     if settings.nats_user:
         options["user"] = settings.nats_user
-        options["password"] = settings.nats_password.get_secret_value() if settings.nats_password else ""
+        options["password"] = nats_password(settings)
     return await nats.connect(settings.nats_url, **options)
+
+
+def nats_password(settings: ServiceSettings) -> str:
+    """The password given, or read from `nats_password_file` (a Secret's file: one trailing newline dropped)."""
+    if settings.nats_password_file is None:
+        return settings.nats_password.get_secret_value() if settings.nats_password else ""
+    try:
+        text = Path(settings.nats_password_file).read_text()
+    except OSError as error:
+        raise RuntimeError(f"nats_password_file: cannot read {settings.nats_password_file}: {error.strerror}") from None
+    return text.removesuffix("\n")
 
 
 def serve(wired: contextlib.AbstractAsyncContextManager[Service]) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # The bearer token of a service's read API (/v1/...): unset, that API answers 401 to everyone.
@@ -20,6 +20,11 @@ class ServiceSettings(BaseSettings):
     nats_url: str = "nats://127.0.0.1:4222"
     nats_user: str | None = None
     nats_password: SecretStr | None = None
+    nats_password_file: str | None = Field(
+        default=None,
+        description="File holding the NATS password (a mounted Secret), read when connecting: the password is then "
+        "in no environment variable. Instead of nats_password.",
+    )
     nats_creds_file: str | None = Field(default=None, description="NATS .creds file (JWT + NKey).")
 
     http_host: str = "0.0.0.0"
@@ -43,3 +48,9 @@ class ServiceSettings(BaseSettings):
     backoff_max_s: float = Field(default=60.0, gt=0)
     shutdown_timeout_s: float = Field(default=20.0, gt=0)
     lag_interval_s: float = Field(default=15.0, gt=0, description="How often consumer lag is sampled.")
+
+    @model_validator(mode="after")
+    def _one_nats_password(self) -> ServiceSettings:
+        if self.nats_password is not None and self.nats_password_file is not None:
+            raise ValueError("nats_password and nats_password_file: give one of them, not both")
+        return self

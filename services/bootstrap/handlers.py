@@ -11,6 +11,7 @@ from libs.events import Envelope, PermanentError, Publisher, Publishes, Reason, 
 from libs.events.catalog import ClusterKubernetesReady, ClusterVNodesReady, VNodeSetupProgressed
 from libs.events.consumer import Clock
 from libs.kube.inner import KubeconfigRefused, inner_credentials
+from libs.kube.vnodes import platform_namespace
 from services.bootstrap import logic, workflow
 from services.bootstrap.adapters.host import HostCluster
 from services.bootstrap.adapters.metrics import BootstrapMetrics
@@ -81,13 +82,15 @@ class BootstrapHandlers:
             log.info("Skipping bootstrap: the cluster is gone or going")
             return []
         vk8s = Vk8s.model_validate(obj)
-        plan = plan_for(vk8s, event.data, namespace)
+        # The vNodes, and every credential of the cluster, live in its platform namespace.
+        vnode_namespace = platform_namespace(namespace, name)
+        plan = plan_for(vk8s, event.data, vnode_namespace)
         for target in (plan.master, *plan.workers):
             # Exec runs as root in the named pod: only the vNode the vnode stage made qualifies.
             if (why := await self._not_the_vnode(target, obj["metadata"]["uid"])) is not None:
                 log.error(
                     "Refused cluster.vnodes.ready: a pod it names is not the cluster's vNode",
-                    pod=f"{namespace}/{target.pod}",
+                    pod=f"{vnode_namespace}/{target.pod}",
                     vnode=target.vnode,
                     reason=why,
                 )
@@ -117,7 +120,7 @@ class BootstrapHandlers:
         except KubeconfigRefused as refused:
             raise PermanentError(f"the master's admin kubeconfig: {refused}", reason=Reason.KUBECONFIG_REFUSED) from None
         secret = admin_kubeconfig_secret_name(name)
-        await self._host.store_kubeconfig(obj, secret, done.kubeconfig)
+        await self._host.store_kubeconfig(obj, vnode_namespace, secret, done.kubeconfig)
         ready = ClusterKubernetesReady(
             generation=generation,
             kubernetes_version=done.server_version,
@@ -131,7 +134,10 @@ class BootstrapHandlers:
         pod, controller = await self._host.pod_and_controller(target.namespace, target.pod)
         if pod is None:
             return "it does not exist"
-        return logic.foreign_pod(pod, controller, cluster_uid=cluster_uid, vnode=target.vnode)
+        return logic.foreign_pod(
+            pod, controller, cluster_uid=cluster_uid, vnode=target.vnode, namespace=target.namespace
+        )
+
 
 
 # Each step's progress goes out as it happens, while the handler still runs.

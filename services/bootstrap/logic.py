@@ -14,7 +14,6 @@ from typing import Any
 
 import yaml
 
-from libs.kube.objects import KIND
 from libs.kube.vnodes import CLUSTER_UID_LABEL, VNODE_LABEL
 
 MANIFESTS = Path(__file__).with_name("manifests")
@@ -291,12 +290,15 @@ def via_shell(argv: list[str]) -> list[str]:
 
 
 def foreign_pod(
-    pod: Mapping[str, Any], statefulset: Mapping[str, Any] | None, *, cluster_uid: str, vnode: str
+    pod: Mapping[str, Any], statefulset: Mapping[str, Any] | None, *, cluster_uid: str, vnode: str, namespace: str
 ) -> str | None:
     """Why `pod` (as the API server has it) is not vNode `vnode` of the cluster whose Vk8s has uid
-    `cluster_uid`, None when it is: labelled so, and run by a StatefulSet (`statefulset`, the
-    controller the pod names, as read) labelled so and owned by that Vk8s."""
+    `cluster_uid`, None when it is: in the cluster's platform namespace `namespace` (no tenant may
+    create pods there), labelled so, and run by a StatefulSet (`statefulset`, the controller the
+    pod names, as read) there and labelled so."""
     metadata = pod.get("metadata") or {}
+    if metadata.get("namespace") != namespace:
+        return f"it is not in the cluster's platform namespace {namespace!r}"
     labels = metadata.get("labels") or {}
     if labels.get(CLUSTER_UID_LABEL) != cluster_uid or labels.get(VNODE_LABEL) != vnode:
         return f"its labels do not name vNode {vnode!r} of this cluster"
@@ -309,7 +311,6 @@ def foreign_pod(
     set_labels = set_metadata.get("labels") or {}
     if set_labels.get(CLUSTER_UID_LABEL) != cluster_uid or set_labels.get(VNODE_LABEL) != vnode:
         return f"its StatefulSet {owner.get('name')!r} is not vNode {vnode!r} of this cluster"
-    owners = set_metadata.get("ownerReferences") or []
-    if not any(ref.get("kind") == KIND and ref.get("uid") == cluster_uid for ref in owners):
-        return f"its StatefulSet {owner.get('name')!r} is not owned by this cluster's Vk8s"
+    if set_metadata.get("namespace") != namespace:
+        return f"its StatefulSet {owner.get('name')!r} is not in the cluster's platform namespace"
     return None

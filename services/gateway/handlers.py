@@ -20,7 +20,7 @@ import structlog
 from libs.api.models import Vk8sSpec
 from libs.api.validation import Problem
 from libs.backoff import backoff_delay
-from libs.events import Envelope, Publisher, Publishes, Reason, declare, subscriber, utc_now
+from libs.events import Envelope, Publisher, Publishes, Reason, TransientError, declare, subscriber, utc_now
 from libs.events.catalog import (
     ClusterAccepted,
     ClusterDeleted,
@@ -122,8 +122,15 @@ class GatewayHandlers:
             assert obj is not None and live is not None and plan.event is not None
             await self._store_password(obj, plan.assessment)
             # Recorded first: a crash right after publishing must not let a quick delete of the
-            # object skip the delete chain (the pipeline would provision an orphan).
+            # object skip the delete chain (the pipeline would provision an orphan). That chain
+            # also deletes the platform namespace, so it is made only after this record.
             await self._ledger.change(live.uid, lambda r: logic.record_accepting(r, live))
+            # Where the pipeline puts the cluster's vNodes and credentials: there before anyone is told.
+            if await self._objects.ensure_platform_namespace(obj) is None:
+                raise TransientError(
+                    "the platform namespace of an earlier cluster of this name is still being deleted",
+                    reason=Reason.PREVIOUS_CLUSTER_DELETING,
+                )
             await self._announce(plan.event, live, accepted=True, resync=False)
         return self._answered(source, plan)
 
@@ -152,10 +159,13 @@ class GatewayHandlers:
         if not self._serves(namespace):
             return []
         obj = await self._objects.get(namespace, name)
+        if obj is not None and obj["metadata"]["uid"] == uid and not obj["metadata"].get("deletionTimestamp"):
+            log.warning("Keeping finalizer: cluster.deleted names a Vk8s that is not being deleted", uid=uid)
+            return []
+        # Released only once everything of the cluster is gone, its platform namespace included.
+        if (left := await self._objects.delete_platform_namespace(namespace, name, uid)) is not None:
+            raise TransientError(f"waiting for namespace {left} to go", reason=Reason.DELETING)
         if obj is not None and obj["metadata"]["uid"] == uid:
-            if not obj["metadata"].get("deletionTimestamp"):
-                log.warning("Keeping finalizer: cluster.deleted names a Vk8s that is not being deleted", uid=uid)
-                return []
             if await self._objects.remove_finalizer(obj):
                 self._metrics.finalizer_changes.labels("removed").inc()
         await self._ledger.forget(uid)
@@ -351,6 +361,10 @@ class GatewayHandlers:
                 await self._ledger.change(uid, lambda r: None if r is None else logic.record_delete_requested(r, now))
             case Action.RELEASE:
                 assert obj is not None
+                # Never accepted, so nothing of the pipeline is in it; a namespace made by an
+                # acceptance that lost the race with this release goes too (not waited for).
+                metadata = obj["metadata"]
+                await self._objects.delete_platform_namespace(metadata["namespace"], metadata["name"], uid)
                 if await self._objects.remove_finalizer(obj):
                     self._metrics.finalizer_changes.labels("removed").inc()
                 await self._ledger.forget(uid)

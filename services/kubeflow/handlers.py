@@ -11,6 +11,7 @@ from libs.events import Envelope, PermanentError, Publisher, Publishes, Reason, 
 from libs.events.catalog import ClusterKubernetesReady, ClusterReady, KubeflowProgressed
 from libs.events.consumer import Clock
 from libs.kube.inner import KubeconfigRefused
+from libs.kube.vnodes import platform_namespace
 from services.kubeflow import logic, workflow
 from services.kubeflow.adapters import manifests
 from services.kubeflow.adapters.host import HostCluster
@@ -92,7 +93,9 @@ class KubeflowHandlers:
             wait_for_available=self._settings.wait_for_available,
         )
         uid = (vk8s.metadata.model_extra or {}).get("uid")
-        kubeconfig = await self._host.secret_value(namespace, secret, KUBECONFIG_KEY, owner_uid=uid or "")
+        # The platform's Secret, never the tenant's copy.
+        kubeconfig_namespace = platform_namespace(namespace, name)
+        kubeconfig = await self._host.secret_value(kubeconfig_namespace, secret, KUBECONFIG_KEY, cluster_uid=uid or "")
 
         async def progress(step: str, ready: int, total: int, message: str) -> None:
             update = KubeflowProgressed(
@@ -106,7 +109,8 @@ class KubeflowHandlers:
                 async with inner_cluster as inner:
                     unavailable = await workflow.install(inner, plan, progress)
             except KubeconfigRefused as refused:
-                raise PermanentError(f"Secret {namespace}/{secret}: {refused}", reason=Reason.KUBECONFIG_REFUSED) from None
+                message = f"Secret {kubeconfig_namespace}/{secret}: {refused}"
+                raise PermanentError(message, reason=Reason.KUBECONFIG_REFUSED) from None
         self._metrics.installs.labels(release).inc()
         ready = ClusterReady(generation=generation, kubeflow_release=release, kubeflow_unavailable=unavailable)
         return [event.follow(ready, now=self._clock())]

@@ -21,6 +21,7 @@ from libs.events.catalog import (
     ClusterVNodesDeleted,
     ClusterVNodesReady,
 )
+from libs.kube import vnodes
 from services.vnode import logic
 from services.vnode.adapters.kube import VNodeObjects
 from services.vnode.adapters.store import RecordStore
@@ -96,8 +97,10 @@ class VNodeHandlers:
         """Deletes the cluster's objects (volumes unless retained), and answers once all are gone;
         only when the Vk8s object of that uid is being deleted or gone (a request alone is refused).
 
-        The Vk8s object still exists (its finalizer waits for cluster.deleted), so garbage
-        collection by owner reference has not started: everything is deleted explicitly."""
+        The objects live in the cluster's platform namespace, which the gateway deletes before it
+        releases the Vk8s; they are deleted here one by one all the same, so the pipeline's later
+        stages (IPs, bookings) are freed only once no vNode pod runs. Retained volumes keep the
+        namespace: it is marked so, and the gateway leaves it (with the claims) to the operator."""
         uid = envelope.data.uid
         namespace, name = envelope.cluster_id.split("/")
         live = await self._kube.read_vk8s(namespace, name)
@@ -119,10 +122,13 @@ class VNodeHandlers:
             if vk8s is not None and vk8s["metadata"]["uid"] == uid:
                 live_annotations = vk8s["metadata"].get("annotations") or {}
         retain = logic.retain_volumes_on_delete(record, live_annotations, self._settings.retain_volumes)
-        remaining = await self._kube.delete_cluster(namespace, uid, retain_volumes=retain)
+        platform_namespace = vnodes.platform_namespace(namespace, name)
+        remaining = await self._kube.delete_cluster(platform_namespace, uid, retain_volumes=retain)
         if remaining:
             shown = ", ".join(remaining[:5]) + (", ..." if len(remaining) > 5 else "")
             raise TransientError(f"waiting for {len(remaining)} object(s) to go: {shown}", reason=Reason.DELETING)
+        if retain:
+            await self._kube.mark_volumes_retained(platform_namespace, uid)
         if record is not None and revision is not None:
             await self._store.delete(envelope.cluster_id, revision)
         log.info("Deleted cluster objects", retained_volumes=retain)
@@ -137,7 +143,7 @@ class VNodeHandlers:
         return uid
 
     async def _apply(self, record: logic.ClusterRecord) -> None:
-        current = await self._kube.statefulsets(record.namespace)
+        current = await self._kube.statefulsets(record.platform_namespace)
         await self._kube.execute(logic.plan(record, current, self._settings))
 
 

@@ -1,7 +1,8 @@
 """Pure decisions of the vnode stage: what the cluster record becomes on each event, which objects
 a cluster should have, and whether its vNodes have reached what a pending event waits for.
 
-Names (unique per cluster within a namespace; see `statefulset_name`):
+Every object lives in the cluster's platform namespace (`libs.kube.vnodes.platform_namespace`,
+made by the gateway), never the tenant's. Names (see `statefulset_name`):
 - StatefulSet `<cluster>-<vnode>`, pod `<cluster>-<vnode>-0`, volume claim `node-state-<cluster>-<vnode>-0`;
 - headless Service `<cluster>-vnodes` (pod DNS `<pod>.<cluster>-vnodes.<namespace>.svc`);
 - NodePort Service `<cluster>-ports` for spec.ports, selecting the master vNode;
@@ -37,7 +38,7 @@ from libs.events.catalog import (
     VNodePlacement,
     VNodeRef,
 )
-from libs.kube.objects import GROUP, owner_reference
+from libs.kube.objects import GROUP
 from libs.kube.vnodes import (
     APP,
     APP_LABEL,
@@ -48,7 +49,9 @@ from libs.kube.vnodes import (
     VNODE_COMPONENT,
     VNODE_LABEL,
     bounded,
+    cluster_labels,
     placeholder_name,
+    platform_namespace,
     pod_name,
     statefulset_name,
 )
@@ -91,6 +94,10 @@ def ports_service_name(cluster: str) -> str:
 
 def access_name(cluster: str) -> str:
     return _service_name(cluster, "access")
+
+
+def network_policy_name(cluster: str) -> str:
+    return _service_name(cluster, "vnodes")
 
 
 def cluster_selector(uid: str) -> str:
@@ -162,6 +169,11 @@ class ClusterRecord(_Record):
     @property
     def cluster_id(self) -> str:
         return f"{self.namespace}/{self.name}"
+
+    @property
+    def platform_namespace(self) -> str:
+        """Where the cluster's objects live; `namespace` is the tenant's, which holds the Vk8s."""
+        return platform_namespace(self.namespace, self.name)
 
     def to_json(self) -> bytes:
         return self.model_dump_json(by_alias=True, exclude_none=True).encode()
@@ -374,7 +386,8 @@ def plan(record: ClusterRecord, current: Iterable[CurrentStatefulSet], settings:
         )
     if found := clashes(record, current_by_name.values()):
         raise PermanentError(
-            f"StatefulSet name(s) taken by another cluster in namespace {record.namespace}: {', '.join(found)}; "
+            f"StatefulSet name(s) taken by another cluster in namespace {record.platform_namespace}: "
+            f"{', '.join(found)}; "
             "rename the cluster or its nodes",
             reason=Reason.NAME_CLASH,
         )
@@ -385,13 +398,17 @@ def plan(record: ClusterRecord, current: Iterable[CurrentStatefulSet], settings:
         )
     placed = placed_vnodes(record)
     replicas = 1 if record.scaled_up and not record.paused else 0
-    objects: list[dict[str, Any]] = [headless_service(record)]
+    # The policy first: no vNode of the cluster runs without it.
+    objects: list[dict[str, Any]] = [network_policy(record, settings)] if settings.network_policy else []
+    objects.append(headless_service(record))
     for vnode in placed:
         name = statefulset_name(record.name, vnode.node.name)
         existing = current_by_name.get(name)
         claims = existing.volume_claim_templates if existing is not None else None
         objects.append(statefulset(record, vnode, replicas, settings, volume_claim_templates=claims))
     deletes: list[ObjectRef] = []
+    if not settings.network_policy:
+        deletes.append(ObjectRef("NetworkPolicy", network_policy_name(record.name)))
     wanted = {statefulset_name(record.name, vnode.node.name) for vnode in placed}
     # vNodes removed from the spec (scale-in); their claims follow the StatefulSet's retention policy.
     deletes += [
@@ -409,25 +426,26 @@ def plan(record: ClusterRecord, current: Iterable[CurrentStatefulSet], settings:
     else:
         deletes += [ObjectRef("Deployment", access_name(record.name)), ObjectRef("Service", access_name(record.name))]
     placeholders = tuple(placeholder_name(record.name, vnode.node.name) for vnode in placed) if replicas else ()
-    return Plan(namespace=record.namespace, apply=tuple(objects), delete=tuple(deletes), placeholders=placeholders)
+    return Plan(
+        namespace=record.platform_namespace, apply=tuple(objects), delete=tuple(deletes), placeholders=placeholders
+    )
 
 
 def _metadata(record: ClusterRecord, name: str, labels: Mapping[str, str]) -> dict[str, Any]:
-    """Metadata of a dependent: the Vk8s's labels and annotations, ours winning on conflicts."""
+    """Metadata of a dependent: the Vk8s's labels and annotations, ours winning on conflicts. No
+    owner reference: the Vk8s is in another namespace (the garbage collector would delete the
+    object); the cluster labels say whose it is, and the gateway deletes the whole namespace."""
     return {
         "name": name,
-        "namespace": record.namespace,
+        "namespace": record.platform_namespace,
         "labels": {**record.labels, **labels},
         "annotations": {k: v for k, v in record.annotations.items() if k not in NOT_PROPAGATED_ANNOTATIONS},
-        "ownerReferences": [owner_reference({"metadata": {"name": record.name, "uid": record.uid}})],
     }
 
 
 def _cluster_labels(record: ClusterRecord, component: str) -> dict[str, str]:
     return {
-        APP_LABEL: APP,
-        CLUSTER_LABEL: record.name,
-        CLUSTER_UID_LABEL: record.uid,
+        **cluster_labels(record.namespace, record.name, record.uid),
         COMPONENT_LABEL: component,
         ISTIO_INJECT_LABEL: "false",
     }
@@ -556,6 +574,25 @@ def _service(record: ClusterRecord, name: str, component: str, spec: dict[str, A
     }
 
 
+def network_policy(record: ClusterRecord, settings: VNodeSettings) -> dict[str, Any]:
+    """Around the cluster's pods (vNodes, access pod): in only from each other and the peers the
+    settings name (the kubeflow service, the Kubeflow UI's clients); out to each other and where the
+    settings allow (default: anywhere but the cloud metadata address). Nothing else runs in the
+    platform namespace, and other clusters' vNodes are in namespaces of their own."""
+    cluster = {"podSelector": {"matchLabels": {APP_LABEL: APP, CLUSTER_LABEL: record.name}}}
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": _metadata(record, network_policy_name(record.name), _cluster_labels(record, VNODE_COMPONENT)),
+        "spec": {
+            **cluster,
+            "policyTypes": ["Ingress", "Egress"],
+            "ingress": [{"from": [cluster]}, *settings.network_policy_ingress],
+            "egress": [{"to": [cluster]}, *settings.network_policy_egress],
+        },
+    }
+
+
 def headless_service(record: ClusterRecord) -> dict[str, Any]:
     """Stable DNS names for the vNode pods, published before they are ready (kubeadm needs them first)."""
     selector = {APP_LABEL: APP, CLUSTER_LABEL: record.name, COMPONENT_LABEL: VNODE_COMPONENT}
@@ -636,9 +673,11 @@ def access_service(record: ClusterRecord, settings: VNodeSettings) -> dict[str, 
 
 @dataclass(frozen=True)
 class VNodeRollout:
-    """What the host cluster shows of one vNode StatefulSet."""
+    """What the host cluster shows of one vNode StatefulSet (`namespace`: the platform namespace it is
+    in; `tenant_namespace`: the Vk8s's)."""
 
     namespace: str
+    tenant_namespace: str
     name: str
     cluster: str
     vnode: str

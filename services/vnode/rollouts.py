@@ -74,7 +74,7 @@ class RolloutTracker:
             if event.type == "SYNC":
                 self._listed.add(key)
             if rollout is not None:
-                self.kick(f"{rollout.namespace}/{rollout.cluster}")
+                self.kick(f"{rollout.tenant_namespace}/{rollout.cluster}")
         if event.synced:
             # A (re)list is complete: what it did not show was deleted while the watch was down.
             for key in set(self._rollouts) - self._listed:
@@ -116,7 +116,7 @@ class RolloutTracker:
         rollouts = {
             rollout.vnode: rollout
             for rollout in self._rollouts.values()
-            if rollout.namespace == record.namespace and rollout.uid == record.uid
+            if rollout.namespace == record.platform_namespace and rollout.uid == record.uid
         }
         now = self._clock()
         outcome = logic.evaluate(record, rollouts, now, self._settings)
@@ -129,7 +129,9 @@ class RolloutTracker:
             if isinstance(outcome.event, ClusterVNodesReady):
                 self._metrics.pods_ready.observe((now - awaiting.since).total_seconds())
         else:
-            problems = await self._kube.pod_problems(record.namespace, record.uid) if awaiting.target == "ready" else []
+            problems = (
+                await self._kube.pod_problems(record.platform_namespace, record.uid) if awaiting.target == "ready" else []
+            )
             event = cause.follow(logic.rollout_failed(awaiting, outcome, problems), now=now)
             self._metrics.rollout_timeouts.labels(awaiting.target).inc()
         await self._publisher.publish(event)

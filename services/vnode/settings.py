@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, StringConstraints, model_validator
 from pydantic_settings import SettingsConfigDict
@@ -58,6 +58,18 @@ class VNodeSettings(ServiceSettings):
         default="NodePort",
         description="Type of the Service that exposes spec.ports (the Kubeflow UI); its node ports are allocated "
         "by Kubernetes, never chosen by the tenant.",
+    )
+    network_policy: bool = Field(
+        default=True, description="A NetworkPolicy around each cluster's vNodes in its platform namespace."
+    )
+    network_policy_ingress: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="NetworkPolicy ingress rules letting others reach the vNodes besides each other, e.g. the "
+        "kubeflow service on 6443 and the Kubeflow UI's clients (the chart sets both).",
+    )
+    network_policy_egress: list[dict[str, Any]] = Field(
+        default_factory=lambda: [{"to": [{"ipBlock": {"cidr": "0.0.0.0/0", "except": ["169.254.169.254/32"]}}]}],
+        description="NetworkPolicy egress rules besides each other (default: anywhere but the cloud metadata address).",
     )
     access_pod_port: int = Field(default=22, ge=1, le=65535, description="Access pod port when accessPodPort is unset.")
     access_pod_resources: dict[str, dict[str, Quantity]] = Field(

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import nats
 import pytest
@@ -17,6 +18,8 @@ from libs.events import STREAM_NAME, Envelope, StreamSettings, ensure_consumer, 
 from libs.events.broker import ConsumerSettings
 from libs.events.catalog import EVENTS
 from libs.events.permissions import REQUESTER, nats_authorization
+from libs.runtime import ServiceSettings
+from libs.runtime.service import connect_nats, nats_password
 from services.gateway.adapters.requests import RequestIntake
 from services.topology import BY_NAME, SERVICES
 from tests.support.events import NOW, cluster_requested
@@ -148,3 +151,70 @@ async def test_a_service_keeps_its_consumer_and_bucket_and_writes_no_other(conne
     await asyncio.sleep(0.2)
     # (the server lower-cases the subject in its message)
     assert [str(error) for error in errors] == [f'nats: permissions violation for publish to "$kv.{other}.key"']
+
+
+@pytest.mark.parametrize("user", [*sorted(t.service for t in SERVICES), REQUESTER])
+async def test_nobody_deletes_or_purges_the_stream(connect: object, user: str) -> None:
+    client, errors = await connect(user)  # type: ignore[operator]
+    js = client.jetstream(timeout=1)
+    before = (await js.stream_info(STREAM_NAME)).state.messages
+
+    for attempt in (js.delete_stream(STREAM_NAME), js.purge_stream(STREAM_NAME), js.delete_msg(STREAM_NAME, 1)):
+        with pytest.raises(NatsTimeoutError):
+            await attempt
+    await asyncio.sleep(0.2)
+
+    assert (await js.stream_info(STREAM_NAME)).state.messages == before
+    assert sorted(str(error) for error in errors) == [
+        f'nats: permissions violation for publish to "$js.api.stream.{verb}.{STREAM_NAME.lower()}"'
+        for verb in ("delete", "msg.delete", "purge")
+    ]
+
+
+async def test_a_requester_takes_no_service_consumer_and_reads_no_bucket(connect: object) -> None:
+    gateway, _ = await connect("gateway")  # type: ignore[operator]
+    durable = ConsumerSettings(durable="gateway", filter_subjects=BY_NAME["gateway"].consumes)
+    await ensure_consumer(gateway.jetstream(), STREAM_NAME, durable)
+    bucket_name = BY_NAME["gateway"].kv_bucket or ""
+    bucket = await ensure_kv(gateway.jetstream(), bucket_name)
+    await bucket.put("key", b"value")
+    client, errors = await connect(REQUESTER)  # type: ignore[operator]
+    js = client.jetstream(timeout=1)
+
+    with pytest.raises(NatsTimeoutError):
+        await (await js.pull_subscribe_bind("gateway", STREAM_NAME)).fetch(1, timeout=1)
+    with pytest.raises(NatsTimeoutError):
+        await js.delete_consumer(STREAM_NAME, "gateway")
+    with pytest.raises(NatsTimeoutError):
+        await js.get_last_msg(f"KV_{bucket_name}", f"$KV.{bucket_name}.key", direct=True)
+    await asyncio.sleep(0.2)
+
+    assert (await gateway.jetstream().consumer_info(STREAM_NAME, "gateway")).name == "gateway"
+    denied = sorted(str(error).split('"')[1] for error in errors)
+    assert denied == sorted({
+        f"$js.api.consumer.msg.next.{STREAM_NAME.lower()}.gateway",
+        f"$js.api.consumer.delete.{STREAM_NAME.lower()}.gateway",
+        f"$js.api.direct.get.kv_{bucket_name}.$kv.{bucket_name}.key",
+    }), errors
+
+
+async def test_a_service_connects_with_its_password_read_from_a_file(server: LocalNatsServer, tmp_path: Path) -> None:
+    """What the chart mounts: the password as a Secret's file (with the trailing newline a file may
+    have), so it is in no environment variable."""
+    secret = tmp_path / "password"
+    secret.write_text(f"{SERVICE_PASSWORDS['vnode']}\n")
+    settings = ServiceSettings(nats_url=server.url, nats_user="vnode", nats_password_file=str(secret))
+
+    assert nats_password(settings) == SERVICE_PASSWORDS["vnode"]
+    # The server takes it (a wrong one would keep the service retrying: bounded here).
+    client = await asyncio.wait_for(connect_nats(settings, name="vnode"), timeout=20)
+    try:
+        assert client.is_connected
+    finally:
+        await client.close()
+
+    missing = settings.model_copy(update={"nats_password_file": str(tmp_path / "absent")})
+    with pytest.raises(RuntimeError, match=r"^nats_password_file: cannot read .*absent"):
+        await connect_nats(missing, name="vnode")
+    with pytest.raises(ValueError, match="nats_password and nats_password_file: give one"):
+        ServiceSettings(nats_password="x", nats_password_file=str(secret))

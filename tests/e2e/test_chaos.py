@@ -22,10 +22,10 @@ from nats.js.api import DeliverPolicy
 from nats.js.errors import KeyNotFoundError, NoKeysError
 
 from libs.kube import GROUP, PLURAL, VERSION
-from libs.kube.vnodes import COMPONENT_LABEL, PLACEHOLDER_COMPONENT
+from libs.kube.vnodes import COMPONENT_LABEL, PLACEHOLDER_COMPONENT, TENANT_NAMESPACE_LABEL, platform_namespace
 from services.topology import SERVICES
 from tests.e2e.conftest import eventually, phase_of, run, vk8s_object
-from tests.e2e.test_lifecycle import assert_no_allocation, http_json, manifest, statefulsets
+from tests.e2e.test_lifecycle import all_gone, assert_no_allocation, http_json, manifest, statefulsets
 from tests.support.apiserver_faults import FAULTS, ApiserverFaultProxy
 from vk8s.local import stack
 from vk8s.local.keeper import RESTART_EVENT
@@ -170,15 +170,14 @@ async def assert_ended_as_asked(
 
     async def no_placeholder() -> bool:
         # The vNode pods run: no booking is held by a placeholder any more (a Terminating one still counts).
-        selector = f"{COMPONENT_LABEL}={PLACEHOLDER_COMPONENT}"
-        return not (await client.CoreV1Api(api).list_namespaced_pod(namespace, label_selector=selector)).items
+        selector = f"{COMPONENT_LABEL}={PLACEHOLDER_COMPONENT},{TENANT_NAMESPACE_LABEL}={namespace}"
+        return not (await client.CoreV1Api(api).list_pod_for_all_namespaces(label_selector=selector)).items
 
     await eventually(no_placeholder, "no placeholder pod left", timeout=60)
     for name in deleted:
         assert await statefulsets(api, namespace, name) == []
+        await all_gone(api, namespace, name)
         assert_no_allocation(info, namespace, name)
-    claims = await client.CoreV1Api(api).list_namespaced_persistent_volume_claim(namespace)
-    assert not [c.metadata.name for c in claims.items if any(c.metadata.name.startswith(f"{name}-") for name in deleted)]
     assert await kv_leftovers(info, namespace, deleted) == []
     every = http_json(info, "ipmanager", "/v1/allocations")["clusters"]
     ours = [a["clusterId"].split("/")[1] for a in every if a["clusterId"].startswith(f"{namespace}/")]
@@ -340,7 +339,8 @@ async def test_delete_during_each_stage_and_grow_gpus_in_place(
 
     async def settled() -> bool:
         gone = [await vk8s_object(api, namespace, name) is None for name in names]
-        pods = (await client.CoreV1Api(api).list_namespaced_pod(namespace, label_selector="clusterName=g-grow")).items
+        vnodes = platform_namespace(namespace, "g-grow")
+        pods = (await client.CoreV1Api(api).list_namespaced_pod(vnodes, label_selector="clusterName=g-grow")).items
         grown = [p for p in pods if p.status.phase == "Running" and p.spec.containers[0].resources.requests.get(GPU) == "3"]
         return all(gone) and len(pods) == len(grown) == 1 and await phase_of(api, namespace, "g-grow") == "Running"
 

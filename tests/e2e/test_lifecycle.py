@@ -10,10 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 import yaml
 from kubernetes.aio import client, config
 
 from libs.kube import GROUP, VERSION
+from libs.kube.vnodes import platform_namespace
 from tests.e2e.conftest import ROOT, eventually, phase_of, run, vk8s_object
 from vk8s.local import stack
 from vk8s.testbed.node_sim.sandbox import MISSING_MODULE_ANNOTATION
@@ -48,8 +50,19 @@ async def running(api: client.ApiClient, namespace: str, name: str, timeout: flo
 
 
 async def statefulsets(api: client.ApiClient, namespace: str, cluster: str) -> list[client.V1StatefulSet]:
-    listing = await client.AppsV1Api(api).list_namespaced_stateful_set(namespace, label_selector=f"clusterName={cluster}")
+    """The cluster's vNode StatefulSets, in its platform namespace (none once that is gone)."""
+    apps = client.AppsV1Api(api)
+    listing = await apps.list_namespaced_stateful_set(platform_namespace(namespace, cluster), label_selector=f"clusterName={cluster}")
     return list(listing.items)
+
+
+async def all_gone(api: client.ApiClient, namespace: str, cluster: str) -> None:
+    """Nothing of the cluster is left: its platform namespace is gone, and the tenant's holds no claim of it."""
+    with pytest.raises(client.ApiException) as gone:
+        await client.CoreV1Api(api).read_namespace(platform_namespace(namespace, cluster))
+    assert gone.value.status == 404
+    claims = await client.CoreV1Api(api).list_namespaced_persistent_volume_claim(namespace)
+    assert [c.metadata.name for c in claims.items if cluster in c.metadata.name] == []
 
 
 def http_json(info: stack.StackInfo, service: str, path: str) -> Any:
@@ -126,8 +139,7 @@ async def test_apply_runs_propagates_labels_and_delete_frees_everything(
     assert deleted.returncode == 0, deleted.stdout + deleted.stderr
     assert await vk8s_object(api, namespace, name) is None
     assert await statefulsets(api, namespace, name) == []
-    claims = await client.CoreV1Api(api).list_namespaced_persistent_volume_claim(namespace)
-    assert [c.metadata.name for c in claims.items if name in c.metadata.name] == []
+    await all_gone(api, namespace, name)
     assert_no_allocation(info, namespace, name)
 
 
@@ -135,7 +147,9 @@ async def test_gpu_isolation_one_of_eight(api: client.ApiClient, namespace: str,
     name = "e2e-gpu"
     assert run(["kubectl", "apply", "-f", "-"], product_env, stdin=manifest(name, namespace, gpus=1, kubeflow=False)).returncode == 0
     await running(api, namespace, name)
-    [pod] = (await client.CoreV1Api(api).list_namespaced_pod(namespace, label_selector=f"clusterName={name}")).items
+    vnode_pods = platform_namespace(namespace, name)
+    [pod] = (await client.CoreV1Api(api).list_namespaced_pod(vnode_pods, label_selector=f"clusterName={name}")).items
+    assert not (await client.CoreV1Api(api).list_namespaced_pod(namespace)).items, "no vNode in the tenant's namespace"
     [container] = [c for c in pod.spec.containers if c.name == "vnode"]
     assert container.resources.limits[GPU] == "1" and container.resources.requests[GPU] == "1"
     host = await client.CoreV1Api(api).read_node(pod.spec.node_name)
@@ -244,6 +258,5 @@ async def test_a_failing_bootstrap_step_fails_the_cluster_and_leaks_nothing(
     deleted = run(["vk8s", "delete", name, "-n", namespace, "--wait", "--timeout", "300"], product_env)
     assert deleted.returncode == 0, deleted.stdout + deleted.stderr
     assert await statefulsets(api, namespace, name) == []
-    claims = await core.list_namespaced_persistent_volume_claim(namespace)
-    assert [c.metadata.name for c in claims.items if name in c.metadata.name] == []
+    await all_gone(api, namespace, name)
     assert_no_allocation(info, namespace, name)

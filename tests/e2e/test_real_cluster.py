@@ -16,8 +16,9 @@ from kubernetes.aio import client
 
 from libs.api.versions import default_matrix
 from libs.kube import GROUP, VERSION
+from libs.kube.vnodes import platform_namespace
 from tests.e2e.conftest import eventually, run, vk8s_object
-from tests.e2e.test_lifecycle import assert_no_allocation, running, statefulsets
+from tests.e2e.test_lifecycle import all_gone, assert_no_allocation, running, statefulsets
 from tests.support.cli import cli_env
 from tests.support.real_tier import require_real_tier
 from vk8s.images.builders import toolbox_ref
@@ -201,12 +202,13 @@ async def test_deck_scenario_on_real_vnodes(
     assert fetched.startswith("HTTP/1.") and fetched.strip().endswith("server"), fetched
 
     # GPU isolation: the inner pod sees exactly its vNode's one GPU; the two vNodes share none.
+    platform = platform_namespace(tenant, name)
     pods = {
-        vnode: (await client.CoreV1Api(real_host).list_namespaced_pod(tenant, label_selector=f"clusterName={name},vnode={vnode}")).items[0]
+        vnode: (await client.CoreV1Api(real_host).list_namespaced_pod(platform, label_selector=f"clusterName={name},vnode={vnode}")).items[0]
         for vnode in (f"{name}-master", f"{name}-worker")
     }
     assert {pod.spec.node_name for pod in pods.values()} == {"gpu-node-0"}, "both vNodes on the one host"
-    given = {vnode: vnode_gpus(real_env, tenant, pod.metadata.name) for vnode, pod in pods.items()}
+    given = {vnode: vnode_gpus(real_env, platform, pod.metadata.name) for vnode, pod in pods.items()}
     assert all(len(ids) == 1 for ids in given.values()) and not given[f"{name}-master"] & given[f"{name}-worker"]
     inner_ids, *devices = seen.split()
     assert {inner_ids} == given[f"{name}-worker"]
@@ -229,12 +231,11 @@ async def test_deck_scenario_on_real_vnodes(
     core = client.CoreV1Api(real_host)
 
     async def gone() -> bool:
-        pods_left = (await core.list_namespaced_pod(tenant)).items
-        claims = (await core.list_namespaced_persistent_volume_claim(tenant)).items
-        volumes = [v for v in (await core.list_persistent_volume()).items if v.spec.claim_ref and v.spec.claim_ref.namespace == tenant]
-        return not pods_left and not claims and not volumes
+        volumes = [v for v in (await core.list_persistent_volume()).items if v.spec.claim_ref and v.spec.claim_ref.namespace == platform]
+        return not volumes
 
-    await eventually(gone, "the vNode pods, claims and volumes to go", timeout=120)
+    await all_gone(real_host, tenant, name)  # the platform namespace, with the vNode pods and claims
+    await eventually(gone, "the vNodes' volumes to go", timeout=120)
     assert_no_allocation(real_product[1], tenant, name)
     await core.create_namespaced_pod(tenant, inner_pod("all-gpus", "gpu-node-0", "exec sleep 60", gpus=GPUS_PER_HOST))
 
@@ -298,13 +299,7 @@ async def test_a_master_too_small_for_its_control_plane_fails_with_kubeadms_word
 
     deleted = run(["vk8s", "delete", name, "-n", tenant, "--wait", "--timeout", "300"], real_env)
     assert deleted.returncode == 0, deleted.stdout + deleted.stderr
-    core = client.CoreV1Api(real_host)
-
-    async def gone() -> bool:
-        claims = (await core.list_namespaced_persistent_volume_claim(tenant)).items
-        return not (await core.list_namespaced_pod(tenant)).items and not claims
-
-    await eventually(gone, "the vNode pods and claims to go", timeout=120)
+    await all_gone(real_host, tenant, name)  # the platform namespace, with the vNode pods and claims
     assert_no_allocation(real_product[1], tenant, name)
 
 
@@ -327,7 +322,8 @@ async def test_pause_resume_keeps_the_inner_node_and_a_new_worker_joins(
     assert run(["kubectl", "annotate", "vk8s", name, "-n", tenant, "vk8s-resource-stopped=true"], real_env).returncode == 0
 
     async def paused() -> bool:
-        pods = (await client.CoreV1Api(real_host).list_namespaced_pod(tenant, label_selector=f"clusterName={name}")).items
+        vnode_pods = platform_namespace(tenant, name)
+        pods = (await client.CoreV1Api(real_host).list_namespaced_pod(vnode_pods, label_selector=f"clusterName={name}")).items
         obj = await vk8s_object(real_host, tenant, name)
         return ((obj or {}).get("status") or {}).get("phase") == "Paused" and not pods
 

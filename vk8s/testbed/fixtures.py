@@ -158,11 +158,18 @@ async def create_namespace(api: client.ApiClient, prefix: str = "t-", timeout: f
     namespace = await core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(generate_name=prefix)))
     name = namespace.metadata.name
     assert name is not None  # the apiserver names what it creates
+    await default_service_account(api, name, timeout)
+    return name
+
+
+async def default_service_account(api: client.ApiClient, namespace: str, timeout: float = 30.0) -> None:
+    """Returns once the namespace's default ServiceAccount exists (the controller-manager makes it)."""
+    core = client.CoreV1Api(api)
     deadline = time.monotonic() + timeout
     while True:
         try:
-            await core.read_namespaced_service_account("default", name)
-            return name
+            await core.read_namespaced_service_account("default", namespace)
+            return
         except ApiException as exc:
             if exc.status != 404 or time.monotonic() > deadline:
                 raise

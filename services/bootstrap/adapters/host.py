@@ -1,4 +1,4 @@
-"""The host cluster: the Vk8s object, and the Secret that carries the inner admin kubeconfig."""
+"""The host cluster: the Vk8s object, the vNode pods, and the Secrets that carry the inner admin kubeconfig."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from kubernetes.aio import client
 
 from libs.kube import not_found, read_vk8s
 from libs.kube.objects import owner_reference
+from libs.kube.vnodes import cluster_labels
 
 KUBECONFIG_KEY = "kubeconfig"
 
@@ -42,21 +43,21 @@ class HostCluster:
             raise
         return found, self._api.sanitize_for_serialization(statefulset)
 
-    async def store_kubeconfig(self, vk8s: dict[str, Any], name: str, kubeconfig: str) -> None:
-        """Create or replace; owned by the Vk8s, so it goes when the cluster goes."""
-        namespace = vk8s["metadata"]["namespace"]
-        body = client.V1Secret(
-            metadata=client.V1ObjectMeta(
-                name=name,
-                labels={"app": "vk8s", "clusterName": vk8s["metadata"]["name"]},
-                owner_references=[owner_reference(vk8s)],
-            ),
-            string_data={KUBECONFIG_KEY: kubeconfig},
-            type="Opaque",
-        )
+    async def store_kubeconfig(self, vk8s: dict[str, Any], platform_namespace: str, name: str, kubeconfig: str) -> None:
+        """Secret `name` in the cluster's platform namespace (the one the services read; it goes with
+        the namespace), then a copy in the tenant's namespace for the tenant (owned by the Vk8s, so it
+        goes with the cluster; no service reads it). Create or replace, both."""
+        metadata = vk8s["metadata"]
+        labels = cluster_labels(metadata["namespace"], metadata["name"], metadata["uid"])
+        await self._put_secret(platform_namespace, client.V1ObjectMeta(name=name, labels=labels), kubeconfig)
+        copy = client.V1ObjectMeta(name=name, labels=labels, owner_references=[owner_reference(vk8s)])
+        await self._put_secret(metadata["namespace"], copy, kubeconfig)
+
+    async def _put_secret(self, namespace: str, metadata: client.V1ObjectMeta, kubeconfig: str) -> None:
+        body = client.V1Secret(metadata=metadata, string_data={KUBECONFIG_KEY: kubeconfig}, type="Opaque")
         try:
             await self._core.create_namespaced_secret(namespace, body)
         except client.ApiException as error:
             if error.status != 409:
                 raise
-            await self._core.replace_namespaced_secret(name, namespace, body)
+            await self._core.replace_namespaced_secret(str(metadata.name), namespace, body)

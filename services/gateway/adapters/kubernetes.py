@@ -33,6 +33,7 @@ from libs.kube import (
     watch_objects,
 )
 from libs.kube.objects import API_VERSION, owner_reference
+from libs.kube.vnodes import CLUSTER_UID_LABEL, RETAINED_VOLUMES_ANNOTATION, platform_namespace_body
 
 log = structlog.get_logger(__name__)
 
@@ -97,6 +98,43 @@ class ClusterObjects:
                 return None
             raise
         return set(secret.data or {}) | set(secret.string_data or {})
+
+    async def ensure_platform_namespace(self, vk8s: Object) -> str | None:
+        """Creates the cluster's platform namespace or finds it; returns its name, or None while the
+        namespace of an earlier cluster of that name (another uid) is still there, being deleted."""
+        metadata = vk8s["metadata"]
+        body = platform_namespace_body(metadata["namespace"], metadata["name"], metadata["uid"])
+        name: str = body["metadata"]["name"]
+        found, created = await create_or_get(
+            lambda: self._core.create_namespace(cast(client.V1Namespace, body)), lambda: self._core.read_namespace(name)
+        )
+        if created:
+            log.info("Created platform namespace", platform_namespace=name)
+        return name if (found.metadata.labels or {}).get(CLUSTER_UID_LABEL) == metadata["uid"] else None
+
+    async def delete_platform_namespace(self, namespace: str, name: str, uid: str) -> str | None:
+        """Deletes the cluster's platform namespace (only one labelled with this uid). Returns what
+        is left: None when it is gone, or kept because the vnode stage retained volumes in it;
+        else its name (being deleted: its objects go first)."""
+        body = platform_namespace_body(namespace, name, uid)
+        platform_namespace: str = body["metadata"]["name"]
+        try:
+            found = await self._core.read_namespace(platform_namespace)
+            metadata = found.metadata
+            if (metadata.labels or {}).get(CLUSTER_UID_LABEL) != uid:
+                return None  # another cluster's: not ours to delete
+            if (metadata.annotations or {}).get(RETAINED_VOLUMES_ANNOTATION) == "true":
+                log.info("Keeping platform namespace: it holds retained volumes", platform_namespace=platform_namespace)
+                return None
+            if metadata.deletion_timestamp is None:
+                options = client.V1DeleteOptions(preconditions=client.V1Preconditions(uid=metadata.uid))
+                await self._core.delete_namespace(platform_namespace, body=options)
+                log.info("Deleting platform namespace", platform_namespace=platform_namespace)
+        except ApiException as error:
+            if not_found(error):
+                return None
+            raise
+        return platform_namespace
 
     async def ensure_finalizer(self, obj: Object) -> tuple[Object | None, bool]:
         """The object carrying the cleanup finalizer, and whether this call added it; None when the

@@ -1,4 +1,5 @@
-"""The host cluster: the Vk8s object, the user's password Secret, the inner kubeconfig Secret."""
+"""The host cluster: the Vk8s object, the user's password Secret (tenant namespace), the inner kubeconfig
+Secret (the cluster's platform namespace)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from kubernetes.aio import client
 from libs.api import Vk8s
 from libs.events import PermanentError, Reason
 from libs.kube import not_found, read_vk8s
+from libs.kube.vnodes import CLUSTER_UID_LABEL
 
 
 class HostCluster:
@@ -21,18 +23,18 @@ class HostCluster:
         obj = await read_vk8s(self._custom.api_client, namespace, name)
         return None if obj is None else Vk8s.model_validate(obj)
 
-    async def secret_value(self, namespace: str, name: str, key: str, *, owner_uid: str | None = None) -> str:
-        """`owner_uid`: the Secret must be owned by the object of that uid (one the platform made)."""
+    async def secret_value(self, namespace: str, name: str, key: str, *, cluster_uid: str | None = None) -> str:
+        """`cluster_uid`: the Secret must be labelled for the cluster of that uid (one the platform
+        made in the cluster's platform namespace, where no tenant may write)."""
         try:
             secret = await self._core.read_namespaced_secret(name, namespace)
         except client.ApiException as error:
             if not_found(error):
                 raise PermanentError(f"Secret {namespace}/{name} not found", reason=Reason.SECRET_MISSING) from None
             raise
-        owners = secret.metadata.owner_references or []
-        if owner_uid is not None and not any(owner.uid == owner_uid for owner in owners):
+        if cluster_uid is not None and (secret.metadata.labels or {}).get(CLUSTER_UID_LABEL) != cluster_uid:
             raise PermanentError(
-                f"Secret {namespace}/{name} is not owned by the cluster's Vk8s (uid {owner_uid}); "
+                f"Secret {namespace}/{name} is not labelled for the cluster (uid {cluster_uid}); "
                 "the platform's kubeconfig Secret is",
                 reason=Reason.KUBECONFIG_REFUSED,
             )

@@ -20,7 +20,6 @@ from libs.api.models import GPU_RESOURCE
 from libs.api.quantity import QuantityError, parse_quantity
 from libs.events.envelope import cluster_id_of
 from libs.kube import ApiClient, vnodes, watch_objects
-from libs.kube.objects import KIND
 from services.scheduler.logic import BookingKey, HostNode, Inventory, PodUsage, Resources, Taint
 
 log = structlog.get_logger(__name__)
@@ -113,46 +112,48 @@ def pod_requests(pod: client.V1Pod) -> Resources:
 
 def vnode_of(pod: client.V1Pod) -> BookingKey | None:
     """(cluster uid, vNode) when the pod is the vNode stage's pod of that vNode: labelled for it,
-    named `<cluster>-<vnode>-0` and controlled by the StatefulSet `<cluster>-<vnode>`. Labels alone
-    are not enough: a tenant's pod can carry them. A pod cannot take the name of the vNode's own
-    pod while that pod exists, so a look-alike can at most keep the vNode from starting, and covers
-    no more of the booking than it takes itself."""
+    named `<cluster>-<vnode>-0`, controlled by the StatefulSet `<cluster>-<vnode>` and in the
+    cluster's platform namespace. Labels alone are not enough: a tenant's pod can carry them, but
+    no tenant may create pods in a platform namespace."""
     if (pod.metadata.labels or {}).get(vnodes.APP_LABEL) != vnodes.APP:
         return None
-
-    def its_statefulset(owner: client.V1OwnerReference, cluster: str, vnode: str, uid: str) -> bool:
-        return owner.kind == "StatefulSet" and owner.name == vnodes.statefulset_name(cluster, vnode)
-
-    return _identity(pod, vnodes.pod_name, its_statefulset)
+    return _identity(pod, vnodes.pod_name, controller=vnodes.statefulset_name)
 
 
 def placeholder_of(pod: client.V1Pod) -> BookingKey | None:
     """(cluster uid, vNode) when the pod is the scheduler's placeholder of that vNode: named for it,
-    labelled as one, and controlled by the Vk8s object of that uid."""
+    labelled as one, in the cluster's platform namespace."""
     if (pod.metadata.labels or {}).get(vnodes.COMPONENT_LABEL) != vnodes.PLACEHOLDER_COMPONENT:
         return None
-
-    def its_vk8s(owner: client.V1OwnerReference, cluster: str, vnode: str, uid: str) -> bool:
-        return owner.kind == KIND and owner.uid == uid
-
-    return _identity(pod, vnodes.placeholder_name, its_vk8s)
+    return _identity(pod, vnodes.placeholder_name, controller=None)
 
 
 def _identity(
     pod: client.V1Pod,
     expected_name: Callable[[str, str], str],
-    owned: Callable[[client.V1OwnerReference, str, str, str], bool],
+    *,
+    controller: Callable[[str, str], str] | None,
 ) -> BookingKey | None:
-    """(uid, vNode) from the pod's labels, if its name is `expected_name(cluster, vNode)` and its
-    controller is `owned(owner, cluster, vNode, uid)`."""
+    """(uid, vNode) from the pod's labels, if its name is `expected_name(cluster, vNode)`, it is in
+    the platform namespace of the cluster its labels name, and (`controller` given) its controller is
+    the StatefulSet `controller(cluster, vNode)`."""
     labels = pod.metadata.labels or {}
     cluster = labels.get(vnodes.CLUSTER_LABEL)
     vnode = labels.get(vnodes.VNODE_LABEL)
     uid = labels.get(vnodes.CLUSTER_UID_LABEL)
-    if not cluster or not vnode or not uid or pod.metadata.name != expected_name(cluster, vnode):
+    tenant_namespace = labels.get(vnodes.TENANT_NAMESPACE_LABEL)
+    if not cluster or not vnode or not uid or not tenant_namespace:
         return None
+    if pod.metadata.name != expected_name(cluster, vnode):
+        return None
+    if pod.metadata.namespace != vnodes.platform_namespace(tenant_namespace, cluster):
+        return None
+    if controller is None:
+        return uid, vnode
     owner = next((o for o in pod.metadata.owner_references or () if o.controller), None)
-    return (uid, vnode) if owner is not None and owned(owner, cluster, vnode, uid) else None
+    if owner is None or owner.kind != "StatefulSet" or owner.name != controller(cluster, vnode):
+        return None
+    return uid, vnode
 
 
 def pod_usage(pod: client.V1Pod) -> PodUsage | None:
@@ -239,7 +240,8 @@ class KubeInventory:
         before starting the pod; the finalizer kept its room counted until now)."""
         if self._on_vnode_pod is None:
             return
-        cluster_id = cluster_id_of(metadata.namespace, (metadata.labels or {})[vnodes.CLUSTER_LABEL])
+        labels = metadata.labels or {}
+        cluster_id = cluster_id_of(labels[vnodes.TENANT_NAMESPACE_LABEL], labels[vnodes.CLUSTER_LABEL])
         try:
             await self._on_vnode_pod(cluster_id, vnode)
         except Exception:  # the pod's next event (a relist at the latest) tries again; the watch goes on

@@ -18,7 +18,7 @@ from kubernetes.aio.client.exceptions import ApiException
 
 from libs.events import Reason, TransientError
 from libs.kube import ApiClient, conflict, not_found
-from libs.kube.vnodes import CLUSTER_UID_LABEL, PLACEHOLDER_FINALIZER, placeholder_name
+from libs.kube.vnodes import CLUSTER_UID_LABEL, PLACEHOLDER_FINALIZER, placeholder_name, platform_namespace
 from services.scheduler.logic import (
     HOLDS_ANNOTATION,
     BookingKey,
@@ -68,7 +68,7 @@ class PlaceholderPods:
         """Removes the vNode's placeholder (its finalizer too), if it is this cluster uid's."""
         uid, vnode_name = vnode
         namespace, name = namespace_and_name(cluster_id)
-        await self.release_pod(namespace, placeholder_name(name, vnode_name), uid)
+        await self.release_pod(platform_namespace(namespace, name), placeholder_name(name, vnode_name), uid)
 
     async def release_pod(self, namespace: str, name: str, uid: str) -> None:
         existing = await self._read(namespace, name)

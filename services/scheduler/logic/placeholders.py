@@ -6,7 +6,6 @@ from typing import Any
 
 from libs.api.models import GPU_RESOURCE, GROUP
 from libs.kube import vnodes as vnode_names
-from libs.kube.objects import owner_reference
 from services.scheduler.logic.inventory import Inventory
 from services.scheduler.logic.records import Reservation, ReservedVNode
 
@@ -26,32 +25,28 @@ def placeholders_wanted(reservation: Reservation, inventory: Inventory) -> list[
 
 
 def placeholder_pod(reservation: Reservation, vnode: ReservedVNode, image: str) -> dict[str, Any]:
-    """A pod doing nothing, pinned to the vNode's host with the vNode's requests, owned by the Vk8s
-    object. It tolerates every taint: the host was chosen for the vNode. Its finalizer keeps it
+    """A pod doing nothing, pinned to the vNode's host with the vNode's requests, in the cluster's
+    platform namespace. It tolerates every taint: the host was chosen for the vNode. Its finalizer keeps it
     (and its room, to kube-scheduler) after the vnode stage deletes it, until the scheduler sees
     the vNode pod on the host or the booking goes."""
     namespace, name = namespace_and_name(reservation.cluster_id)
     requests = {"cpu": f"{vnode.cpu_millis}m", "memory": str(vnode.memory_bytes)}
     if vnode.gpus:
         requests[GPU_RESOURCE] = str(vnode.gpus)
-    owner = owner_reference({"metadata": {"name": name, "uid": reservation.uid}})
     return {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {
             "name": vnode_names.placeholder_name(name, vnode.vnode),
-            "namespace": namespace,
+            # Beside the vNode pods; no owner reference (the Vk8s is in the tenant's namespace).
+            "namespace": vnode_names.platform_namespace(namespace, name),
             "labels": {
-                vnode_names.APP_LABEL: vnode_names.APP,
-                vnode_names.CLUSTER_LABEL: name,
+                **vnode_names.cluster_labels(namespace, name, reservation.uid),
                 vnode_names.VNODE_LABEL: vnode.vnode,
-                vnode_names.CLUSTER_UID_LABEL: reservation.uid,
                 vnode_names.COMPONENT_LABEL: vnode_names.PLACEHOLDER_COMPONENT,
             },
             # What it holds, to tell a placeholder left from an earlier placement from the wanted one.
             "annotations": {HOLDS_ANNOTATION: holds(vnode)},
-            # Not blocking the owner's deletion: that would need rights on the Vk8s finalizers.
-            "ownerReferences": [{**owner, "blockOwnerDeletion": False}],
             "finalizers": [vnode_names.PLACEHOLDER_FINALIZER],
         },
         "spec": {

@@ -15,6 +15,7 @@ from kubernetes.aio.client.exceptions import ApiException
 
 from libs.events import PermanentError, Reason
 from libs.kube import not_found, read_vk8s, vnodes
+from libs.kube.vnodes import RETAINED_VOLUMES_ANNOTATION, TENANT_NAMESPACE_LABEL
 from services.vnode import logic
 from services.vnode.adapters.metrics import VNodeMetrics
 
@@ -30,6 +31,7 @@ class VNodeObjects:
         self._api = api
         self._core = client.CoreV1Api(api)
         self._apps = client.AppsV1Api(api)
+        self._networking = client.NetworkingV1Api(api)
         self._custom = client.CustomObjectsApi(api)
         self._metrics = metrics
         self._ip_annotation = ip_annotation
@@ -62,12 +64,16 @@ class VNodeObjects:
     def rollout(self, statefulset: Any) -> logic.VNodeRollout | None:
         """What the rollout tracker needs of a watched StatefulSet; None for one that is not a vNode's."""
         labels = statefulset.metadata.labels or {}
-        cluster, vnode, uid = (labels.get(k) for k in (vnodes.CLUSTER_LABEL, vnodes.VNODE_LABEL, vnodes.CLUSTER_UID_LABEL))
-        if cluster is None or vnode is None or uid is None:
+        cluster, vnode, uid, tenant_namespace = (
+            labels.get(k)
+            for k in (vnodes.CLUSTER_LABEL, vnodes.VNODE_LABEL, vnodes.CLUSTER_UID_LABEL, TENANT_NAMESPACE_LABEL)
+        )
+        if cluster is None or vnode is None or uid is None or tenant_namespace is None:
             return None
         spec, status, template = statefulset.spec, statefulset.status, statefulset.spec.template
         return logic.VNodeRollout(
             namespace=statefulset.metadata.namespace,
+            tenant_namespace=tenant_namespace,
             name=statefulset.metadata.name,
             cluster=cluster,
             vnode=vnode,
@@ -98,6 +104,7 @@ class VNodeObjects:
             "StatefulSet": self._apps.patch_namespaced_stateful_set,
             "Deployment": self._apps.patch_namespaced_deployment,
             "Service": self._core.patch_namespaced_service,
+            "NetworkPolicy": self._networking.patch_namespaced_network_policy,
         }[kind]
         try:
             await patch(name, namespace, body, field_manager=FIELD_MANAGER, force=True, _content_type=APPLY_PATCH)
@@ -116,6 +123,7 @@ class VNodeObjects:
             "Service": self._core.delete_namespaced_service,
             "PersistentVolumeClaim": self._core.delete_namespaced_persistent_volume_claim,
             "Pod": self._core.delete_namespaced_pod,
+            "NetworkPolicy": self._networking.delete_namespaced_network_policy,
         }[kind]
         try:
             # A placeholder pod runs nothing worth a grace period; the vNode pod needs its room now.
@@ -149,6 +157,20 @@ class VNodeObjects:
         pods = await self._core.list_namespaced_pod(namespace, label_selector=logic.deleted_pods_selector(uid))
         remaining += [f"Pod/{pod.metadata.name}" for pod in pods.items]
         return remaining
+
+    async def mark_volumes_retained(self, namespace: str, uid: str) -> None:
+        """Tells the gateway to keep the platform namespace (it holds the retained claims); only a
+        namespace of this cluster uid, and one that is there."""
+        try:
+            found = await self._core.read_namespace(namespace)
+        except ApiException as error:
+            if not_found(error):
+                return
+            raise
+        if (found.metadata.labels or {}).get(vnodes.CLUSTER_UID_LABEL) != uid:
+            return
+        patch = {"metadata": {"annotations": {RETAINED_VOLUMES_ANNOTATION: "true"}}}
+        await self._core.patch_namespace(namespace, patch)
 
     async def pod_problems(self, namespace: str, uid: str) -> list[str]:
         """Why the vNode pods of a cluster are not running, e.g. `team-a-master-0: Pending (ImagePullBackOff)`."""

@@ -19,7 +19,9 @@ from libs.kube import GROUP, KIND, PLURAL, VERSION
 from services.bootstrap.__main__ import wired
 from services.bootstrap.settings import BootstrapSettings
 from tests.support.events import NOW, spec_document
+from tests.support.platform import make_platform_namespace
 from tests.support.services import running
+from vk8s.testbed.fixtures import delete_namespace
 
 
 async def vk8s(api: client.ApiClient, namespace: str, name: str) -> dict[str, Any]:
@@ -52,35 +54,47 @@ async def events_of(js: JetStreamContext, cluster_id: str) -> list[Envelope[Any]
         await sub.unsubscribe()
 
 
-@pytest.mark.parametrize("labelled", [False, True], ids=["unlabelled", "labelled-as-the-vnode"])
+@pytest.mark.parametrize(
+    ("where", "labelled", "expected"),
+    [
+        # Labels alone prove nothing: anyone who may create pods in their namespace may copy them.
+        ("tenant", True, "it does not exist"),
+        ("platform", False, "its labels do not name vNode 'master' of this cluster"),
+        ("platform", True, "it is not run by a StatefulSet"),
+    ],
+    ids=["look-alike-in-the-tenant-namespace", "unlabelled", "labelled-as-the-vnode"],
+)
 async def test_a_forged_event_naming_a_pod_outside_the_cluster_is_refused(
     kube_api: client.ApiClient, kube_config_path: Path, namespace: str, nats_url: str, js: JetStreamContext,
-    labelled: bool, capfd: pytest.CaptureFixture[str],
+    where: str, labelled: bool, expected: str, capfd: pytest.CaptureFixture[str],
 ) -> None:  # fmt: skip
     cluster = await vk8s(kube_api, namespace, "c")
-    # Labels alone prove nothing: anyone who may create pods here may copy them.
-    labels = {f"{GROUP}/cluster-uid": cluster["metadata"]["uid"], "vnode": "master"} if labelled else {}
-    await bystander_pod(kube_api, namespace, labels)
-    ready = ClusterVNodesReady(
-        generation=1,
-        vnodes=[VNodeRef(vnode="master", role="master", pod="bystander", host_node="n", ip="10.0.0.2", gpus=1)],
-        pod_cidr="10.244.0.0/16",
-        service_cidr="10.96.0.0/12",
-    )
-    cluster_id = f"{namespace}/c"
-    settings = BootstrapSettings(nats_url=nats_url, kubeconfig=str(kube_config_path), http_port=0, step_backoff_s=0)
-    logs: list[dict[str, Any]] = []
-    async with running(wired(settings)):
-        await Publisher(js).publish(Envelope.new(ready, cluster_id=cluster_id, now=NOW))
-        for _ in range(100):
-            logs += [json.loads(line) for line in capfd.readouterr().err.splitlines() if line.startswith("{")]
-            if any(entry["event"] == "Handled message" for entry in logs):
-                break
-            await asyncio.sleep(0.1)
-        answered = await events_of(js, cluster_id)
+    platform = await make_platform_namespace(kube_api, cluster)
+    try:
+        labels = {f"{GROUP}/cluster-uid": cluster["metadata"]["uid"], "vnode": "master"} if labelled else {}
+        await bystander_pod(kube_api, namespace if where == "tenant" else platform, labels)
+        ready = ClusterVNodesReady(
+            generation=1,
+            vnodes=[VNodeRef(vnode="master", role="master", pod="bystander", host_node="n", ip="10.0.0.2", gpus=1)],
+            pod_cidr="10.244.0.0/16",
+            service_cidr="10.96.0.0/12",
+        )
+        cluster_id = f"{namespace}/c"
+        settings = BootstrapSettings(nats_url=nats_url, kubeconfig=str(kube_config_path), http_port=0, step_backoff_s=0)
+        logs: list[dict[str, Any]] = []
+        async with running(wired(settings)):
+            await Publisher(js).publish(Envelope.new(ready, cluster_id=cluster_id, now=NOW))
+            for _ in range(100):
+                logs += [json.loads(line) for line in capfd.readouterr().err.splitlines() if line.startswith("{")]
+                if any(entry["event"] == "Handled message" for entry in logs):
+                    break
+                await asyncio.sleep(0.1)
+            answered = await events_of(js, cluster_id)
+    finally:
+        await delete_namespace(kube_api, platform)
 
     assert [event.type for event in answered] == ["cluster.vnodes.ready"], "no step ran, nothing failed"
     [refusal] = [entry for entry in logs if entry["event"].startswith("Refused cluster.vnodes.ready")]
-    assert refusal["pod"] == f"{namespace}/bystander" and refusal["level"] == "error"
-    expected = "it is not run by a StatefulSet" if labelled else "its labels do not name vNode 'master' of this cluster"
+    # Only the cluster's platform namespace is looked in.
+    assert refusal["pod"] == f"{platform}/bystander" and refusal["level"] == "error"
     assert refusal["reason"] == expected, json.dumps(refusal, default=str)

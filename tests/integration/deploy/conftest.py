@@ -65,7 +65,10 @@ def helm_path() -> Path:
 async def _install(api: client.ApiClient, kubeconfig: Path, *, name: str, scoped: bool) -> AsyncIterator[Release]:
     namespaces = [await create_namespace(api, prefix=prefix) for prefix in ("vk8s-sys-", "vk8s-tenant-", "vk8s-other-")]
     release_ns, tenant, outsider = namespaces
-    values: dict[str, Any] = {"rbac": {"tenantNamespaces": [tenant] if scoped else []}}
+    # The tenant ClusterRole is cluster-scoped: each release of the session names its own.
+    tenant_role = {"create": True, "name": f"{release_ns}-tenant"}
+    rbac = {"tenantNamespaces": [tenant] if scoped else [], "tenantRole": tenant_role}
+    values: dict[str, Any] = {"rbac": rbac}
     release = Release(name, release_ns, (tenant,), outsider, values)
     try:
         await create_nats_secret(api, release_ns)

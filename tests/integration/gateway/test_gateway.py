@@ -23,6 +23,7 @@ from libs.api.images import ImagePolicy
 from libs.events import REGISTRY, STREAM_NAME, Envelope, Publisher, ensure_kv
 from libs.events.catalog import ClusterDeleted, ClusterRejected, ClusterRequested
 from libs.kube import FINALIZER, GROUP, PLURAL, VERSION, read_vk8s
+from libs.kube.vnodes import RETAINED_VOLUMES_ANNOTATION, platform_namespace
 from libs.runtime import Service
 from services.gateway.__main__ import wired
 from services.gateway.adapters.kubernetes import ClusterObjects
@@ -34,6 +35,7 @@ from services.gateway.settings import GatewaySettings
 from tests.support.events import NOW, spec_document
 from tests.support.services import running
 from tests.support.wait import eventually
+from vk8s.testbed.fixtures import delete_namespace
 
 NAME = "team-a"
 PASSWORD = "n0t-in-any-event"
@@ -133,6 +135,7 @@ async def cluster(kube_api: client.ApiClient, js: JetStreamContext, namespace: s
     custom = client.CustomObjectsApi(kube_api)
     listing = await custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)
     for item in listing["items"]:
+        await delete_namespace(kube_api, platform_namespace(namespace, item["metadata"]["name"]))
         with contextlib.suppress(ApiException):
             await custom.patch_namespaced_custom_object(
                 GROUP,
@@ -306,6 +309,41 @@ async def test_deletion_requests_cleanup_and_cluster_deleted_releases_the_object
     await Publisher(js).publish(accepted.follow(ClusterDeleted(uid=uid), now=NOW))
     await eventually(lambda: _gone(cluster), "the object to disappear")
     only(await cluster.events("cluster.delete.requested"))
+
+
+@pytest.mark.parametrize("retained", [False, True], ids=["deleted", "holding-retained-volumes"])
+async def test_the_platform_namespace_is_made_before_acceptance_and_gone_before_the_object_is_released(
+    gateway: Service, cluster: Cluster, js: JetStreamContext, retained: bool
+) -> None:
+    created = await cluster.apply()
+    uid = created["metadata"]["uid"]
+    [accepted] = await cluster.next("cluster.accepted")
+    core = cluster.core
+    platform = platform_namespace(cluster.namespace, cluster.name)
+    made = await core.read_namespace(platform)
+    assert made.metadata.labels == {
+        "app": "vk8s",
+        "clusterName": cluster.name,
+        "vk8s.skt.co.kr/cluster-uid": uid,
+        "vk8s.skt.co.kr/tenant-namespace": cluster.namespace,
+        "kubernetes.io/metadata.name": platform,
+    }
+    # Something of the cluster inside it, that the namespace's deletion has to remove first.
+    await core.create_namespaced_config_map(platform, {"metadata": {"name": "left-over"}})
+    if retained:  # as the vnode stage marks it when it keeps the volume claims
+        await core.patch_namespace(platform, {"metadata": {"annotations": {RETAINED_VOLUMES_ANNOTATION: "true"}}})
+    await cluster.delete()
+    await cluster.next("cluster.delete.requested")
+
+    await Publisher(js).publish(accepted.follow(ClusterDeleted(uid=uid), now=NOW))
+
+    await eventually(lambda: _gone(cluster), "the object to disappear", timeout=60)
+    if retained:
+        assert (await core.read_namespace(platform)).metadata.deletion_timestamp is None, "left to the operator"
+        return
+    with pytest.raises(ApiException) as gone:
+        await core.read_namespace(platform)
+    assert gone.value.status == 404, "the finalizer went only once the namespace had"
 
 
 async def test_a_deletion_a_stage_gave_up_on_is_requested_again_until_it_ends(

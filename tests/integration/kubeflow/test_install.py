@@ -7,10 +7,12 @@ from __future__ import annotations
 import asyncio
 import random
 import subprocess
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import bcrypt
+import pytest
 import yaml
 from kubernetes.aio import client
 from nats.js import JetStreamContext
@@ -19,10 +21,13 @@ from libs.events import REGISTRY, Envelope, Publisher
 from libs.events.catalog import ClusterFailed, ClusterKubernetesReady, ClusterReady, KubeflowProgressed
 from libs.kube import GROUP, PLURAL, VERSION
 from libs.kube.objects import owner_reference
+from libs.kube.vnodes import cluster_labels, platform_namespace
 from services.kubeflow.__main__ import wired
 from services.kubeflow.settings import KubeflowSettings
 from tests.support.events import NOW
+from tests.support.platform import make_platform_namespace
 from tests.support.services import running
+from vk8s.testbed.fixtures import delete_namespace
 
 ROOT = Path(__file__).resolve().parents[3]
 BUNDLE = ROOT / "deploy/kubeflow/minimal"
@@ -37,32 +42,50 @@ def kubernetes_ready(secret: str, kube_config_path: Path) -> ClusterKubernetesRe
     )
 
 
-async def make_cluster(
-    api: client.ApiClient, namespace: str, kubeconfig: Path, node_port: int, *, owned: bool = True
-) -> str:
-    """The Vk8s and its Secrets as the gateway and bootstrap leave them (`owned`: the kubeconfig
-    Secret is owned by the Vk8s, as bootstrap makes it)."""
-    core = client.CoreV1Api(api)
-    await core.create_namespaced_secret(
-        namespace, client.V1Secret(metadata=client.V1ObjectMeta(name="team-kf-user"), string_data={"password": "kf-pass-1"})
-    )
-    body = {
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": "Vk8s",
-        "metadata": {"name": "team-kf", "namespace": namespace},
-        "spec": {
-            "nodes": [{"name": "master", "role": "master", "image": "ghcr.io/vk8s/kink:v1.29", "resources": {"limits": {"cpu": "4", "memory": "8Gi"}}}],
-            "kubeflow": {"version": "v1.9.0", "email": "Kf.User@example.com", "passwordSecretRef": {"name": "team-kf-user", "key": "password"}},
-            "ports": [{"name": "kubeflow", "port": node_port, "targetPort": node_port}],
-        },
-    }
-    created = await client.CustomObjectsApi(api).create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
-    owners = [owner_reference(created)] if owned else None
-    metadata = client.V1ObjectMeta(name="team-kf-kubeconfig", owner_references=owners)
-    await core.create_namespaced_secret(
-        namespace, client.V1Secret(metadata=metadata, string_data={"kubeconfig": kubeconfig.read_text()})
-    )
-    return "team-kf-kubeconfig"
+MakeCluster = Callable[..., Awaitable[str]]
+
+
+@pytest.fixture
+async def make_cluster(kube_api: client.ApiClient, namespace: str) -> AsyncIterator[MakeCluster]:
+    """Makes the Vk8s and its Secrets as the gateway and bootstrap leave them: the password Secret in
+    the tenant's namespace; the kubeconfig Secret in the cluster's platform namespace, labelled for
+    the cluster (`labelled`), unless `platform_secret` is false; a copy in the tenant's namespace,
+    which no service reads. Returns the kubeconfig Secret's name; platform namespaces are deleted after."""
+    core = client.CoreV1Api(kube_api)
+    made: list[str] = []
+
+    async def make(kubeconfig: Path, node_port: int, *, labelled: bool = True, platform_secret: bool = True) -> str:
+        await core.create_namespaced_secret(
+            namespace, client.V1Secret(metadata=client.V1ObjectMeta(name="team-kf-user"), string_data={"password": "kf-pass-1"})
+        )
+        body = {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "Vk8s",
+            "metadata": {"name": "team-kf", "namespace": namespace},
+            "spec": {
+                "nodes": [{"name": "master", "role": "master", "image": "ghcr.io/vk8s/kink:v1.29", "resources": {"limits": {"cpu": "4", "memory": "8Gi"}}}],
+                "kubeflow": {"version": "v1.9.0", "email": "Kf.User@example.com", "passwordSecretRef": {"name": "team-kf-user", "key": "password"}},
+                "ports": [{"name": "kubeflow", "port": node_port, "targetPort": node_port}],
+            },
+        }  # fmt: skip
+        created = await client.CustomObjectsApi(kube_api).create_namespaced_custom_object(
+            GROUP, VERSION, namespace, PLURAL, body
+        )
+        platform = await make_platform_namespace(kube_api, created)
+        made.append(platform)
+        metadata = created["metadata"]
+        labels = cluster_labels(namespace, metadata["name"], metadata["uid"]) if labelled else None
+        data = {"kubeconfig": kubeconfig.read_text()}
+        if platform_secret:
+            secret = client.V1Secret(metadata=client.V1ObjectMeta(name="team-kf-kubeconfig", labels=labels), string_data=data)
+            await core.create_namespaced_secret(platform, secret)
+        copy = client.V1ObjectMeta(name="team-kf-kubeconfig", owner_references=[owner_reference(created)])
+        await core.create_namespaced_secret(namespace, client.V1Secret(metadata=copy, string_data=data))
+        return "team-kf-kubeconfig"
+
+    yield make
+    for platform in made:
+        await delete_namespace(kube_api, platform)
 
 
 def settings(nats_url: str, kubeconfig: Path, tmp_path: Path, **overrides: Any) -> KubeflowSettings:
@@ -102,10 +125,11 @@ async def collect(js: JetStreamContext, cluster_id: str, until: set[str], timeou
 
 
 async def test_installs_the_release_creates_the_user_and_reports_ready(
-    kube_api: client.ApiClient, kube_config_path: Path, namespace: str, nats_url: str, js: JetStreamContext, tmp_path: Path
-) -> None:
+    kube_api: client.ApiClient, kube_config_path: Path, namespace: str, nats_url: str, js: JetStreamContext,
+    tmp_path: Path, make_cluster: MakeCluster,
+) -> None:  # fmt: skip
     node_port = random.randint(30100, 32700)
-    secret = await make_cluster(kube_api, namespace, kube_config_path, node_port)
+    secret = await make_cluster(kube_config_path, node_port)
     cluster_id = f"{namespace}/team-kf"
     async with running(wired(settings(nats_url, kube_config_path, tmp_path))):
         ready = kubernetes_ready(secret, kube_config_path)
@@ -136,14 +160,15 @@ async def test_installs_the_release_creates_the_user_and_reports_ready(
 
 
 async def test_a_release_that_keeps_failing_to_apply_fails_the_cluster_after_bounded_rounds(
-    kube_api: client.ApiClient, kube_config_path: Path, namespace: str, nats_url: str, js: JetStreamContext, tmp_path: Path
-) -> None:
+    kube_api: client.ApiClient, kube_config_path: Path, namespace: str, nats_url: str, js: JetStreamContext,
+    tmp_path: Path, make_cluster: MakeCluster,
+) -> None:  # fmt: skip
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "a.yaml").write_text(
         yaml.safe_dump({"apiVersion": "example.com/v1", "kind": "NoSuchKind", "metadata": {"name": "x", "namespace": "default"}})
     )
-    secret = await make_cluster(kube_api, namespace, kube_config_path, random.randint(30100, 32700))
+    secret = await make_cluster(kube_config_path, random.randint(30100, 32700))
     cluster_id = f"{namespace}/team-kf"
     sources = tmp_path / "broken-sources.yaml"
     sources.write_text(yaml.safe_dump({"default": {"directory": str(broken)}}))
@@ -185,8 +210,9 @@ async def test_git_source_is_cloned_at_its_ref_and_built_with_kustomize(tmp_path
 
 
 async def test_a_kubeconfig_with_an_exec_plugin_is_refused_and_never_run(
-    kube_api: client.ApiClient, kube_config_path: Path, namespace: str, nats_url: str, js: JetStreamContext, tmp_path: Path
-) -> None:
+    kube_api: client.ApiClient, kube_config_path: Path, namespace: str, nats_url: str, js: JetStreamContext,
+    tmp_path: Path, make_cluster: MakeCluster,
+) -> None:  # fmt: skip
     # What a tenant can write into <name>-kubeconfig: the loader of the official client would run it.
     marker = tmp_path / "exec-ran"
     hostile = yaml.safe_load(kube_config_path.read_text())
@@ -195,7 +221,7 @@ async def test_a_kubeconfig_with_an_exec_plugin_is_refused_and_never_run(
                                   "args": ["-c", f"id > {marker}; exit 1"]}}  # fmt: skip
     hostile_path = tmp_path / "hostile.kubeconfig"
     hostile_path.write_text(yaml.safe_dump(hostile))
-    secret = await make_cluster(kube_api, namespace, hostile_path, random.randint(30100, 32700))
+    secret = await make_cluster(hostile_path, random.randint(30100, 32700))
     cluster_id = f"{namespace}/team-kf"
     async with running(wired(settings(nats_url, kube_config_path, tmp_path))):
         ready = kubernetes_ready(secret, kube_config_path)
@@ -205,31 +231,39 @@ async def test_a_kubeconfig_with_an_exec_plugin_is_refused_and_never_run(
     failed = events[-1].data
     assert isinstance(failed, ClusterFailed), [e.type for e in events]
     assert (failed.stage, failed.reason) == ("kubeflow", "KubeconfigRefused")
-    assert failed.message.startswith(f"Secret {namespace}/{secret}: users[")
+    assert failed.message.startswith(f"Secret {platform_namespace(namespace, 'team-kf')}/{secret}: users[")
     assert ".user.exec: refused" in failed.message
     assert not marker.exists(), marker.read_text()
 
 
+@pytest.mark.parametrize("platform_secret", [True, False], ids=["unlabelled", "only-the-tenant-copy"])
 async def test_a_kubeconfig_secret_the_platform_did_not_make_is_refused(
-    kube_api: client.ApiClient, kube_config_path: Path, namespace: str, nats_url: str, js: JetStreamContext, tmp_path: Path
-) -> None:
-    secret = await make_cluster(kube_api, namespace, kube_config_path, random.randint(30100, 32700), owned=False)
+    kube_api: client.ApiClient, kube_config_path: Path, namespace: str, nats_url: str, js: JetStreamContext,
+    tmp_path: Path, make_cluster: MakeCluster, platform_secret: bool,
+) -> None:  # fmt: skip
+    secret = await make_cluster(kube_config_path, random.randint(30100, 32700), labelled=False, platform_secret=platform_secret)
     cluster_id = f"{namespace}/team-kf"
     async with running(wired(settings(nats_url, kube_config_path, tmp_path))):
         await Publisher(js).publish(Envelope.new(kubernetes_ready(secret, kube_config_path), cluster_id=cluster_id, now=NOW))
         events = await collect(js, cluster_id, {"cluster.ready", "cluster.failed"}, timeout=60)
     failed = events[-1].data
-    assert isinstance(failed, ClusterFailed) and failed.reason == "KubeconfigRefused", [e.type for e in events]
-    assert failed.message == (
-        f"Secret {namespace}/{secret} is not owned by the cluster's Vk8s "
-        f"(uid {(await cluster_uid(kube_api, namespace))}); the platform's kubeconfig Secret is"
-    )
+    assert isinstance(failed, ClusterFailed), [e.type for e in events]
+    platform = platform_namespace(namespace, "team-kf")
+    if platform_secret:
+        assert failed.reason == "KubeconfigRefused"
+        assert failed.message == (
+            f"Secret {platform}/{secret} is not labelled for the cluster "
+            f"(uid {(await cluster_uid(kube_api, namespace))}); the platform's kubeconfig Secret is"
+        )
+    else:  # the tenant's copy is never read
+        assert (failed.reason, failed.message) == ("SecretMissing", f"Secret {platform}/{secret} not found")
 
 
 async def test_an_event_naming_another_secret_is_refused_and_nothing_is_installed(
-    kube_api: client.ApiClient, kube_config_path: Path, namespace: str, nats_url: str, js: JetStreamContext, tmp_path: Path
-) -> None:
-    await make_cluster(kube_api, namespace, kube_config_path, random.randint(30100, 32700))
+    kube_api: client.ApiClient, kube_config_path: Path, namespace: str, nats_url: str, js: JetStreamContext,
+    tmp_path: Path, make_cluster: MakeCluster,
+) -> None:  # fmt: skip
+    await make_cluster(kube_config_path, random.randint(30100, 32700))
     cluster_id = f"{namespace}/team-kf"
     forged = kubernetes_ready("team-kf-user", kube_config_path)  # any Secret of the namespace
     async with running(wired(settings(nats_url, kube_config_path, tmp_path))):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,23 +28,26 @@ from libs.events.catalog import (
     ClusterUnschedulable,
     ClusterUpdated,
 )
-from libs.kube.objects import GROUP, KIND, PLURAL, VERSION
 from libs.kube.vnodes import (
     APP,
     APP_LABEL,
     CLUSTER_LABEL,
     CLUSTER_UID_LABEL,
+    TENANT_NAMESPACE_LABEL,
     VNODE_LABEL,
     placeholder_name,
+    platform_namespace,
     pod_name,
     statefulset_name,
 )
 from libs.runtime import Service
 from services.scheduler.__main__ import wired
 from services.scheduler.settings import SchedulerSettings
+from tests.support.platform import make_platform_namespace
 from tests.support.services import local_settings, running
 from tests.support.wait import eventually
 from vk8s.testbed.config import FAKE_NODE_ANNOTATION, GPU_PRODUCT_LABEL, GPU_RESOURCE, ZONE_LABEL
+from vk8s.testbed.fixtures import delete_namespace
 
 POOL_LABEL = "vk8s.skt.co.kr/test-pool"
 
@@ -163,6 +166,25 @@ async def scheduling(
         yield Scheduling(service, recorder, publisher, core, apps, pool.nodes[0])
 
 
+Platforms = Callable[[Envelope[ClusterAccepted]], Awaitable[str]]
+
+
+@pytest.fixture
+async def platforms(kube_api: client.ApiClient) -> AsyncIterator[Platforms]:
+    """Makes a cluster's platform namespace, as the gateway does before accepting it; deleted after."""
+    made: list[str] = []
+
+    async def make(accepted: Envelope[ClusterAccepted]) -> str:
+        data = accepted.data
+        metadata = {"namespace": data.namespace, "name": data.name, "uid": data.uid}
+        made.append(await make_platform_namespace(kube_api, {"metadata": metadata}))
+        return made[-1]
+
+    yield make
+    for name in made:
+        await delete_namespace(kube_api, name)
+
+
 async def recording(js: JetStreamContext) -> tuple[Recorder, Publisher]:
     recorder = Recorder(js)
     await recorder.start()
@@ -221,6 +243,7 @@ def vnode_statefulset(accepted: Envelope[ClusterAccepted], vnode: str, gpus: int
         CLUSTER_LABEL: name,
         VNODE_LABEL: vnode,
         CLUSTER_UID_LABEL: accepted.data.uid,
+        TENANT_NAMESPACE_LABEL: accepted.data.namespace,
     }
     resources = {"cpu": "8", "memory": "32Gi", GPU_RESOURCE: str(gpus)}
     return {
@@ -248,7 +271,7 @@ def vnode_statefulset(accepted: Envelope[ClusterAccepted], vnode: str, gpus: int
 
 
 async def test_two_clusters_race_for_the_last_gpus_and_the_loser_is_placed_once_the_winner_is_deleted(
-    nats_url: str, js: JetStreamContext, kube_config_path: Path, namespace: str, pool: Pool
+    nats_url: str, js: JetStreamContext, kube_config_path: Path, namespace: str, pool: Pool, platforms: Platforms
 ) -> None:
     # Two replicas share the ledger, as two scheduler pods would.
     async with (
@@ -257,6 +280,8 @@ async def test_two_clusters_race_for_the_last_gpus_and_the_loser_is_placed_once_
     ):
         recorder, publisher = await recording(js)
         a, b = cluster(namespace, "alpha", 8, pool), cluster(namespace, "beta", 8, pool)
+        await platforms(a)
+        await platforms(b)
 
         await asyncio.gather(publisher.publish(a), publisher.publish(b))
 
@@ -290,7 +315,13 @@ async def test_two_clusters_race_for_the_last_gpus_and_the_loser_is_placed_once_
 
 
 async def test_pods_on_a_node_count_and_a_clusters_own_vnode_pods_are_not_counted_twice(
-    nats_url: str, js: JetStreamContext, kube_api: client.ApiClient, kube_config_path: Path, namespace: str, pool: Pool
+    nats_url: str,
+    js: JetStreamContext,
+    kube_api: client.ApiClient,
+    kube_config_path: Path,
+    namespace: str,
+    pool: Pool,
+    platforms: Platforms,
 ) -> None:
     core = client.CoreV1Api(kube_api)
     node = pool.nodes[0]
@@ -315,6 +346,7 @@ async def test_pods_on_a_node_count_and_a_clusters_own_vnode_pods_are_not_counte
     async with running_scheduler(nats_url, kube_config_path, pool) as service:
         recorder, publisher = await recording(js)
         gamma = cluster(namespace, "gamma", 4, pool)
+        gamma_platform = await platforms(gamma)
 
         await publisher.publish(gamma)
 
@@ -327,7 +359,7 @@ async def test_pods_on_a_node_count_and_a_clusters_own_vnode_pods_are_not_counte
 
         # gamma's vNode pod appears on its node: 4 GPUs in use, and its booking (and placeholder) no longer count.
         await client.AppsV1Api(kube_api).create_namespaced_stateful_set(
-            namespace, vnode_statefulset(gamma, "worker-0", 4, pool)
+            gamma_platform, vnode_statefulset(gamma, "worker-0", 4, pool)
         )
 
         async def pod_counted() -> bool:
@@ -336,6 +368,7 @@ async def test_pods_on_a_node_count_and_a_clusters_own_vnode_pods_are_not_counte
         await eventually(pod_counted, "the vNode pod in the inventory")
 
         delta = cluster(namespace, "delta", 4, pool)
+        await platforms(delta)
         await publisher.publish(delta)
 
         answer = await eventually(
@@ -347,18 +380,20 @@ async def test_pods_on_a_node_count_and_a_clusters_own_vnode_pods_are_not_counte
 
 
 async def test_a_vnode_grown_in_place_keeps_its_whole_booking_while_its_smaller_pod_runs(
-    scheduling: Scheduling, namespace: str, pool: Pool
+    scheduling: Scheduling, namespace: str, pool: Pool, platforms: Platforms
 ) -> None:
     service, recorder, publisher, core, apps, node = scheduling
-    small = await placed(recorder, publisher, cluster(namespace, "grow", 2, pool))
+    small = cluster(namespace, "grow", 2, pool)
+    platform = await platforms(small)
+    await placed(recorder, publisher, small)
 
     # Its vNode pod runs on the node with 2 GPUs, made by a real StatefulSet.
-    await apps.create_namespaced_stateful_set(namespace, vnode_statefulset(small, "worker-0", 2, pool))
+    await apps.create_namespaced_stateful_set(platform, vnode_statefulset(small, "worker-0", 2, pool))
     pod = pod_name("grow", "worker-0")
 
     async def running() -> bool:
         try:
-            found = await core.read_namespaced_pod(pod, namespace)
+            found = await core.read_namespaced_pod(pod, platform)
         except ApiException:
             return False
         return found.spec.node_name == node and found.status.phase == "Running"
@@ -383,6 +418,7 @@ async def test_a_vnode_grown_in_place_keeps_its_whole_booking_while_its_smaller_
 
     # Another cluster asking for the 6 GPUs not in use yet is refused: they are booked.
     other = cluster(namespace, "other", 6, pool)
+    await platforms(other)
     await publisher.publish(other)
     refused = await recorder.next(ClusterUnschedulable.subject, other.cluster_id)
     assert refused.data.vnodes[0].reason.startswith("needs 6 nvidia.com/gpu; no node has a free GPU"), refused
@@ -390,26 +426,18 @@ async def test_a_vnode_grown_in_place_keeps_its_whole_booking_while_its_smaller_
 
 
 async def test_a_placeholder_holds_booked_gpus_against_kube_scheduler_until_the_vnode_pod_takes_them(
-    scheduling: Scheduling, kube_api: client.ApiClient, namespace: str, pool: Pool
+    scheduling: Scheduling, namespace: str, pool: Pool, platforms: Platforms
 ) -> None:
     service, recorder, publisher, core, apps, node = scheduling
-    # The Vk8s object owns the placeholders (the garbage collector deletes pods of a missing owner).
-    body = {
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": KIND,
-        "metadata": {"name": "held"},
-        "spec": cluster(namespace, "held", 8, pool).data.spec.model_dump(
-            mode="json", by_alias=True, exclude_none=True
-        ),
-    }
-    owner = await client.CustomObjectsApi(kube_api).create_namespaced_custom_object(
-        GROUP, VERSION, namespace, PLURAL, body
-    )
-    held = await placed(recorder, publisher, cluster(namespace, "held", 8, pool, uid=owner["metadata"]["uid"]))
+    held = cluster(namespace, "held", 8, pool)
+    # Placeholders and vNode pods live in the cluster's platform namespace; tenant pods elsewhere.
+    platform = await platforms(held)
+    assert platform == platform_namespace(namespace, "held")
+    await placed(recorder, publisher, held)
 
     async def phase(name: str) -> str | None:
         try:
-            pod = await core.read_namespaced_pod(name, namespace)
+            pod = await core.read_namespaced_pod(name, platform)
         except ApiException as error:
             assert error.status == 404, error
             return None
@@ -446,8 +474,8 @@ async def test_a_placeholder_holds_booked_gpus_against_kube_scheduler_until_the_
 
     # The vnode stage deletes the placeholder and starts the vNode pod: it gets all 8 GPUs,
     # the pending pod none in between.
-    await core.delete_namespaced_pod(placeholder, namespace, grace_period_seconds=0)
-    await apps.create_namespaced_stateful_set(namespace, vnode_statefulset(held, "worker-0", 8, pool))
+    await core.delete_namespaced_pod(placeholder, platform, grace_period_seconds=0)
+    await apps.create_namespaced_stateful_set(platform, vnode_statefulset(held, "worker-0", 8, pool))
     vnode_pod = pod_name("held", "worker-0")
 
     async def vnode_runs() -> bool:

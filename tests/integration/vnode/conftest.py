@@ -20,11 +20,14 @@ from nats.js import JetStreamContext
 from libs.api.models import Vk8sSpec
 from libs.events import REGISTRY, Envelope, Payload, Publisher, utc_now
 from libs.kube import GROUP, KIND, PLURAL, VERSION
+from libs.kube.vnodes import platform_namespace
 from libs.runtime import Service
 from services.vnode.__main__ import wired
 from services.vnode.settings import VNodeSettings
+from tests.support.platform import make_platform_namespace
 from tests.support.services import local_settings, running
 from vk8s.testbed.config import FAKE_NODE_ANNOTATION, GPU_RESOURCE
+from vk8s.testbed.fixtures import delete_namespace
 
 
 @pytest.fixture
@@ -95,6 +98,7 @@ async def bus(nc: NATS, js: JetStreamContext, vnode_service: Service) -> AsyncIt
 async def vk8s_object(
     kube_api: client.ApiClient, namespace: str
 ) -> AsyncIterator[Callable[..., Awaitable[dict[str, Any]]]]:
+    """Creates a Vk8s object and, as the gateway does before accepting it, its platform namespace."""
     custom = client.CustomObjectsApi(kube_api)
     created: list[str] = []
 
@@ -107,10 +111,13 @@ async def vk8s_object(
             "spec": json.loads(spec.model_dump_json(by_alias=True, exclude_none=True)),
         }
         created.append(name)
-        return await custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
+        obj = await custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
+        await make_platform_namespace(kube_api, obj)
+        return obj
 
     yield create
     for name in created:
+        await delete_namespace(kube_api, platform_namespace(namespace, name))
         try:
             await custom.patch_namespaced_custom_object(
                 GROUP,

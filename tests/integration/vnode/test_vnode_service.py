@@ -25,15 +25,7 @@ from libs.events.catalog import (
     VNodePlacement,
 )
 from libs.kube import GROUP, PLURAL, VERSION
-from libs.kube.vnodes import (
-    APP,
-    APP_LABEL,
-    CLUSTER_UID_LABEL,
-    COMPONENT_LABEL,
-    PLACEHOLDER_COMPONENT,
-    PLACEHOLDER_FINALIZER,
-    placeholder_name,
-)
+from libs.kube.vnodes import RETAINED_VOLUMES_ANNOTATION, cluster_labels, platform_namespace
 from libs.runtime import Service
 from services.vnode.logic import RETAIN_VOLUMES_ANNOTATION
 from tests.integration.vnode.conftest import Bus
@@ -66,6 +58,11 @@ class Cluster:
     @property
     def uid(self) -> str:
         return self.vk8s["metadata"]["uid"]
+
+    @property
+    def platform_namespace(self) -> str:
+        """Where the vnode stage puts the cluster's objects."""
+        return platform_namespace(self.namespace, self.name)
 
     @property
     def cluster_id(self) -> str:
@@ -131,7 +128,8 @@ async def cluster(bus: Bus, vk8s_object: CreateVk8s) -> Cluster:
 
 
 async def statefulset(kube_api: client.ApiClient, cluster: Cluster, vnode: str) -> client.V1StatefulSet:
-    return await client.AppsV1Api(kube_api).read_namespaced_stateful_set(f"{cluster.name}-{vnode}", cluster.namespace)
+    apps = client.AppsV1Api(kube_api)
+    return await apps.read_namespaced_stateful_set(f"{cluster.name}-{vnode}", cluster.platform_namespace)
 
 
 async def test_allocated_cluster_gets_running_vnodes_on_the_chosen_hosts(
@@ -150,7 +148,7 @@ async def test_allocated_cluster_gets_running_vnodes_on_the_chosen_hosts(
     ]
     core = client.CoreV1Api(kube_api)
     for vnode in ready.vnodes:
-        pod = await core.read_namespaced_pod(vnode.pod, cluster.namespace)
+        pod = await core.read_namespaced_pod(vnode.pod, cluster.platform_namespace)
         container = pod.spec.containers[0]
         assert pod.status.phase == "Running"
         assert pod.spec.node_name == vnode.host_node
@@ -163,17 +161,28 @@ async def test_allocated_cluster_gets_running_vnodes_on_the_chosen_hosts(
     assert master.metadata.labels["team"] == "vision"
     assert master.metadata.labels["clusterName"] == "team-a"
     assert master.metadata.labels["sidecar.istio.io/inject"] == "false"
-    assert [(o.kind, o.name, o.uid) for o in master.metadata.owner_references] == [("Vk8s", "team-a", cluster.uid)]
+    # No owner reference across namespaces (the garbage collector would delete it): labels say whose.
+    assert not master.metadata.owner_references
+    assert master.metadata.labels["vk8s.skt.co.kr/cluster-uid"] == cluster.uid
+    assert master.metadata.labels["vk8s.skt.co.kr/tenant-namespace"] == cluster.namespace
+    tenant_pods = await core.list_namespaced_pod(cluster.namespace)
+    assert not tenant_pods.items, "nothing of the vNodes is in the tenant's namespace"
+    networking = client.NetworkingV1Api(kube_api)
+    policy = await networking.read_namespaced_network_policy("team-a-vnodes", cluster.platform_namespace)
+    assert policy.spec.pod_selector.match_labels == {"app": "vk8s", "clusterName": "team-a"}
+    assert policy.spec.policy_types == ["Ingress", "Egress"]
     mounts = {m.mount_path: m for m in master.spec.template.spec.containers[0].volume_mounts}
     assert mounts["/lib/modules"].read_only and mounts["/usr/src"].read_only
-    claims = await core.list_namespaced_persistent_volume_claim(cluster.namespace, label_selector="clusterName=team-a")
+    claims = await core.list_namespaced_persistent_volume_claim(
+        cluster.platform_namespace, label_selector="clusterName=team-a"
+    )
     assert sorted(c.metadata.name for c in claims.items) == [
         "node-state-team-a-master-0",
         "node-state-team-a-worker-0-0",
     ]
-    headless = await core.read_namespaced_service("team-a-vnodes", cluster.namespace)
+    headless = await core.read_namespaced_service("team-a-vnodes", cluster.platform_namespace)
     assert headless.spec.cluster_ip == "None"
-    ports = await core.read_namespaced_service("team-a-ports", cluster.namespace)
+    ports = await core.read_namespaced_service("team-a-ports", cluster.platform_namespace)
     assert ports.spec.type == "NodePort" and ports.spec.ports[0].port == 80 and ports.spec.ports[0].node_port
     assert ports.spec.selector["role"] == "master"
     metrics = vnode_service.metrics_registry
@@ -205,7 +214,8 @@ async def test_label_changes_reach_the_statefulsets(
 ) -> None:
     await cluster.allocate({"master": gpu_hosts[0], "worker-0": gpu_hosts[1]})
     await cluster.ready()
-    nodeport = (await client.CoreV1Api(kube_api).read_namespaced_service("team-a-ports", cluster.namespace)).spec
+    core = client.CoreV1Api(kube_api)
+    nodeport = (await core.read_namespaced_service("team-a-ports", cluster.platform_namespace)).spec
 
     await cluster.update(labels={"team": "nlp", "tier": "gold"})
 
@@ -220,9 +230,9 @@ async def test_label_changes_reach_the_statefulsets(
         return "tier" not in (await statefulset(kube_api, cluster, "master")).metadata.labels
 
     await eventually(label_removed, "the removed label to go from the StatefulSets")
-    again = (await client.CoreV1Api(kube_api).read_namespaced_service("team-a-ports", cluster.namespace)).spec
+    again = (await core.read_namespaced_service("team-a-ports", cluster.platform_namespace)).spec
     assert again.ports[0].node_port == nodeport.ports[0].node_port, "re-applying keeps the allocated node port"
-    pod = await client.CoreV1Api(kube_api).read_namespaced_pod("team-a-master-0", cluster.namespace)
+    pod = await core.read_namespaced_pod("team-a-master-0", cluster.platform_namespace)
     assert pod.status.phase == "Running", "relabelling does not restart vNodes"
 
 
@@ -240,7 +250,7 @@ async def test_pause_stops_the_vnodes_and_resume_brings_them_back_on_the_new_pla
     for vnode in ("master", "worker-0"):
         found = await statefulset(kube_api, cluster, vnode)
         assert found.spec.replicas == 0 and not found.status.replicas
-    assert not (await core.list_namespaced_pod(cluster.namespace, label_selector="clusterName=team-a")).items
+    assert not (await core.list_namespaced_pod(cluster.platform_namespace, label_selector="clusterName=team-a")).items
 
     await cluster.update(paused=False)
     await cluster.allocate({"master": gpu_hosts[1], "worker-0": gpu_hosts[1]})  # the scheduler re-placed the master
@@ -250,7 +260,7 @@ async def test_pause_stops_the_vnodes_and_resume_brings_them_back_on_the_new_pla
         ("team-a-master-0", gpu_hosts[1]),
         ("team-a-worker-0-0", gpu_hosts[1]),
     ]
-    master = await core.read_namespaced_pod("team-a-master-0", cluster.namespace)
+    master = await core.read_namespaced_pod("team-a-master-0", cluster.platform_namespace)
     assert master.spec.node_name == gpu_hosts[1] and master.status.phase == "Running"
     assert (await statefulset(kube_api, cluster, "master")).spec.replicas == 1
 
@@ -279,7 +289,7 @@ async def test_delete_frees_objects_and_volumes_then_answers(
     await cluster.allocate({"master": gpu_hosts[0], "worker-0": gpu_hosts[1]})
     await cluster.ready()
     custom, core, apps = client.CustomObjectsApi(kube_api), client.CoreV1Api(kube_api), client.AppsV1Api(kube_api)
-    # As the user does: the finalizer keeps the object, so owner-reference GC has not started.
+    # As the user does: the finalizer keeps the object until cluster.deleted.
     await custom.delete_namespaced_custom_object(GROUP, VERSION, cluster.namespace, PLURAL, cluster.name)
 
     await cluster.bus.publish(ClusterDeleteRequested(uid=cluster.uid), cluster.cluster_id)
@@ -287,39 +297,41 @@ async def test_delete_frees_objects_and_volumes_then_answers(
     deleted = await cluster.bus.next("cluster.vnodes.deleted")
     assert deleted.data.uid == cluster.uid
     selector = "clusterName=team-a"
-    assert not (await apps.list_namespaced_stateful_set(cluster.namespace, label_selector=selector)).items
-    assert not (await core.list_namespaced_service(cluster.namespace, label_selector=selector)).items
-    assert not (await core.list_namespaced_persistent_volume_claim(cluster.namespace, label_selector=selector)).items
-    assert not (await core.list_namespaced_pod(cluster.namespace, label_selector=selector)).items
+    assert not (await apps.list_namespaced_stateful_set(cluster.platform_namespace, label_selector=selector)).items
+    assert not (await core.list_namespaced_service(cluster.platform_namespace, label_selector=selector)).items
+    claims = await core.list_namespaced_persistent_volume_claim(cluster.platform_namespace, label_selector=selector)
+    assert not claims.items
+    assert not (await core.list_namespaced_pod(cluster.platform_namespace, label_selector=selector)).items
     with pytest.raises(ApiException):
-        await core.read_namespaced_pod("team-a-master-0", cluster.namespace)
+        await core.read_namespaced_pod("team-a-master-0", cluster.platform_namespace)
 
 
-async def test_a_delete_does_not_wait_for_the_schedulers_placeholder(
-    kube_api: client.ApiClient, cluster: Cluster, gpu_hosts: list[str]
+async def test_a_cluster_deleted_before_its_vnodes_ran_is_not_held_up_by_its_placeholder(
+    kube_api: client.ApiClient, cluster: Cluster
 ) -> None:
-    """Deleted after the scheduler placed it, before this stage made anything: the placeholder pod
-    (kept by the scheduler's finalizer until it releases the reservation, after
-    cluster.vnodes.deleted) is left to the scheduler, not waited for until the retries run out."""
+    """The scheduler's placeholder keeps its finalizer until the booking is freed, after
+    cluster.vnodes.deleted: waiting for it here would stall the delete chain."""
     core = client.CoreV1Api(kube_api)
-    name = placeholder_name(cluster.name, "master")
-    labels = {APP_LABEL: APP, CLUSTER_UID_LABEL: cluster.uid, COMPONENT_LABEL: PLACEHOLDER_COMPONENT}
-    pod = {
-        "metadata": {"name": name, "labels": labels, "finalizers": [PLACEHOLDER_FINALIZER]},
-        "spec": {"nodeName": gpu_hosts[0], "containers": [{"name": "hold", "image": "registry.k8s.io/pause:3.10"}]},
+    labels = {
+        **cluster_labels(cluster.namespace, cluster.name, cluster.uid),
+        "vnode": "master",
+        "vk8s.skt.co.kr/component": "placeholder",
     }
-    await core.create_namespaced_pod(cluster.namespace, pod)
+    placeholder = {
+        "metadata": {"name": "team-a-master-hold", "labels": labels, "finalizers": ["vk8s.skt.co.kr/placeholder"]},
+        "spec": {"nodeName": "no-such-node", "containers": [{"name": "hold", "image": "registry.invalid/pause:1"}]},
+    }
+    await core.create_namespaced_pod(cluster.platform_namespace, placeholder)
+    custom = client.CustomObjectsApi(kube_api)
+    await custom.delete_namespaced_custom_object(GROUP, VERSION, cluster.namespace, PLURAL, cluster.name)
     try:
-        await client.CustomObjectsApi(kube_api).delete_namespaced_custom_object(
-            GROUP, VERSION, cluster.namespace, PLURAL, cluster.name
-        )
         await cluster.bus.publish(ClusterDeleteRequested(uid=cluster.uid), cluster.cluster_id)
+
         deleted = await cluster.bus.next("cluster.vnodes.deleted")
         assert deleted.data.uid == cluster.uid
-        held = await core.read_namespaced_pod(name, cluster.namespace)
-        assert held.metadata.finalizers == [PLACEHOLDER_FINALIZER], "the scheduler's to release"
-    finally:
-        await core.patch_namespaced_pod(name, cluster.namespace, {"metadata": {"finalizers": None}})
+    finally:  # as the scheduler does once the booking is gone
+        released = {"metadata": {"finalizers": None}}
+        await core.patch_namespaced_pod("team-a-master-hold", cluster.platform_namespace, released)
 
 
 async def test_a_redelivered_delete_keeps_retained_volumes(
@@ -338,7 +350,9 @@ async def test_a_redelivered_delete_keeps_retained_volumes(
     selector = "clusterName=team-a"
 
     async def claims() -> list[str]:
-        listing = await core.list_namespaced_persistent_volume_claim(cluster.namespace, label_selector=selector)
+        listing = await core.list_namespaced_persistent_volume_claim(
+            cluster.platform_namespace, label_selector=selector
+        )
         return sorted(claim.metadata.name for claim in listing.items)
 
     kept = await eventually(lambda: _nonempty(claims()), "the vNodes' volume claims")
@@ -346,6 +360,9 @@ async def test_a_redelivered_delete_keeps_retained_volumes(
     await cluster.bus.publish(ClusterDeleteRequested(uid=cluster.uid), cluster.cluster_id)
     await cluster.bus.next("cluster.vnodes.deleted")
     assert await claims() == kept
+    # The gateway keeps a namespace marked so, with the claims, for the operator.
+    marked = await core.read_namespace(cluster.platform_namespace)
+    assert marked.metadata.annotations[RETAINED_VOLUMES_ANNOTATION] == "true"
 
     await cluster.bus.publish(ClusterDeleteRequested(uid=cluster.uid), cluster.cluster_id)
     await cluster.bus.next("cluster.vnodes.deleted")
@@ -398,8 +415,8 @@ async def test_node_image_outside_the_allowlist_fails_the_cluster_and_creates_no
     )
     selector = "clusterName=forged"
     apps, core = client.AppsV1Api(kube_api), client.CoreV1Api(kube_api)
-    assert not (await apps.list_namespaced_stateful_set(forged.namespace, label_selector=selector)).items
-    assert not (await core.list_namespaced_service(forged.namespace, label_selector=selector)).items
+    assert not (await apps.list_namespaced_stateful_set(forged.platform_namespace, label_selector=selector)).items
+    assert not (await core.list_namespaced_service(forged.platform_namespace, label_selector=selector)).items
 
 
 async def test_a_forged_delete_request_for_a_live_cluster_deletes_nothing(
@@ -409,7 +426,7 @@ async def test_a_forged_delete_request_for_a_live_cluster_deletes_nothing(
     await cluster.ready()
     apps, core = client.AppsV1Api(kube_api), client.CoreV1Api(kube_api)
     selector = "clusterName=team-a"
-    listed = await apps.list_namespaced_stateful_set(cluster.namespace, label_selector=selector)
+    listed = await apps.list_namespaced_stateful_set(cluster.platform_namespace, label_selector=selector)
     before = sorted(s.metadata.name for s in listed.items)
 
     # The Vk8s object is not being deleted: the event alone must not remove anything.
@@ -417,8 +434,9 @@ async def test_a_forged_delete_request_for_a_live_cluster_deletes_nothing(
     with pytest.raises(AssertionError, match=re.escape("no cluster.vnodes.deleted")):
         await cluster.bus.next("cluster.vnodes.deleted", timeout=5)
 
-    after = (await apps.list_namespaced_stateful_set(cluster.namespace, label_selector=selector)).items
+    after = (await apps.list_namespaced_stateful_set(cluster.platform_namespace, label_selector=selector)).items
     assert sorted(s.metadata.name for s in after) == before == ["team-a-master", "team-a-worker-0"]
     assert all(s.metadata.deletion_timestamp is None for s in after)
-    claims = (await core.list_namespaced_persistent_volume_claim(cluster.namespace, label_selector=selector)).items
+    listing = await core.list_namespaced_persistent_volume_claim(cluster.platform_namespace, label_selector=selector)
+    claims = listing.items
     assert claims and all(c.metadata.deletion_timestamp is None for c in claims)

@@ -224,14 +224,11 @@ def vnode_objects(uid: str = "uid-1", vnode: str = "master") -> tuple[dict[str, 
     """A vNode pod and its StatefulSet as the API server has them."""
     labels = {"vk8s.skt.co.kr/cluster-uid": uid, "vnode": vnode}
     statefulset = {
-        "metadata": {
-            "name": f"c-{vnode}", "uid": "set-1", "labels": dict(labels),
-            "ownerReferences": [{"apiVersion": "vk8s.skt.co.kr/v1alpha1", "kind": "Vk8s", "name": "c", "uid": uid}],
-        }
-    }  # fmt: skip
+        "metadata": {"name": f"c-{vnode}", "namespace": "vk8s-platform", "uid": "set-1", "labels": dict(labels)}
+    }
     pod = {
         "metadata": {
-            "name": f"c-{vnode}-0", "labels": dict(labels),
+            "name": f"c-{vnode}-0", "namespace": "vk8s-platform", "labels": dict(labels),
             "ownerReferences": [
                 {"apiVersion": "apps/v1", "kind": "StatefulSet", "name": f"c-{vnode}", "uid": "set-1", "controller": True}
             ],
@@ -252,13 +249,15 @@ def vnode_objects(uid: str = "uid-1", vnode: str = "master") -> tuple[dict[str, 
         (lambda pod, sts: sts["metadata"].update(uid="set-2"), "its StatefulSet 'c-master' is gone"),
         (lambda pod, sts: sts["metadata"]["labels"].update({"vk8s.skt.co.kr/cluster-uid": "uid-2"}),
          "its StatefulSet 'c-master' is not vNode 'master' of this cluster"),
-        (lambda pod, sts: sts["metadata"]["ownerReferences"][0].update(uid="uid-2"),
-         "its StatefulSet 'c-master' is not owned by this cluster's Vk8s"),
+        (lambda pod, sts: pod["metadata"].update(namespace="team-a"),
+         "it is not in the cluster's platform namespace 'vk8s-platform'"),
+        (lambda pod, sts: sts["metadata"].update(namespace="team-a"),
+         "its StatefulSet 'c-master' is not in the cluster's platform namespace"),
     ],
 )  # fmt: skip
 def test_only_the_clusters_own_vnode_pod_qualifies_for_exec(change: Any, why: str | None) -> None:
     pod, statefulset = vnode_objects()
     change(pod, statefulset)
-    found = logic.foreign_pod(pod, statefulset, cluster_uid="uid-1", vnode="master")
+    found = logic.foreign_pod(pod, statefulset, cluster_uid="uid-1", vnode="master", namespace="vk8s-platform")
     assert found == why if why is None else found is not None and found.startswith(why)
-    assert logic.foreign_pod(pod, None, cluster_uid="uid-1", vnode="master") is not None
+    assert logic.foreign_pod(pod, None, cluster_uid="uid-1", vnode="master", namespace="vk8s-platform") is not None

@@ -37,6 +37,7 @@ NEEDED: dict[str, tuple[Access, ...]] = {
     # services/gateway/adapters/kubernetes.py
     "gateway": (
         *_all("get list watch", "vk8s", VK8S, "cluster"),
+        *_all("get create delete", "namespaces", scope="cluster"),
         *_all("create patch", "vk8s", VK8S),
         *_all("get create patch", "secrets"),
         Access("create", "events"),
@@ -56,10 +57,12 @@ NEEDED: dict[str, tuple[Access, ...]] = {
     # and the tracker's watch of vNode StatefulSets everywhere
     "vnode": (
         *_all("list watch", "statefulsets", "apps", "cluster"),
+        *_all("get patch", "namespaces", scope="cluster"),
         *_all("create patch delete", "statefulsets", "apps"),
         *_all("list create patch delete", "deployments", "apps"),
         *_all("list create patch delete", "services"),
         *_all("list delete", "persistentvolumeclaims"),
+        *_all("create patch delete", "networkpolicies", "networking.k8s.io"),
         *_all("list delete", "pods"),
         Access("get", "vk8s", VK8S),
     ),
@@ -86,7 +89,7 @@ _NOBODY: tuple[Access, ...] = (
     Access("impersonate", "serviceaccounts"),
     Access("create", "serviceaccounts/token"),
     Access("list", "secrets", scope="cluster"),
-    Access("delete", "namespaces", scope="cluster"),
+    Access("update", "namespaces", scope="cluster"),
     Access("create", "daemonsets", "apps"),
     Access("delete", "customresourcedefinitions", "apiextensions.k8s.io", "cluster"),
 )
@@ -141,4 +144,8 @@ REFUSED: dict[str, tuple[Access, ...]] = {
         Access("get", "secrets"),
     ),
 }
-REFUSED = {name: (*refused, *_NOBODY) for name, refused in REFUSED.items()}
+# Only the gateway deletes namespaces (a cluster's platform namespace).
+REFUSED = {
+    name: (*refused, *_NOBODY, *(() if name == "gateway" else (Access("delete", "namespaces", scope="cluster"),)))
+    for name, refused in REFUSED.items()
+}

@@ -87,6 +87,7 @@ def test_tenant_namespaces_scope_the_tenant_grants(tenant_manifests: list[Manife
         r["metadata"]["name"]
         for r in of_kind(tenant_manifests, "ClusterRole")
         if r["metadata"]["name"].endswith("-tenant")
+        and r["metadata"]["labels"]["app.kubernetes.io/component"] in SERVICES
     }
     assert {b["roleRef"]["name"] for b in tenant_bindings} == tenant_roles
 
@@ -101,3 +102,21 @@ def test_owner_reference_enforcement_adds_finalizer_updates_for_what_a_vk8s_owns
             else set()
         )
         assert extra == expected, service
+
+
+def test_the_tenant_role_manages_vk8s_and_reads_secrets_and_nothing_else(manifests: list[Manifest]) -> None:
+    """Bound by the operator in a tenant's namespace; nothing on pods, exec or StatefulSets (the vNodes')."""
+    [role] = [r for r in of_kind(manifests, "ClusterRole") if r["metadata"]["name"] == "vk8s-tenant"]
+    granted = {
+        (group, resource, verb)
+        for rule in role["rules"]
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
+    verbs = ("get", "list", "watch", "create", "update", "patch", "delete")
+    manage = {("vk8s.skt.co.kr", "vk8s", verb) for verb in verbs}
+    assert granted == manage | {("vk8s.skt.co.kr", "vk8s/status", "get"), ("", "secrets", "get")}
+    assert not [b for b in of_kind(manifests, "ClusterRoleBinding") if b["roleRef"]["name"] == "vk8s-tenant"]
+    without = render({"rbac": {"tenantRole": {"create": False, "name": "x"}}})
+    assert not [r for r in of_kind(without, "ClusterRole") if r["metadata"]["name"] == "x"]

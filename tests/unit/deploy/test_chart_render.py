@@ -14,6 +14,7 @@ from libs.api.images import ImagePolicy
 from libs.runtime import ServiceSettings
 from services.gateway.settings import GatewaySettings
 from services.topology import NAMES as SERVICES
+from services.vnode.settings import VNodeSettings
 from tests.unit.deploy.helm import (
     CHART_DIR,
     HELM_KUBE_VERSION,
@@ -113,14 +114,23 @@ def test_hard_anti_affinity_requires_distinct_nodes() -> None:
     assert list(terms) == ["requiredDuringSchedulingIgnoredDuringExecution"]
 
 
-def test_nats_credentials_come_from_the_secret(default_manifests: list[Manifest]) -> None:
+def test_nats_credentials_come_from_the_secret_the_password_as_a_mounted_file(
+    default_manifests: list[Manifest],
+) -> None:
     for name, deployment in by_component(default_manifests, "Deployment").items():
         env = env_of(deployment)
         prefix = f"VK8S_{name.upper()}_"
         assert env[f"{prefix}NATS_URL"]["value"].startswith("nats://")
-        for key, secret_key in (("NATS_USER", "user"), ("NATS_PASSWORD", "password")):
-            assert env[f"{prefix}{key}"]["valueFrom"]["secretKeyRef"] == {"name": "vk8s-nats", "key": secret_key}
-        assert not [item for item in env.values() if "PASSWORD" in item["name"] and "value" in item]
+        assert env[f"{prefix}NATS_USER"]["valueFrom"]["secretKeyRef"] == {"name": "vk8s-nats", "key": "user"}
+        # No password in the environment, neither as a value nor from the Secret.
+        assert f"{prefix}NATS_PASSWORD" not in env
+        assert env[f"{prefix}NATS_PASSWORD_FILE"]["value"] == "/etc/vk8s/nats-password/password"
+        volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+        assert volumes["nats-password"]["secret"] == {
+            "secretName": "vk8s-nats", "defaultMode": 0o400, "items": [{"key": "password", "path": "password"}]
+        }  # fmt: skip
+        mounts = {m["name"]: m for m in container(deployment)["volumeMounts"]}
+        assert mounts["nats-password"] == {"name": "nats-password", "mountPath": "/etc/vk8s/nats-password", "readOnly": True}
 
 
 def test_kv_buckets_are_replicated_like_the_stream(default_manifests: list[Manifest]) -> None:
@@ -300,6 +310,14 @@ def test_network_policies_default_deny_and_open_only_what_is_used(default_manife
     assert {m["metadata"]["namespace"] for m in policies.values()} == {"vk8s-system"}
 
 
+def test_in_the_mesh_the_sidecar_ports_are_open_to_the_scrapers_only(mesh_manifests: list[Manifest]) -> None:
+    policies = {m["metadata"]["name"]: m for m in of_kind(mesh_manifests, "NetworkPolicy")}
+    operator, sidecar = policies["vk8s-services"]["spec"]["ingress"]
+    assert sidecar["ports"] == [{"port": 15020, "protocol": "TCP"}, {"port": 15021, "protocol": "TCP"}]
+    monitoring = [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
+    assert sidecar["from"] == operator["from"] == monitoring
+
+
 def test_tenant_namespaces_get_a_vnode_policy() -> None:
     policies = [m for m in of_kind(render(TENANTS), "NetworkPolicy") if m["metadata"]["name"] == "vk8s-vnodes"]
     assert sorted(p["metadata"]["namespace"] for p in policies) == ["team-a", "team-b"]
@@ -365,3 +383,22 @@ def test_helm_assumes_the_kubernetes_of_its_release(tmp_path: Path) -> None:
     (chart / "templates" / "version.yaml").write_text("kubeVersion: {{ .Capabilities.KubeVersion.Version }}\n")
     rendered = helm("template", "probe", str(chart))
     assert yaml.safe_load(rendered.stdout.split("---", 1)[1]) == {"kubeVersion": f"v{HELM_KUBE_VERSION}.0"}
+
+
+def test_the_vnode_service_puts_a_network_policy_around_every_cluster(default_manifests: list[Manifest]) -> None:
+    """Read by VNodeSettings as the vnode service would: the kubeflow service may reach the inner API
+    servers; vNodes reach anywhere but the cloud metadata address."""
+    env = env_of(by_component(default_manifests, "Deployment")["vnode"])
+    settings = VNodeSettings.model_validate(
+        {key.removeprefix("VK8S_VNODE_").lower(): json.loads(env[key]["value"]) for key in env if "NETWORK_POLICY" in key}
+    )
+    assert settings.network_policy is True
+    [kubeflow] = settings.network_policy_ingress
+    assert kubeflow["ports"] == [{"port": 6443, "protocol": "TCP"}]
+    assert kubeflow["from"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "kubeflow"
+    assert kubeflow["from"][0]["namespaceSelector"] == {"matchLabels": {"kubernetes.io/metadata.name": "vk8s-system"}}
+    assert settings.network_policy_egress == [
+        {"to": [{"ipBlock": {"cidr": "0.0.0.0/0", "except": ["169.254.169.254/32"]}}]}
+    ]
+    off = env_of(by_component(render({"networkPolicy": {"tenants": {"enabled": False}}}), "Deployment")["vnode"])
+    assert off["VK8S_VNODE_NETWORK_POLICY"]["value"] == "false"

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 import pytest
 from kubernetes.aio import client
 
+from libs.kube.vnodes import platform_namespace
 from services.scheduler.adapters.inventory import DEFAULT_MAX_PODS, host_node, pod_requests, pod_usage
 from services.scheduler.adapters.ledger import cluster_key, decode_bookings, encode_bookings, node_key
 from services.scheduler.logic import (
@@ -118,58 +119,81 @@ VNODE_LABELS = {
     "vnode": "worker-1",
     "role": "worker",
     "vk8s.skt.co.kr/cluster-uid": "uid-a",
+    "vk8s.skt.co.kr/tenant-namespace": "team",
 }
+PLATFORM_NAMESPACE = platform_namespace("team", "team-a")
+
+
+def without(label: str) -> dict[str, str]:
+    return {k: v for k, v in VNODE_LABELS.items() if k != label}
 
 
 def statefulset_owner(name: str, *, kind: str = "StatefulSet", controller: bool = True) -> client.V1OwnerReference:
     return client.V1OwnerReference(api_version="apps/v1", kind=kind, name=name, uid="sts-uid", controller=controller)
 
 
-def gpu_pod(name: str, labels: dict[str, str], owners: list[client.V1OwnerReference] | None) -> client.V1Pod:
+def gpu_pod(
+    name: str,
+    labels: dict[str, str],
+    owners: list[client.V1OwnerReference] | None,
+    namespace: str = PLATFORM_NAMESPACE,
+) -> client.V1Pod:
     pod = v1_pod([container(limits={"nvidia.com/gpu": "4"})], labels=labels)
     pod.metadata.name = name
+    pod.metadata.namespace = namespace
     pod.metadata.owner_references = owners
     return pod
 
 
-def test_a_vnode_pod_is_told_by_its_name_owner_and_cluster_uid() -> None:
+def test_a_vnode_pod_is_told_by_its_name_owner_namespace_and_cluster_uid() -> None:
     usage = pod_usage(gpu_pod("team-a-worker-1-0", VNODE_LABELS, [statefulset_owner("team-a-worker-1")]))
 
     assert usage is not None and usage.vnode == ("uid-a", "worker-1")
 
 
 @pytest.mark.parametrize(
-    ("name", "labels", "owners"),
+    ("name", "labels", "owners", "namespace"),
     [
-        pytest.param("trainer", VNODE_LABELS, None, id="a tenant pod copying the labels"),
-        pytest.param("trainer-0", VNODE_LABELS, [statefulset_owner("trainer")], id="a tenant StatefulSet"),
+        pytest.param("trainer", VNODE_LABELS, None, PLATFORM_NAMESPACE, id="a tenant pod copying the labels"),
+        pytest.param(
+            "team-a-worker-1-0", VNODE_LABELS, [statefulset_owner("team-a-worker-1")], "team",
+            id="a look-alike in the tenant namespace",
+        ),
+        pytest.param(
+            "team-a-worker-1-0", without("vk8s.skt.co.kr/tenant-namespace"), [statefulset_owner("team-a-worker-1")],
+            PLATFORM_NAMESPACE, id="no tenant namespace",
+        ),
+        pytest.param(
+            "trainer-0", VNODE_LABELS, [statefulset_owner("trainer")], PLATFORM_NAMESPACE, id="a tenant StatefulSet"
+        ),
         pytest.param(
             "team-a-worker-1-0", VNODE_LABELS, [statefulset_owner("team-a-worker-1", kind="ReplicaSet")],
-            id="another controller",
+            PLATFORM_NAMESPACE, id="another controller",
         ),
         pytest.param(
             "team-a-worker-1-0", VNODE_LABELS, [statefulset_owner("team-a-worker-1", controller=False)],
-            id="not the controller",
+            PLATFORM_NAMESPACE, id="not the controller",
         ),
         pytest.param(
-            "team-a-worker-1-0",
-            {k: v for k, v in VNODE_LABELS.items() if k != "vk8s.skt.co.kr/cluster-uid"},
-            [statefulset_owner("team-a-worker-1")],
-            id="no cluster uid",
+            "team-a-worker-1-0", without("vk8s.skt.co.kr/cluster-uid"), [statefulset_owner("team-a-worker-1")],
+            PLATFORM_NAMESPACE, id="no cluster uid",
         ),
-        pytest.param("team-a-worker-1-0", {"app": "trainer"}, [statefulset_owner("team-a-worker-1")], id="no labels"),
+        pytest.param(
+            "team-a-worker-1-0", {"app": "trainer"}, [statefulset_owner("team-a-worker-1")], PLATFORM_NAMESPACE,
+            id="no labels",
+        ),
     ],
-)
+)  # fmt: skip
 def test_other_pods_cover_no_booking(
-    name: str, labels: dict[str, str], owners: list[client.V1OwnerReference] | None
+    name: str, labels: dict[str, str], owners: list[client.V1OwnerReference] | None, namespace: str
 ) -> None:
-    usage = pod_usage(gpu_pod(name, labels, owners))
+    usage = pod_usage(gpu_pod(name, labels, owners, namespace))
 
     assert usage is not None and usage.vnode is None
     assert usage.requests.gpus == 4  # it still takes its GPUs from the node
 
 
-def test_a_placeholder_is_told_by_its_name_label_and_owner() -> None:
+def test_a_placeholder_is_told_by_its_name_label_and_namespace() -> None:
     reservation = Reservation(
         cluster_id="team/team-a", uid="uid-a", generation=1, state=ReservationState.HELD, placed_at=NOW,
         vnodes=(ReservedVNode(vnode="worker-1", role="worker", host_node="gpu-node-1", gpus=4, cpu_millis=8000,
@@ -184,7 +208,8 @@ def test_a_placeholder_is_told_by_its_name_label_and_owner() -> None:
     assert usage == PodUsage("gpu-node-1", Resources(4, 8000, 32 * GI, 1), ("uid-a", "worker-1"), placeholder=True)
     assert body["metadata"]["name"] == "team-a-worker-1-hold"
     assert body["metadata"]["finalizers"] == ["vk8s.skt.co.kr/placeholder"]
-    pod.metadata.owner_references[0].uid = "uid-other"  # another object's: just a pod
+    assert body["metadata"]["namespace"] == PLATFORM_NAMESPACE and "ownerReferences" not in body["metadata"]
+    pod.metadata.namespace = "team"  # a look-alike in the tenant's namespace: just a pod
     assert pod_usage(pod) == PodUsage("gpu-node-1", Resources(4, 8000, 32 * GI, 1))
 
 

@@ -19,6 +19,7 @@ from libs.events.catalog import (
     VNodePlacement,
     VNodeRef,
 )
+from libs.kube.vnodes import platform_namespace
 from services.vnode import logic
 from services.vnode.settings import VNodeSettings
 from tests.support.events import spec_document
@@ -70,7 +71,8 @@ def placed(
 
 def rollout(vnode: str, host: str, ip: str, **changes: Any) -> logic.VNodeRollout:
     fields: dict[str, Any] = {
-        "namespace": "ml",
+        "namespace": platform_namespace("ml", "team-a"),
+        "tenant_namespace": "ml",
         "name": f"team-a-{vnode}",
         "cluster": "team-a",
         "vnode": vnode,

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from libs.events import PermanentError, TransientError
-from libs.kube.vnodes import MAX_STATEFULSET_NAME
+from libs.kube.vnodes import MAX_STATEFULSET_NAME, platform_namespace
 from services.vnode import logic
 from services.vnode.settings import VNodeSettings
 from tests.unit.vnode.factories import UID, record
@@ -41,6 +41,7 @@ def test_one_statefulset_per_placed_vnode_plus_services_and_access_pod() -> None
 
     assert sorted(objects(plan)) == [
         ("Deployment", "team-a-access"),
+        ("NetworkPolicy", "team-a-vnodes"),
         ("Service", "team-a-access"),
         ("Service", "team-a-ports"),
         ("Service", "team-a-vnodes"),
@@ -48,8 +49,8 @@ def test_one_statefulset_per_placed_vnode_plus_services_and_access_pod() -> None
         ("StatefulSet", "team-a-worker-0"),
         ("StatefulSet", "team-a-worker-1"),
     ]
-    assert plan.apply[0]["kind"] == "Service", "the headless Service exists before its pods"
-    assert plan.namespace == "ml" and plan.delete == ()
+    assert [body["kind"] for body in plan.apply[:2]] == ["NetworkPolicy", "Service"], "both exist before the pods"
+    assert plan.namespace == platform_namespace("ml", "team-a") and plan.delete == ()
 
 
 def test_vnode_pod_is_privileged_with_read_only_host_dirs_and_its_state_on_a_volume() -> None:
@@ -84,7 +85,7 @@ def test_node_state_claim_template_uses_the_storage_settings_and_names_the_host(
 
 
 def test_default_storage_class_is_left_to_the_host() -> None:
-    (claim,) = logic.plan(record(), [], VNodeSettings()).apply[1]["spec"]["volumeClaimTemplates"]
+    (claim,) = logic.plan(record(), [], VNodeSettings()).apply[2]["spec"]["volumeClaimTemplates"]
     assert "storageClassName" not in claim["spec"]
 
 
@@ -140,7 +141,7 @@ def test_pod_is_pinned_to_the_chosen_host_with_its_fixed_ip() -> None:
     assert "nodeSelector" not in template["spec"]
     assert template["metadata"]["annotations"] == {"cni.projectcalico.org/ipAddrs": '["10.200.0.2"]'}
     custom = VNodeSettings(ip_annotation="example.org/ip")
-    annotations = logic.plan(record(), [], custom).apply[1]["spec"]["template"]["metadata"]["annotations"]
+    annotations = logic.plan(record(), [], custom).apply[2]["spec"]["template"]["metadata"]["annotations"]
     assert annotations == {"example.org/ip": '["10.200.0.2"]'}
 
 
@@ -161,6 +162,7 @@ def test_labels_include_the_vk8s_labels_but_ours_win() -> None:
         "vnode": "master",
         "sidecar.istio.io/inject": "false",
         "vk8s.skt.co.kr/cluster-uid": UID,
+        "vk8s.skt.co.kr/tenant-namespace": "ml",
         "vk8s.skt.co.kr/component": "vnode",
     }
 
@@ -172,19 +174,15 @@ def test_labels_include_the_vk8s_labels_but_ours_win() -> None:
     assert statefulset["spec"]["selector"] == {"matchLabels": selector}
 
 
-def test_every_object_is_owned_by_the_vk8s() -> None:
+def test_every_object_is_in_the_platform_namespace_labelled_for_the_vk8s_with_no_owner() -> None:
+    """An owner reference to the Vk8s (in the tenant's namespace) would get the objects garbage-collected."""
     for body in logic.plan(record(), [], SETTINGS).apply:
-        assert body["metadata"]["ownerReferences"] == [
-            {
-                "apiVersion": "vk8s.skt.co.kr/v1alpha1",
-                "kind": "Vk8s",
-                "name": "team-a",
-                "uid": UID,
-                "controller": True,
-                "blockOwnerDeletion": True,
-            }
-        ]
-        assert body["metadata"]["namespace"] == "ml"
+        metadata = body["metadata"]
+        assert "ownerReferences" not in metadata
+        assert metadata["namespace"] == platform_namespace("ml", "team-a") != "ml"
+        labels = metadata["labels"]
+        assert (labels["vk8s.skt.co.kr/tenant-namespace"], labels["clusterName"]) == ("ml", "team-a")
+        assert labels["vk8s.skt.co.kr/cluster-uid"] == UID
 
 
 def test_statefulset_spec_shape() -> None:
@@ -239,7 +237,7 @@ def test_objects_no_longer_asked_for_are_deleted() -> None:
         logic.ObjectRef("Deployment", "team-a-access"),
         logic.ObjectRef("Service", "team-a-access"),
     }
-    assert {body["kind"] for body in plan.apply} == {"Service", "StatefulSet"}
+    assert {body["kind"] for body in plan.apply} == {"NetworkPolicy", "Service", "StatefulSet"}
 
 
 def test_paused_cluster_has_zero_replicas() -> None:
@@ -281,7 +279,7 @@ def test_image_catalog_fills_in_a_missing_image() -> None:
     rec = rec.model_copy(update={"spec": rec.spec.model_copy(update={"nodes": nodes, "kubernetes": kubernetes})})
     settings = VNodeSettings.model_validate({"image_catalog": {"repository": "mirror.local/kink"}})
 
-    container = logic.plan(rec, [], settings).apply[1]["spec"]["template"]["spec"]["containers"][0]
+    container = logic.plan(rec, [], settings).apply[2]["spec"]["template"]["spec"]["containers"][0]
 
     assert container["image"] == "mirror.local/kink:v1.35"
 
@@ -319,3 +317,29 @@ def test_the_ports_service_never_takes_a_node_port_from_the_spec_and_its_type_is
 
     assert ports["type"] == "LoadBalancer"
     assert ports["ports"] == [{"protocol": "TCP", "name": "kubeflow", "port": 80, "targetPort": 8080}]
+
+
+def test_a_network_policy_goes_around_the_clusters_pods_before_they_run() -> None:
+    kubeflow = {"from": [{"podSelector": {"matchLabels": {"app.kubernetes.io/component": "kubeflow"}}}]}
+    settings = VNodeSettings(network_policy_ingress=[kubeflow])
+    plan = logic.plan(record(), [], settings)
+
+    first = plan.apply[0]
+    assert (first["kind"], first["metadata"]["name"]) == ("NetworkPolicy", "team-a-vnodes")
+    cluster = {"podSelector": {"matchLabels": {"app": "vk8s", "clusterName": "team-a"}}}
+    assert first["spec"] == {
+        **cluster,
+        "policyTypes": ["Ingress", "Egress"],
+        "ingress": [{"from": [cluster]}, kubeflow],
+        "egress": [{"to": [cluster]}, {"to": [{"ipBlock": {"cidr": "0.0.0.0/0", "except": ["169.254.169.254/32"]}}]}],
+    }
+    for body in plan.apply:  # every pod of the cluster is inside it
+        if body["kind"] in ("StatefulSet", "Deployment"):
+            assert cluster["podSelector"]["matchLabels"].items() <= body["spec"]["template"]["metadata"]["labels"].items()
+
+
+def test_without_the_network_policy_setting_it_is_deleted() -> None:
+    plan = logic.plan(record(), [], VNodeSettings(network_policy=False))
+
+    assert "NetworkPolicy" not in {body["kind"] for body in plan.apply}
+    assert logic.ObjectRef("NetworkPolicy", "team-a-vnodes") in plan.delete
