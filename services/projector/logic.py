@@ -227,6 +227,8 @@ class Progress(StateModel):
         if fact.kind in FAILURES:
             return progress._failed(fact)
         if fact.kind == ev.ClusterPaused.subject:
+            if progress.mode != "pause":
+                return progress  # answers a pause that a resume has superseded since
             return progress._reach(fact).model_copy(update={"mode": "pause", "stage": fact})
         return progress._pipeline(fact)
 

@@ -134,9 +134,16 @@ class RolloutTracker:
             )
             event = cause.follow(logic.rollout_failed(awaiting, outcome, problems), now=now)
             self._metrics.rollout_timeouts.labels(awaiting.target).inc()
-        await self._publisher.publish(event)
-        # Compare-and-set: a wait recorded meanwhile (a newer cause) stays.
-        await self._store.save(record.model_copy(update={"awaiting": None}), stored.revision)
+        # Claimed before publishing, compare-and-set: a wait superseded meanwhile (a resume recorded
+        # after this pause was read) is not answered; the newer one is evaluated next. Answering it
+        # told the scheduler a resumed cluster was paused, and it freed the GPUs the cluster ran on.
+        claimed = await self._store.save(record.model_copy(update={"awaiting": None}), stored.revision)
+        try:
+            await self._publisher.publish(event)
+        except BaseException:
+            with contextlib.suppress(TransientError):  # a newer wait replaced it meanwhile
+                await self._store.save(record, claimed)
+            raise
         log.info("Published rollout outcome", cluster_id=cluster_id, event_type=event.type, event_id=event.id)
 
 

@@ -222,6 +222,16 @@ def test_pause_and_resume() -> None:
     assert history(resumed)[-3:] == [("Paused", "stopping vnodes"), ("Paused", "paused"), ("Waiting", "creating node")]
 
 
+def test_a_late_paused_of_a_superseded_pause_does_not_pause_a_resumed_cluster() -> None:
+    """Pause, resume quickly: the vnode stage's answer to the pause can come after the resume (as
+    in a chaos run); the cluster then goes on to Running, not back to Paused for good."""
+    t = Timeline()
+    events = [*t.happy_path(), t.updated(1, paused=True), t.updated(1), t.paused(), t.scheduled(), t.ips_allocated()]
+    events += [t.vnodes_ready(), t.kubernetes_ready(), t.ready()]
+    status = status_of(events)
+    assert (status["phase"], status["message"]) == ("Running", "Running")
+
+
 def test_label_change_of_a_running_cluster_keeps_it_running() -> None:
     t = Timeline()
     status = status_of([*t.happy_path(), t.updated(1)])
