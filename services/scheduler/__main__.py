@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from libs.events import utc_now
 from libs.kube import kube_client
 from libs.runtime import Service, serve
+from services.scheduler.adapters.clusters import LiveClusters
 from services.scheduler.adapters.inventory import KubeInventory
 from services.scheduler.adapters.ledger import Ledger
 from services.scheduler.adapters.metrics import SchedulerMetrics, StateCollector
@@ -60,6 +61,7 @@ async def wired(settings: SchedulerSettings, *, configure_logs: bool = True) -> 
             sync_timeout_s=settings.sync_timeout_s,
             clock=utc_now,
             placeholders=placeholders,
+            clusters=LiveClusters(api),
         )
         service.metrics_registry.register(StateCollector(inventory, ledger))
         service.http.add_readiness_check("inventory", lambda: all(event.is_set() for event in synced))

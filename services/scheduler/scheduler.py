@@ -23,6 +23,7 @@ import structlog
 from libs.api.models import Vk8sSpec
 from libs.events import REGISTRY, Envelope, InvalidEvent, Reason, TransientError
 from libs.events.catalog import ClusterAccepted, ClusterUpdated
+from services.scheduler.adapters.clusters import LiveClusters
 from services.scheduler.adapters.ledger import Ledger
 from services.scheduler.adapters.metrics import SchedulerMetrics
 from services.scheduler.adapters.placeholders import PlaceholderPods
@@ -99,6 +100,7 @@ class Scheduler:
         sync_timeout_s: float,
         clock: Clock,
         placeholders: PlaceholderPods | None = None,
+        clusters: LiveClusters | None = None,
     ):
         self._inventory = inventory
         self._ledger = ledger
@@ -111,6 +113,7 @@ class Scheduler:
         self._sync_timeout_s = sync_timeout_s
         self._clock = clock
         self._lock = asyncio.Lock()
+        self._clusters = clusters
         self._placeholders = placeholders  # None: bookings stay in the ledger only
         self._suspects: set[tuple[str, str]] = set()
         self._unbooked_placeholders: set[str] = set()
@@ -130,6 +133,15 @@ class Scheduler:
         leaves the pending entry for the caller to remove once cluster.scheduled is out; an event
         can remove it at once, since a failed publish redelivers the event."""
         await self._wait_synced()
+        if self._clusters is not None and not await self._clusters.wanted(ask.cluster_id, ask.uid):
+            # Gone or being deleted: its delete chain may have released it already (a redelivered
+            # cluster.accepted after it would book a deleted cluster for good).
+            async with self._lock:
+                pending = self._ledger.pending_for(ask.cluster_id)
+                if pending is not None and pending.uid == ask.uid:
+                    await self._ledger.delete_pending(ask.cluster_id)
+            log.info("Ignoring an ask of a cluster that is gone or being deleted", uid=ask.uid)
+            return Stale("the cluster's Vk8s is gone or being deleted")
         async with self._lock:
             for _ in range(self._attempts):
                 outcome = await self._try_schedule(ask, forget_pending=trigger == "event")

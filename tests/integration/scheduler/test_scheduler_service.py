@@ -28,6 +28,7 @@ from libs.events.catalog import (
     ClusterUnschedulable,
     ClusterUpdated,
 )
+from libs.kube import GROUP, KIND, PLURAL, VERSION
 from libs.kube.vnodes import (
     APP,
     APP_LABEL,
@@ -166,19 +167,28 @@ async def scheduling(
         yield Scheduling(service, recorder, publisher, core, apps, pool.nodes[0])
 
 
-Platforms = Callable[[Envelope[ClusterAccepted]], Awaitable[str]]
+Platforms = Callable[[str, str, int, Pool], Awaitable[tuple[Envelope[ClusterAccepted], str]]]
 
 
 @pytest.fixture
 async def platforms(kube_api: client.ApiClient) -> AsyncIterator[Platforms]:
-    """Makes a cluster's platform namespace, as the gateway does before accepting it; deleted after."""
+    """A cluster as the gateway accepts it: its Vk8s object (the scheduler places only what one asks
+    for), its platform namespace, and the cluster.accepted of that object's uid; namespaces deleted after."""
     made: list[str] = []
 
-    async def make(accepted: Envelope[ClusterAccepted]) -> str:
-        data = accepted.data
-        metadata = {"namespace": data.namespace, "name": data.name, "uid": data.uid}
+    async def make(namespace: str, name: str, gpus: int, pool: Pool) -> tuple[Envelope[ClusterAccepted], str]:
+        spec = cluster(namespace, name, gpus, pool).data.spec
+        body = {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": KIND,
+            "metadata": {"name": name},
+            "spec": spec.model_dump(mode="json", by_alias=True, exclude_none=True),
+        }
+        created = await client.CustomObjectsApi(kube_api).create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
+        accepted = cluster(namespace, name, gpus, pool, uid=created["metadata"]["uid"])
+        metadata = {"namespace": namespace, "name": name, "uid": accepted.data.uid}
         made.append(await make_platform_namespace(kube_api, {"metadata": metadata}))
-        return made[-1]
+        return accepted, made[-1]
 
     yield make
     for name in made:
@@ -279,9 +289,8 @@ async def test_two_clusters_race_for_the_last_gpus_and_the_loser_is_placed_once_
         running_scheduler(nats_url, kube_config_path, pool),
     ):
         recorder, publisher = await recording(js)
-        a, b = cluster(namespace, "alpha", 8, pool), cluster(namespace, "beta", 8, pool)
-        await platforms(a)
-        await platforms(b)
+        a, _ = await platforms(namespace, "alpha", 8, pool)
+        b, _ = await platforms(namespace, "beta", 8, pool)
 
         await asyncio.gather(publisher.publish(a), publisher.publish(b))
 
@@ -345,8 +354,7 @@ async def test_pods_on_a_node_count_and_a_clusters_own_vnode_pods_are_not_counte
     await core.create_namespaced_pod(namespace, pod("trainer", 6, {"app": "trainer"}))
     async with running_scheduler(nats_url, kube_config_path, pool) as service:
         recorder, publisher = await recording(js)
-        gamma = cluster(namespace, "gamma", 4, pool)
-        gamma_platform = await platforms(gamma)
+        gamma, gamma_platform = await platforms(namespace, "gamma", 4, pool)
 
         await publisher.publish(gamma)
 
@@ -367,8 +375,7 @@ async def test_pods_on_a_node_count_and_a_clusters_own_vnode_pods_are_not_counte
 
         await eventually(pod_counted, "the vNode pod in the inventory")
 
-        delta = cluster(namespace, "delta", 4, pool)
-        await platforms(delta)
+        delta, _ = await platforms(namespace, "delta", 4, pool)
         await publisher.publish(delta)
 
         answer = await eventually(
@@ -383,8 +390,7 @@ async def test_a_vnode_grown_in_place_keeps_its_whole_booking_while_its_smaller_
     scheduling: Scheduling, namespace: str, pool: Pool, platforms: Platforms
 ) -> None:
     service, recorder, publisher, core, apps, node = scheduling
-    small = cluster(namespace, "grow", 2, pool)
-    platform = await platforms(small)
+    small, platform = await platforms(namespace, "grow", 2, pool)
     await placed(recorder, publisher, small)
 
     # Its vNode pod runs on the node with 2 GPUs, made by a real StatefulSet.
@@ -417,8 +423,7 @@ async def test_a_vnode_grown_in_place_keeps_its_whole_booking_while_its_smaller_
     assert [(p.host_node, p.gpus) for p in regrown.data.placements][1] == (node, 8)
 
     # Another cluster asking for the 6 GPUs not in use yet is refused: they are booked.
-    other = cluster(namespace, "other", 6, pool)
-    await platforms(other)
+    other, _ = await platforms(namespace, "other", 6, pool)
     await publisher.publish(other)
     refused = await recorder.next(ClusterUnschedulable.subject, other.cluster_id)
     assert refused.data.vnodes[0].reason.startswith("needs 6 nvidia.com/gpu; no node has a free GPU"), refused
@@ -429,9 +434,8 @@ async def test_a_placeholder_holds_booked_gpus_against_kube_scheduler_until_the_
     scheduling: Scheduling, namespace: str, pool: Pool, platforms: Platforms
 ) -> None:
     service, recorder, publisher, core, apps, node = scheduling
-    held = cluster(namespace, "held", 8, pool)
     # Placeholders and vNode pods live in the cluster's platform namespace; tenant pods elsewhere.
-    platform = await platforms(held)
+    held, platform = await platforms(namespace, "held", 8, pool)
     assert platform == platform_namespace(namespace, "held")
     await placed(recorder, publisher, held)
 
@@ -520,3 +524,25 @@ async def test_metrics_name_the_gpus_of_each_node(
     assert 'model="NVIDIA-A100-SXM4-80GB"' in line and 'zone="zone-a"' in line and line.endswith(" 8.0")
     for name in ("vk8s_scheduler_pending_clusters", "vk8s_scheduler_reservations", "vk8s_scheduler_nodes"):
         assert f"\n{name}" in text
+
+
+async def test_an_ask_for_a_cluster_whose_object_is_gone_books_nothing(
+    scheduling: Scheduling, namespace: str, pool: Pool, platforms: Platforms
+) -> None:
+    """A cluster.accepted delivered again after the delete chain released the cluster (an ack lost
+    in a restart): no Vk8s with that uid exists, so nothing is booked or answered; a live cluster
+    asking next is placed on the GPUs the ghost would have taken."""
+    service, recorder, publisher, *_ = scheduling
+    ghost = cluster(namespace, "ghost", 8, pool)
+    acked = {"subject": ClusterAccepted.subject, "outcome": "ack"}
+    before = service.metrics_registry.get_sample_value("vk8s_scheduler_messages_total", acked) or 0.0
+    await publisher.publish(ghost)
+
+    async def handled() -> bool:
+        return (service.metrics_registry.get_sample_value("vk8s_scheduler_messages_total", acked) or 0.0) > before
+
+    await eventually(handled, "the ghost's cluster.accepted handled")
+    assert recorder.of(ClusterScheduled.subject, ghost.cluster_id) == []
+    assert recorder.of(ClusterUnschedulable.subject, ghost.cluster_id) == []
+    live, _ = await platforms(namespace, "live", 8, pool)
+    await placed(recorder, publisher, live)

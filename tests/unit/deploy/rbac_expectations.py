@@ -49,6 +49,8 @@ NEEDED: dict[str, tuple[Access, ...]] = {
         *_all("list watch", "nodes", scope="cluster"),
         *_all("list watch", "pods", scope="cluster"),
         *_all("get create delete", "pods"),
+        # services/scheduler/adapters/clusters.py: is the asking Vk8s still there?
+        Access("get", "vk8s", VK8S),
     ),
     # services/ipmanager/adapters/pods.py: paged list of vNode pods in every namespace
     "ipmanager": (Access("list", "pods", scope="cluster"),),
