@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 
@@ -23,12 +23,17 @@ from libs.events.catalog import (
 )
 from libs.kube import vnodes
 from services.vnode import logic
-from services.vnode.adapters.kube import VNodeObjects
+from services.vnode.adapters.kube import HostObjects
 from services.vnode.adapters.store import RecordStore
-from services.vnode.rollouts import RolloutTracker
 from services.vnode.settings import VNodeSettings
 
 log = structlog.get_logger(__name__)
+
+
+class RolloutWaits(Protocol):
+    """The rollout tracker as the handlers see it: told of each wait they record."""
+
+    def kick(self, cluster_id: str) -> None: ...
 
 
 class VNodeHandlers:
@@ -37,8 +42,8 @@ class VNodeHandlers:
         *,
         settings: VNodeSettings,
         store: RecordStore,
-        kube: VNodeObjects,
-        tracker: RolloutTracker,
+        kube: HostObjects,
+        tracker: RolloutWaits,
         clock: Callable[[], datetime],
     ):
         self._settings = settings

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 from kubernetes.aio import client
@@ -24,6 +24,20 @@ APPLY_PATCH = "application/apply-patch+yaml"
 VNODE_SELECTOR = f"{vnodes.APP_LABEL}={vnodes.APP},{vnodes.COMPONENT_LABEL}={vnodes.VNODE_COMPONENT}"
 
 log = structlog.get_logger(__name__)
+
+
+class HostObjects(Protocol):
+    """What the handlers read and change on the host cluster (VNodeObjects does it)."""
+
+    async def read_vk8s(self, namespace: str, name: str) -> dict[str, Any] | None: ...
+
+    async def statefulsets(self, namespace: str) -> list[logic.CurrentStatefulSet]: ...
+
+    async def execute(self, plan: logic.Plan) -> None: ...
+
+    async def delete_cluster(self, namespace: str, uid: str, *, retain_volumes: bool) -> list[str]: ...
+
+    async def mark_volumes_retained(self, namespace: str, uid: str) -> None: ...
 
 
 class VNodeObjects:

@@ -1,0 +1,288 @@
+"""The vnode handlers on a real KV bucket, with the host cluster faked: what they apply, record
+and delete for each event, and what they refuse."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from nats.js.kv import KeyValue
+
+from libs.events import Envelope, Reason, TransientError
+from libs.events.catalog import (
+    ClusterAccepted,
+    ClusterDeleteRequested,
+    ClusterIPsAllocated,
+    ClusterUpdated,
+    ClusterVNodesDeleted,
+    VNodePlacement,
+)
+from libs.kube.vnodes import placeholder_name, platform_namespace, statefulset_name
+from services.vnode import logic
+from services.vnode.adapters.kube import HostObjects
+from services.vnode.adapters.store import RecordStore
+from services.vnode.handlers import VNodeHandlers
+from services.vnode.settings import VNodeSettings
+from tests.support.events import spec_document
+from tests.unit.vnode.factories import AT, UID
+
+CLUSTER_ID = "ml/team-a"
+PLATFORM_NAMESPACE = platform_namespace("ml", "team-a")
+SPEC_DOCUMENT = spec_document(gpus=2, workers=1)
+
+
+@dataclass
+class FakeHost:
+    """The host cluster as the handlers see it: a configured Vk8s object, the plans applied."""
+
+    vk8s: dict[str, Any] | None = None
+    remaining: list[str] = field(default_factory=list)
+    executed: list[logic.Plan] = field(default_factory=list)
+    deletes: list[tuple[str, str, bool]] = field(default_factory=list)
+    retained: list[tuple[str, str]] = field(default_factory=list)
+
+    async def read_vk8s(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self.vk8s
+
+    async def statefulsets(self, namespace: str) -> list[logic.CurrentStatefulSet]:
+        return []
+
+    async def execute(self, plan: logic.Plan) -> None:
+        self.executed.append(plan)
+
+    async def delete_cluster(self, namespace: str, uid: str, *, retain_volumes: bool) -> list[str]:
+        self.deletes.append((namespace, uid, retain_volumes))
+        return self.remaining
+
+    async def mark_volumes_retained(self, namespace: str, uid: str) -> None:
+        self.retained.append((namespace, uid))
+
+
+@dataclass
+class FakeRollouts:
+    kicked: list[str] = field(default_factory=list)
+
+    def kick(self, cluster_id: str) -> None:
+        self.kicked.append(cluster_id)
+
+
+def live_vk8s(*, deleting: bool = False, uid: str = UID) -> dict[str, Any]:
+    metadata: dict[str, Any] = {
+        "name": "team-a",
+        "namespace": "ml",
+        "uid": uid,
+        "generation": 1,
+        "creationTimestamp": AT.isoformat(),
+        "labels": {"team": "vision"},
+    }
+    if deleting:
+        metadata["deletionTimestamp"] = AT.isoformat()
+    return {"metadata": metadata, "spec": SPEC_DOCUMENT}
+
+
+def accepted() -> Envelope[ClusterAccepted]:
+    data = ClusterAccepted.model_validate(
+        {"name": "team-a", "namespace": "ml", "spec": SPEC_DOCUMENT, "uid": UID, "generation": 1, "labels": {"team": "vision"}}
+    )
+    return Envelope.new(data, cluster_id=CLUSTER_ID, now=AT)
+
+
+def paused() -> Envelope[ClusterUpdated]:
+    data = ClusterUpdated.model_validate(
+        {"name": "team-a", "namespace": "ml", "spec": SPEC_DOCUMENT, "uid": UID, "generation": 1, "paused": True}
+    )
+    return Envelope.new(data, cluster_id=CLUSTER_ID, now=AT)
+
+
+def allocated() -> Envelope[ClusterIPsAllocated]:
+    data = ClusterIPsAllocated(
+        generation=1,
+        vnode_ips={"master": "10.200.0.2", "worker-0": "10.200.0.3"},
+        pod_cidr="90.244.0.0/16",
+        service_cidr="90.96.0.0/12",
+        placements=[
+            VNodePlacement(vnode="master", role="master", host_node="gpu-node-0", gpus=2),
+            VNodePlacement(vnode="worker-0", role="worker", host_node="gpu-node-1", gpus=2),
+        ],
+    )
+    return Envelope.new(data, cluster_id=CLUSTER_ID, now=AT)
+
+
+def delete_requested() -> Envelope[ClusterDeleteRequested]:
+    return Envelope.new(ClusterDeleteRequested(uid=UID), cluster_id=CLUSTER_ID, now=AT)
+
+
+@pytest.fixture
+def host() -> FakeHost:
+    return FakeHost(vk8s=live_vk8s())
+
+
+@pytest.fixture
+def rollouts() -> FakeRollouts:
+    return FakeRollouts()
+
+
+@pytest.fixture
+def store(kv: KeyValue) -> RecordStore:
+    return RecordStore(kv)
+
+
+@pytest.fixture
+def handlers(store: RecordStore, host: FakeHost, rollouts: FakeRollouts) -> VNodeHandlers:
+    kube: HostObjects = host
+    return VNodeHandlers(settings=VNodeSettings(), store=store, kube=kube, tracker=rollouts, clock=lambda: AT)
+
+
+def statefulsets(plan: logic.Plan) -> dict[str, dict[str, Any]]:
+    return {body["metadata"]["name"]: body for body in plan.apply if body["kind"] == "StatefulSet"}
+
+
+async def running(handlers: VNodeHandlers) -> None:
+    """The cluster accepted and placed: its vNodes applied, scaled up."""
+    await handlers.on_spec(accepted())
+    await handlers.on_allocated(allocated())
+
+
+async def begin_delete(handlers: VNodeHandlers, host: FakeHost) -> None:
+    """The Vk8s is being deleted and its master's StatefulSet is still there: the handler waits."""
+    host.vk8s = live_vk8s(deleting=True)
+    host.remaining = [f"StatefulSet/{statefulset_name('team-a', 'master')}"]
+    with pytest.raises(TransientError) as raised:
+        await handlers.on_delete_requested(delete_requested())
+    assert raised.value.reason == Reason.DELETING
+
+
+async def recorded(store: RecordStore) -> logic.ClusterRecord:
+    stored = await store.get(CLUSTER_ID)
+    assert stored is not None
+    return stored.record
+
+
+async def test_spec_then_allocation_runs_each_vnode_on_its_host_with_its_gpus_and_labels(
+    handlers: VNodeHandlers, host: FakeHost, rollouts: FakeRollouts, store: RecordStore
+) -> None:
+    assert await handlers.on_spec(accepted()) == []
+    assert host.executed == []  # nothing to run before the scheduler placed it
+    assert (await recorded(store)).allocation is None
+
+    assert await handlers.on_allocated(allocated()) == []
+
+    (plan,) = host.executed
+    assert plan.namespace == PLATFORM_NAMESPACE
+    assert plan.placeholders == (placeholder_name("team-a", "master"), placeholder_name("team-a", "worker-0"))
+    placed = statefulsets(plan)
+    for vnode, host_node in (("master", "gpu-node-0"), ("worker-0", "gpu-node-1")):
+        body = placed[statefulset_name("team-a", vnode)]
+        pod = body["spec"]["template"]
+        assert body["spec"]["replicas"] == 1
+        assert pod["spec"]["nodeName"] == host_node
+        assert pod["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "2"
+        assert body["metadata"]["labels"]["team"] == "vision"
+    record = await recorded(store)
+    assert record.awaiting is not None and record.awaiting.target == "ready"
+    assert record.allocation is not None and record.allocation.vnode_ips["worker-0"] == "10.200.0.3"
+    assert rollouts.kicked == [CLUSTER_ID]
+
+
+async def test_pause_scales_every_vnode_to_zero_and_awaits_the_pause(
+    handlers: VNodeHandlers, host: FakeHost, store: RecordStore
+) -> None:
+    await running(handlers)
+
+    await handlers.on_spec(paused())
+
+    replicas = {name: body["spec"]["replicas"] for name, body in statefulsets(host.executed[-1]).items()}
+    assert replicas == {statefulset_name("team-a", "master"): 0, statefulset_name("team-a", "worker-0"): 0}
+    assert host.executed[-1].placeholders == ()  # a paused cluster frees its hosts, holds none
+    record = await recorded(store)
+    assert record.paused and record.awaiting is not None and record.awaiting.target == "paused"
+
+
+async def test_allocation_redelivered_applies_the_same_plan_again(
+    handlers: VNodeHandlers, host: FakeHost, store: RecordStore
+) -> None:
+    allocation = allocated()
+    await handlers.on_spec(accepted())
+    await handlers.on_allocated(allocation)
+    first = await recorded(store)
+
+    await handlers.on_allocated(allocation)
+
+    assert len(host.executed) == 2 and host.executed[0] == host.executed[1]
+    assert await recorded(store) == first
+
+
+async def test_allocation_before_its_spec_event_takes_the_spec_from_the_object(
+    handlers: VNodeHandlers, host: FakeHost, store: RecordStore
+) -> None:
+    await handlers.on_allocated(allocated())
+
+    assert set(statefulsets(host.executed[0])) == {statefulset_name("team-a", "master"), statefulset_name("team-a", "worker-0")}
+    record = await recorded(store)
+    assert record.uid == UID and record.spec.kubeflow is None  # no Kubeflow password in the record
+
+
+async def test_allocation_for_a_re_created_vk8s_waits_for_its_spec(
+    handlers: VNodeHandlers, host: FakeHost, store: RecordStore
+) -> None:
+    await handlers.on_spec(accepted())
+    host.vk8s = live_vk8s(uid="a-newer-incarnation")
+
+    with pytest.raises(TransientError) as raised:
+        await handlers.on_allocated(allocated())
+
+    assert raised.value.reason == Reason.SPEC_NOT_RECORDED
+    assert host.executed == []
+
+
+@pytest.mark.parametrize("vk8s", [None, live_vk8s(deleting=True)], ids=["gone", "being-deleted"])
+async def test_allocation_of_a_cluster_gone_or_going_creates_nothing(
+    handlers: VNodeHandlers, host: FakeHost, store: RecordStore, vk8s: dict[str, Any] | None
+) -> None:
+    host.vk8s = vk8s
+
+    assert await handlers.on_allocated(allocated()) == []
+
+    assert host.executed == []
+    assert await store.get(CLUSTER_ID) is None
+
+
+async def test_forged_delete_request_of_a_live_cluster_deletes_nothing(
+    handlers: VNodeHandlers, host: FakeHost, store: RecordStore
+) -> None:
+    await running(handlers)
+
+    assert await handlers.on_delete_requested(delete_requested()) == []
+
+    assert host.deletes == []
+    assert not (await recorded(store)).deleting
+
+
+async def test_delete_of_a_vk8s_being_deleted_answers_once_every_object_is_gone(
+    handlers: VNodeHandlers, host: FakeHost, store: RecordStore
+) -> None:
+    await running(handlers)
+
+    await begin_delete(handlers, host)
+
+    record = await recorded(store)
+    assert record.deleting and record.awaiting is None  # no readiness answered for a cluster going
+    host.remaining = []
+    (answer,) = await handlers.on_delete_requested(delete_requested())
+    assert answer.data == ClusterVNodesDeleted(uid=UID)
+    assert host.deletes == [(PLATFORM_NAMESPACE, UID, False)] * 2
+    assert host.retained == []
+    assert await store.get(CLUSTER_ID) is None
+
+
+async def test_spec_event_after_the_delete_began_changes_nothing(
+    handlers: VNodeHandlers, host: FakeHost, store: RecordStore
+) -> None:
+    await running(handlers)
+    await begin_delete(handlers, host)
+
+    assert await handlers.on_spec(paused()) == []
+
+    assert len(host.executed) == 1
+    assert not (await recorded(store)).paused
