@@ -13,9 +13,9 @@ from libs.events.consumer import Clock
 from libs.kube.inner import KubeconfigRefused, inner_credentials
 from libs.kube.vnodes import platform_namespace
 from services.bootstrap import logic, workflow
-from services.bootstrap.adapters.host import HostCluster
+from services.bootstrap.adapters.host import ClusterHost
 from services.bootstrap.adapters.metrics import BootstrapMetrics
-from services.bootstrap.adapters.node_exec import NodeExec
+from services.bootstrap.adapters.node_exec import NodeCommands
 from services.bootstrap.settings import BootstrapSettings
 
 log = structlog.get_logger(__name__)
@@ -60,8 +60,8 @@ class BootstrapHandlers:
     def __init__(
         self,
         *,
-        host: HostCluster,
-        node_exec: NodeExec,
+        host: ClusterHost,
+        node_exec: NodeCommands,
         settings: BootstrapSettings,
         publisher: Publisher,
         metrics: BootstrapMetrics,

@@ -11,7 +11,7 @@ from libs.backoff import backoff_delay
 from libs.events import PermanentError, Reason, TransientError
 from libs.events.catalog import SetupStatus
 from services.bootstrap import logic
-from services.bootstrap.adapters.node_exec import ExecResult, ExecUnavailable, NodeExec
+from services.bootstrap.adapters.node_exec import ExecResult, ExecUnavailable, NodeCommands
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,7 @@ class Timeouts:
 
 
 class StepRunner:
-    def __init__(self, node_exec: NodeExec, progress: Progress, attempts: int, backoff_s: float):
+    def __init__(self, node_exec: NodeCommands, progress: Progress, attempts: int, backoff_s: float):
         self._exec = node_exec
         self._progress = progress
         self._attempts = attempts

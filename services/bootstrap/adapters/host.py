@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 from kubernetes.aio import client
 
@@ -11,6 +11,20 @@ from libs.kube.objects import owner_reference
 from libs.kube.vnodes import cluster_labels
 
 KUBECONFIG_KEY = "kubeconfig"
+
+
+class ClusterHost(Protocol):
+    """What the handler reads and writes on the host cluster (HostCluster does it)."""
+
+    async def vk8s(self, namespace: str, name: str) -> dict[str, Any] | None: ...
+
+    async def pod_and_controller(
+        self, namespace: str, pod: str
+    ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]: ...
+
+    async def store_kubeconfig(
+        self, vk8s: dict[str, Any], platform_namespace: str, name: str, kubeconfig: str
+    ) -> None: ...
 
 
 class HostCluster:

@@ -8,6 +8,7 @@ import contextlib
 import json
 import re
 from dataclasses import dataclass
+from typing import Protocol
 
 import aiohttp
 from kubernetes.aio import client
@@ -52,6 +53,12 @@ def exit_code(status: str) -> int:
     if match := re.search(r"exit status (\d+)", data.get("message") or ""):
         return int(match.group(1))
     raise RuntimeError(data.get("message") or status)
+
+
+class NodeCommands(Protocol):
+    """Runs a command in a vNode pod (NodeExec does it, over exec)."""
+
+    async def run(self, namespace: str, pod: str, argv: list[str]) -> ExecResult: ...
 
 
 class NodeExec:
