@@ -23,10 +23,10 @@ import structlog
 from libs.api.models import Vk8sSpec
 from libs.events import REGISTRY, Envelope, InvalidEvent, Reason, TransientError
 from libs.events.catalog import ClusterAccepted, ClusterUpdated
-from services.scheduler.adapters.clusters import LiveClusters
+from services.scheduler.adapters.clusters import WantedClusters
 from services.scheduler.adapters.ledger import Ledger
 from services.scheduler.adapters.metrics import SchedulerMetrics
-from services.scheduler.adapters.placeholders import PlaceholderPods
+from services.scheduler.adapters.placeholders import Placeholders
 from services.scheduler.logic import (
     AskAction,
     BookingKey,
@@ -99,8 +99,8 @@ class Scheduler:
         commit_attempts: int,
         sync_timeout_s: float,
         clock: Clock,
-        placeholders: PlaceholderPods | None = None,
-        clusters: LiveClusters | None = None,
+        placeholders: Placeholders | None = None,
+        clusters: WantedClusters | None = None,
     ):
         self._inventory = inventory
         self._ledger = ledger

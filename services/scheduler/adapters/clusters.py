@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import aiohttp
 from kubernetes.aio.client import ApiClient
 from kubernetes.aio.client.exceptions import ApiException
 
 from libs.events import TransientError
 from libs.kube import read_vk8s
+
+
+class WantedClusters(Protocol):
+    """Whether an ask is still wanted (LiveClusters answers from the Vk8s object)."""
+
+    async def wanted(self, cluster_id: str, uid: str) -> bool: ...
 
 
 class LiveClusters:

@@ -10,7 +10,7 @@ the booking goes) and removes it.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 from kubernetes.aio import client
@@ -29,6 +29,16 @@ from services.scheduler.logic import (
 )
 
 log = structlog.get_logger(__name__)
+
+
+class Placeholders(Protocol):
+    """The placeholder pods as the scheduler drives them (PlaceholderPods does it)."""
+
+    async def hold(self, reservation: Reservation, vnode: ReservedVNode) -> None: ...
+
+    async def release(self, cluster_id: str, vnode: BookingKey) -> None: ...
+
+    async def release_pod(self, namespace: str, name: str, uid: str) -> None: ...
 
 
 class PlaceholderPods:

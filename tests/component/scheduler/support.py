@@ -14,9 +14,11 @@ from prometheus_client import CollectorRegistry
 
 from libs.events import Envelope
 from libs.events.catalog import ClusterAccepted, ClusterUpdated
-from services.scheduler.adapters.ledger import Ledger
+from services.scheduler.adapters.clusters import WantedClusters
+from services.scheduler.adapters.ledger import Ledger, decode_bookings, node_key
 from services.scheduler.adapters.metrics import SchedulerMetrics
-from services.scheduler.logic import HostNode, Inventory
+from services.scheduler.adapters.placeholders import Placeholders
+from services.scheduler.logic import Booking, HostNode, Inventory
 from services.scheduler.scheduler import ClusterAsk, Scheduler
 from tests.unit.scheduler.support import node_spec, spec
 
@@ -55,7 +57,13 @@ ReplicaFactory = Callable[..., Awaitable[Replica]]
 async def replicas(js: JetStreamContext, clock: Clock) -> AsyncIterator[ReplicaFactory]:
     watches: list[asyncio.Task[None]] = []
 
-    async def start(*nodes: HostNode, hold_s: float = 600.0, head_protection_s: float = 600.0) -> Replica:
+    async def start(
+        *nodes: HostNode,
+        hold_s: float = 600.0,
+        head_protection_s: float = 600.0,
+        placeholders: Placeholders | None = None,
+        clusters: WantedClusters | None = None,
+    ) -> Replica:
         inventory = Inventory()
         for node in nodes:
             inventory.upsert_node(node)
@@ -81,6 +89,8 @@ async def replicas(js: JetStreamContext, clock: Clock) -> AsyncIterator[ReplicaF
             commit_attempts=8,
             sync_timeout_s=5.0,
             clock=clock,
+            placeholders=placeholders,
+            clusters=clusters,
         )
         return Replica(inventory, ledger, scheduler, metrics, grew)
 
@@ -123,3 +133,12 @@ def updated(
 
 def ask(event: Envelope[Any]) -> ClusterAsk:
     return ClusterAsk.from_event(event)
+
+
+async def bookings_in_bucket(js: JetStreamContext, node: str) -> dict[tuple[str, str], Booking]:
+    kv = await js.key_value(BUCKET)
+    try:
+        entry = await kv.get(node_key(node))
+    except Exception:  # noqa: BLE001 - absent means nothing booked
+        return {}
+    return decode_bookings(entry.value)

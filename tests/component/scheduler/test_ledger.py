@@ -4,9 +4,7 @@ releases, retries of pending clusters and the sweep."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
-import pytest
 from nats.js import JetStreamContext
 
 from libs.events.catalog import (
@@ -17,32 +15,19 @@ from libs.events.catalog import (
     ClusterUnschedulable,
 )
 from libs.events.envelope import Envelope
-from services.scheduler.adapters.ledger import decode_bookings, node_key
 from services.scheduler.handlers import SchedulerHandlers
 from services.scheduler.logic import Booking, PodUsage, ReservationState, Resources, Unschedulable
 from services.scheduler.scheduler import Scheduled, Stale
-from tests.component.scheduler.support import START, Clock, ReplicaFactory, accepted, ask, replicas, updated
+from tests.component.scheduler.support import (
+    START,
+    Clock,
+    ReplicaFactory,
+    accepted,
+    ask,
+    bookings_in_bucket,
+    updated,
+)
 from tests.unit.scheduler.support import host
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-async def replica(js: JetStreamContext, clock: Clock) -> AsyncIterator[ReplicaFactory]:
-    async with replicas(js, clock) as start:
-        yield start
-
-
-async def bookings_in_bucket(js: JetStreamContext, node: str) -> dict[tuple[str, str], Booking]:
-    kv = await js.key_value("vk8s-scheduler-test")
-    try:
-        entry = await kv.get(node_key(node))
-    except Exception:  # noqa: BLE001 - absent means nothing booked
-        return {}
-    return decode_bookings(entry.value)
 
 
 async def test_two_replicas_booking_the_last_gpus_of_a_node_at_once_exactly_one_wins(replica: ReplicaFactory) -> None:
