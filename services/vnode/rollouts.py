@@ -23,7 +23,7 @@ from libs.events import Envelope, Publisher, TransientError
 from libs.events.catalog import ClusterVNodesReady
 from libs.kube import WatchEvent, watch_objects
 from services.vnode import logic
-from services.vnode.adapters.kube import VNODE_SELECTOR, VNodeObjects
+from services.vnode.adapters.kube import VNODE_SELECTOR, WatchedObjects
 from services.vnode.adapters.metrics import VNodeMetrics
 from services.vnode.adapters.store import RecordStore
 from services.vnode.settings import VNodeSettings
@@ -34,7 +34,7 @@ class RolloutTracker:
     def __init__(
         self,
         *,
-        kube: VNodeObjects,
+        kube: WatchedObjects,
         store: RecordStore,
         publisher: Publisher,
         metrics: VNodeMetrics,

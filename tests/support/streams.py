@@ -9,7 +9,7 @@ from typing import Any
 
 from nats.js import JetStreamContext
 
-from libs.events import REGISTRY, Envelope
+from libs.events import REGISTRY, STREAM_NAME, Envelope
 
 About = Callable[[Envelope[Any]], bool]
 
@@ -25,6 +25,17 @@ async def next_event(js: JetStreamContext, subject: str, about: About, timeout: 
             event = REGISTRY.decode(msg.subject, msg.data)
             if about(event):
                 return event
+    finally:
+        await sub.unsubscribe()
+
+
+async def events_on(js: JetStreamContext, subject: str) -> list[Envelope[Any]]:
+    """Every event on `subject` in the stream now (those published and acknowledged so far)."""
+    info = await js.stream_info(STREAM_NAME, subjects_filter=subject)
+    count = (info.state.subjects or {}).get(subject, 0)
+    sub = await js.subscribe(subject, ordered_consumer=True)
+    try:
+        return [REGISTRY.decode(subject, (await sub.next_msg(timeout=5)).data) for _ in range(count)]
     finally:
         await sub.unsubscribe()
 

@@ -40,6 +40,17 @@ class HostObjects(Protocol):
     async def mark_volumes_retained(self, namespace: str, uid: str) -> None: ...
 
 
+class WatchedObjects(Protocol):
+    """What the rollout tracker reads of the host cluster (VNodeObjects does it)."""
+
+    @property
+    def list_vnode_statefulsets(self) -> Callable[..., Awaitable[Any]]: ...
+
+    def rollout(self, statefulset: Any) -> logic.VNodeRollout | None: ...
+
+    async def pod_problems(self, namespace: str, uid: str) -> list[str]: ...
+
+
 class VNodeObjects:
     def __init__(self, api: ApiClient, metrics: VNodeMetrics, *, ip_annotation: str):
         self._api = api

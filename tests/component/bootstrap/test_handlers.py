@@ -15,8 +15,6 @@ from prometheus_client import CollectorRegistry
 
 from libs.api import admin_kubeconfig_secret_name
 from libs.events import (
-    REGISTRY,
-    STREAM_NAME,
     Envelope,
     PermanentError,
     Publisher,
@@ -33,6 +31,7 @@ from services.bootstrap.adapters.node_exec import ExecResult, ExecUnavailable, N
 from services.bootstrap.handlers import PROGRESS, BootstrapHandlers
 from services.bootstrap.settings import BootstrapSettings
 from tests.support.events import NOW, spec_document
+from tests.support.streams import events_on
 
 UID = "c1d2e3f4-0000-4000-8000-000000000001"
 NAMESPACE = platform_namespace("ml", "team-a")
@@ -162,14 +161,7 @@ async def handlers(js: JetStreamContext, host: FakeHost, nodes: FakeNodes) -> Bo
 
 async def progress_published(js: JetStreamContext) -> list[VNodeSetupProgressed]:
     """Every step progress in the test's stream (all published before the handler returned)."""
-    subject = VNodeSetupProgressed.subject
-    info = await js.stream_info(STREAM_NAME, subjects_filter=subject)
-    sub = await js.subscribe(subject, ordered_consumer=True)
-    try:
-        count = (info.state.subjects or {}).get(subject, 0)
-        return [REGISTRY.decode(subject, (await sub.next_msg(timeout=5)).data).data for _ in range(count)]
-    finally:
-        await sub.unsubscribe()
+    return [event.data for event in await events_on(js, VNodeSetupProgressed.subject)]
 
 
 def commands_on(nodes: FakeNodes, pod: str) -> list[str]:
