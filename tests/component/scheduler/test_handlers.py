@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 
 from nats.js import JetStreamContext
 
-from libs.events import Envelope
-from libs.events.catalog import ClusterDeleted, ClusterIPsReleased, ClusterPaused, ClusterScheduled, ClusterUnschedulable
+from libs.events import Envelope, Reason
+from libs.events.catalog import ClusterDeleted, ClusterFailed, ClusterIPsReleased, ClusterPaused, ClusterScheduled, ClusterUnschedulable
 from services.scheduler.adapters.clusters import WantedClusters
 from services.scheduler.adapters.placeholders import Placeholders
 from services.scheduler.handlers import SchedulerHandlers
@@ -106,6 +106,23 @@ async def test_paused_releases_the_bookings_and_placeholders_and_keeps_the_place
     reservation, _ = await w.replica.ledger.reservation("team/a")
     assert reservation is not None and reservation.state is ReservationState.PAUSED
     assert {v.vnode: v.host_node for v in reservation.vnodes}["worker-0"] == "n1"  # where its volume is
+
+
+async def test_a_failed_cluster_gives_back_its_bookings_and_placeholders(
+    js: JetStreamContext, replica: ReplicaFactory
+) -> None:
+    w = await wired(replica)
+    await w.handlers.accepted(accepted("a", 6))
+    failed = ClusterFailed(
+        stage="bootstrap", reason=Reason.STEP_FAILED, message="worker-0: step kubeadm-join failed",
+        failed_event="cluster.vnodes.ready", generation=1,
+    )  # fmt: skip
+
+    assert await w.handlers.failed(Envelope.new(failed, cluster_id="team/a", now=START)) == []
+
+    assert await gpus_booked(js) == {"n1": 0, "n2": 0}
+    assert w.placeholders.held == {}
+    assert (await w.replica.ledger.reservation("team/a"))[0] is None
 
 
 async def test_an_ask_whose_vk8s_is_gone_books_nothing_and_stops_waiting(

@@ -60,7 +60,7 @@ class FakeRollouts:
         self.kicked.append(cluster_id)
 
 
-def live_vk8s(*, deleting: bool = False, uid: str = UID) -> dict[str, Any]:
+def live_vk8s(*, deleting: bool = False, uid: str = UID, annotations: dict[str, str] | None = None) -> dict[str, Any]:
     metadata: dict[str, Any] = {
         "name": "team-a",
         "namespace": "ml",
@@ -68,16 +68,16 @@ def live_vk8s(*, deleting: bool = False, uid: str = UID) -> dict[str, Any]:
         "generation": 1,
         "creationTimestamp": AT.isoformat(),
         "labels": {"team": "vision"},
+        "annotations": annotations or {},
     }
     if deleting:
         metadata["deletionTimestamp"] = AT.isoformat()
     return {"metadata": metadata, "spec": SPEC_DOCUMENT}
 
 
-def accepted() -> Envelope[ClusterAccepted]:
-    data = ClusterAccepted.model_validate(
-        {"name": "team-a", "namespace": "ml", "spec": SPEC_DOCUMENT, "uid": UID, "generation": 1, "labels": {"team": "vision"}}
-    )
+def accepted(annotations: dict[str, str] | None = None) -> Envelope[ClusterAccepted]:
+    fields = {"name": "team-a", "namespace": "ml", "spec": SPEC_DOCUMENT, "uid": UID, "generation": 1}
+    data = ClusterAccepted.model_validate({**fields, "labels": {"team": "vision"}, "annotations": annotations or {}})
     return Envelope.new(data, cluster_id=CLUSTER_ID, now=AT)
 
 

@@ -172,6 +172,24 @@ async def test_delete_of_a_vk8s_being_deleted_answers_once_every_object_is_gone(
     assert await store.get(CLUSTER_ID) is None
 
 
+async def test_volumes_the_vk8s_asks_to_keep_outlive_its_delete_and_its_redeliveries(
+    handlers: VNodeHandlers, host: FakeHost, store: RecordStore
+) -> None:
+    retain = {logic.RETAIN_VOLUMES_ANNOTATION: "true"}
+    await handlers.on_spec(accepted(annotations=retain))
+    await handlers.on_allocated(allocated())
+    host.vk8s = live_vk8s(deleting=True, annotations=retain)
+
+    await handlers.on_delete_requested(delete_requested())
+    await handlers.on_delete_requested(delete_requested())  # the record is gone: the object says so
+    host.vk8s = None
+    await handlers.on_delete_requested(delete_requested())  # both gone: what is left was retained
+
+    assert host.deletes == [(PLATFORM_NAMESPACE, UID, True)] * 3
+    assert host.retained == [(PLATFORM_NAMESPACE, UID)] * 3
+    assert await store.get(CLUSTER_ID) is None
+
+
 async def test_spec_event_after_the_delete_began_changes_nothing(
     handlers: VNodeHandlers, host: FakeHost, store: RecordStore
 ) -> None:
