@@ -85,9 +85,12 @@ def nats_with_password(directory: Path) -> Iterator[str]:
         log.close()
 
 
-def container_env(deployment: dict[str, Any], secrets: dict[str, dict[str, str]]) -> dict[str, str]:
-    """The container's environment, its Secret references resolved from `secrets` (name -> data)."""
-    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+def container_env(deployment: dict[str, Any], secrets: dict[str, dict[str, str]], files: Path) -> dict[str, str]:
+    """The container's environment, its Secret references resolved from `secrets` (name -> data),
+    and paths into its mounted Secrets pointing at those files, written under `files` as the
+    kubelet would mount them."""
+    spec = deployment["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
     env: dict[str, str] = {}
     for item in container.get("env", []):
         if "value" in item:
@@ -95,6 +98,18 @@ def container_env(deployment: dict[str, Any], secrets: dict[str, dict[str, str]]
         else:
             reference = item["valueFrom"]["secretKeyRef"]
             env[item["name"]] = secrets[reference["name"]][reference["key"]]
+    volumes = {volume["name"]: volume for volume in spec.get("volumes", [])}
+    for mount in container.get("volumeMounts", []):
+        secret = volumes[mount["name"]].get("secret")
+        if secret is None:
+            continue
+        data = secrets[secret["secretName"]]
+        local = files / mount["name"]
+        local.mkdir(parents=True, exist_ok=True)
+        for item in secret.get("items") or [{"key": key, "path": key} for key in data]:
+            (local / item["path"]).write_text(data[item["key"]])
+        inside = f"{mount['mountPath'].rstrip('/')}/"
+        env = {name: f"{local}/{value.removeprefix(inside)}" if value.startswith(inside) else value for name, value in env.items()}
     return env
 
 
@@ -186,7 +201,7 @@ async def scraped(
         started = []
         for service in SERVICES:
             deployment = deployments.get(service)
-            env = container_env(deployment, secrets) if deployment else {}
+            env = container_env(deployment, secrets, scratch / f"{service}-files") if deployment else {}
             env[f"VK8S_{service.upper()}_NATS_URL"] = nats_url
             if service == "gateway":
                 # On a shared cluster ($KUBECONFIG) the gateway must not take over other Vk8s objects
