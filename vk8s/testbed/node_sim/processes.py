@@ -76,6 +76,24 @@ def stop_all(run_dir: Path, timeout: float = 10.0) -> list[str]:
     return [path.stem for path in pid_files]
 
 
+def stop_naming(directory: Path, timeout: float = 10.0) -> list[int]:
+    """Stops every process whose command line names a path under `directory`, recorded or not: a
+    pod's sandbox removed while its successor (same volume, same directory) was starting lost the
+    pid file of a process the successor had just started, and that process ran on unrecorded."""
+    marker = f"{directory.absolute()}/".encode()
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if marker in (entry / "cmdline").read_bytes().replace(b"\0", b" "):
+                pids.append(int(entry.name))
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+    _terminate(pids, timeout)
+    return pids
+
+
 def _terminate(pids: list[int], timeout: float) -> None:
     started = {pid: start_time(pid) for pid in pids}
     for pid in pids:

@@ -82,6 +82,8 @@ def stop_processes(directory: Path) -> list[str]:
 
 
 def stop_every_sandbox(root: Path) -> None:
-    """Every process any sandbox under `root` started (the testbed is going down)."""
+    """Every process any sandbox under `root` started (the testbed is going down): those recorded,
+    then any other whose command line still names a sandbox's files."""
     for run_dir in root.glob("*/*/run"):
         processes.stop_all(run_dir)
+    processes.stop_naming(root)
