@@ -69,6 +69,7 @@ class GatewayHandlers:
         self._failures: dict[str, _Failure] = {}
         self._retries: dict[str, asyncio.Task[None]] = {}
         self._delete_resync = timedelta(seconds=settings.delete_resync_s)
+        self._nats_request_grace = timedelta(seconds=settings.nats_request_grace_s)
 
     # --- NATS --------------------------------------------------------------------------------------
 
@@ -265,6 +266,16 @@ class GatewayHandlers:
         await asyncio.sleep(delay)
         await self._isolated(uid, attempt, obj)
 
+    def _recheck(self, uid: str, obj: Object, at: datetime) -> None:
+        """Reconciles `obj` again at `at` (re-read then), unless a change of it comes first."""
+        delay = max(0.0, (at - self._clock()).total_seconds())
+
+        async def later() -> None:
+            await asyncio.sleep(delay)
+            await self._isolated(uid, lambda _: self._reconcile(obj, False, True), obj)
+
+        self._retries[uid] = asyncio.create_task(later())
+
     async def _reconcile(self, obj: Object, resync: bool, refresh: bool) -> None:
         metadata = obj["metadata"]
         if refresh:
@@ -289,6 +300,7 @@ class GatewayHandlers:
             now=self._clock(),
             delete_resync=self._delete_resync,
             image_policy=self._settings.image_policy,
+            nats_request_grace=self._nats_request_grace,
         )
         if plan.action is Action.UPDATE and plan.assessment is not None and plan.assessment.spec is not None:
             if refused := await self._quota_problems(
@@ -374,6 +386,9 @@ class GatewayHandlers:
                 await self._ledger.forget(uid)
                 if namespace is not None:
                     await self._release_quota(namespace, uid)
+            case Action.AWAIT_REQUEST:
+                assert obj is not None and plan.recheck_at is not None
+                self._recheck(uid, obj, plan.recheck_at)
             case Action.NONE:
                 pass
 

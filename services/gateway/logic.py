@@ -41,6 +41,10 @@ REQUEST_ID_ANNOTATION = f"{GROUP}/request-id"
 UNPUBLISHED_ANNOTATIONS = frozenset({"kubectl.kubernetes.io/last-applied-configuration"})
 
 
+def _timestamp(value: str | datetime | None) -> datetime | None:
+    return datetime.fromisoformat(value) if isinstance(value, str) else value
+
+
 def metadata_hash(labels: Mapping[str, str], annotations: Mapping[str, str]) -> str:
     canonical = json.dumps([labels, annotations], sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
@@ -61,6 +65,7 @@ class Observed:
     deleting: bool
     spec: Any
     """As stored; validation parses it."""
+    created: datetime | None = None
 
     @classmethod
     def of(cls, obj: Mapping[str, Any]) -> Observed:
@@ -76,6 +81,7 @@ class Observed:
             finalizers=tuple(metadata.get("finalizers") or ()),
             deleting=metadata.get("deletionTimestamp") is not None,
             spec=obj.get("spec"),
+            created=_timestamp(metadata.get("creationTimestamp")),
         )
 
     @property
@@ -296,6 +302,8 @@ class Action(StrEnum):
     """Being deleted, never provisioned: drop the finalizer and the record, publish nothing."""
     FORGET = "forget"
     """Gone, never provisioned: drop the record."""
+    AWAIT_REQUEST = "await_request"
+    """Made for a request on NATS that is still being answered: look again at `recheck_at`."""
 
 
 @dataclass(frozen=True)
@@ -305,6 +313,7 @@ class ObjectPlan:
     assessment: Assessment | None = None
     change: int | None = None
     """The number of the change `event` announces (cluster.updated, cluster.rejected)."""
+    recheck_at: datetime | None = None
 
 
 def plan_for_object(
@@ -315,6 +324,7 @@ def plan_for_object(
     now: datetime,
     delete_resync: timedelta,
     image_policy: ImagePolicy | None = None,
+    nats_request_grace: timedelta = timedelta(seconds=30),
 ) -> ObjectPlan:
     if observed.deleting:
         if record is not None and record.maybe_accepted:
@@ -334,6 +344,11 @@ def plan_for_object(
         rejected = object_rejected_event(observed, assessment.errors, change, now)
         return ObjectPlan(Action.REJECT, rejected, assessment, change)
     if record is None or not record.accepted:
+        # The request that made the object accepts it (a crash there is redelivered): asking too
+        # would only publish a second cluster.requested. Asked once that request had its time.
+        if record is None and REQUEST_ID_ANNOTATION in observed.annotations and observed.created is not None:
+            if now < (recheck_at := observed.created + nats_request_grace):
+                return ObjectPlan(Action.AWAIT_REQUEST, recheck_at=recheck_at)
         return ObjectPlan(Action.REQUEST, requested_event(observed, assessment.spec, now), assessment)
     return ObjectPlan(Action.UPDATE, updated_event(observed, assessment.spec, change, now), assessment, change)
 

@@ -49,3 +49,9 @@ class GatewaySettings(ServiceSettings):
         description="An object still being deleted this long after cluster.delete.requested was published gets "
         "it again (checked at each relist, every watch_timeout_s): a deletion a stage gave up on resumes by itself.",
     )
+    nats_request_grace_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="An object made for a request on NATS is that request's to accept: the watch asks for it "
+        "only if it is still unrecorded this long after its creation (the request failed for good).",
+    )

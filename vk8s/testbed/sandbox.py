@@ -19,9 +19,11 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 from kubernetes.aio import client
 from kubernetes.aio.client.exceptions import ApiException
 
+from services.bootstrap.adapters.node_exec import ExecInterrupted, ExecUnavailable, NodeExec
 from vk8s.testbed import rest
 from vk8s.testbed.config import FAKE_NODE_ANNOTATION, SANDBOX_ANNOTATION
 from vk8s.testbed.node_sim.sandbox import CLAIM_PREFIX, NodeSim, stop_every_sandbox, stop_processes
@@ -161,6 +163,7 @@ class SandboxController:
             current = await rest.get_or_none(self.api, f"/api/v1/nodes/{node_name}") or node
             extra_env = self.node_sim.environment(pod, current, directory, key)
         await self._put_exec(exec_manifest(pod, directory, self.base_path, extra_env))
+        await self._until_exec_reaches(pod)
         try:
             await rest.request(
                 self.api,
@@ -185,6 +188,30 @@ class SandboxController:
             current = await rest.request(self.api, "GET", _exec_path(namespace, name))
             manifest["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
             await rest.request(self.api, "PUT", _exec_path(namespace, name), body=manifest)
+
+    async def _until_exec_reaches(self, pod: dict[str, Any], timeout_s: float = 15.0) -> None:
+        """kwok finds a pod's Exec through its own watch of Exec objects, which can lag the pod's: an
+        exec right after Running was answered "no exec found". Probes until an exec into the pod
+        runs in this pod's sandbox; a failure raises, and the watch's relist tries again."""
+        metadata = pod["metadata"]
+        node_exec = NodeExec(self.api, pod["spec"]["containers"][0]["name"], timeout_s=timeout_s)
+        probe = ["sh", "-c", 'printf %s "$VK8S_POD_UID"']
+        answer: object = "no answer yet"
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while asyncio.get_running_loop().time() < deadline:
+            try:
+                result = await node_exec.run(metadata["namespace"], metadata["name"], probe)
+                if result.exit_code == 0 and result.stdout == metadata["uid"]:
+                    return
+                answer = result
+            except aiohttp.WSServerHandshakeError as error:
+                if error.status == 404:
+                    return  # the pod is gone: its DELETED event follows
+                answer = error
+            except (RuntimeError, ExecUnavailable, ExecInterrupted, TimeoutError) as error:
+                answer = error
+            await asyncio.sleep(0.05)
+        raise RuntimeError(f"exec into {metadata['namespace']}/{metadata['name']} not served in its sandbox: {answer}")
 
     async def _remove(self, pod: dict[str, Any]) -> None:
         metadata = pod["metadata"]

@@ -255,6 +255,9 @@ async def test_request_on_nats_creates_the_object_and_is_accepted_once(
     only(await cluster.settled("cluster.accepted"))
     assert await cluster.events("cluster.rejected") == []
     assert metric(gateway, "vk8s_gateway_requests_total", {"source": "nats", "outcome": "accepted"}) == 1
+    # The watch saw the object the request made and left it to that request: no request of its own.
+    [request] = await cluster.events("cluster.requested")
+    assert request.id == "nats-request-1"
 
 
 @pytest.mark.parametrize("order", ["object-first", "together"])

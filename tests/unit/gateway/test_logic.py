@@ -35,6 +35,7 @@ def vk8s(
     deleting: bool = False,
     spec: dict[str, Any] | None = None,
     uid: str = UID,
+    created: datetime | None = None,
 ) -> dict[str, Any]:
     metadata: dict[str, Any] = {
         "name": "team-a",
@@ -48,6 +49,8 @@ def vk8s(
     }
     if deleting:
         metadata["deletionTimestamp"] = "2026-11-28T12:00:00Z"
+    if created is not None:
+        metadata["creationTimestamp"] = created.isoformat().replace("+00:00", "Z")
     return {
         "apiVersion": "vk8s.skt.co.kr/v1alpha1",
         "kind": "Vk8s",
@@ -104,6 +107,18 @@ def test_metadata_hash_follows_labels_and_annotations() -> None:
 
 
 # --- the watch ---------------------------------------------------------------------------------------
+
+
+def test_an_object_made_for_a_nats_request_is_left_to_that_request_for_its_grace() -> None:
+    """The request's handler accepts it: the watch asking as well only put a second cluster.requested
+    in the stream. Once the grace is over with nothing recorded, the request failed: the watch asks."""
+    made = observed(annotations={REQUEST_ID_ANNOTATION: "req-1"}, created=NOW)
+    waiting = plan(made, None, now=NOW + timedelta(seconds=5))
+    assert (waiting.action, waiting.event, waiting.recheck_at) == (Action.AWAIT_REQUEST, None, NOW + timedelta(seconds=30))
+    assert plan(made, None, now=NOW + timedelta(seconds=30)).action is Action.REQUEST
+    # Without the annotation (kubectl), or once the request's handler recorded it, the usual rules.
+    assert plan(observed(created=NOW), None, now=NOW).action is Action.REQUEST
+    assert plan(made, record(), now=NOW).action is Action.REQUEST
 
 
 def test_new_object_is_requested_with_uid_and_generation() -> None:
