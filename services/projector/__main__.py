@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
+from datetime import timedelta
 
 from libs.events import ensure_kv
 from libs.kube import kube_client
@@ -34,6 +35,8 @@ async def wired(settings: ProjectorSettings, *, configure_logs: bool = True) -> 
         )
         service.consume(TOPOLOGY, handlers, durable=settings.durable)
         service.add_task("cluster-view", view.run)
+        retention = timedelta(seconds=settings.deleted_retention_s)
+        service.add_task("deleted-sweep", lambda: handlers.remove_deleted_clusters(retention, settings.deleted_sweep_s))
         service.http.add_readiness_check("cluster-view", view.synced.is_set)
         yield service
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
 
-from libs.events import EVENTS, UNKNOWN_CLUSTER_ID, Envelope, TransientError, declare, subscriber
+from libs.events import EVENTS, UNKNOWN_CLUSTER_ID, Envelope, TransientError, declare, subscriber, utc_now
 from services.projector.adapters.metrics import REPATCHED, ProjectorMetrics
 from services.projector.adapters.read_model import ClusterRecord, ClusterStore
 from services.projector.adapters.status import StatusWriter, Written
@@ -18,12 +20,19 @@ log = structlog.get_logger(__name__)
 
 class ProjectorHandlers:
     def __init__(
-        self, *, store: ClusterStore, writer: StatusWriter, metrics: ProjectorMetrics, confirm_attempts: int = 5
+        self,
+        *,
+        store: ClusterStore,
+        writer: StatusWriter,
+        metrics: ProjectorMetrics,
+        confirm_attempts: int = 5,
+        clock: Callable[[], datetime] = utc_now,
     ):
         self._store = store
         self._writer = writer
         self._metrics = metrics
         self._confirm_attempts = confirm_attempts
+        self._clock = clock
 
     @subscriber(*EVENTS)
     async def handle(self, envelope: Envelope[Any]) -> Sequence[Envelope[Any]]:
@@ -55,6 +64,18 @@ class ProjectorHandlers:
             self._metrics.status_writes.labels(REPATCHED).inc()
         # Our last patch may have landed after the newest one: only a later try can put it right.
         raise TransientError(f"status of {record.cluster_id} kept changing: {self._confirm_attempts} patches")
+
+
+    async def remove_deleted_clusters(self, retention: timedelta, every_s: float) -> None:
+        """Forever: drops the records of clusters deleted `retention` ago, so the read model (and
+        its API and phase gauge) holds what exists and what just went, not every cluster ever made."""
+        while True:
+            try:
+                if removed := await self._store.remove_expired(self._clock(), retention):
+                    log.info("Removed records of deleted clusters", clusters=removed)
+            except TransientError as error:
+                log.warning("Removing records of deleted clusters failed; trying at the next sweep", error=str(error))
+            await asyncio.sleep(every_s)
 
 
 # It reads every subject to fold it into the status; the gateway alone answers bad requests.

@@ -25,7 +25,7 @@ import bisect
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, PrivateAttr
@@ -414,6 +414,13 @@ def replay(state: ClusterState) -> Replay:
     if state._replay is None:
         state._replay = _replay(state.base, state.base_history, state.facts)
     return state._replay
+
+
+def expired(state: ClusterState, now: datetime, retention: timedelta) -> bool:
+    """Whether the cluster ended deleted (cluster.deleted, no new object since) at least
+    `retention` ago: its record has nothing left to tell and may go."""
+    deletion = replay(state).progress.deletion
+    return deletion is not None and deletion.kind == ev.ClusterDeleted.subject and now - deletion.time >= retention
 
 
 def timings(state: ClusterState) -> dict[str, Timing]:

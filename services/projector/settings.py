@@ -21,3 +21,7 @@ class ProjectorSettings(ServiceSettings):
     # Projection errors are not cluster failures: when retries run out the consumer wrapper
     # publishes cluster.failed, so the projector keeps retrying (with backoff) for far longer.
     max_deliver: int = Field(default=10_000, ge=1)
+    deleted_retention_s: float = Field(
+        default=3600.0, gt=0, description="How long the read model keeps a deleted cluster's record (then the read API forgets it)."
+    )
+    deleted_sweep_s: float = Field(default=300.0, gt=0, description="How often records past that retention are removed.")

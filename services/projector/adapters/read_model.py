@@ -7,19 +7,21 @@ readers (the HTTP API, dashboards, the status writer) never re-run the fold.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 import nats.errors
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 from libs.events import Envelope, TransientError
-from services.projector.logic import ClusterState, Timing, apply, render_status, timings
+from services.projector.logic import ClusterState, Timing, apply, expired, render_status, timings
 
 
 class ClusterSummary(BaseModel):
@@ -112,6 +114,30 @@ class ClusterStore:
                 raise TransientError(f"writing the read model of {envelope.cluster_id}: {error!r}") from error
             return Change(before, after, revision, applied=True)
         raise TransientError(f"read model of {envelope.cluster_id} kept changing: {self._attempts} write conflicts")
+
+    async def remove_expired(self, now: datetime, retention: timedelta) -> list[str]:
+        """Deletes the records of clusters deleted at least `retention` ago; a record written
+        meanwhile (a new cluster of the same name) stays. Returns the cluster ids removed."""
+        removed: list[str] = []
+        try:
+            keys = await self._kv.keys()
+            for key in keys:
+                try:
+                    entry = await self._kv.get(key)
+                except KeyNotFoundError:
+                    continue
+                assert entry.value is not None and entry.revision is not None
+                record = ClusterRecord.model_validate_json(entry.value)
+                if not expired(record.state, now, retention):
+                    continue
+                with contextlib.suppress(KeyWrongLastSequenceError):
+                    await self._kv.delete(key, last=entry.revision)
+                    removed.append(record.cluster_id)
+        except NoKeysError:
+            pass
+        except (nats.errors.Error, TimeoutError) as error:
+            raise TransientError(f"removing expired records: {error!r}") from error
+        return removed
 
 
 class ClusterView:

@@ -7,6 +7,7 @@ import asyncio
 import random
 import uuid
 from collections.abc import AsyncIterator, Callable
+from datetime import timedelta
 
 import nats
 import pytest
@@ -21,6 +22,7 @@ from services.projector.adapters.http import ReadApi
 from services.projector.adapters.metrics import ProjectorMetrics
 from services.projector.adapters.read_model import ClusterStore, ClusterView, key_of
 from services.projector.logic import render_status
+from tests.support.events import NOW
 from tests.unit.projector.sequence import Timeline
 from tests.unit.projector.test_logic import fold, full_story
 
@@ -94,6 +96,21 @@ async def test_redelivery_is_not_written_again(js: JetStreamContext, kv_bucket: 
     assert first.applied and not again.applied
     assert again.revision == first.revision
     assert again.after.model_dump() == first.after.model_dump()
+
+
+async def test_records_of_clusters_deleted_past_the_retention_are_removed(js: JetStreamContext, kv_bucket: str) -> None:
+    store = ClusterStore(await js.key_value(kv_bucket))
+    gone, kept = Timeline(name="gone"), Timeline(name="kept")
+    for event in [*gone.happy_path(), gone.delete_requested(), gone.deleted(), *kept.happy_path()]:
+        await store.apply(event)
+    hour = timedelta(hours=1)
+    at = NOW + timedelta(days=1)
+
+    assert await store.remove_expired(NOW, hour) == []  # within the retention
+    assert await store.remove_expired(at, hour) == [gone.cluster_id]
+    assert await store.get(gone.cluster_id) == (None, 0)
+    assert (await store.get(kept.cluster_id))[0] is not None
+    assert await store.remove_expired(at, hour) == []
 
 
 async def test_view_read_api_and_metrics(js: JetStreamContext, kv_bucket: str) -> None:

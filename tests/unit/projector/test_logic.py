@@ -14,7 +14,7 @@ from libs.api.models import Vk8sStatus
 from libs.events import REGISTRY, Envelope
 from libs.events import catalog as ev
 from services.projector import logic
-from services.projector.logic import ClusterState, apply, render_status, timings
+from services.projector.logic import ClusterState, apply, expired, render_status, timings
 from tests.unit.projector.sequence import Timeline
 
 
@@ -251,6 +251,23 @@ def test_deletion() -> None:
     ]
     done = status_of([*events, t.deleted()])
     assert (done["phase"], done["message"]) == ("Deleting", "deleted")
+
+
+def test_a_cluster_expires_a_retention_after_it_was_deleted_not_before_nor_while_deleting() -> None:
+    t = Timeline()
+    deleting = fold([*t.happy_path(), t.delete_requested(), t.vnodes_deleted()])
+    deleted_event = t.deleted()
+    deleted = fold([deleted_event], deleting)
+    hour = timedelta(hours=1)
+    later = deleted_event.time + hour
+    assert expired(deleted, later, hour)
+    assert not expired(deleted, later - timedelta(seconds=1), hour)
+    assert not expired(deleting, later + hour, hour)
+    assert not expired(fold(t.happy_path()), later + hour, hour)
+    # A new object of the same name after the deletion: its record is no longer the deleted one's.
+    new = Timeline(uid="11111111-2222-3333-4444-555555555555", start=later)
+    new._count = 100
+    assert not expired(fold([new.requested()], deleted), later + hour, hour)
 
 
 def test_failed_deletion_is_shown_until_deletion_moves_on() -> None:
