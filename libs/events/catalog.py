@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import AwareDatetime, Field, field_validator
 
 from libs.api.models import Cidr, Vk8sSpec
 from libs.events.envelope import EventModel, Payload
@@ -219,6 +219,11 @@ class ClusterPaused(Payload):
 
     subject = "cluster.paused"
     generation: int = Field(ge=1)
+    asked_at: AwareDatetime | None = Field(
+        default=None,
+        description="When the pause was asked: the time of the cluster.updated it answers. A placement "
+        "asked for later (a resume) is not paused by it.",
+    )
 
 
 class ClusterVNodesDeleted(Payload):

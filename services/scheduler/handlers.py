@@ -46,7 +46,7 @@ class SchedulerHandlers:
 
     @subscriber(ClusterPaused)
     async def paused(self, event: Envelope[ClusterPaused]) -> Events:
-        await self._scheduler.pause(event.cluster_id, event.data.generation, event.time)
+        await self._scheduler.pause(event.cluster_id, event.data.generation, event.time, event.data.asked_at)
         return []
 
     @subscriber(ClusterVNodesReady)

@@ -167,6 +167,13 @@ class Scheduler:
             await self._drop(current, revision)
             return None
         if verdict.action is AskAction.REBOOK and current is not None:
+            if current.asked_at is None or ask.cause.time > current.asked_at:
+                # A resume asked while a pause was still in flight: that pause's answer must not
+                # release this placement (see pause), so the placement says when it was last asked.
+                asked = current.model_copy(update={"asked_at": ask.cause.time})
+                if (written := await self._ledger.put_reservation(asked, revision)) is None:
+                    return None
+                current, revision = asked, written
             if await self._book(current, previous=None):
                 await self._hold_places(current, previous=None)
                 if forget_pending:
@@ -194,7 +201,7 @@ class Scheduler:
             return decision
 
         reservation = reservation_for(
-            ask.cluster_id, ask.uid, ask.generation, ask.spec, kept, decision, now=now, hold=self._hold
+            ask.cluster_id, ask.uid, ask.generation, ask.spec, kept, decision, now=now, asked_at=ask.cause.time, hold=self._hold
         )
         written = await self._ledger.put_reservation(reservation, revision)
         if written is None:
@@ -323,13 +330,16 @@ class Scheduler:
                     return
         raise TransientError("the cluster's reservation kept changing; trying again", reason=Reason.LOST_RACES)
 
-    async def pause(self, cluster_id: str, generation: int, at: datetime) -> None:
+    async def pause(self, cluster_id: str, generation: int, at: datetime, asked_at: datetime | None = None) -> None:
         """Releases the bookings and keeps the placements, to bring vNodes back where their disks are.
-        `at` is when the pause happened: a pause older than the placement (delivered again after
-        the cluster was resumed) is about an earlier placement."""
+        `at` is when the pause happened, `asked_at` when it was asked: a pause older than the
+        placement (delivered again after the cluster was resumed), or asked before the placement
+        was (a resume asked while the vNodes were still stopping), is about an earlier placement."""
 
         async def change(current: Reservation, revision: int) -> bool:
             if current.state is ReservationState.PAUSED or current.generation > generation or at < current.placed_at:
+                return True
+            if asked_at is not None and current.asked_at is not None and asked_at < current.asked_at:
                 return True
             await self._unbook(current)
             paused = current.model_copy(update={"state": ReservationState.PAUSED, "expires_at": None})

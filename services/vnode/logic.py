@@ -756,7 +756,7 @@ def evaluate(
     else:
         behind = sorted(name for name, rollout in rollouts.items() if not _is_stopped(rollout))
         if not behind:
-            return Reached(ClusterPaused(generation=record.generation))
+            return Reached(ClusterPaused(generation=record.generation, asked_at=awaiting.since))
         detail = f"vNode(s) not stopped yet: {', '.join(behind)}"
     if now - awaiting.since > timedelta(seconds=settings.ready_timeout_s):
         return TimedOut(f"{detail} after {settings.ready_timeout_s:.0f}s")

@@ -56,6 +56,8 @@ class Reservation(_Record):
     generation: int = Field(ge=1)
     state: ReservationState
     placed_at: AwareDatetime
+    asked_at: AwareDatetime | None = None
+    """The time of the event that asked for this placement (None in records older than it)."""
     expires_at: AwareDatetime | None = None
     vnodes: tuple[ReservedVNode, ...] = ()
 
@@ -196,6 +198,7 @@ def reservation_for(
     placement: Placement,
     *,
     now: datetime,
+    asked_at: datetime,
     hold: timedelta,
 ) -> Reservation:
     placed = {
@@ -221,6 +224,7 @@ def reservation_for(
         generation=generation,
         state=ReservationState.CONFIRMED if everything_confirmed else ReservationState.HELD,
         placed_at=now,
+        asked_at=asked_at,
         expires_at=None if everything_confirmed else now + hold,
         vnodes=vnodes,
     )

@@ -116,7 +116,7 @@ def accepted(
 
 
 def updated(
-    event: Envelope[ClusterAccepted], *workers: int, generation: int, paused: bool = False
+    event: Envelope[ClusterAccepted], *workers: int, generation: int, paused: bool = False, at: datetime = START
 ) -> Envelope[ClusterUpdated]:
     grown = accepted(event.data.name, *workers, uid=event.data.uid)
     data = ClusterUpdated(
@@ -128,7 +128,7 @@ def updated(
         paused=paused,
     )
     event_id = f"updated-{event.data.name}-{generation}"
-    return Envelope.new(data, cluster_id=event.cluster_id, now=START, event_id=event_id)
+    return Envelope.new(data, cluster_id=event.cluster_id, now=at, event_id=event_id)
 
 
 def ask(event: Envelope[Any]) -> ClusterAsk:

@@ -4,6 +4,7 @@ releases, retries of pending clusters and the sweep."""
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 
 from nats.js import JetStreamContext
 
@@ -138,6 +139,31 @@ async def test_pause_releases_the_gpus_and_resume_goes_back_to_the_same_nodes_fa
 
     await r.scheduler.pause("team/a", 3, paused_at)  # the old pause, delivered again late
     assert await bookings_in_bucket(js, home) != {}
+
+
+async def test_a_pause_asked_before_the_resume_leaves_the_resumed_cluster_booked(
+    js: JetStreamContext, replica: ReplicaFactory, clock: Clock
+) -> None:
+    """The vNode stage answered a pause as the resume came (it claimed the pause's outcome before the
+    resume reached it): the scheduler, which placed the resume already, keeps its bookings."""
+    r = await replica(host("n1"), host("n2"))
+    first = accepted("a", 4)
+    placed = await r.scheduler.schedule(ask(first))
+    assert isinstance(placed, Scheduled)
+    home = placed.reservation.vnodes[1].host_node
+    pause_asked = START + timedelta(seconds=10)
+    clock.advance(20)
+    assert isinstance(await r.scheduler.schedule(ask(updated(first, 4, generation=1, at=START + timedelta(seconds=20)))), Scheduled)
+    clock.advance(5)
+
+    await r.scheduler.pause("team/a", 1, clock.now, asked_at=pause_asked)  # published after the resume's placement
+
+    assert await bookings_in_bucket(js, home) != {}
+    kept, _ = await r.ledger.reservation("team/a")
+    assert kept is not None and kept.state is not ReservationState.PAUSED
+    # A pause asked after the resume releases them.
+    await r.scheduler.pause("team/a", 1, clock.now, asked_at=START + timedelta(seconds=30))
+    assert await bookings_in_bucket(js, home) == {}
 
 
 async def test_an_unconfirmed_hold_expires_and_a_confirmed_one_stays(

@@ -471,6 +471,7 @@ def reservation(cluster: Reservation | None = None, **changes: object) -> Reserv
         (),
         place(gang(vnode("master", role="master"), vnode("w1", 2)), inventory(host("n1"))),  # type: ignore[arg-type]
         now=NOW,
+        asked_at=NOW,
         hold=timedelta(minutes=15),
     )
     return (cluster or base).model_copy(update=changes)

@@ -346,8 +346,9 @@ def test_paused_once_no_pod_is_left() -> None:
     stopped = {name: rollout(name, "x", "y", replicas=0, status_replicas=0) for name in running()}
 
     assert logic.evaluate(rec, stopping, AT, SETTINGS) == logic.Waiting("vNode(s) not stopped yet: master, worker-0")
-    assert logic.evaluate(rec, stopped, AT, SETTINGS) == logic.Reached(ClusterPaused(generation=1))
-    assert logic.evaluate(rec, {}, AT, SETTINGS) == logic.Reached(ClusterPaused(generation=1))
+    # With the time the pause was asked: the scheduler tells a pause from a resume asked after it.
+    assert logic.evaluate(rec, stopped, AT, SETTINGS) == logic.Reached(ClusterPaused(generation=1, asked_at=AT))
+    assert logic.evaluate(rec, {}, AT, SETTINGS) == logic.Reached(ClusterPaused(generation=1, asked_at=AT))
 
 
 def test_rollout_state() -> None:
