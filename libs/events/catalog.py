@@ -133,6 +133,10 @@ class ClusterIPsAllocated(Payload):
 
     subject = "cluster.ips.allocated"
     generation: int = Field(ge=1)
+    uid: str | None = Field(
+        default=None,
+        description="The Vk8s object's uid the addresses are for (absent in events of earlier versions).",
+    )
     vnode_ips: dict[str, str] = Field(min_length=1, description="vNode name -> fixed pod IP")
     pod_cidr: str
     service_cidr: str

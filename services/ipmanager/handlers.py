@@ -66,6 +66,7 @@ class IpManagerHandlers:
             raise _retry(error) from error
         allocated = ClusterIPsAllocated(
             generation=data.generation,
+            uid=network.uid,
             vnode_ips={vnode: str(address) for vnode, address in addresses.items()},
             pod_cidr=str(network.pod_cidr),
             service_cidr=str(network.service_cidr),

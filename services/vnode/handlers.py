@@ -82,10 +82,15 @@ class VNodeHandlers:
         if vk8s is None or vk8s["metadata"].get("deletionTimestamp"):
             log.info("Ignoring allocation of a cluster that is gone or being deleted")
             return []
+        live_uid = vk8s["metadata"]["uid"]
+        allocated_for = envelope.data.uid
+        if allocated_for is not None and allocated_for != live_uid:
+            log.info("Ignoring allocation of an earlier Vk8s of the same name", allocated_for=allocated_for)
+            return []
         known = stored.record if stored is not None else None
-        if known is None or known.uid != vk8s["metadata"]["uid"] or known.generation < envelope.data.generation:
+        if known is None or known.uid != live_uid or known.generation < envelope.data.generation:
             # The spec event is not taken in yet: the object it comes from says the same.
-            known = logic.with_object_spec(known, vk8s)
+            known = logic.with_object_spec(known, vk8s, allocated_for=allocated_for)
             if known is None:
                 raise TransientError("the Vk8s was re-created; waiting for its spec", reason=Reason.SPEC_NOT_RECORDED)
         record = logic.on_allocated(known, envelope, self._clock(), resume_grace_s=self._settings.resume_grace_s)

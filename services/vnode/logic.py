@@ -224,15 +224,20 @@ def on_spec_event(
     )
 
 
-def with_object_spec(previous: ClusterRecord | None, vk8s: Mapping[str, Any]) -> ClusterRecord | None:
+def with_object_spec(
+    previous: ClusterRecord | None, vk8s: Mapping[str, Any], *, allocated_for: str | None = None
+) -> ClusterRecord | None:
     """The record for an allocation whose spec event is not taken in yet, from the live Vk8s object
     that event was made from: its uid, generation, spec, labels and annotations, keeping what the
-    record of that uid knows besides. None when a record of another uid stands (the object was
-    re-created: the allocation may be the old one's). `observed_at` stays at the object's creation,
-    before every spec event of it, so each one is still taken in when it comes."""
+    record of that uid knows besides. A record of another uid is the earlier object's: replaced
+    when the allocation names the live object (`allocated_for`), else None (an allocation of an
+    earlier version names none: it may be the old object's). `observed_at` stays at the object's
+    creation, before every spec event of it, so each one is still taken in when it comes."""
     metadata = vk8s["metadata"]
     if previous is not None and previous.uid != metadata["uid"]:
-        return None
+        if allocated_for != metadata["uid"]:
+            return None
+        previous = None
     # This stage uses no Kubeflow settings, and a plain password must not reach its records.
     spec = Vk8sSpec.model_validate(vk8s["spec"]).model_copy(update={"kubeflow": None})
     fields = {

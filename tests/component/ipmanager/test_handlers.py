@@ -71,6 +71,7 @@ async def test_allocates_then_releases_a_cluster_outside_the_default_namespace(
     await publish(js, accepted("team-x", "dev", "uid-x", workers=2), scheduled("team-x", "dev", workers=2))
     [allocated] = await collect(js, "cluster.ips.allocated", for_cluster("team-x/dev"))
     data = allocated.data
+    assert data.uid == "uid-x"  # the object the addresses are for: vnode tells a re-created one by it
     assert set(data.vnode_ips) == {"master", "worker-0", "worker-1"}
     assert (data.pod_cidr, data.service_cidr) == ("100.64.0.0/16", "10.64.0.0/20")
     assert len(set(data.vnode_ips.values())) == 3

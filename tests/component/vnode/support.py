@@ -88,9 +88,11 @@ def paused() -> Envelope[ClusterUpdated]:
     return Envelope.new(data, cluster_id=CLUSTER_ID, now=AT)
 
 
-def allocated() -> Envelope[ClusterIPsAllocated]:
+def allocated(uid: str | None = None) -> Envelope[ClusterIPsAllocated]:
+    """`uid` None: as the ipmanager published it before allocations named their object."""
     data = ClusterIPsAllocated(
         generation=1,
+        uid=uid,
         vnode_ips={"master": "10.200.0.2", "worker-0": "10.200.0.3"},
         pod_cidr="90.244.0.0/16",
         service_cidr="90.96.0.0/12",

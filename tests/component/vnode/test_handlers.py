@@ -119,7 +119,21 @@ async def test_allocation_before_its_spec_event_takes_the_spec_from_the_object(
     assert record.uid == UID and record.spec.kubeflow is None  # no Kubeflow password in the record
 
 
-async def test_allocation_for_a_re_created_vk8s_waits_for_its_spec(
+async def test_allocation_naming_a_re_created_vk8s_replaces_the_earlier_objects_record(
+    handlers: VNodeHandlers, host: FakeHost, store: RecordStore
+) -> None:
+    await handlers.on_spec(accepted())
+    host.vk8s = live_vk8s(uid="a-newer-incarnation")
+
+    await handlers.on_allocated(allocated(uid=UID))  # the earlier object's, late: nothing of it made
+    assert host.executed == []
+    await handlers.on_allocated(allocated(uid="a-newer-incarnation"))
+
+    assert set(statefulsets(host.executed[0])) == {statefulset_name("team-a", "master"), statefulset_name("team-a", "worker-0")}
+    assert (await recorded(store)).uid == "a-newer-incarnation"
+
+
+async def test_allocation_for_a_re_created_vk8s_naming_no_object_waits_for_its_spec(
     handlers: VNodeHandlers, host: FakeHost, store: RecordStore
 ) -> None:
     await handlers.on_spec(accepted())

@@ -177,8 +177,12 @@ def test_a_record_of_an_older_generation_takes_the_newer_spec_from_the_object_an
     placed(allocated(AT + timedelta(seconds=5), generation=2), newer)
 
 
-def test_a_record_of_another_uid_is_not_overwritten_from_the_object() -> None:
-    assert logic.with_object_spec(recorded(accepted()), live_object(uid="re-created")) is None
+def test_a_record_of_another_uid_is_replaced_from_the_object_only_for_an_allocation_naming_it() -> None:
+    earlier = placed(allocated(), recorded(accepted()))
+    assert logic.with_object_spec(earlier, live_object(uid="re-created")) is None
+    assert logic.with_object_spec(earlier, live_object(uid="re-created"), allocated_for=UID) is None
+    fresh = logic.with_object_spec(earlier, live_object(uid="re-created"), allocated_for="re-created")
+    assert fresh is not None and (fresh.uid, fresh.allocation, fresh.awaiting) == ("re-created", None, None)
 
 
 def test_stale_allocation_is_ignored() -> None:
