@@ -5,8 +5,10 @@ consumer and the keys of its own KV bucket. A requester publishes no event: it m
 on `vk8s.requests.<namespace>` for the namespaces of its scope only (and read the stream, for
 `vk8s create --wait`). Every user may use the JetStream API (`$JS.API.>`) but for what no
 service does (`_JETSTREAM_DENIED`): deleting or purging a stream or one of its messages. A
-requester may in addition neither create nor change a stream, nor pull from, take over or delete
-a service's durable consumer, nor read a KV bucket directly.
+service may in addition not touch another service's durable consumer (create, change, pull
+from, delete) nor another service's KV bucket (its stream, messages or watches). A requester may
+neither create nor change a stream, nor pull from, take over or delete a service's durable
+consumer, nor read a KV bucket directly.
 """
 
 from __future__ import annotations
@@ -37,7 +39,37 @@ _REQUESTER_DENIED = (
 )
 
 
-def service_permissions(topology: ServiceTopology) -> dict[str, Any]:
+def _durable_api(durable: str) -> list[str]:
+    """The JetStream API subjects that make, change, pull from or delete the durable `durable`."""
+    consumer = f"$JS.API.CONSUMER.%s.{STREAM_NAME}.{durable}"
+    return [
+        *(consumer % verb for verb in ("CREATE", "DURABLE.CREATE", "DELETE", "MSG.NEXT", "INFO")),
+        f"{consumer % 'CREATE'}.>",  # the create form with its filter subject
+    ]
+
+
+def _bucket_api(bucket: str) -> list[str]:
+    """Every JetStream API subject about KV bucket `bucket`'s stream: info, changes, messages, watches."""
+    stream = f"KV_{bucket}"
+    return [
+        f"$JS.API.STREAM.*.{stream}",
+        f"$JS.API.STREAM.MSG.*.{stream}",
+        f"$JS.API.DIRECT.GET.{stream}",
+        f"$JS.API.DIRECT.GET.{stream}.>",
+        f"$JS.API.CONSUMER.*.{stream}",
+        f"$JS.API.CONSUMER.*.{stream}.>",
+        f"$JS.API.CONSUMER.*.*.{stream}.>",
+    ]
+
+
+def service_permissions(topology: ServiceTopology, others: Iterable[ServiceTopology] = ()) -> dict[str, Any]:
+    """`others`: the other services, whose durable consumers and KV buckets it may not touch."""
+    denied = list(_JETSTREAM_DENIED)
+    for other in others:
+        if other.service != topology.service:
+            denied += _durable_api(other.service)
+            if other.kv_bucket is not None:
+                denied += _bucket_api(other.kv_bucket)
     publish = [*topology.emits, *_JETSTREAM_API, f"$JS.ACK.{STREAM_NAME}.{topology.service}.>"]
     if topology.kv_bucket is not None:
         publish += [f"$KV.{topology.kv_bucket}.>", f"$JS.ACK.KV_{topology.kv_bucket}.>"]
@@ -46,7 +78,7 @@ def service_permissions(topology: ServiceTopology) -> dict[str, Any]:
         # It answers the requests: on the requesters' reply subjects.
         publish += list(_REPLIES)
         subscribe.append(f"{REQUEST_SUBJECT}.*")
-    return {"publish": {"allow": publish, "deny": list(_JETSTREAM_DENIED)}, "subscribe": {"allow": subscribe}}
+    return {"publish": {"allow": publish, "deny": denied}, "subscribe": {"allow": subscribe}}
 
 
 def requester_permissions(namespaces: Sequence[str]) -> dict[str, Any]:
@@ -61,8 +93,10 @@ def nats_authorization(
 ) -> dict[str, Any]:
     """The `authorization` block of a nats-server config: one user per service of `services`
     (named after it, with its password), and per requester user its password and namespaces."""
+    services = list(services)
+    every = [topology for topology, _ in services]
     users = [
-        {"user": topology.service, "password": password, "permissions": service_permissions(topology)}
+        {"user": topology.service, "password": password, "permissions": service_permissions(topology, every)}
         for topology, password in services
     ]
     users += [

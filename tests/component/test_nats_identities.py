@@ -136,21 +136,47 @@ async def test_a_scoped_requester_asks_in_its_namespaces_only_and_publishes_no_e
 
 
 @pytest.mark.parametrize("service", sorted(t.service for t in SERVICES if t.kv_bucket))
-async def test_a_service_keeps_its_consumer_and_bucket_and_writes_no_other(connect: object, service: str) -> None:
+async def test_a_service_keeps_its_consumer_and_bucket_and_touches_no_others(connect: object, service: str) -> None:
+    """Its own durable and bucket work; another service's durable it may not pull from, change or
+    delete, and another's bucket it may neither read, write, watch nor change."""
     client, errors = await connect(service)  # type: ignore[operator]
-    js = client.jetstream()
+    js = client.jetstream(timeout=1)
     await ensure_consumer(js, STREAM_NAME, ConsumerSettings(durable=service, filter_subjects=BY_NAME[service].consumes))
     own = await ensure_kv(js, BY_NAME[service].kv_bucket or "")
     await own.put("key", b"value")
     assert (await own.get("key")).value == b"value"
+    other = next(t for t in SERVICES if t.service != service and t.kv_bucket)
+    bucket = other.kv_bucket or ""
+    owner, _ = await connect(other.service)  # type: ignore[operator]
+    await ensure_consumer(owner.jetstream(), STREAM_NAME, ConsumerSettings(durable=other.service, filter_subjects=other.consumes))
+    await (await ensure_kv(owner.jetstream(), bucket)).put("key", b"value")
 
-    other = next(t.kv_bucket for t in SERVICES if t.service != service and t.kv_bucket)
-    foreign = await ensure_kv(js, other or "")
+    attempts = [
+        lambda: js.get_last_msg(f"KV_{bucket}", f"$KV.{bucket}.key", direct=True),
+        lambda: js.key_value(bucket),
+        lambda: js.publish(f"$KV.{bucket}.key", b"forged"),
+        lambda: js.delete_consumer(STREAM_NAME, other.service),
+        lambda: ensure_consumer(js, STREAM_NAME, ConsumerSettings(durable=other.service, filter_subjects=("cluster.deleted",))),
+    ]
+    for attempt in attempts:
+        with pytest.raises(NatsTimeoutError):
+            await attempt()
     with pytest.raises(NatsTimeoutError):
-        await foreign.put("key", b"forged")
+        await (await js.pull_subscribe_bind(other.service, STREAM_NAME)).fetch(1, timeout=1)
     await asyncio.sleep(0.2)
+
+    info = await owner.jetstream().consumer_info(STREAM_NAME, other.service)
+    assert list(info.config.filter_subjects or ()) == list(other.consumes)
+    stream = STREAM_NAME.lower()
     # (the server lower-cases the subject in its message)
-    assert [str(error) for error in errors] == [f'nats: permissions violation for publish to "$kv.{other}.key"']
+    assert sorted(str(error).split('"')[1] for error in errors) == sorted({
+        f"$js.api.direct.get.kv_{bucket}.$kv.{bucket}.key",
+        f"$js.api.stream.info.kv_{bucket}",
+        f"$kv.{bucket}.key",
+        f"$js.api.consumer.delete.{stream}.{other.service}",
+        f"$js.api.consumer.create.{stream}.{other.service}",
+        f"$js.api.consumer.msg.next.{stream}.{other.service}",
+    }), errors
 
 
 @pytest.mark.parametrize("user", [*sorted(t.service for t in SERVICES), REQUESTER])
