@@ -34,6 +34,7 @@ from libs.events.catalog import (
     ClusterUpdated,
 )
 from libs.kube import FINALIZER
+from libs.kube.vnodes import cluster_labels
 
 PAUSED_ANNOTATION = "vk8s-resource-stopped"
 REQUEST_ID_ANNOTATION = f"{GROUP}/request-id"
@@ -613,6 +614,21 @@ def _cluster_fields(observed: Observed, spec: Vk8sSpec) -> dict[str, Any]:
 
 
 # --- failures: one object's trouble is its own ---------------------------------------------------
+
+
+def foreign_platform_namespace(
+    labels: Mapping[str, str] | None, tenant_namespace: str, cluster: str, uid: str
+) -> str:
+    """Why a namespace bearing the platform namespace's name is not that cluster's (each label of
+    `cluster_labels` it lacks or has otherwise, e.g. `vk8s.skt.co.kr/cluster-uid=<other>`); "" when it
+    is. The gateway deletes, or binds the services' roles in, only a namespace that is."""
+    found = labels or {}
+    wanted = cluster_labels(tenant_namespace, cluster, uid)
+    return ", ".join(
+        f"{key}={found[key]}" if key in found else f"{key} missing"
+        for key, value in wanted.items()
+        if found.get(key) != value
+    )
 
 
 def reconcile_status(reason: str, message: str, attempts: int, now: datetime, delay_s: float) -> dict[str, Any]:

@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import SettingsConfigDict
 
 from libs.api.images import ImagePolicy
 from libs.runtime import ServiceSettings
+
+
+class PlatformBinding(BaseModel):
+    """A service's rights in a platform namespace: its ServiceAccount bound there to this ClusterRole."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    role: str = Field(min_length=1, description="ClusterRole holding the service's rules for a platform namespace.")
+    service_account: str = Field(min_length=1)
+    namespace: str = Field(min_length=1, description="The ServiceAccount's namespace.")
 
 
 class GatewaySettings(ServiceSettings):
@@ -27,6 +37,11 @@ class GatewaySettings(ServiceSettings):
     image_policy: ImagePolicy = Field(
         default_factory=ImagePolicy,
         description="Repositories a node image named in a spec must come from, and whether it needs a digest.",
+    )
+    platform_bindings: tuple[PlatformBinding, ...] = Field(
+        default=(),
+        description="RoleBindings made in each platform namespace the gateway creates (the chart's platform roles); "
+        "they go with the namespace.",
     )
     max_clusters_per_namespace: int | None = Field(
         default=20, ge=1, description="Clusters the pipeline may hold per namespace; None: no limit."

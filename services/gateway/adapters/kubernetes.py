@@ -33,7 +33,9 @@ from libs.kube import (
     watch_objects,
 )
 from libs.kube.objects import API_VERSION, owner_reference
-from libs.kube.vnodes import CLUSTER_UID_LABEL, RETAINED_VOLUMES_ANNOTATION, platform_namespace_body
+from libs.kube.vnodes import RETAINED_VOLUMES_ANNOTATION, platform_namespace_body
+from services.gateway import logic
+from services.gateway.settings import PlatformBinding
 
 log = structlog.get_logger(__name__)
 
@@ -47,9 +49,13 @@ class ContendedObject(Exception):
 
 
 class ClusterObjects:
-    def __init__(self, api: client.ApiClient, *, cas_attempts: int = 5):
+    def __init__(
+        self, api: client.ApiClient, *, platform_bindings: tuple[PlatformBinding, ...] = (), cas_attempts: int = 5
+    ):
         self._custom = client.CustomObjectsApi(api)
         self._core = client.CoreV1Api(api)
+        self._rbac = client.RbacAuthorizationV1Api(api)
+        self._platform_bindings = platform_bindings
         self._cas_attempts = cas_attempts
 
     def watch(self, namespace: str | None, *, timeout_s: int) -> AsyncIterator[WatchEvent]:
@@ -100,8 +106,9 @@ class ClusterObjects:
         return set(secret.data or {}) | set(secret.string_data or {})
 
     async def ensure_platform_namespace(self, vk8s: Object) -> str | None:
-        """Creates the cluster's platform namespace or finds it; returns its name, or None while the
-        namespace of an earlier cluster of that name (another uid) is still there, being deleted."""
+        """Creates the cluster's platform namespace or finds it, with the services' RoleBindings in it;
+        returns its name, or None while the namespace of an earlier cluster of that name (another uid)
+        is still there, being deleted."""
         metadata = vk8s["metadata"]
         body = platform_namespace_body(metadata["namespace"], metadata["name"], metadata["uid"])
         name: str = body["metadata"]["name"]
@@ -110,7 +117,25 @@ class ClusterObjects:
         )
         if created:
             log.info("Created platform namespace", platform_namespace=name)
-        return name if (found.metadata.labels or {}).get(CLUSTER_UID_LABEL) == metadata["uid"] else None
+        if logic.foreign_platform_namespace(found.metadata.labels, metadata["namespace"], metadata["name"], metadata["uid"]):
+            return None
+        for binding in self._platform_bindings:
+            await self._ensure_role_binding(name, binding)
+        return name
+
+    async def _ensure_role_binding(self, namespace: str, binding: PlatformBinding) -> None:
+        """The service's ClusterRole bound in the namespace (named after the role; create-or-get)."""
+        body = client.V1RoleBinding.model_validate(
+            {
+                "metadata": {"name": binding.role, "namespace": namespace, "labels": {"app.kubernetes.io/managed-by": COMPONENT}},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": binding.role},
+                "subjects": [{"kind": "ServiceAccount", "name": binding.service_account, "namespace": binding.namespace}],
+            }
+        )
+        await create_or_get(
+            lambda: self._rbac.create_namespaced_role_binding(namespace, body),
+            lambda: self._rbac.read_namespaced_role_binding(binding.role, namespace),
+        )
 
     async def delete_platform_namespace(self, namespace: str, name: str, uid: str) -> str | None:
         """Deletes the cluster's platform namespace (only one labelled with this uid). Returns what
@@ -121,8 +146,11 @@ class ClusterObjects:
         try:
             found = await self._core.read_namespace(platform_namespace)
             metadata = found.metadata
-            if (metadata.labels or {}).get(CLUSTER_UID_LABEL) != uid:
-                return None  # another cluster's: not ours to delete
+            # RBAC lets the gateway delete any namespace: only the one labelled as this cluster's goes.
+            if mismatch := logic.foreign_platform_namespace(metadata.labels, namespace, name, uid):
+                log.warning("Not deleting namespace: not this cluster's platform namespace",
+                            platform_namespace=platform_namespace, mismatch=mismatch)  # fmt: skip
+                return None
             if (metadata.annotations or {}).get(RETAINED_VOLUMES_ANNOTATION) == "true":
                 log.info("Keeping platform namespace: it holds retained volumes", platform_namespace=platform_namespace)
                 return None

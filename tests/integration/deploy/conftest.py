@@ -32,6 +32,11 @@ class Release:
     def service_account(self, service: str) -> str:
         return f"{self.name}-vk8s-{service}"
 
+    @property
+    def role_prefix(self) -> str:
+        """Of the chart's ClusterRoles: `<namespace>-<fullname>-` (a service's: <prefix><service>-<scope>)."""
+        return f"{self.namespace}-{self.name}-vk8s-"
+
 
 def run_helm(kubeconfig: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(

@@ -1,10 +1,12 @@
 """The installed chart's RBAC, asked by each service account itself (a TokenRequest token, then
 SelfSubjectAccessReviews): everything its code does is allowed, every neighbouring right is refused; with
-rbac.tenantNamespaces the tenant rights stop at the listed namespaces. A few real requests confirm that
-the reviews and the apiserver agree."""
+rbac.tenantNamespaces the tenant rights stop at the listed namespaces; the platform rights hold only in a
+platform namespace the gateway made (as its own service account, with the bindings the chart tells it).
+A few real requests confirm that the reviews and the apiserver agree."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -12,10 +14,16 @@ from pathlib import Path
 import pytest
 from kubernetes.aio import client, config
 from kubernetes.aio.client.exceptions import ApiException
+from pydantic import TypeAdapter
 
+from libs.kube import GROUP, KIND, PLURAL, VERSION
+from services.gateway.adapters.kubernetes import ClusterObjects
+from services.gateway.settings import PlatformBinding
 from services.topology import NAMES as SERVICES
 from tests.integration.deploy.conftest import Release, service_account_kubeconfig
-from tests.unit.deploy.rbac_expectations import NEEDED, REFUSED, Access
+from tests.support.events import spec_document
+from tests.unit.deploy.rbac_expectations import NEEDED, PLATFORM_SERVICES, REFUSED, Access, also_for_tenants
+from vk8s.testbed.fixtures import delete_namespace
 
 
 @asynccontextmanager
@@ -34,12 +42,16 @@ async def as_service(
         yield api
 
 
-async def allowed(api: client.ApiClient, access: Access, namespace: str | None) -> tuple[bool, str]:
+async def allowed(
+    api: client.ApiClient, access: Access, namespace: str | None, release: Release
+) -> tuple[bool, str]:
     resource, _, subresource = access.resource.partition("/")
     attributes = {"verb": access.verb, "group": access.group, "resource": resource}
     if subresource:
         attributes["subresource"] = subresource
-    if access.scope == "tenant":
+    if access.name:
+        attributes["name"] = access.name.format(prefix=release.role_prefix)
+    if access.scope != "cluster":
         attributes["namespace"] = namespace
     review = await client.AuthorizationV1Api(api).create_self_subject_access_review(
         {
@@ -57,12 +69,15 @@ async def test_each_service_may_do_what_it_does_and_nothing_next_to_it(
 ) -> None:
     async with as_service(kube_api, kube_config_path, release, service, tmp_path) as api:
         (tenant,) = release.tenants
-        for namespace in (tenant, release.outsider):  # cluster-wide: any namespace will do
+        for namespace in (tenant, release.outsider, "kube-system"):  # cluster-wide: any namespace will do
             for access in NEEDED[service]:
-                ok, reason = await allowed(api, access, namespace)
-                assert ok, f"{service} may not {access} ({namespace}): {reason}"
+                ok, reason = await allowed(api, access, namespace, release)
+                if access.scope == "platform" and not also_for_tenants(service, access):
+                    assert not ok, f"{service} may {access} in {namespace}, which is no platform namespace: {reason}"
+                else:
+                    assert ok, f"{service} may not {access} ({namespace}): {reason}"
         for access in REFUSED[service]:
-            ok, reason = await allowed(api, access, tenant)
+            ok, reason = await allowed(api, access, tenant, release)
             assert not ok, f"{service} may {access}: {reason}"
 
 
@@ -73,11 +88,88 @@ async def test_tenant_rights_stop_at_the_listed_namespaces(
     async with as_service(kube_api, kube_config_path, scoped_release, service, tmp_path) as api:
         (tenant,) = scoped_release.tenants
         for access in NEEDED[service]:
-            ok, reason = await allowed(api, access, tenant)
-            assert ok, f"{service} may not {access} ({tenant}): {reason}"
-            if access.scope == "tenant":
-                ok, reason = await allowed(api, access, scoped_release.outsider)
+            ok, reason = await allowed(api, access, tenant, scoped_release)
+            expected = access.scope != "platform" or also_for_tenants(service, access)
+            assert ok == expected, f"{service}: {access} ({tenant}): {ok} {reason}"
+            if access.scope != "cluster":
+                ok, reason = await allowed(api, access, scoped_release.outsider, scoped_release)
                 assert not ok, f"{service} may {access} in {scoped_release.outsider}, which is not a tenant namespace"
+
+
+async def platform_bindings(kube_api: client.ApiClient, release: Release) -> tuple[PlatformBinding, ...]:
+    """What the chart tells the release's gateway to bind (its Deployment's environment)."""
+    deployment = await client.AppsV1Api(kube_api).read_namespaced_deployment(
+        release.service_account("gateway"), release.namespace
+    )
+    [env] = [e for e in deployment.spec.template.spec.containers[0].env if e.name == "VK8S_GATEWAY_PLATFORM_BINDINGS"]
+    return TypeAdapter(tuple[PlatformBinding, ...]).validate_json(env.value)
+
+
+@pytest.fixture
+async def platform_namespace(
+    release: Release, kube_api: client.ApiClient, kube_config_path: Path, tmp_path: Path
+) -> AsyncIterator[str]:
+    """A cluster's platform namespace as the release's gateway makes it, as its own service account."""
+    (tenant,) = release.tenants
+    name = f"c-{uuid.uuid4().hex[:8]}"
+    body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": KIND, "metadata": {"name": name}, "spec": spec_document()}
+    vk8s = await client.CustomObjectsApi(kube_api).create_namespaced_custom_object(GROUP, VERSION, tenant, PLURAL, body)
+    bindings = await platform_bindings(kube_api, release)
+    async with as_service(kube_api, kube_config_path, release, "gateway", tmp_path) as api:
+        made = await ClusterObjects(api, platform_bindings=bindings).ensure_platform_namespace(vk8s)
+    assert made is not None
+    try:
+        yield made
+    finally:
+        await delete_namespace(kube_api, made)
+        await client.CustomObjectsApi(kube_api).delete_namespaced_custom_object(GROUP, VERSION, tenant, PLURAL, name)
+
+
+@pytest.mark.parametrize("service", PLATFORM_SERVICES)
+async def test_platform_rights_hold_in_a_platform_namespace_the_gateway_made_and_nowhere_else(
+    service: str,
+    release: Release,
+    platform_namespace: str,
+    kube_api: client.ApiClient,
+    kube_config_path: Path,
+    tmp_path: Path,
+) -> None:
+    platform = [access for access in NEEDED[service] if access.scope == "platform"]
+    assert platform
+    async with as_service(kube_api, kube_config_path, release, service, tmp_path) as api:
+        for access in platform:
+            ok, reason = await allowed(api, access, platform_namespace, release)
+            assert ok, f"{service} may not {access} ({platform_namespace}): {reason}"
+            if also_for_tenants(service, access):
+                continue  # granted in every namespace by the default install (docs/deploy.md)
+            for elsewhere in (*release.tenants, release.outsider, "kube-system"):
+                ok, reason = await allowed(api, access, elsewhere, release)
+                assert not ok, f"{service} may {access} in {elsewhere}: {reason}"
+
+
+async def test_the_gateway_binds_only_the_platform_roles(
+    release: Release, kube_api: client.ApiClient, kube_config_path: Path, tmp_path: Path
+) -> None:
+    """Real requests: a binding of a platform role is made; one of another role is refused (the RBAC
+    escalation check), even where the gateway may create RoleBindings; unless it holds every right of
+    that role itself (RBAC allows that; nothing beyond its own rights)."""
+    (tenant,) = release.tenants
+    [binding, *_] = await platform_bindings(kube_api, release)
+    async with as_service(kube_api, kube_config_path, release, "gateway", tmp_path) as api:
+        rbac = client.RbacAuthorizationV1Api(api)
+        others = ("cluster-admin", "admin", f"{release.role_prefix}scheduler-cluster", f"{release.role_prefix}bootstrap-tenant")
+        for role, expected in ((binding.role, None), *((other, 403) for other in others)):
+            body = {
+                "metadata": {"name": f"probe-{uuid.uuid4().hex[:8]}"},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
+                "subjects": [{"kind": "ServiceAccount", "name": "default", "namespace": tenant}],
+            }
+            if expected is None:
+                await rbac.create_namespaced_role_binding(tenant, body, dry_run="All")
+                continue
+            with pytest.raises(ApiException) as refused:
+                await rbac.create_namespaced_role_binding(tenant, body, dry_run="All")
+            assert refused.value.status == expected, role
 
 
 async def test_reviews_match_real_requests(
@@ -90,21 +182,29 @@ async def test_reviews_match_real_requests(
         with pytest.raises(ApiException) as refused:
             await client.CoreV1Api(api).list_namespaced_secret(tenant)
         assert refused.value.status == 403
+
+async def test_platform_reviews_match_real_requests(
+    release: Release, platform_namespace: str, kube_api: client.ApiClient, kube_config_path: Path, tmp_path: Path
+) -> None:
+    (tenant,) = release.tenants
     async with as_service(kube_api, kube_config_path, release, "vnode", tmp_path) as api:
-        # The vnode stage's own write: a server-side apply that creates the object.
-        body = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "rbac-probe", "namespace": tenant},
-                "spec": {"ports": [{"port": 6443}], "selector": {"app": "vk8s"}}}  # fmt: skip
-        await client.CoreV1Api(api).patch_namespaced_service(
-            "rbac-probe",
-            tenant,
-            body,
-            field_manager="vk8s-vnode",
-            force=True,
-            _content_type="application/apply-patch+yaml",
-        )
-        await client.CoreV1Api(api).delete_namespaced_service("rbac-probe", tenant)
+        # The vnode stage's own write: a server-side apply that creates the object, in the platform
+        # namespace only.
+        for namespace, expected in ((platform_namespace, None), (tenant, 403), ("kube-system", 403)):
+            body = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "rbac-probe", "namespace": namespace},
+                    "spec": {"ports": [{"port": 6443}], "selector": {"app": "vk8s"}}}  # fmt: skip
+            apply = client.CoreV1Api(api).patch_namespaced_service(
+                "rbac-probe", namespace, body, field_manager="vk8s-vnode", force=True,
+                _content_type="application/apply-patch+yaml", dry_run="All",
+            )  # fmt: skip
+            if expected is None:
+                await apply
+                continue
+            with pytest.raises(ApiException) as refused:
+                await apply
+            assert refused.value.status == expected, namespace
         with pytest.raises(ApiException) as refused:
-            await client.CoreV1Api(api).read_namespaced_secret("anything", tenant)
+            await client.CoreV1Api(api).read_namespaced_secret("anything", platform_namespace)
         assert refused.value.status == 403
 
 
@@ -122,4 +222,4 @@ async def test_only_the_charts_own_roles_are_bound(release: Release, kube_api: c
     assert ours
     for binding in ours:
         assert binding.role_ref.kind == "ClusterRole"
-        assert binding.role_ref.name.startswith(f"{release.namespace}-{release.name}-vk8s-"), binding.role_ref.name
+        assert binding.role_ref.name.startswith(release.role_prefix), binding.role_ref.name

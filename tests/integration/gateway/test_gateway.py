@@ -23,7 +23,13 @@ from libs.api.images import ImagePolicy
 from libs.events import REGISTRY, STREAM_NAME, Envelope, Publisher, ensure_kv
 from libs.events.catalog import ClusterDeleted, ClusterRejected, ClusterRequested
 from libs.kube import FINALIZER, GROUP, PLURAL, VERSION, read_vk8s
-from libs.kube.vnodes import RETAINED_VOLUMES_ANNOTATION, platform_namespace
+from libs.kube.vnodes import (
+    CLUSTER_UID_LABEL,
+    RETAINED_VOLUMES_ANNOTATION,
+    TENANT_NAMESPACE_LABEL,
+    cluster_labels,
+    platform_namespace,
+)
 from libs.runtime import Service
 from services.gateway.__main__ import wired
 from services.gateway.adapters.kubernetes import ClusterObjects
@@ -347,6 +353,37 @@ async def test_the_platform_namespace_is_made_before_acceptance_and_gone_before_
     with pytest.raises(ApiException) as gone:
         await core.read_namespace(platform)
     assert gone.value.status == 404, "the finalizer went only once the namespace had"
+
+
+@pytest.mark.parametrize(
+    "labels",
+    [{}, {CLUSTER_UID_LABEL: "another-uid"}, {TENANT_NAMESPACE_LABEL: "another-tenant"}],
+    ids=["unlabelled", "another-cluster", "another-tenant"],
+)
+async def test_a_namespace_not_labelled_as_the_clusters_platform_namespace_is_not_deleted(
+    kube_api: client.ApiClient, namespace: str, labels: dict[str, str]
+) -> None:
+    """RBAC lets the gateway delete any namespace: its delete path checks the labels itself."""
+    uid = str(uuid.uuid4())
+    name = f"c-{uuid.uuid4().hex[:8]}"
+    platform = platform_namespace(namespace, name)
+    core = client.CoreV1Api(kube_api)
+    # Unlabelled, or labelled as the cluster's but for one label.
+    found_labels = {**cluster_labels(namespace, name, uid), **labels} if labels else {}
+    await core.create_namespace({"metadata": {"name": platform, "labels": found_labels}})
+    try:
+        with structlog.testing.capture_logs() as logs:
+            assert await ClusterObjects(kube_api).delete_platform_namespace(namespace, name, uid) is None
+        assert (await core.read_namespace(platform)).metadata.deletion_timestamp is None
+        [refusal] = [entry for entry in logs if entry["event"].startswith("Not deleting namespace")]
+        assert refusal["platform_namespace"] == platform
+        assert refusal["mismatch"]
+        # The same namespace labelled as the cluster's goes.
+        await core.patch_namespace(platform, {"metadata": {"labels": cluster_labels(namespace, name, uid)}})
+        assert await ClusterObjects(kube_api).delete_platform_namespace(namespace, name, uid) == platform
+        assert (await core.read_namespace(platform)).metadata.deletion_timestamp is not None
+    finally:
+        await delete_namespace(kube_api, platform)
 
 
 async def test_a_deletion_a_stage_gave_up_on_is_requested_again_until_it_ends(

@@ -2,7 +2,8 @@
 
 NEEDED is read off the services' Kubernetes adapters; the chart's rules must be exactly these
 (tests/unit/deploy/test_chart_rbac.py) and the testbed must grant each of them and refuse each of
-REFUSED (tests/integration/deploy/test_rbac.py).
+REFUSED (tests/integration/deploy/test_rbac.py), the platform ones only in a platform namespace the
+gateway made.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 VK8S = "vk8s.skt.co.kr"
+RBAC = "rbac.authorization.k8s.io"
+Scope = Literal["cluster", "tenant", "platform"]
 
 
 @dataclass(frozen=True)
@@ -19,18 +22,38 @@ class Access:
     resource: str  # plural, with a subresource after a slash: "pods/exec", "vk8s/status"
     group: str = ""
     # cluster: a cluster-scoped object, or the resource in every namespace at once;
-    # tenant: the resource in one virtual cluster's namespace.
-    scope: Literal["cluster", "tenant"] = "tenant"
+    # tenant: the resource in a tenant's namespace (where Vk8s objects are);
+    # platform: the resource in a cluster's platform namespace (its vNodes and credentials).
+    scope: Scope = "tenant"
+    # One object by name; "{prefix}" stands for the release's role prefix (`<namespace>-<fullname>-`).
+    name: str = ""
 
     def __str__(self) -> str:
-        where = "in every namespace" if self.scope == "cluster" else "in a tenant namespace"
-        return f"{self.verb} {self.resource}{'.' + self.group if self.group else ''} {where}"
+        where = {"cluster": "in every namespace", "tenant": "in a tenant namespace", "platform": "in a platform namespace"}
+        named = f" {self.name}" if self.name else ""
+        return f"{self.verb} {self.resource}{'.' + self.group if self.group else ''}{named} {where[self.scope]}"
 
 
-def _all(
-    verbs: str, resource: str, group: str = "", scope: Literal["cluster", "tenant"] = "tenant"
-) -> tuple[Access, ...]:
+def _all(verbs: str, resource: str, group: str = "", scope: Scope = "tenant") -> tuple[Access, ...]:
     return tuple(Access(verb, resource, group, scope) for verb in verbs.split())
+
+
+# Services with rights in platform namespaces: the gateway binds their platform roles there.
+PLATFORM_SERVICES = ("scheduler", "vnode", "bootstrap", "kubeflow")
+
+
+def platform_role(service: str) -> str:
+    return f"{{prefix}}{service}-platform"
+
+
+def also_for_tenants(service: str, access: Access) -> bool:
+    """Whether a platform access of the service is one it also has in tenant namespaces (the kubeconfig
+    copy bootstrap writes, the password Secret kubeflow reads), so it holds outside platform namespaces too."""
+    return any(
+        (other.verb, other.resource, other.group) == (access.verb, access.resource, access.group)
+        for other in NEEDED[service]
+        if other.scope == "tenant"
+    )
 
 
 NEEDED: dict[str, tuple[Access, ...]] = {
@@ -38,6 +61,9 @@ NEEDED: dict[str, tuple[Access, ...]] = {
     "gateway": (
         *_all("get list watch", "vk8s", VK8S, "cluster"),
         *_all("get create delete", "namespaces", scope="cluster"),
+        # RoleBindings of the services' platform roles in each platform namespace it creates.
+        *_all("get create", "rolebindings", RBAC, "cluster"),
+        *(Access("bind", "clusterroles", RBAC, "cluster", platform_role(service)) for service in PLATFORM_SERVICES),
         *_all("create patch", "vk8s", VK8S),
         *_all("get create patch", "secrets"),
         Access("create", "events"),
@@ -48,7 +74,7 @@ NEEDED: dict[str, tuple[Access, ...]] = {
     "scheduler": (
         *_all("list watch", "nodes", scope="cluster"),
         *_all("list watch", "pods", scope="cluster"),
-        *_all("get create delete", "pods"),
+        *_all("get create delete", "pods", scope="platform"),
         # services/scheduler/adapters/clusters.py: is the asking Vk8s still there?
         Access("get", "vk8s", VK8S),
     ),
@@ -60,34 +86,35 @@ NEEDED: dict[str, tuple[Access, ...]] = {
     "vnode": (
         *_all("list watch", "statefulsets", "apps", "cluster"),
         *_all("get patch", "namespaces", scope="cluster"),
-        *_all("create patch delete", "statefulsets", "apps"),
-        *_all("list create patch delete", "deployments", "apps"),
-        *_all("list create patch delete", "services"),
-        *_all("list delete", "persistentvolumeclaims"),
-        *_all("create patch delete", "networkpolicies", "networking.k8s.io"),
-        *_all("list delete", "pods"),
+        *_all("create patch delete", "statefulsets", "apps", "platform"),
+        *_all("list create patch delete", "deployments", "apps", "platform"),
+        *_all("list create patch delete", "services", scope="platform"),
+        *_all("list delete", "persistentvolumeclaims", scope="platform"),
+        *_all("create patch delete", "networkpolicies", "networking.k8s.io", "platform"),
+        *_all("list delete", "pods", scope="platform"),
         Access("get", "vk8s", VK8S),
     ),
     # services/bootstrap/adapters/{node_exec,host}.py: exec by pod name (after reading the pod and its
-    # StatefulSet), the owner, the kubeconfig Secret
+    # StatefulSet), the owner, the kubeconfig Secret (in the platform namespace, and its tenant's copy)
     "bootstrap": (
-        Access("create", "pods/exec"),
-        Access("get", "pods"),
-        Access("get", "statefulsets", "apps"),
+        Access("create", "pods/exec", scope="platform"),
+        Access("get", "pods", scope="platform"),
+        Access("get", "statefulsets", "apps", "platform"),
+        *_all("create update", "secrets", scope="platform"),
         Access("get", "vk8s", VK8S),
         *_all("create update", "secrets"),
     ),
-    # services/kubeflow/adapters/host.py
-    "kubeflow": (Access("get", "vk8s", VK8S), Access("get", "secrets")),
+    # services/kubeflow/adapters/host.py: the Vk8s and the user's password Secret, the inner kubeconfig
+    "kubeflow": (Access("get", "vk8s", VK8S), Access("get", "secrets"), Access("get", "secrets", scope="platform")),
     # services/projector/adapters/status.py
     "projector": (Access("patch", "vk8s/status", VK8S),),
 }
 
 _NOBODY: tuple[Access, ...] = (
-    Access("escalate", "clusterroles", "rbac.authorization.k8s.io", "cluster"),
-    Access("bind", "clusterroles", "rbac.authorization.k8s.io", "cluster"),
-    Access("create", "clusterrolebindings", "rbac.authorization.k8s.io", "cluster"),
-    Access("create", "rolebindings", "rbac.authorization.k8s.io"),
+    Access("escalate", "clusterroles", RBAC, "cluster"),
+    Access("bind", "clusterroles", RBAC, "cluster"),
+    Access("create", "clusterrolebindings", RBAC, "cluster"),
+    Access("create", "rolebindings", RBAC),
     Access("impersonate", "serviceaccounts"),
     Access("create", "serviceaccounts/token"),
     Access("list", "secrets", scope="cluster"),
@@ -98,6 +125,10 @@ _NOBODY: tuple[Access, ...] = (
 
 REFUSED: dict[str, tuple[Access, ...]] = {
     "gateway": (
+        # Only the platform roles: no other role, nor a ClusterRoleBinding.
+        Access("bind", "clusterroles", RBAC, "cluster", "cluster-admin"),
+        Access("bind", "clusterroles", RBAC, "cluster", "admin"),
+        Access("bind", "clusterroles", RBAC, "cluster", "{prefix}scheduler-cluster"),
         *_all("delete update", "vk8s", VK8S),
         Access("update", "vk8s/status", VK8S),
         *_all("list delete", "secrets"),
@@ -146,8 +177,13 @@ REFUSED: dict[str, tuple[Access, ...]] = {
         Access("get", "secrets"),
     ),
 }
-# Only the gateway deletes namespaces (a cluster's platform namespace).
+# Only the gateway deletes namespaces (a cluster's platform namespace) and binds roles (the platform roles in them).
+_GATEWAYS = (Access("delete", "namespaces", scope="cluster"), Access("create", "rolebindings", RBAC))
 REFUSED = {
-    name: (*refused, *_NOBODY, *(() if name == "gateway" else (Access("delete", "namespaces", scope="cluster"),)))
+    name: (
+        *refused,
+        *(a for a in _NOBODY if name != "gateway" or a not in _GATEWAYS),
+        *(() if name == "gateway" else _GATEWAYS),
+    )
     for name, refused in REFUSED.items()
 }

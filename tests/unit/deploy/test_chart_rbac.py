@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from services.topology import NAMES as SERVICES
-from tests.unit.deploy.helm import Manifest, of_kind, render
-from tests.unit.deploy.rbac_expectations import NEEDED, REFUSED
+from tests.unit.deploy.helm import Manifest, by_component, of_kind, render
+from tests.unit.deploy.rbac_expectations import NEEDED, PLATFORM_SERVICES, REFUSED, Access, platform_role
 
 TENANTS = ["team-a", "team-b"]
+ROLE_PREFIX = "vk8s-system-vk8s-"  # <release namespace>-<fullname>- of helm.render
 BROAD_ROLES = {"cluster-admin", "admin", "edit", "system:masters"}
 DANGEROUS_VERBS = {"*", "escalate", "bind", "impersonate"}
 
-Grant = tuple[str, str, str, str]  # scope, group, resource, verb
+Grant = tuple[str, str, str, str, str]  # scope, group, resource, verb, name ("": any)
 
 
 def grants(manifests: list[Manifest], service: str) -> set[Grant]:
-    """(scope, group, resource, verb) the chart gives a service; scope from the role's name suffix."""
+    """(scope, group, resource, verb, name) the chart gives a service; scope from the role's name suffix."""
     found: set[Grant] = set()
     for role in of_kind(manifests, "ClusterRole"):
         if role["metadata"]["labels"]["app.kubernetes.io/component"] != service:
@@ -26,8 +29,14 @@ def grants(manifests: list[Manifest], service: str) -> set[Grant]:
             for group in rule["apiGroups"]:
                 for resource in rule["resources"]:
                     for verb in rule["verbs"]:
-                        found.add((scope, group, resource, verb))
+                        for name in rule.get("resourceNames", [""]):
+                            found.add((scope, group, resource, verb, name))
     return found
+
+
+def grant(access: Access, scope: str | None = None, *, name: str | None = None) -> Grant:
+    named = access.name.format(prefix=ROLE_PREFIX) if name is None else name
+    return (scope or access.scope, access.group, access.resource, access.verb, named)
 
 
 @pytest.fixture(scope="module")
@@ -42,17 +51,17 @@ def tenant_manifests() -> list[Manifest]:
 
 @pytest.mark.parametrize("service", SERVICES)
 def test_grants_are_exactly_what_the_code_uses(manifests: list[Manifest], service: str) -> None:
-    expected = {(a.scope, a.group, a.resource, a.verb) for a in NEEDED[service]}
-    assert grants(manifests, service) == expected
+    assert grants(manifests, service) == {grant(access) for access in NEEDED[service]}
 
 
 @pytest.mark.parametrize("service", SERVICES)
 def test_refused_accesses_are_not_granted(manifests: list[Manifest], service: str) -> None:
     granted = grants(manifests, service)
     for access in REFUSED[service]:
-        scopes = ("cluster", "tenant") if access.scope == "tenant" else ("cluster",)
+        scopes = ("cluster", "tenant", "platform") if access.scope != "cluster" else ("cluster",)
         for scope in scopes:
-            assert (scope, access.group, access.resource, access.verb) not in granted, f"{service} may {access}"
+            for name in {"", grant(access)[-1]}:  # a rule without resourceNames grants every name
+                assert grant(access, scope, name=name) not in granted, f"{service} may {access}"
 
 
 def test_nothing_broad_or_escalating(manifests: list[Manifest], tenant_manifests: list[Manifest]) -> None:
@@ -60,13 +69,48 @@ def test_nothing_broad_or_escalating(manifests: list[Manifest], tenant_manifests
         for role in of_kind(rendered, "ClusterRole") + of_kind(rendered, "Role"):
             for rule in role["rules"]:
                 assert "*" not in rule["apiGroups"] and "*" not in rule["resources"], role["metadata"]["name"]
-                assert not DANGEROUS_VERBS & set(rule["verbs"]), role["metadata"]["name"]
+                dangerous = DANGEROUS_VERBS & set(rule["verbs"])
+                if dangerous == {"bind"}:  # the gateway's, of the platform roles only
+                    assert role["metadata"]["name"] == f"{ROLE_PREFIX}gateway-cluster"
+                    assert set(rule["resourceNames"]) == platform_roles()
+                else:
+                    assert not dangerous, role["metadata"]["name"]
                 assert "resourceNames" not in rule or rule["resourceNames"]
         for binding in of_kind(rendered, "ClusterRoleBinding") + of_kind(rendered, "RoleBinding"):
             assert binding["roleRef"]["name"] not in BROAD_ROLES
             assert binding["roleRef"]["name"] in {r["metadata"]["name"] for r in of_kind(rendered, "ClusterRole")}
             (subject,) = binding["subjects"]
             assert subject["kind"] == "ServiceAccount" and subject["namespace"] == "vk8s-system"
+
+
+def platform_roles() -> set[str]:
+    return {platform_role(service).format(prefix=ROLE_PREFIX) for service in PLATFORM_SERVICES}
+
+
+@pytest.mark.parametrize("values", [{}, {"rbac": {"tenantNamespaces": TENANTS}}])
+def test_platform_roles_are_bound_only_by_the_gateway(values: dict[str, object]) -> None:
+    """The chart binds no platform role; the gateway is told each role with its ServiceAccount."""
+    rendered = render(values)
+    roles = {r["metadata"]["name"] for r in of_kind(rendered, "ClusterRole") if r["metadata"]["name"].endswith("-platform")}
+    assert roles == platform_roles()
+    bindings = of_kind(rendered, "ClusterRoleBinding") + of_kind(rendered, "RoleBinding")
+    assert not {b["roleRef"]["name"] for b in bindings} & roles
+    gateway = by_component(rendered, "Deployment")["gateway"]
+    env = {e["name"]: e.get("value") for e in gateway["spec"]["template"]["spec"]["containers"][0]["env"]}
+    told = json.loads(env["VK8S_GATEWAY_PLATFORM_BINDINGS"])
+    assert {(b["role"], b["service_account"], b["namespace"]) for b in told} == {
+        (platform_role(service).format(prefix=ROLE_PREFIX), f"vk8s-{service}", "vk8s-system")
+        for service in PLATFORM_SERVICES
+    }
+
+
+def test_a_disabled_service_gets_no_platform_role() -> None:
+    rendered = render({"services": {"bootstrap": {"enabled": False}}})
+    roles = {r["metadata"]["name"] for r in of_kind(rendered, "ClusterRole") if r["metadata"]["name"].endswith("-platform")}
+    assert roles == platform_roles() - {f"{ROLE_PREFIX}bootstrap-platform"}
+    gateway = next(r for r in of_kind(rendered, "ClusterRole") if r["metadata"]["name"] == f"{ROLE_PREFIX}gateway-cluster")
+    (bind,) = [rule for rule in gateway["rules"] if "bind" in rule["verbs"]]
+    assert set(bind["resourceNames"]) == roles
 
 
 def test_one_service_account_per_service(manifests: list[Manifest]) -> None:
@@ -80,6 +124,7 @@ def test_one_service_account_per_service(manifests: list[Manifest]) -> None:
 def test_tenant_namespaces_scope_the_tenant_grants(tenant_manifests: list[Manifest]) -> None:
     cluster_wide = {b["roleRef"]["name"] for b in of_kind(tenant_manifests, "ClusterRoleBinding")}
     assert cluster_wide and all(name.endswith("-cluster") for name in cluster_wide)
+    # The platform roles are not the chart's to bind (the gateway binds them per platform namespace).
     tenant_bindings = of_kind(tenant_manifests, "RoleBinding")
     assert {b["metadata"]["namespace"] for b in tenant_bindings} == set(TENANTS)
     assert all(b["roleRef"]["name"].endswith("-tenant") for b in tenant_bindings)
@@ -89,15 +134,16 @@ def test_tenant_namespaces_scope_the_tenant_grants(tenant_manifests: list[Manife
         if r["metadata"]["name"].endswith("-tenant")
         and r["metadata"]["labels"]["app.kubernetes.io/component"] in SERVICES
     }
+    assert not any(b["roleRef"]["name"].endswith("-platform") for b in tenant_bindings)
     assert {b["roleRef"]["name"] for b in tenant_bindings} == tenant_roles
 
 
 def test_owner_reference_enforcement_adds_finalizer_updates_for_what_a_vk8s_owns() -> None:
     rendered = render({"rbac": {"ownerReferencesPermissionEnforcement": True}})
     for service in SERVICES:
-        extra = grants(rendered, service) - {(a.scope, a.group, a.resource, a.verb) for a in NEEDED[service]}
+        extra = grants(rendered, service) - {grant(access) for access in NEEDED[service]}
         expected = (
-            {("tenant", "vk8s.skt.co.kr", "vk8s/finalizers", "update")}
+            {("tenant", "vk8s.skt.co.kr", "vk8s/finalizers", "update", "")}
             if service in ("gateway", "bootstrap", "vnode")
             else set()
         )

@@ -11,6 +11,7 @@ import pytest
 from libs.events import Envelope
 from libs.events.catalog import ClusterRequested
 from libs.kube import FINALIZER
+from libs.kube.vnodes import CLUSTER_UID_LABEL, TENANT_NAMESPACE_LABEL, cluster_labels
 from services.gateway import logic
 from services.gateway.logic import (
     PAUSED_ANNOTATION,
@@ -471,3 +472,16 @@ def test_releasing_the_last_cluster_forgets_the_namespace() -> None:
     assert logic.release_quota(holdings(a=1, u=2), "u") == holdings(a=1)
     assert logic.release_quota(holdings(u=2), "u") is None
     assert logic.release_quota(None, "u") is None
+
+
+def test_only_the_namespace_labelled_as_this_clusters_is_its_platform_namespace() -> None:
+    own = cluster_labels("team-a", "demo", UID)
+    assert logic.foreign_platform_namespace(own, "team-a", "demo", UID) == ""
+    assert logic.foreign_platform_namespace({**own, "extra": "x"}, "team-a", "demo", UID) == ""
+    assert logic.foreign_platform_namespace(None, "team-a", "demo", UID) == (
+        f"app missing, clusterName missing, {CLUSTER_UID_LABEL} missing, {TENANT_NAMESPACE_LABEL} missing"
+    )
+    other_uid = {**own, CLUSTER_UID_LABEL: "another"}
+    assert logic.foreign_platform_namespace(other_uid, "team-a", "demo", UID) == f"{CLUSTER_UID_LABEL}=another"
+    # The same uid under another tenant's name is not it either.
+    assert logic.foreign_platform_namespace(own, "team-b", "demo", UID) == f"{TENANT_NAMESPACE_LABEL}=team-a"

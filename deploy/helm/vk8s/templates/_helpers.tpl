@@ -71,3 +71,18 @@ helm.sh/chart: {{ printf "%s-%s" .root.Chart.Name .root.Chart.Version | replace 
 {{- fail "metrics.serviceMonitor and metrics.podMonitor would scrape every pod twice: enable one of them" -}}
 {{- end -}}
 {{- end -}}
+
+{{/* The platform ClusterRoles (templates/rbac.yaml) and the ServiceAccount each is for: the gateway binds them in
+every platform namespace it creates. A JSON list of {role, service_account, namespace}. */}}
+{{- define "vk8s.platformBindings" -}}
+{{- $permissions := include "vk8s.rbacPermissions" . | fromYaml -}}
+{{- $bindings := list -}}
+{{- range $name := splitList "," (include "vk8s.enabledServices" $) -}}
+{{- if (index $permissions $name).platform -}}
+{{- $serviceName := include "vk8s.serviceName" (dict "root" $ "service" $name) -}}
+{{- $role := printf "%s-%s-platform" $.Release.Namespace $serviceName -}}
+{{- $bindings = append $bindings (dict "role" $role "service_account" $serviceName "namespace" $.Release.Namespace) -}}
+{{- end -}}
+{{- end -}}
+{{- toJson $bindings -}}
+{{- end -}}
