@@ -4,7 +4,9 @@ namespace, each with a NATS credentials Secret as an operator would create it. H
 from __future__ import annotations
 
 import base64
+import socket
 import subprocess
+import urllib.parse
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,13 +69,23 @@ def helm_path() -> Path:
     return helm_binary()
 
 
+def apiserver_address(kubeconfig: Path) -> str:
+    """The IP address of the kubeconfig's (current context's) apiserver."""
+    document = yaml.safe_load(kubeconfig.read_text())
+    context = next(c["context"] for c in document["contexts"] if c["name"] == document["current-context"])
+    server = next(c["cluster"]["server"] for c in document["clusters"] if c["name"] == context["cluster"])
+    return socket.gethostbyname(str(urllib.parse.urlsplit(server).hostname))
+
+
 async def _install(api: client.ApiClient, kubeconfig: Path, *, name: str, scoped: bool) -> AsyncIterator[Release]:
     namespaces = [await create_namespace(api, prefix=prefix) for prefix in ("vk8s-sys-", "vk8s-tenant-", "vk8s-other-")]
     release_ns, tenant, outsider = namespaces
     # The tenant ClusterRole is cluster-scoped: each release of the session names its own.
     tenant_role = {"create": True, "name": f"{release_ns}-tenant"}
     rbac = {"tenantNamespaces": [tenant] if scoped else [], "tenantRole": tenant_role}
-    values: dict[str, Any] = {"rbac": rbac}
+    # The testbed's apiserver publishes no `kubernetes` Endpoints (loopback only) for the chart to look up.
+    kube_api_peers = [{"ipBlock": {"cidr": f"{apiserver_address(kubeconfig)}/32"}}]
+    values: dict[str, Any] = {"rbac": rbac, "networkPolicy": {"egress": {"kubeApi": {"to": kube_api_peers}}}}
     release = Release(name, release_ns, (tenant,), outsider, values)
     try:
         await create_nats_secret(api, release_ns)

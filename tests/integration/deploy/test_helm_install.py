@@ -4,13 +4,16 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
+import yaml
 from kubernetes.aio import client
 
 from services.topology import NAMES as SERVICES
 from tests.integration.deploy.conftest import Release, run_helm
-from tests.unit.deploy.helm import CHART_DIR
+from tests.unit.deploy.helm import CHART_DIR, helm_binary
+from vk8s.testbed.fixtures import create_namespace, delete_namespace
 
 
 async def test_release_is_deployed_with_every_service_available(
@@ -86,3 +89,39 @@ async def test_upgrade_changes_replicas_in_place(
             "--timeout",
             "3m",
         )
+
+
+async def test_apiserver_egress_is_the_apiservers_addresses_looked_up_at_install(
+    kube_api: client.ApiClient, kube_config_path: Path
+) -> None:
+    """A server-side dry run of an install does the chart's lookups: with no `kubernetes` Endpoints (the
+    testbed's apiserver publishes none) it is refused, naming the value to set; with them, the services
+    may reach exactly their addresses. The Endpoints are this test's, made and removed by it."""
+    core = client.CoreV1Api(kube_api)
+    namespace = await create_namespace(kube_api, prefix="vk8s-lookup-")
+
+    def dry_run() -> subprocess.CompletedProcess[str]:
+        args = ["install", "lookup", str(CHART_DIR), "--namespace", namespace, "--dry-run=server", "-o", "json"]
+        return subprocess.run(
+            [str(helm_binary()), "--kubeconfig", str(kube_config_path), *args], capture_output=True, text=True, timeout=300
+        )
+
+    try:
+        refused = dry_run()
+        assert refused.returncode != 0
+        assert "networkPolicy.egress.kubeApi.to is empty and the apiserver's addresses could not be looked up" in refused.stderr
+        endpoints = {"metadata": {"name": "kubernetes"}, "subsets": [
+            {"addresses": [{"ip": "192.0.2.10"}, {"ip": "192.0.2.11"}], "ports": [{"name": "https", "port": 6443}]}
+        ]}  # fmt: skip
+        await core.create_namespaced_endpoints("default", endpoints)
+        try:
+            looked_up = dry_run()
+        finally:
+            await core.delete_namespaced_endpoints("kubernetes", "default")
+        assert looked_up.returncode == 0, looked_up.stderr
+        manifests = [m for m in yaml.safe_load_all(json.loads(looked_up.stdout)["manifest"]) if m]
+        [policy] = [m for m in manifests if m["kind"] == "NetworkPolicy" and m["metadata"]["name"] == "lookup-vk8s-services"]
+        [rule] = [r for r in policy["spec"]["egress"] if {"port": 6443, "protocol": "TCP"} in r["ports"]]
+        assert rule["to"] == [{"ipBlock": {"cidr": "192.0.2.10/32"}}, {"ipBlock": {"cidr": "192.0.2.11/32"}}]
+    finally:
+        await delete_namespace(kube_api, namespace)

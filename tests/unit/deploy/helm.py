@@ -15,6 +15,8 @@ from vk8s.testbed import lifecycle
 from vk8s.testbed.config import REPO_ROOT, pinned_versions
 
 CHART_DIR = REPO_ROOT / "deploy" / "helm" / "vk8s"
+# Values an install looks up in the cluster, for helm template (which has none); --set values go over them.
+NO_CLUSTER_VALUES = Path(__file__).with_name("no-cluster-values.yaml")
 # What the helm built here assumes without a cluster (its release's), set by deploy/testbed/build.sh.
 HELM_KUBE_VERSION = pinned_versions()["HELM_KUBE_VERSION"]
 
@@ -30,9 +32,16 @@ def helm(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return subprocess.run([str(helm_binary()), *args], capture_output=True, text=True, check=check, timeout=120)
 
 
-def set_args(values: Mapping[str, Any] | None) -> list[str]:
-    """--set-json for every top-level key, so nested values keep their JSON types."""
-    return [arg for key, value in (values or {}).items() for arg in ("--set-json", f"{key}={json.dumps(value)}")]
+def set_args(values: Mapping[str, Any] | None, path: str = "") -> list[str]:
+    """--set-json per leaf, so nested values keep their JSON types and merge into those of --values files
+    (a --set-json of a whole map would replace it); a map with a dotted key is set whole."""
+    args: list[str] = []
+    for key, value in (values or {}).items():
+        if isinstance(value, Mapping) and value and not any("." in k for k in value):
+            args += set_args(value, f"{path}{key}.")
+        else:
+            args += ["--set-json", f"{path}{key}={json.dumps(value)}"]
+    return args
 
 
 def template(
@@ -41,10 +50,13 @@ def template(
     namespace: str = "vk8s-system",
     release: str = "vk8s",
     extra: Iterable[str] = (),
+    cluster_values: bool = True,
 ) -> subprocess.CompletedProcess[str]:
+    """`cluster_values`: with NO_CLUSTER_VALUES, standing in for what an install looks up."""
+    base = ["--values", str(NO_CLUSTER_VALUES)] if cluster_values else []
     return helm(
-        "template", release, str(CHART_DIR), "--namespace", namespace, "--include-crds", *set_args(values), *extra,
-        check=False,
+        "template", release, str(CHART_DIR), "--namespace", namespace, "--include-crds", *base, *set_args(values),
+        *extra, check=False,
     )  # fmt: skip
 
 

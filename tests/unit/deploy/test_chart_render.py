@@ -23,6 +23,7 @@ from tests.unit.deploy.helm import (
     helm,
     of_kind,
     render,
+    template,
 )
 
 MESH_ON = {"mesh": {"enabled": True}}
@@ -383,6 +384,26 @@ def test_helm_assumes_the_kubernetes_of_its_release(tmp_path: Path) -> None:
     (chart / "templates" / "version.yaml").write_text("kubeVersion: {{ .Capabilities.KubeVersion.Version }}\n")
     rendered = helm("template", "probe", str(chart))
     assert yaml.safe_load(rendered.stdout.split("---", 1)[1]) == {"kubeVersion": f"v{HELM_KUBE_VERSION}.0"}
+
+
+def kube_api_egress(manifests: list[Manifest]) -> list[dict[str, object]]:
+    """The `to` of the services' egress rule to the apiserver (the one on 6443)."""
+    services = next(m for m in of_kind(manifests, "NetworkPolicy") if m["metadata"]["name"] == "vk8s-services")
+    [rule] = [r for r in services["spec"]["egress"] if {"port": 6443, "protocol": "TCP"} in r["ports"]]
+    return list(rule["to"])
+
+
+def test_apiserver_egress_goes_only_to_the_apiservers_addresses(default_manifests: list[Manifest]) -> None:
+    """Empty `to` by default: an install looks the addresses up; helm template (no cluster) must be told them."""
+    assert kube_api_egress(default_manifests) == [{"ipBlock": {"cidr": "10.0.0.1/32"}}]  # from NO_CLUSTER_VALUES
+    unknown = template(cluster_values=False)
+    assert unknown.returncode != 0
+    assert "networkPolicy.egress.kubeApi.to is empty and the apiserver's addresses could not be looked up" in unknown.stderr
+    told = [{"ipBlock": {"cidr": "192.0.2.10/32"}}, {"ipBlock": {"cidr": "192.0.2.11/32"}}]
+    rendered = render({"networkPolicy": {"egress": {"kubeApi": {"to": told}}}}, cluster_values=False)
+    assert kube_api_egress(rendered) == told
+    # Without policies nothing needs the address.
+    assert template({"networkPolicy": {"enabled": False}}, cluster_values=False).returncode == 0
 
 
 def test_the_vnode_service_puts_a_network_policy_around_every_cluster(default_manifests: list[Manifest]) -> None:

@@ -86,3 +86,21 @@ every platform namespace it creates. A JSON list of {role, service_account, name
 {{- end -}}
 {{- toJson $bindings -}}
 {{- end -}}
+
+{{/* The host apiserver as NetworkPolicyPeers: an ipBlock per address of the `kubernetes` Service's endpoints
+(default namespace), looked up at install and upgrade. helm template and a client-side dry run have no cluster
+to ask, so they need networkPolicy.egress.kubeApi.to set. */}}
+{{- define "vk8s.apiServerPeers" -}}
+{{- $peers := list -}}
+{{- $endpoints := lookup "v1" "Endpoints" "default" "kubernetes" -}}
+{{- range $subset := $endpoints.subsets | default list -}}
+{{- range $address := $subset.addresses | default list -}}
+{{- $cidr := printf "%s/%s" $address.ip (ternary "128" "32" (contains ":" $address.ip)) -}}
+{{- $peers = append $peers (dict "ipBlock" (dict "cidr" $cidr)) -}}
+{{- end -}}
+{{- end -}}
+{{- if not $peers -}}
+{{- fail "networkPolicy.egress.kubeApi.to is empty and the apiserver's addresses could not be looked up (Endpoints default/kubernetes; helm template and --dry-run have no cluster): set it to the apiserver's addresses, e.g. [{ipBlock: {cidr: 10.0.0.1/32}}]" -}}
+{{- end -}}
+{{- toYaml $peers -}}
+{{- end -}}
