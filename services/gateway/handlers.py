@@ -364,10 +364,16 @@ class GatewayHandlers:
                     self._metrics.objects_rejected.inc()
                 else:
                     await self._store_password(obj, plan.assessment)
+                if plan.action is Action.UPDATE:
+                    metadata = obj["metadata"]
+                    await self._objects.ensure_platform_bindings(metadata["namespace"], metadata["name"], uid)
                 accepted = plan.action is Action.UPDATE
                 await self._announce(plan.event, Observed.of(obj), accepted=accepted, resync=resync, change=plan.change)
             case Action.DELETE:
                 assert plan.event is not None
+                # The stages delete the cluster's objects with their rights in the platform namespace.
+                tenant_namespace, name = plan.event.cluster_id.split("/", 1)
+                await self._objects.ensure_platform_bindings(tenant_namespace, name, uid)
                 await self._publish(plan.event, resync)
                 now = self._clock()
                 await self._ledger.change(uid, lambda r: None if r is None else logic.record_delete_requested(r, now))

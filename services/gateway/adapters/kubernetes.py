@@ -123,6 +123,24 @@ class ClusterObjects:
             await self._ensure_role_binding(name, binding)
         return name
 
+    async def ensure_platform_bindings(self, namespace: str, name: str, uid: str) -> None:
+        """The services' RoleBindings in the cluster's platform namespace when it exists, is the cluster's
+        and is not being deleted: a namespace made before the gateway bound roles (an upgrade) gets them
+        when its cluster next changes or is deleted, as the stages then need them."""
+        platform_namespace: str = platform_namespace_body(namespace, name, uid)["metadata"]["name"]
+        try:
+            found = await self._core.read_namespace(platform_namespace)
+        except ApiException as error:
+            if not_found(error):
+                return
+            raise
+        if found.metadata.deletion_timestamp is not None or logic.foreign_platform_namespace(
+            found.metadata.labels, namespace, name, uid
+        ):
+            return
+        for binding in self._platform_bindings:
+            await self._ensure_role_binding(platform_namespace, binding)
+
     async def _ensure_role_binding(self, namespace: str, binding: PlatformBinding) -> None:
         """The service's ClusterRole bound in the namespace (named after the role; create-or-get)."""
         body = client.V1RoleBinding.model_validate(

@@ -37,7 +37,7 @@ from services.gateway.adapters.ledger import Ledger
 from services.gateway.adapters.metrics import GatewayMetrics
 from services.gateway.handlers import GatewayHandlers
 from services.gateway.logic import PAUSED_ANNOTATION, REQUEST_ID_ANNOTATION
-from services.gateway.settings import GatewaySettings
+from services.gateway.settings import GatewaySettings, PlatformBinding
 from tests.support.events import NOW, spec_document
 from tests.support.services import running
 from tests.support.wait import eventually
@@ -384,6 +384,32 @@ async def test_a_namespace_not_labelled_as_the_clusters_platform_namespace_is_no
         assert (await core.read_namespace(platform)).metadata.deletion_timestamp is not None
     finally:
         await delete_namespace(kube_api, platform)
+
+
+async def test_a_platform_namespace_without_the_services_bindings_gets_them_unless_it_is_not_the_clusters(
+    kube_api: client.ApiClient, namespace: str
+) -> None:
+    """As after an upgrade: a platform namespace made before the gateway bound roles gets the bindings
+    (idempotently); one labelled for another cluster gets none; a missing one is no error."""
+    binding = PlatformBinding(role="view", service_account="probe", namespace=namespace)
+    objects = ClusterObjects(kube_api, platform_bindings=(binding,))
+    core, rbac = client.CoreV1Api(kube_api), client.RbacAuthorizationV1Api(kube_api)
+    uid, name, foreign = str(uuid.uuid4()), f"c-{uuid.uuid4().hex[:8]}", f"c-{uuid.uuid4().hex[:8]}"
+    ours, theirs = platform_namespace(namespace, name), platform_namespace(namespace, foreign)
+    await core.create_namespace({"metadata": {"name": ours, "labels": cluster_labels(namespace, name, uid)}})
+    await core.create_namespace({"metadata": {"name": theirs, "labels": cluster_labels(namespace, foreign, "another-uid")}})
+    try:
+        for _ in range(2):
+            await objects.ensure_platform_bindings(namespace, name, uid)
+        made = await rbac.read_namespaced_role_binding("view", ours)
+        assert made.role_ref.kind == "ClusterRole" and made.role_ref.name == "view"
+        assert [(s.kind, s.name, s.namespace) for s in made.subjects or []] == [("ServiceAccount", "probe", namespace)]
+        await objects.ensure_platform_bindings(namespace, foreign, uid)
+        assert not (await rbac.list_namespaced_role_binding(theirs)).items
+        await objects.ensure_platform_bindings(namespace, f"c-{uuid.uuid4().hex[:8]}", uid)  # no namespace: nothing
+    finally:
+        await delete_namespace(kube_api, ours)
+        await delete_namespace(kube_api, theirs)
 
 
 async def test_a_deletion_a_stage_gave_up_on_is_requested_again_until_it_ends(
