@@ -7,9 +7,10 @@ A few real requests confirm that the reviews and the apiserver agree."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from kubernetes.aio import client, config
@@ -22,8 +23,9 @@ from services.gateway.settings import PlatformBinding
 from services.topology import NAMES as SERVICES
 from tests.integration.deploy.conftest import Release, service_account_kubeconfig
 from tests.support.events import spec_document
+from tests.support.wait import eventually
 from tests.unit.deploy.rbac_expectations import NEEDED, PLATFORM_SERVICES, REFUSED, Access, also_for_tenants
-from vk8s.testbed.fixtures import delete_namespace
+from vk8s.testbed.fixtures import create_namespace, delete_namespace
 
 
 @asynccontextmanager
@@ -147,29 +149,64 @@ async def test_platform_rights_hold_in_a_platform_namespace_the_gateway_made_and
                 assert not ok, f"{service} may {access} in {elsewhere}: {reason}"
 
 
+def probe_binding(role: str, subject_namespace: str) -> dict[str, Any]:
+    return {
+        "metadata": {"name": f"probe-{uuid.uuid4().hex[:8]}"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
+        "subjects": [{"kind": "ServiceAccount", "name": "default", "namespace": subject_namespace}],
+    }
+
+
 async def test_the_gateway_binds_only_the_platform_roles(
-    release: Release, kube_api: client.ApiClient, kube_config_path: Path, tmp_path: Path
+    release: Release, platform_namespace: str, kube_api: client.ApiClient, kube_config_path: Path, tmp_path: Path
 ) -> None:
-    """Real requests: a binding of a platform role is made; one of another role is refused (the RBAC
-    escalation check), even where the gateway may create RoleBindings; unless it holds every right of
-    that role itself (RBAC allows that; nothing beyond its own rights)."""
+    """Real requests (dry runs): a binding of a platform role in a platform namespace is made; one of
+    another role is refused (the RBAC escalation check) unless the gateway holds every right of that role
+    itself (RBAC allows that; nothing beyond its own rights)."""
     (tenant,) = release.tenants
     [binding, *_] = await platform_bindings(kube_api, release)
     async with as_service(kube_api, kube_config_path, release, "gateway", tmp_path) as api:
         rbac = client.RbacAuthorizationV1Api(api)
+        await rbac.create_namespaced_role_binding(platform_namespace, probe_binding(binding.role, tenant), dry_run="All")
         others = ("cluster-admin", "admin", f"{release.role_prefix}scheduler-cluster", f"{release.role_prefix}bootstrap-tenant")
-        for role, expected in ((binding.role, None), *((other, 403) for other in others)):
-            body = {
-                "metadata": {"name": f"probe-{uuid.uuid4().hex[:8]}"},
-                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
-                "subjects": [{"kind": "ServiceAccount", "name": "default", "namespace": tenant}],
-            }
-            if expected is None:
-                await rbac.create_namespaced_role_binding(tenant, body, dry_run="All")
-                continue
+        for role in others:
             with pytest.raises(ApiException) as refused:
-                await rbac.create_namespaced_role_binding(tenant, body, dry_run="All")
-            assert refused.value.status == expected, role
+                await rbac.create_namespaced_role_binding(platform_namespace, probe_binding(role, tenant), dry_run="All")
+            assert refused.value.status == 403, role
+
+
+async def test_the_admission_policy_holds_the_gateway_to_platform_namespaces(
+    release: Release, platform_namespace: str, kube_api: client.ApiClient, kube_config_path: Path, tmp_path: Path
+) -> None:
+    """What RBAC cannot: the gateway deleting a namespace, or binding a platform role, outside platform
+    namespaces is denied (the chart's ValidatingAdmissionPolicy); in a platform namespace both go through."""
+    (tenant,) = release.tenants
+    [binding, *_] = await platform_bindings(kube_api, release)
+    other = await create_namespace(kube_api, prefix="vk8s-not-platform-")
+    try:
+        async with as_service(kube_api, kube_config_path, release, "gateway", tmp_path) as api:
+            core, rbac = client.CoreV1Api(api), client.RbacAuthorizationV1Api(api)
+
+            async def denied(attempt: Callable[[], Awaitable[Any]]) -> ApiException | None:
+                try:
+                    await attempt()
+                except ApiException as error:
+                    return error
+                return None  # the policy is not in force yet (it is compiled after the install)
+
+            refusals = {
+                "delete another namespace": lambda: core.delete_namespace(other, dry_run="All"),
+                "bind a platform role in a tenant namespace": lambda: rbac.create_namespaced_role_binding(
+                    tenant, probe_binding(binding.role, tenant), dry_run="All"
+                ),
+            }
+            for what, attempt in refusals.items():
+                error = await eventually(lambda attempt=attempt: denied(attempt), f"the gateway refused to {what}")
+                assert error.status == 403, what
+                assert "platform namespaces only" in str(error.body), what
+            await core.delete_namespace(platform_namespace, dry_run="All")
+    finally:
+        await delete_namespace(kube_api, other)
 
 
 async def test_reviews_match_real_requests(

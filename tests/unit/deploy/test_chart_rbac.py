@@ -166,3 +166,19 @@ def test_the_tenant_role_manages_vk8s_and_reads_secrets_and_nothing_else(manifes
     assert not [b for b in of_kind(manifests, "ClusterRoleBinding") if b["roleRef"]["name"] == "vk8s-tenant"]
     without = render({"rbac": {"tenantRole": {"create": False, "name": "x"}}})
     assert not [r for r in of_kind(without, "ClusterRole") if r["metadata"]["name"] == "x"]
+
+
+def test_an_admission_policy_holds_the_gateway_to_platform_namespaces(manifests: list[Manifest]) -> None:
+    """Namespace deletions and RoleBindings by the gateway's ServiceAccount only (tests/integration/deploy/test_rbac.py
+    shows what it denies); not rendered where the apiserver has no ValidatingAdmissionPolicy."""
+    [policy] = of_kind(manifests, "ValidatingAdmissionPolicy")
+    [binding] = of_kind(manifests, "ValidatingAdmissionPolicyBinding")
+    assert binding["spec"] == {"policyName": policy["metadata"]["name"], "validationActions": ["Deny"]}
+    [condition] = policy["spec"]["matchConditions"]
+    assert condition["expression"] == 'request.userInfo.username == "system:serviceaccount:vk8s-system:vk8s-gateway"'
+    assert {(r["resources"][0], tuple(r["operations"])) for r in policy["spec"]["matchConstraints"]["resourceRules"]} == {
+        ("namespaces", ("DELETE",)),
+        ("rolebindings", ("CREATE", "UPDATE")),
+    }
+    older = render(extra=["--kube-version", "1.29.0"])
+    assert not of_kind(older, "ValidatingAdmissionPolicy") and not of_kind(older, "ValidatingAdmissionPolicyBinding")
