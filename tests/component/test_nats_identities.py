@@ -88,7 +88,7 @@ def ask(namespace: str, *, payload_namespace: str | None = None, event_id: str =
 
 
 async def requests_in_stream(client: NATS) -> list[str]:
-    found = []
+    found: list[str] = []
     sub = await client.jetstream().subscribe("cluster.requested", ordered_consumer=True)
     try:
         while True:

@@ -29,8 +29,8 @@ def write(tmp_path: Path, name: str, *documents: object) -> str:
 
 def invalid_document() -> dict[str, object]:
     document = valid_document()
-    document["spec"]["nodes"][1]["resources"]["requests"] = {"nvidia.com/gpu": 1}  # type: ignore[index]
-    document["spec"]["kubeflow"]["version"] = "v1.4.0"  # type: ignore[index]
+    document["spec"]["nodes"][1]["resources"]["requests"] = {"nvidia.com/gpu": 1}
+    document["spec"]["kubeflow"]["version"] = "v1.4.0"
     return document
 
 

@@ -165,7 +165,12 @@ def etcd_source(tmp_path: Path, says: str) -> Path:
 def test_etcd_3_4_is_the_single_module_kubernetes_pinned(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     asked: list[tuple[str, str]] = []
     source = etcd_source(tmp_path, "3.4.13")
-    monkeypatch.setattr(builders, "go_module_source", lambda module, version: asked.append((module, version)) or source)
+
+    def go_module_source(module: str, version: str) -> Path:
+        asked.append((module, version))
+        return source
+
+    monkeypatch.setattr(builders, "go_module_source", go_module_source)
 
     module_dir, module, version = builders._etcd_module("v3.4.13")
 

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import tarfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -76,7 +77,7 @@ def image_archive(tmp_path: Path, ref: str) -> Path:
     return out
 
 
-def read_layout(archive: Path) -> tuple[dict, dict, list[tarfile.TarFile]]:
+def read_layout(archive: Path) -> tuple[dict[str, Any], dict[str, Any], list[tarfile.TarFile]]:
     """(index, config, layers) of an OCI archive; the layers are opened from a copy in memory."""
     import io
 
