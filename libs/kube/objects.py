@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar, cast
+from typing import Any, Protocol, TypeVar, cast
 
-from kubernetes.aio.client import ApiClient, CustomObjectsApi
+from kubernetes.aio.client import ApiClient, CustomObjectsApi, V1ObjectMeta
 from kubernetes.aio.client.exceptions import ApiException
 
 GROUP = "vk8s.skt.co.kr"
@@ -16,6 +16,28 @@ API_VERSION = f"{GROUP}/{VERSION}"
 FINALIZER = f"{GROUP}/cleanup"
 
 T = TypeVar("T")
+
+
+class StoredObject(Protocol):
+    """A kubernetes client model of an object as the apiserver returns it."""
+
+    @property
+    def metadata(self) -> V1ObjectMeta | None: ...
+
+
+def name_of(stored: StoredObject) -> str:
+    """The name of an object the apiserver returned: always set there, though the client types it
+    Optional; one without is not what the caller asked for, and says so."""
+    if stored.metadata is None or stored.metadata.name is None:
+        raise ValueError(f"a {type(stored).__name__} from the apiserver without metadata.name")
+    return stored.metadata.name
+
+
+def namespace_of(stored: StoredObject) -> str:
+    """The namespace of a namespaced object the apiserver returned (see `name_of`)."""
+    if stored.metadata is None or stored.metadata.namespace is None:
+        raise ValueError(f"a {type(stored).__name__} from the apiserver without metadata.namespace")
+    return stored.metadata.namespace
 
 
 def not_found(error: BaseException) -> bool:

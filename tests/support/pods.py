@@ -22,6 +22,4 @@ async def running_pod(core: client.CoreV1Api, namespace: str, name: str, timeout
         leaving = pod.metadata is not None and pod.metadata.deletion_timestamp is not None
         return pod if running and not leaving else None
 
-    pod = await eventually(probe, f"pod {namespace}/{name} Running", timeout)
-    assert pod is not None  # eventually returns only what is truthy
-    return pod
+    return await eventually(probe, f"pod {namespace}/{name} Running", timeout)

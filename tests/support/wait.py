@@ -15,16 +15,26 @@ _SHOWN_CHARS = 500
 
 
 # Overloads so that an async probe's awaited result, not its coroutine, is what `done` sees and
-# what the wait returns (a single `Awaitable[T] | T` leaves mypy unable to tell the two apart).
+# what the wait returns; and, waiting for something truthy (no `done`), never None.
+@overload
+async def eventually(
+    probe: Callable[[], Awaitable[T | None]], what: str, timeout: float = 30.0, *, interval: float = 0.1
+) -> T: ...
+
+
 @overload
 async def eventually(
     probe: Callable[[], Awaitable[T]],
     what: str,
     timeout: float = 30.0,
     *,
-    done: Callable[[T], object] = bool,
+    done: Callable[[T], object],
     interval: float = 0.1,
 ) -> T: ...
+
+
+@overload
+async def eventually(probe: Callable[[], T | None], what: str, timeout: float = 30.0, *, interval: float = 0.1) -> T: ...
 
 
 @overload
@@ -33,7 +43,7 @@ async def eventually(
     what: str,
     timeout: float = 30.0,
     *,
-    done: Callable[[T], object] = bool,
+    done: Callable[[T], object],
     interval: float = 0.1,
 ) -> T: ...
 

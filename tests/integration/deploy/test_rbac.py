@@ -36,7 +36,7 @@ async def as_service(
 
 async def allowed(api: client.ApiClient, access: Access, namespace: str | None) -> tuple[bool, str]:
     resource, _, subresource = access.resource.partition("/")
-    attributes = {"verb": access.verb, "group": access.group, "resource": resource}
+    attributes: dict[str, str | None] = {"verb": access.verb, "group": access.group, "resource": resource}
     if subresource:
         attributes["subresource"] = subresource
     if access.scope == "tenant":
@@ -111,7 +111,7 @@ async def test_reviews_match_real_requests(
 async def test_only_the_charts_own_roles_are_bound(release: Release, kube_api: client.ApiClient) -> None:
     rbac = client.RbacAuthorizationV1Api(kube_api)
     accounts = {release.service_account(service) for service in SERVICES}
-    bindings = [
+    bindings: list[client.V1ClusterRoleBinding | client.V1RoleBinding] = [
         *(await rbac.list_cluster_role_binding()).items,
         *(await rbac.list_role_binding_for_all_namespaces()).items,
     ]

@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 from services.bootstrap import logic
+from tests.support.archives import file_in
 from vk8s.images import builders
 from vk8s.images.errors import ImageBuildError
 from vk8s.images.sources import go_env
@@ -115,11 +116,9 @@ def archive_parts(archive: Path) -> tuple[list[dict[str, tarfile.TarInfo]], dict
     with tarfile.open(archive) as layout:
 
         def blob(digest: str) -> bytes:
-            member = layout.extractfile(f"blobs/sha256/{digest.removeprefix('sha256:')}")
-            assert member is not None
-            return member.read()
+            return file_in(layout, f"blobs/sha256/{digest.removeprefix('sha256:')}")
 
-        index = json.loads(layout.extractfile("index.json").read())  # type: ignore[union-attr]
+        index = json.loads(file_in(layout, "index.json"))
         assert index["manifests"][0]["annotations"]["io.containerd.image.name"]
         manifest = json.loads(blob(index["manifests"][0]["digest"]))
         config = json.loads(blob(manifest["config"]["digest"]))

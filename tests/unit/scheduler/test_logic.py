@@ -32,9 +32,13 @@ from tests.unit.scheduler.support import GI, gang, host, inventory, node_spec, s
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 
 
-def hosts_of(decision: Placement | Unschedulable) -> dict[str, str]:
+def placed(decision: Placement | Unschedulable) -> Placement:
     assert isinstance(decision, Placement), decision
-    return {a.vnode.name: a.host for a in decision.assignments}
+    return decision
+
+
+def hosts_of(decision: Placement | Unschedulable) -> dict[str, str]:
+    return {a.vnode.name: a.host for a in placed(decision).assignments}
 
 
 def free(inv: Inventory, node: str) -> Resources:
@@ -482,7 +486,7 @@ def reservation(cluster: Reservation | None = None, **changes: object) -> Reserv
         1,
         spec(node_spec("master", role="master"), node_spec("w1", 2)),
         (),
-        place(gang(vnode("master", role="master"), vnode("w1", 2)), inventory(host("n1"))),  # type: ignore[arg-type]
+        placed(place(gang(vnode("master", role="master"), vnode("w1", 2)), inventory(host("n1")))),
         now=NOW,
         asked_at=NOW,
         hold=timedelta(minutes=15),
@@ -598,7 +602,8 @@ def pending(cluster_id: str, waited_s: float) -> PendingCluster:
 def test_the_head_of_the_queue_is_the_oldest_once_it_waited_past_the_bound() -> None:
     queue = [pending("team/b", 700), pending("team/a", 900), pending("team/c", 60)]
 
-    assert head_of_queue(queue, NOW, timedelta(minutes=10)).cluster_id == "team/a"  # type: ignore[union-attr]
+    head = head_of_queue(queue, NOW, timedelta(minutes=10))
+    assert head is not None and head.cluster_id == "team/a"
     assert head_of_queue(queue, NOW, timedelta(minutes=20)) is None
     assert head_of_queue([], NOW, timedelta(0)) is None
 
