@@ -35,7 +35,7 @@ async def bystander_pod(api: client.ApiClient, namespace: str, labels: dict[str,
         "metadata": {"name": "bystander", "labels": labels},
         "spec": {"nodeName": "no-such-node", "containers": [{"name": "vnode", "image": "registry.invalid/x:1"}]},
     }
-    await client.CoreV1Api(api).create_namespaced_pod(namespace, body)
+    await client.CoreV1Api(api).create_namespaced_pod(namespace, cast(client.V1Pod, body))  # a dict body is sent as it is
 
 
 async def events_of(js: JetStreamContext, cluster_id: str) -> list[Envelope[Any]]:

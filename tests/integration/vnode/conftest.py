@@ -38,7 +38,8 @@ async def gpu_hosts(kube_api: client.ApiClient) -> list[str]:
     hosts = sorted(
         name_of(node)
         for node in nodes
-        if (node.metadata.annotations or {}).get(key) == value and GPU_RESOURCE in (node.status.capacity or {})
+        if node.metadata and node.status
+        and (node.metadata.annotations or {}).get(key) == value and GPU_RESOURCE in (node.status.capacity or {})
     )
     if len(hosts) < 2:
         pytest.skip("needs two simulated GPU nodes (the local testbed)")
