@@ -25,19 +25,28 @@ class StoredObject(Protocol):
     def metadata(self) -> V1ObjectMeta | None: ...
 
 
+def metadata_of(stored: StoredObject) -> V1ObjectMeta:
+    """The metadata of an object the apiserver returned: always there, though the client types it
+    Optional; an object without is not what the caller asked for, and says so."""
+    if stored.metadata is None:
+        raise ValueError(f"a {type(stored).__name__} from the apiserver without metadata")
+    return stored.metadata
+
+
 def name_of(stored: StoredObject) -> str:
-    """The name of an object the apiserver returned: always set there, though the client types it
-    Optional; one without is not what the caller asked for, and says so."""
-    if stored.metadata is None or stored.metadata.name is None:
+    """The name of an object the apiserver returned (see `metadata_of`)."""
+    name = metadata_of(stored).name
+    if name is None:
         raise ValueError(f"a {type(stored).__name__} from the apiserver without metadata.name")
-    return stored.metadata.name
+    return name
 
 
 def namespace_of(stored: StoredObject) -> str:
-    """The namespace of a namespaced object the apiserver returned (see `name_of`)."""
-    if stored.metadata is None or stored.metadata.namespace is None:
+    """The namespace of a namespaced object the apiserver returned (see `metadata_of`)."""
+    namespace = metadata_of(stored).namespace
+    if namespace is None:
         raise ValueError(f"a {type(stored).__name__} from the apiserver without metadata.namespace")
-    return stored.metadata.namespace
+    return namespace
 
 
 def not_found(error: BaseException) -> bool:

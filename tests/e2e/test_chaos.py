@@ -21,8 +21,7 @@ from kubernetes.aio import client
 from nats.js.api import DeliverPolicy
 from nats.js.errors import KeyNotFoundError, NoKeysError
 
-from libs.kube import GROUP, PLURAL, VERSION
-from libs.kube.objects import name_of
+from libs.kube import GROUP, PLURAL, VERSION, name_of
 from libs.kube.vnodes import COMPONENT_LABEL, PLACEHOLDER_COMPONENT, TENANT_NAMESPACE_LABEL, platform_namespace
 from services.topology import NAMES, SERVICES
 from tests.e2e.conftest import eventually, phase_of, run, vk8s_object

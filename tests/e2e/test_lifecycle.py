@@ -14,8 +14,7 @@ import pytest
 import yaml
 from kubernetes.aio import client, config
 
-from libs.kube import GROUP, VERSION
-from libs.kube.objects import name_of
+from libs.kube import GROUP, VERSION, name_of
 from libs.kube.vnodes import platform_namespace
 from tests.e2e.conftest import ROOT, eventually, phase_of, run, vk8s_object
 from vk8s.local import stack

@@ -28,6 +28,7 @@ from libs.kube import (
     WatchEvent,
     conflict,
     create_or_get,
+    metadata_of,
     not_found,
     read_vk8s,
     watch_objects,
@@ -110,7 +111,7 @@ class ClusterObjects:
         )
         if created:
             log.info("Created platform namespace", platform_namespace=name)
-        return name if (found.metadata.labels or {}).get(CLUSTER_UID_LABEL) == metadata["uid"] else None
+        return name if (metadata_of(found).labels or {}).get(CLUSTER_UID_LABEL) == metadata["uid"] else None
 
     async def delete_platform_namespace(self, namespace: str, name: str, uid: str) -> str | None:
         """Deletes the cluster's platform namespace (only one labelled with this uid). Returns what
@@ -119,8 +120,7 @@ class ClusterObjects:
         body = platform_namespace_body(namespace, name, uid)
         platform_namespace: str = body["metadata"]["name"]
         try:
-            found = await self._core.read_namespace(platform_namespace)
-            metadata = found.metadata
+            metadata = metadata_of(await self._core.read_namespace(platform_namespace))
             if (metadata.labels or {}).get(CLUSTER_UID_LABEL) != uid:
                 return None  # another cluster's: not ours to delete
             if (metadata.annotations or {}).get(RETAINED_VOLUMES_ANNOTATION) == "true":
@@ -202,13 +202,13 @@ class ClusterObjects:
         if created:
             return True
         for _ in range(self._cas_attempts):
-            owned = any(ref.uid == reference["uid"] for ref in secret.metadata.owner_references or [])
+            owned = any(ref.uid == reference["uid"] for ref in metadata_of(secret).owner_references or [])
             if (secret.data or {}).get(KUBEFLOW_PASSWORD_KEY) == encoded and owned:
                 return False
             # A new password, or a Secret left by an earlier Vk8s of the same name (the garbage
             # collector would delete it with its old owner).
             patch = {
-                "metadata": {"resourceVersion": secret.metadata.resource_version, "ownerReferences": [reference]},
+                "metadata": {"resourceVersion": metadata_of(secret).resource_version, "ownerReferences": [reference]},
                 "data": {KUBEFLOW_PASSWORD_KEY: encoded},
             }
             try:

@@ -15,7 +15,7 @@ from kubernetes.aio import client, config
 from kubernetes.aio.client.exceptions import ApiException
 from kubernetes.aio.stream import WsApiClient
 
-from libs.kube.objects import name_of
+from libs.kube import name_of
 from tests.support.pods import running_pod
 from tests.support.wait import eventually
 from vk8s.testbed.config import FAKE_NODE_ANNOTATION, GPU_RESOURCE

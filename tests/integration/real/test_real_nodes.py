@@ -10,7 +10,7 @@ import aiohttp
 import pytest
 from kubernetes.aio import client
 
-from libs.kube.objects import name_of
+from libs.kube import name_of
 from tests.integration.conftest import REAL_FLEET
 from tests.integration.test_testbed import exec_in, pod_manifest
 from tests.support.pods import running_pod

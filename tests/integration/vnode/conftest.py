@@ -19,8 +19,7 @@ from nats.js import JetStreamContext
 
 from libs.api.models import Vk8sSpec
 from libs.events import REGISTRY, Envelope, Payload, Publisher, utc_now
-from libs.kube import GROUP, KIND, PLURAL, VERSION
-from libs.kube.objects import name_of
+from libs.kube import GROUP, KIND, PLURAL, VERSION, name_of
 from libs.kube.vnodes import platform_namespace
 from libs.runtime import Service
 from services.vnode.__main__ import wired

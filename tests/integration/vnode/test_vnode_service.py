@@ -24,8 +24,7 @@ from libs.events.catalog import (
     ClusterVNodesReady,
     VNodePlacement,
 )
-from libs.kube import GROUP, PLURAL, VERSION
-from libs.kube.objects import name_of
+from libs.kube import GROUP, PLURAL, VERSION, name_of
 from libs.kube.vnodes import RETAINED_VOLUMES_ANNOTATION, cluster_labels, platform_namespace
 from libs.runtime import Service
 from services.vnode.logic import RETAIN_VOLUMES_ANNOTATION
