@@ -155,7 +155,7 @@ async def test_a_service_keeps_its_consumer_and_bucket_and_touches_no_others(con
     await ensure_consumer(owner.jetstream(), STREAM_NAME, ConsumerSettings(durable=other.service, filter_subjects=other.consumes))
     await (await ensure_kv(owner.jetstream(), bucket)).put("key", b"value")
 
-    attempts = [
+    attempts: list[Callable[[], Awaitable[object]]] = [
         lambda: js.get_last_msg(f"KV_{bucket}", f"$KV.{bucket}.key", direct=True),
         lambda: js.key_value(bucket),
         lambda: js.publish(f"$KV.{bucket}.key", b"forged"),
