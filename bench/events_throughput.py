@@ -49,7 +49,8 @@ def events(n: int) -> list[Envelope[Any]]:
 
 async def fresh_stream(js: JetStreamContext) -> None:
     for info in await js.streams_info():
-        await js.delete_stream(info.config.name)
+        if info.config.name is not None:  # the server names every stream it lists
+            await js.delete_stream(info.config.name)
     await ensure_stream(js, StreamSettings())
 
 
@@ -125,7 +126,7 @@ async def main() -> None:
         logger_factory=structlog.PrintLoggerFactory(file=open(os.devnull, "w")),  # noqa: SIM115
     )
     server = None if args.nats_url else LocalNatsServer().start()
-    url = args.nats_url or server.url
+    url = args.nats_url if server is None else server.url
     try:
         nc = await nats.connect(url)
         js = nc.jetstream()

@@ -99,7 +99,7 @@ def main() -> None:
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     server = None if args.nats_url else LocalNatsServer().start()
     try:
-        asyncio.run(run(args.nats_url or server.url, args))
+        asyncio.run(run(args.nats_url if server is None else server.url, args))
     finally:
         if server:
             server.stop()

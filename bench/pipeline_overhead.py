@@ -31,9 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from nats.aio.client import Client as NATS
 from nats.js import api as js_api
 
-from bench.time_to_running import arguments, local_stack, run_until, small_cluster
-from libs.api import validate_document
-from libs.api.documents import load_documents
+from bench.time_to_running import arguments, local_stack, run_until, small_cluster, vk8s_of
 from libs.events import REGISTRY, STREAM_NAME, Envelope
 from vk8s import client as vk8s_client
 
@@ -44,7 +42,7 @@ async def stream_events(nc: NATS, cluster_ids: set[str], since: datetime) -> lis
     """The clusters' events in the stream from `since` on, in stream order."""
     js = nc.jetstream()
     last = (await js.stream_info(STREAM_NAME)).state.last_seq
-    config = js_api.ConsumerConfig(deliver_policy=js_api.DeliverPolicy.BY_START_TIME, opt_start_time=since.isoformat())
+    config = js_api.ConsumerConfig(deliver_policy=js_api.DeliverPolicy.BY_START_TIME, opt_start_time=since)
     sub = await js.subscribe("cluster.>", ordered_consumer=True, config=config)
     found: list[Envelope[Any]] = []
     try:
@@ -117,7 +115,7 @@ def report(latencies: Mapping[str, list[float]]) -> None:
 
 
 async def measure(endpoints: vk8s_client.Endpoints, logs: Path, clusters: int, timeout_s: float) -> None:
-    batch = [validate_document(load_documents(small_cluster(f"hop-{i:02d}"))[0].content).vk8s for i in range(clusters)]
+    batch = [vk8s_of(small_cluster(f"hop-{i:02d}")) for i in range(clusters)]
     async with vk8s_client.connected(endpoints) as (nc, api):
         since = datetime.now().astimezone() - timedelta(seconds=1)
         started = time.monotonic()

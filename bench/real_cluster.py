@@ -19,8 +19,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from libs.api import validate_document
-from libs.api.documents import load_documents
+from nats.aio.client import Client as NATS
+
+from bench.time_to_running import vk8s_of
+from libs.api import Vk8s
 from libs.events.catalog import VNodeSetupProgressed
 from vk8s import client as vk8s_client
 from vk8s.images.cache import images_dir
@@ -54,7 +56,7 @@ spec:
 """
 
 
-async def run_one(nc: object, vk8s: object, timeout_s: float) -> tuple[str, float, dict[str, float], dict[str, float]]:
+async def run_one(nc: NATS, vk8s: Vk8s, timeout_s: float) -> tuple[str, float, dict[str, float], dict[str, float]]:
     """(outcome, seconds from request to it, seconds per stage, seconds per bootstrap step)."""
     seen: dict[str, float] = {}
     step_started: dict[str, float] = {}
@@ -62,7 +64,7 @@ async def run_one(nc: object, vk8s: object, timeout_s: float) -> tuple[str, floa
     result, started = "TimedOut", time.monotonic()
     try:
         async with asyncio.timeout(timeout_s):
-            follower = vk8s_client.follow(nc, vk8s.cluster_id)  # type: ignore[attr-defined]
+            follower = vk8s_client.follow(nc, vk8s.cluster_id)
             publish = asyncio.create_task(_publish_soon(nc, vk8s))
             async for event in follower:
                 seen.setdefault(event.type, event.time.timestamp())
@@ -86,9 +88,9 @@ async def run_one(nc: object, vk8s: object, timeout_s: float) -> tuple[str, floa
     return result, time.monotonic() - started, stages, steps
 
 
-async def _publish_soon(nc: object, vk8s: object) -> None:
+async def _publish_soon(nc: NATS, vk8s: Vk8s) -> None:
     await asyncio.sleep(0.2)
-    await vk8s_client.publish_request(nc, vk8s)  # type: ignore[arg-type]
+    await vk8s_client.publish_request(nc, vk8s)
 
 
 def vnode_memory(layout: StateLayout) -> list[tuple[str, float, float]]:
@@ -113,7 +115,10 @@ def slowest_steps(steps: dict[str, float], shown: int = 6) -> str:
 
 async def measure(endpoints: vk8s_client.Endpoints, layout: StateLayout, clusters: int, timeout_s: float) -> None:
     minor = ".".join(pinned_versions()["KUBERNETES_VERSION"].split(".")[:2])
-    make = lambda name: validate_document(load_documents(cluster(name, minor))[0].content).vk8s  # noqa: E731
+
+    def make(name: str) -> Vk8s:
+        return vk8s_of(cluster(name, minor))
+
     async with vk8s_client.connected(endpoints) as (nc, api):
         alone = make("bench-alone")
         result, seconds, stages, steps = await run_one(nc, alone, timeout_s)

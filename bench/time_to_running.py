@@ -19,7 +19,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from libs.api import validate_document
+from nats.aio.client import Client as NATS
+
+from libs.api import Vk8s, validate_document
 from libs.api.documents import load_documents
 from vk8s import client as vk8s_client
 from vk8s.local import stack
@@ -27,6 +29,15 @@ from vk8s.progress import outcome
 from vk8s.testbed.config import FleetSpec
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def vk8s_of(text: str) -> Vk8s:
+    """The one Vk8s in `text`, valid (a bench of an invalid cluster measures nothing)."""
+    [document] = load_documents(text)
+    validation = validate_document(document.content)
+    if validation.vk8s is None:
+        raise ValueError(f"not a valid Vk8s: {validation.errors}")
+    return validation.vk8s
 
 
 def small_cluster(name: str) -> str:
@@ -45,12 +56,12 @@ spec:
 """
 
 
-async def run_until(nc: object, vk8s: object, timeout_s: float) -> tuple[str, float]:
+async def run_until(nc: NATS, vk8s: Vk8s, timeout_s: float) -> tuple[str, float]:
     started = time.monotonic()
     result = "TimedOut"
     try:
         async with asyncio.timeout(timeout_s):
-            follower = vk8s_client.follow(nc, vk8s.cluster_id)  # type: ignore[attr-defined]
+            follower = vk8s_client.follow(nc, vk8s.cluster_id)
             publish = asyncio.create_task(_publish_soon(nc, vk8s))
             async for event in follower:
                 if (ended := outcome(event)) in ("Running", "Failed"):
@@ -62,15 +73,14 @@ async def run_until(nc: object, vk8s: object, timeout_s: float) -> tuple[str, fl
     return result, time.monotonic() - started
 
 
-async def _publish_soon(nc: object, vk8s: object) -> None:
+async def _publish_soon(nc: NATS, vk8s: Vk8s) -> None:
     await asyncio.sleep(0.2)
-    await vk8s_client.publish_request(nc, vk8s)  # type: ignore[arg-type]
+    await vk8s_client.publish_request(nc, vk8s)
 
 
 async def measure(endpoints: vk8s_client.Endpoints, clusters: int, timeout_s: float) -> None:
-    [demo_doc] = load_documents((ROOT / "examples/demo.yaml").read_text())
-    demo = validate_document(demo_doc.content).vk8s
-    batch = [validate_document(load_documents(small_cluster(f"bench-{i:02d}"))[0].content).vk8s for i in range(clusters)]
+    demo = vk8s_of((ROOT / "examples/demo.yaml").read_text())
+    batch = [vk8s_of(small_cluster(f"bench-{i:02d}")) for i in range(clusters)]
     async with vk8s_client.connected(endpoints) as (nc, api):
         await vk8s_client.ensure_password_secret(api, demo)
         result, seconds = await run_until(nc, demo, timeout_s)

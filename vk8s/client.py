@@ -9,7 +9,7 @@ import json
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -137,7 +137,7 @@ async def publish_request(nc: NATS, vk8s: Vk8s) -> Envelope[ClusterRequested]:
 
 async def follow(
     nc: NATS, cluster_id: str, *, since_s: float = 0, live: asyncio.Event | None = None
-) -> AsyncIterator[Envelope[Any]]:
+) -> AsyncGenerator[Envelope[Any]]:
     """The cluster's events as they arrive (and those of the last `since_s` seconds). `live` is set
     once the subscription is in place: every event stored after that is delivered."""
     js = nc.jetstream()

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar, cast
+from typing import Any, Protocol, TypeVar, cast
 
-from kubernetes.aio.client import ApiClient, CustomObjectsApi
+from kubernetes.aio.client import ApiClient, CustomObjectsApi, V1ObjectMeta
 from kubernetes.aio.client.exceptions import ApiException
 
 GROUP = "vk8s.skt.co.kr"
@@ -16,6 +16,37 @@ API_VERSION = f"{GROUP}/{VERSION}"
 FINALIZER = f"{GROUP}/cleanup"
 
 T = TypeVar("T")
+
+
+class StoredObject(Protocol):
+    """A kubernetes client model of an object as the apiserver returns it."""
+
+    @property
+    def metadata(self) -> V1ObjectMeta | None: ...
+
+
+def metadata_of(stored: StoredObject) -> V1ObjectMeta:
+    """The metadata of an object the apiserver returned: always there, though the client types it
+    Optional; an object without is not what the caller asked for, and says so."""
+    if stored.metadata is None:
+        raise ValueError(f"a {type(stored).__name__} from the apiserver without metadata")
+    return stored.metadata
+
+
+def name_of(stored: StoredObject) -> str:
+    """The name of an object the apiserver returned (see `metadata_of`)."""
+    name = metadata_of(stored).name
+    if name is None:
+        raise ValueError(f"a {type(stored).__name__} from the apiserver without metadata.name")
+    return name
+
+
+def namespace_of(stored: StoredObject) -> str:
+    """The namespace of a namespaced object the apiserver returned (see `metadata_of`)."""
+    namespace = metadata_of(stored).namespace
+    if namespace is None:
+        raise ValueError(f"a {type(stored).__name__} from the apiserver without metadata.namespace")
+    return namespace
 
 
 def not_found(error: BaseException) -> bool:

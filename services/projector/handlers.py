@@ -12,7 +12,7 @@ import structlog
 from libs.events import EVENTS, UNKNOWN_CLUSTER_ID, Envelope, TransientError, declare, subscriber, utc_now
 from services.projector.adapters.metrics import REPATCHED, ProjectorMetrics
 from services.projector.adapters.read_model import ClusterRecord, ClusterStore
-from services.projector.adapters.status import StatusWriter, Written
+from services.projector.adapters.status import StatusWrites, Written
 from services.projector.settings import ProjectorSettings
 
 log = structlog.get_logger(__name__)
@@ -23,7 +23,7 @@ class ProjectorHandlers:
         self,
         *,
         store: ClusterStore,
-        writer: StatusWriter,
+        writer: StatusWrites,
         metrics: ProjectorMetrics,
         confirm_attempts: int = 5,
         clock: Callable[[], datetime] = utc_now,

@@ -32,6 +32,7 @@ from libs.events import (
     ensure_stream,
 )
 from libs.events.catalog import ClusterAccepted, ClusterFailed, ClusterRejected, ClusterRequested
+from libs.events.reasons import Reason
 from tests.support.consumers import start_consumer
 from tests.support.events import NOW, cluster_requested
 from tests.support.streams import answering, caused_by, next_event
@@ -178,14 +179,14 @@ async def test_permanent_error_terms_and_publishes_failure(js: JetStreamContext,
     async def broken(event: Envelope[ClusterRequested]) -> list[Envelope[Any]]:
         nonlocal calls
         calls += 1
-        raise PermanentError("node image has no kubeadm", reason="ImageUnsupported")
+        raise PermanentError("node image has no kubeadm", reason=Reason.NODE_IMAGE_UNSUPPORTED)
 
     await run_consumer(broken, ack_wait_s=1.0)
     request = request_envelope()
     await Publisher(js).publish(request)
     failed = await next_event(js, "cluster.failed", caused_by(request))
     assert isinstance(failed.data, ClusterFailed)
-    assert failed.data.reason == "ImageUnsupported"
+    assert failed.data.reason == Reason.NODE_IMAGE_UNSUPPORTED
     assert failed.data.stage == "test"
     assert failed.data.failed_event == "cluster.requested"
     assert failed.causation_id == request.id
@@ -444,6 +445,7 @@ async def test_consumer_lag_is_observed(js: JetStreamContext, stream: str, run_c
     await consumer.observe_lag()
     pending = registry.get_sample_value("vk8s_test_consumer_pending_messages", {"consumer": "test"})
     in_hand = registry.get_sample_value("vk8s_test_consumer_ack_pending_messages", {"consumer": "test"})
+    assert pending is not None and in_hand is not None  # both gauges observed
     assert pending + in_hand == 3 and in_hand >= 1
     gate.set()
     await wait_settled(js, stream)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import nats
@@ -37,8 +37,12 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalNatsServer
         yield running
 
 
+# Connects as a user: the client and the errors the server sent it (its permission violations).
+Connect = Callable[[str], Awaitable[tuple[NATS, list[Exception]]]]
+
+
 @pytest.fixture
-async def connect(server: LocalNatsServer) -> AsyncIterator[object]:
+async def connect(server: LocalNatsServer) -> AsyncIterator[Connect]:
     clients: list[NATS] = []
 
     async def as_user(user: str) -> tuple[NATS, list[Exception]]:
@@ -69,8 +73,8 @@ async def stored(client: NATS, subject: str) -> bool:
 
 
 @pytest.mark.parametrize("service", sorted(BY_NAME))
-async def test_a_service_publishes_what_it_emits_and_nothing_else(connect: object, service: str) -> None:
-    client, errors = await connect(service)  # type: ignore[operator]
+async def test_a_service_publishes_what_it_emits_and_nothing_else(connect: Connect, service: str) -> None:
+    client, errors = await connect(service)
     emits = set(BY_NAME[service].emits)
     for subject in sorted(emits):
         assert await stored(client, subject), subject
@@ -88,7 +92,7 @@ def ask(namespace: str, *, payload_namespace: str | None = None, event_id: str =
 
 
 async def requests_in_stream(client: NATS) -> list[str]:
-    found = []
+    found: list[str] = []
     sub = await client.jetstream().subscribe("cluster.requested", ordered_consumer=True)
     try:
         while True:
@@ -101,12 +105,12 @@ async def requests_in_stream(client: NATS) -> list[str]:
         await sub.unsubscribe()
 
 
-async def test_a_scoped_requester_asks_in_its_namespaces_only_and_publishes_no_event(connect: object) -> None:
-    gateway, _ = await connect("gateway")  # type: ignore[operator]
+async def test_a_scoped_requester_asks_in_its_namespaces_only_and_publishes_no_event(connect: Connect) -> None:
+    gateway, _ = await connect("gateway")
     intake = asyncio.create_task(RequestIntake(gateway).run())
     try:
         await asyncio.sleep(0.2)
-        requester, errors = await connect(REQUESTER)  # type: ignore[operator]
+        requester, errors = await connect(REQUESTER)
 
         reply = await requester.request("vk8s.requests.team-a", ask("team-a", event_id="ask-1"), timeout=5)
         assert json.loads(reply.data) == {"stored": True, "duplicate": False, "id": "ask-1"}
@@ -136,10 +140,10 @@ async def test_a_scoped_requester_asks_in_its_namespaces_only_and_publishes_no_e
 
 
 @pytest.mark.parametrize("service", sorted(t.service for t in SERVICES if t.kv_bucket))
-async def test_a_service_keeps_its_consumer_and_bucket_and_touches_no_others(connect: object, service: str) -> None:
+async def test_a_service_keeps_its_consumer_and_bucket_and_touches_no_others(connect: Connect, service: str) -> None:
     """Its own durable and bucket work; another service's durable it may not pull from, change or
     delete, and another's bucket it may neither read, write, watch nor change."""
-    client, errors = await connect(service)  # type: ignore[operator]
+    client, errors = await connect(service)
     js = client.jetstream(timeout=1)
     await ensure_consumer(js, STREAM_NAME, ConsumerSettings(durable=service, filter_subjects=BY_NAME[service].consumes))
     own = await ensure_kv(js, BY_NAME[service].kv_bucket or "")
@@ -147,11 +151,11 @@ async def test_a_service_keeps_its_consumer_and_bucket_and_touches_no_others(con
     assert (await own.get("key")).value == b"value"
     other = next(t for t in SERVICES if t.service != service and t.kv_bucket)
     bucket = other.kv_bucket or ""
-    owner, _ = await connect(other.service)  # type: ignore[operator]
+    owner, _ = await connect(other.service)
     await ensure_consumer(owner.jetstream(), STREAM_NAME, ConsumerSettings(durable=other.service, filter_subjects=other.consumes))
     await (await ensure_kv(owner.jetstream(), bucket)).put("key", b"value")
 
-    attempts = [
+    attempts: list[Callable[[], Awaitable[object]]] = [
         lambda: js.get_last_msg(f"KV_{bucket}", f"$KV.{bucket}.key", direct=True),
         lambda: js.key_value(bucket),
         lambda: js.publish(f"$KV.{bucket}.key", b"forged"),
@@ -180,8 +184,8 @@ async def test_a_service_keeps_its_consumer_and_bucket_and_touches_no_others(con
 
 
 @pytest.mark.parametrize("user", [*sorted(t.service for t in SERVICES), REQUESTER])
-async def test_nobody_deletes_or_purges_the_stream(connect: object, user: str) -> None:
-    client, errors = await connect(user)  # type: ignore[operator]
+async def test_nobody_deletes_or_purges_the_stream(connect: Connect, user: str) -> None:
+    client, errors = await connect(user)
     js = client.jetstream(timeout=1)
     before = (await js.stream_info(STREAM_NAME)).state.messages
 
@@ -197,14 +201,14 @@ async def test_nobody_deletes_or_purges_the_stream(connect: object, user: str) -
     ]
 
 
-async def test_a_requester_takes_no_service_consumer_and_reads_no_bucket(connect: object) -> None:
-    gateway, _ = await connect("gateway")  # type: ignore[operator]
+async def test_a_requester_takes_no_service_consumer_and_reads_no_bucket(connect: Connect) -> None:
+    gateway, _ = await connect("gateway")
     durable = ConsumerSettings(durable="gateway", filter_subjects=BY_NAME["gateway"].consumes)
     await ensure_consumer(gateway.jetstream(), STREAM_NAME, durable)
     bucket_name = BY_NAME["gateway"].kv_bucket or ""
     bucket = await ensure_kv(gateway.jetstream(), bucket_name)
     await bucket.put("key", b"value")
-    client, errors = await connect(REQUESTER)  # type: ignore[operator]
+    client, errors = await connect(REQUESTER)
     js = client.jetstream(timeout=1)
 
     with pytest.raises(NatsTimeoutError):

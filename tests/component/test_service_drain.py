@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from nats.js import JetStreamContext
+from nats.js.api import ConsumerInfo
 
 from libs.events import STREAM_NAME, Envelope, Publisher, StreamSettings, ensure_stream
 from libs.events.catalog import ClusterRequested
@@ -65,7 +66,7 @@ def start_service(nats_url: str, grace_s: float, work_s: float, marks: Path) -> 
 
 
 async def settled(js: JetStreamContext) -> bool:
-    info = await js.consumer_info(STREAM_NAME, DURABLE)
+    info: ConsumerInfo = await js.consumer_info(STREAM_NAME, DURABLE)
     return info.num_ack_pending == 0 and info.num_pending == 0
 
 

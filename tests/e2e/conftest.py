@@ -8,7 +8,7 @@ import os
 import subprocess
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from kubernetes.aio import client
@@ -115,7 +115,7 @@ def run(argv: list[str], env: dict[str, str], *, stdin: str | None = None, timeo
 
 async def vk8s_object(api: client.ApiClient, namespace: str, name: str) -> dict[str, Any] | None:
     try:
-        return await client.CustomObjectsApi(api).get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+        return cast(dict[str, Any], await client.CustomObjectsApi(api).get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name))
     except client.ApiException as error:
         if error.status == 404:
             return None

@@ -21,9 +21,9 @@ from kubernetes.aio import client
 from nats.js.api import DeliverPolicy
 from nats.js.errors import KeyNotFoundError, NoKeysError
 
-from libs.kube import GROUP, PLURAL, VERSION
+from libs.kube import GROUP, PLURAL, VERSION, name_of
 from libs.kube.vnodes import COMPONENT_LABEL, PLACEHOLDER_COMPONENT, TENANT_NAMESPACE_LABEL, platform_namespace
-from services.topology import SERVICES
+from services.topology import NAMES, SERVICES
 from tests.e2e.conftest import eventually, phase_of, run, vk8s_object
 from tests.e2e.test_lifecycle import all_gone, assert_no_allocation, http_json, manifest, statefulsets
 from tests.support.apiserver_faults import FAULTS, ApiserverFaultProxy
@@ -100,11 +100,14 @@ async def deliver_again(info: stack.StackInfo, cluster_ids: set[str]) -> Counter
 async def gpus_by_host(api: client.ApiClient) -> tuple[dict[str, int], dict[str, int]]:
     """GPUs requested by the pods bound to each node, and each node's capacity."""
     core = client.CoreV1Api(api)
-    capacity = {n.metadata.name: int((n.status.capacity or {}).get(GPU, 0)) for n in (await core.list_node()).items}
+    capacity = {name_of(n): int((n.status.capacity or {}).get(GPU, 0)) for n in (await core.list_node()).items}
     used: Counter[str] = Counter()
     for pod in (await core.list_pod_for_all_namespaces()).items:
-        if pod.spec.node_name and pod.status.phase not in ("Succeeded", "Failed"):
-            used[pod.spec.node_name] += sum(int((c.resources.requests or {}).get(GPU, 0)) for c in pod.spec.containers)
+        spec, status = pod.spec, pod.status
+        if spec is None or status is None or not spec.node_name or status.phase in ("Succeeded", "Failed"):
+            continue
+        gpus = [int((c.resources.requests or {}).get(GPU, 0)) for c in spec.containers]
+        used[spec.node_name] += sum(gpus)
     return dict(used), capacity
 
 
@@ -216,7 +219,7 @@ async def test_chaos_every_cluster_ends_as_asked_and_nothing_is_given_twice(
 
     await eventually(settled, "the kept clusters Running (c-toggle resumed) and the deleted ones gone", timeout=300, interval=3)
 
-    assert sorted(killed) == sorted(stack.NAMES)
+    assert sorted(killed) == sorted(NAMES)
     assert {"cluster.accepted", "cluster.scheduled", "cluster.ips.allocated", "cluster.vnodes.ready"} <= set(delivered)
     await assert_ended_as_asked(api, info, namespace, KEPT, deleted)
 
@@ -276,7 +279,7 @@ async def test_apiserver_faults_every_cluster_ends_as_asked(
 
 def service_restarts(layout: stack.StackLayout) -> Counter[str]:
     """How many times each service's keeper started it again, from the services' logs."""
-    return Counter({name: (layout.logs / f"{name}.log").read_text(errors="replace").count(RESTART_EVENT) for name in stack.NAMES})
+    return Counter({name: (layout.logs / f"{name}.log").read_text(errors="replace").count(RESTART_EVENT) for name in NAMES})
 
 
 # Each cluster is deleted as soon as this event of it is in the stream: once per stage.
@@ -370,7 +373,7 @@ async def test_random_kills_while_twenty_clusters_provision_and_five_are_deleted
     deleting = asyncio.create_task(delete_one_by_one())
     killed: list[str] = []
     for _ in range(15):
-        name = rng.choice(stack.NAMES)
+        name = rng.choice(NAMES)
         # None while its keeper waits to start it again.
         for pid in service_processes(info.service_pids[name]):
             os.kill(pid, signal.SIGKILL)

@@ -22,7 +22,7 @@ import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import nats
 import pytest
@@ -290,7 +290,7 @@ async def test_one_cluster_moves_every_panel_about_clusters(
             await custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
 
             async def phase() -> str | None:
-                obj = await custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "moved")
+                obj = cast(dict[str, Any], await custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "moved"))
                 return (obj.get("status") or {}).get("phase")
 
             for _ in range(300):

@@ -14,7 +14,7 @@ import pytest
 import yaml
 from kubernetes.aio import client, config
 
-from libs.kube import GROUP, VERSION
+from libs.kube import GROUP, VERSION, name_of
 from libs.kube.vnodes import platform_namespace
 from tests.e2e.conftest import ROOT, eventually, phase_of, run, vk8s_object
 from vk8s.local import stack
@@ -62,7 +62,7 @@ async def all_gone(api: client.ApiClient, namespace: str, cluster: str) -> None:
         await client.CoreV1Api(api).read_namespace(platform_namespace(namespace, cluster))
     assert gone.value.status == 404
     claims = await client.CoreV1Api(api).list_namespaced_persistent_volume_claim(namespace)
-    assert [c.metadata.name for c in claims.items if cluster in c.metadata.name] == []
+    assert [name_of(c) for c in claims.items if cluster in name_of(c)] == []
 
 
 def http_json(info: stack.StackInfo, service: str, path: str) -> Any:

@@ -39,7 +39,7 @@ def test_two_stacks_run_side_by_side_and_stop_one_by_one(tmp_path: Path) -> None
         assert f"vk8s down --state-dir {first}" in up.stdout
         vk8s(*UP, env={**env, "VK8S_STATE_DIR": str(second)})
         infos = [stack.read_info(stack.StackLayout(root)) for root in (first, second)]
-        assert all(infos), infos
+        assert infos[0] is not None and infos[1] is not None, infos
         assert infos[0].nats_url != infos[1].nats_url and infos[0].kubeconfig != infos[1].kubeconfig
         assert services_ready(first) and services_ready(second)
 

@@ -7,7 +7,7 @@ import asyncio
 import copy
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import yaml
@@ -15,6 +15,7 @@ from kubernetes.aio import client
 from kubernetes.aio.client.exceptions import ApiException
 from kubernetes.aio.stream import WsApiClient
 
+from libs.kube import name_of
 from tests.support.pods import running_pod
 from tests.support.wait import eventually
 from vk8s.images.builders import toolbox_ref
@@ -34,7 +35,7 @@ async def testbed_nodes(kube_api: client.ApiClient, kube_control_plane: ControlP
         pytest.skip("only the local testbed has simulated GPU nodes")
     names = kube_control_plane.fleet.node_names()
     nodes = await client.CoreV1Api(kube_api).list_node()
-    return [node for node in nodes.items if node.metadata.name in names]
+    return [node for node in nodes.items if name_of(node) in names]
 
 
 @pytest.fixture
@@ -107,7 +108,7 @@ async def test_invalid_vk8s_is_rejected_by_crd_validation(
         )
 
     assert raised.value.status == 422
-    assert field in raised.value.body
+    assert raised.value.body is not None and field in raised.value.body
 
 
 async def test_vk8s_is_stored_and_status_goes_through_the_subresource(
@@ -116,7 +117,7 @@ async def test_vk8s_is_stored_and_status_goes_through_the_subresource(
     group, version, plural = vk8s_plural()
     custom = client.CustomObjectsApi(kube_api)
     name = vk8s_sample["metadata"]["name"]
-    created = await custom.create_namespaced_custom_object(group, version, namespace, plural, vk8s_sample)
+    created = cast(dict[str, Any], await custom.create_namespaced_custom_object(group, version, namespace, plural, vk8s_sample))
     assert created["spec"]["nodes"][0]["name"] == vk8s_sample["spec"]["nodes"][0]["name"]
 
     status = {"phase": "Scheduling", "message": "Waiting for 1 vNode to be scheduled"}
@@ -133,7 +134,7 @@ async def test_vk8s_is_stored_and_status_goes_through_the_subresource(
             group, version, namespace, plural, name, {"status": {"phase": "Exploded"}},
             _content_type="application/merge-patch+json",
         )  # fmt: skip
-    stored = await custom.get_namespaced_custom_object(group, version, namespace, plural, name)
+    stored = cast(dict[str, Any], await custom.get_namespaced_custom_object(group, version, namespace, plural, name))
 
     assert stored["status"] == status
     assert stored["metadata"]["generation"] == 1
@@ -146,7 +147,7 @@ async def test_stale_vk8s_update_conflicts(
     group, version, plural = vk8s_plural()
     custom = client.CustomObjectsApi(kube_api)
     name = vk8s_sample["metadata"]["name"]
-    created = await custom.create_namespaced_custom_object(group, version, namespace, plural, vk8s_sample)
+    created = cast(dict[str, Any], await custom.create_namespaced_custom_object(group, version, namespace, plural, vk8s_sample))
     first, stale = copy.deepcopy(created), copy.deepcopy(created)
     first["metadata"]["labels"] = {"writer": "first"}
     await custom.replace_namespaced_custom_object(group, version, namespace, plural, name, first)
@@ -156,7 +157,7 @@ async def test_stale_vk8s_update_conflicts(
         await custom.replace_namespaced_custom_object(group, version, namespace, plural, name, stale)
 
     assert raised.value.status == 409
-    stored = await custom.get_namespaced_custom_object(group, version, namespace, plural, name)
+    stored = cast(dict[str, Any], await custom.get_namespaced_custom_object(group, version, namespace, plural, name))
     assert stored["metadata"]["labels"] == {"writer": "first"}
 
 

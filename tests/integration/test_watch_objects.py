@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import cast
 
 import structlog
 from kubernetes.aio import client
@@ -42,7 +43,9 @@ async def test_a_watch_reset_mid_stream_lists_again(
             await asyncio.sleep(2)  # the watch request is open by now
             proxy.inject(0.5)
             await asyncio.sleep(1)
-            await client.CoreV1Api(kube_api).create_namespaced_config_map(namespace, {"metadata": {"name": "after-the-reset"}})
+            await client.CoreV1Api(kube_api).create_namespaced_config_map(
+                namespace, cast(client.V1ConfigMap, {"metadata": {"name": "after-the-reset"}})  # a dict body is sent as it is
+            )
             async with asyncio.timeout(60):
                 while (event := await next_event()).object is None or event.object.metadata.name != "after-the-reset":
                     pass

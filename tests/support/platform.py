@@ -3,7 +3,7 @@ tests that run a later stage without the gateway."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from kubernetes.aio import client
 
@@ -16,6 +16,6 @@ async def make_platform_namespace(api: client.ApiClient, vk8s: dict[str, Any], t
     need it); the caller deletes it."""
     metadata = vk8s["metadata"]
     body = platform_namespace_body(metadata["namespace"], metadata["name"], metadata["uid"])
-    await client.CoreV1Api(api).create_namespace(body)
+    await client.CoreV1Api(api).create_namespace(cast(client.V1Namespace, body))  # a dict body is sent as it is
     await default_service_account(api, body["metadata"]["name"], timeout)
     return str(body["metadata"]["name"])

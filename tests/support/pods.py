@@ -18,6 +18,8 @@ async def running_pod(core: client.CoreV1Api, namespace: str, name: str, timeout
             if exc.status == 404:
                 return None
             raise
-        return pod if pod.status.phase == "Running" and not pod.metadata.deletion_timestamp else None
+        running = pod.status is not None and pod.status.phase == "Running"
+        leaving = pod.metadata is not None and pod.metadata.deletion_timestamp is not None
+        return pod if running and not leaving else None
 
     return await eventually(probe, f"pod {namespace}/{name} Running", timeout)

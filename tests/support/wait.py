@@ -6,7 +6,7 @@ import asyncio
 import inspect
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 T = TypeVar("T")
 
@@ -14,14 +14,48 @@ T = TypeVar("T")
 _SHOWN_CHARS = 500
 
 
+# Overloads so that an async probe's awaited result, not its coroutine, is what `done` sees and
+# what the wait returns; and, waiting for something truthy (no `done`), never None.
+@overload
 async def eventually(
-    probe: Callable[[], Awaitable[T] | T],
+    probe: Callable[[], Awaitable[T | None]], what: str, timeout: float = 30.0, *, interval: float = 0.1
+) -> T: ...
+
+
+@overload
+async def eventually(
+    probe: Callable[[], Awaitable[T]],
     what: str,
     timeout: float = 30.0,
     *,
-    done: Callable[[T], object] = bool,
+    done: Callable[[T], object],
     interval: float = 0.1,
-) -> T:
+) -> T: ...
+
+
+@overload
+async def eventually(probe: Callable[[], T | None], what: str, timeout: float = 30.0, *, interval: float = 0.1) -> T: ...
+
+
+@overload
+async def eventually(
+    probe: Callable[[], T],
+    what: str,
+    timeout: float = 30.0,
+    *,
+    done: Callable[[T], object],
+    interval: float = 0.1,
+) -> T: ...
+
+
+async def eventually(
+    probe: Callable[[], Any],
+    what: str,
+    timeout: float = 30.0,
+    *,
+    done: Callable[[Any], object] = bool,
+    interval: float = 0.1,
+) -> Any:
     """Calls `probe` (sync or async) until `done` holds for what it returns (by default: until it
     returns something truthy, not None, False or empty) and returns that; after `timeout` seconds
     fails naming `what` and the last value seen."""

@@ -21,6 +21,7 @@ from typing import Literal, cast
 from kubernetes.aio import client, config
 from kubernetes.aio.client.exceptions import ApiException
 
+from libs.kube import name_of
 from vk8s.testbed import crds, lifecycle
 from vk8s.testbed.config import READY_TIMEOUT, FleetSpec, ReadyInfo, StateLayout
 
@@ -156,8 +157,7 @@ async def create_namespace(api: client.ApiClient, prefix: str = "t-", timeout: f
     """A fresh namespace, returned once its default ServiceAccount exists (pods need it)."""
     core = client.CoreV1Api(api)
     namespace = await core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(generate_name=prefix)))
-    name = namespace.metadata.name
-    assert name is not None  # the apiserver names what it creates
+    name = name_of(namespace)
     await default_service_account(api, name, timeout)
     return name
 

@@ -28,6 +28,7 @@ from libs.kube import (
     WatchEvent,
     conflict,
     create_or_get,
+    metadata_of,
     not_found,
     read_vk8s,
     watch_objects,
@@ -117,7 +118,7 @@ class ClusterObjects:
         )
         if created:
             log.info("Created platform namespace", platform_namespace=name)
-        if logic.foreign_platform_namespace(found.metadata.labels, metadata["namespace"], metadata["name"], metadata["uid"]):
+        if logic.foreign_platform_namespace(metadata_of(found).labels, metadata["namespace"], metadata["name"], metadata["uid"]):
             return None
         for binding in self._platform_bindings:
             await self._ensure_role_binding(name, binding)
@@ -134,9 +135,8 @@ class ClusterObjects:
             if not_found(error):
                 return
             raise
-        if found.metadata.deletion_timestamp is not None or logic.foreign_platform_namespace(
-            found.metadata.labels, namespace, name, uid
-        ):
+        metadata = metadata_of(found)
+        if metadata.deletion_timestamp is not None or logic.foreign_platform_namespace(metadata.labels, namespace, name, uid):
             return
         for binding in self._platform_bindings:
             await self._ensure_role_binding(platform_namespace, binding)
@@ -162,8 +162,7 @@ class ClusterObjects:
         body = platform_namespace_body(namespace, name, uid)
         platform_namespace: str = body["metadata"]["name"]
         try:
-            found = await self._core.read_namespace(platform_namespace)
-            metadata = found.metadata
+            metadata = metadata_of(await self._core.read_namespace(platform_namespace))
             # RBAC lets the gateway delete any namespace: only the one labelled as this cluster's goes.
             if mismatch := logic.foreign_platform_namespace(metadata.labels, namespace, name, uid):
                 log.warning("Not deleting namespace: not this cluster's platform namespace",
@@ -248,13 +247,13 @@ class ClusterObjects:
         if created:
             return True
         for _ in range(self._cas_attempts):
-            owned = any(ref.uid == reference["uid"] for ref in secret.metadata.owner_references or [])
+            owned = any(ref.uid == reference["uid"] for ref in metadata_of(secret).owner_references or [])
             if (secret.data or {}).get(KUBEFLOW_PASSWORD_KEY) == encoded and owned:
                 return False
             # A new password, or a Secret left by an earlier Vk8s of the same name (the garbage
             # collector would delete it with its old owner).
             patch = {
-                "metadata": {"resourceVersion": secret.metadata.resource_version, "ownerReferences": [reference]},
+                "metadata": {"resourceVersion": metadata_of(secret).resource_version, "ownerReferences": [reference]},
                 "data": {KUBEFLOW_PASSWORD_KEY: encoded},
             }
             try:

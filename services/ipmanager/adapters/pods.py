@@ -9,6 +9,8 @@ from typing import Any
 import structlog
 from kubernetes.aio import client
 
+from libs.kube import name_of, namespace_of
+
 log = structlog.get_logger(__name__)
 
 # The vnode stage puts the allocated address here; Calico's CNI plugin assigns it to the pod.
@@ -31,10 +33,10 @@ class VNodePods:
                 label_selector=self._selector, limit=self._page_size, _continue=token
             )
             for pod in page.items:
-                name = f"{pod.metadata.namespace}/{pod.metadata.name}"
+                name = f"{namespace_of(pod)}/{name_of(pod)}"
                 for address in _pod_addresses(pod, name):
                     found[address] = name
-            token = page.metadata.var_continue
+            token = page.metadata.var_continue if page.metadata is not None else None
             if not token:
                 return found
 

@@ -10,7 +10,7 @@ from kubernetes.aio import client
 
 from libs.api import Vk8s
 from libs.events import PermanentError, Reason
-from libs.kube import not_found, read_vk8s
+from libs.kube import metadata_of, not_found, read_vk8s
 from libs.kube.vnodes import CLUSTER_UID_LABEL
 
 
@@ -32,7 +32,7 @@ class HostCluster:
             if not_found(error):
                 raise PermanentError(f"Secret {namespace}/{name} not found", reason=Reason.SECRET_MISSING) from None
             raise
-        if cluster_uid is not None and (secret.metadata.labels or {}).get(CLUSTER_UID_LABEL) != cluster_uid:
+        if cluster_uid is not None and (metadata_of(secret).labels or {}).get(CLUSTER_UID_LABEL) != cluster_uid:
             raise PermanentError(
                 f"Secret {namespace}/{name} is not labelled for the cluster (uid {cluster_uid}); "
                 "the platform's kubeconfig Secret is",

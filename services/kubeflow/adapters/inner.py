@@ -10,6 +10,7 @@ from kubernetes.aio import client
 from kubernetes.aio.dynamic import DynamicClient
 from kubernetes.aio.dynamic.exceptions import ResourceNotFoundError
 
+from libs.kube import metadata_of, name_of, namespace_of
 from libs.kube.inner import inner_client
 
 FIELD_MANAGER = "vk8s-kubeflow"
@@ -77,9 +78,7 @@ class InnerCluster:
 
     async def deployments(self) -> dict[tuple[str, str], dict[str, Any]]:
         listing = await client.AppsV1Api(self.api).list_deployment_for_all_namespaces()
-        return {
-            (d.metadata.namespace, d.metadata.name): self.api.sanitize_for_serialization(d) for d in listing.items
-        }
+        return {(namespace_of(d), name_of(d)): self.api.sanitize_for_serialization(d) for d in listing.items}
 
     async def waiting_reasons(self) -> dict[tuple[str, str], str]:
         """Why pods of each Deployment are not ready, as their containers report it (e.g.
@@ -87,13 +86,13 @@ class InnerCluster:
         listing = await client.CoreV1Api(self.api).list_pod_for_all_namespaces()
         reasons: dict[tuple[str, str], str] = {}
         for pod in listing.items:
-            owner = next((o.name for o in pod.metadata.owner_references or [] if o.kind == "ReplicaSet"), None)
-            if owner is None:
+            owner = next((o.name for o in metadata_of(pod).owner_references or [] if o.kind == "ReplicaSet"), None)
+            if owner is None or pod.status is None:
                 continue
             for status in pod.status.container_statuses or []:
                 waiting = status.state.waiting if status.state else None
                 if waiting is not None and waiting.reason:
-                    key = (pod.metadata.namespace, owner.rsplit("-", 1)[0])
+                    key = (namespace_of(pod), owner.rsplit("-", 1)[0])
                     reasons.setdefault(key, f"{waiting.reason}: {waiting.message or ''}".strip(": "))
         return reasons
 

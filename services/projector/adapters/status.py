@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 from kubernetes.aio import client
@@ -17,6 +17,12 @@ class Written(enum.StrEnum):
     PATCHED = "patched"
     MISSING = "missing"  # no such object (e.g. a request rejected before one existed)
     REFUSED = "refused"  # the apiserver will never take this status: retrying cannot help
+
+
+class StatusWrites(Protocol):
+    """Writing a Vk8s object's status as the projector does it (StatusWriter does it)."""
+
+    async def write(self, namespace: str, name: str, status: dict[str, Any]) -> tuple[Written, str]: ...
 
 
 class StatusWriter:

@@ -19,7 +19,7 @@ from kubernetes.aio import client
 from libs.api.models import GPU_RESOURCE
 from libs.api.quantity import QuantityError, parse_quantity
 from libs.events.envelope import cluster_id_of
-from libs.kube import ApiClient, vnodes, watch_objects
+from libs.kube import ApiClient, metadata_of, name_of, namespace_of, vnodes, watch_objects
 from services.scheduler.logic import BookingKey, HostNode, Inventory, PodUsage, Resources, Taint
 
 log = structlog.get_logger(__name__)
@@ -45,11 +45,11 @@ def _amount(quantities: Mapping[str, Any] | None, resource: str) -> Decimal:
 
 def host_node(node: client.V1Node) -> HostNode:
     allocatable = node.status.allocatable if node.status is not None else None
-    labels = node.metadata.labels or {}
+    labels = metadata_of(node).labels or {}
     spec = node.spec
     pods = _amount(allocatable, "pods")
     return HostNode(
-        name=node.metadata.name,
+        name=name_of(node),
         # Rounded down: a fraction of a core or GPU that is not there cannot be handed out.
         allocatable=Resources(
             gpus=math.floor(_amount(allocatable, GPU_RESOURCE)),
@@ -86,22 +86,30 @@ def _max(a: Resources, b: Resources) -> Resources:
     )
 
 
+def _spec(pod: client.V1Pod) -> client.V1PodSpec:
+    """A stored pod's spec: the apiserver requires one, though the client types it Optional."""
+    if pod.spec is None:
+        raise ValueError("a V1Pod from the apiserver without spec")
+    return pod.spec
+
+
 def pod_requests(pod: client.V1Pod) -> Resources:
     """The pod's effective requests as kube-scheduler computes them: containers plus sidecars,
     or the largest init step if larger, plus the pod overhead."""
+    spec = _spec(pod)
     containers = Resources()
-    for container in pod.spec.containers or ():
+    for container in spec.containers or ():
         containers = containers + _container_requests(container)
     sidecars = Resources()
     init_peak = Resources()
-    for container in pod.spec.init_containers or ():
+    for container in spec.init_containers or ():
         requests = _container_requests(container)
         if container.restart_policy == "Always":
             sidecars = sidecars + requests
             init_peak = _max(init_peak, sidecars)
         else:
             init_peak = _max(init_peak, sidecars + requests)
-    overhead = pod.spec.overhead or {}
+    overhead = spec.overhead or {}
     return _max(containers + sidecars, init_peak) + Resources(
         gpus=0,
         cpu_millis=math.ceil(_amount(overhead, "cpu") * 1000),
@@ -115,7 +123,7 @@ def vnode_of(pod: client.V1Pod) -> BookingKey | None:
     named `<cluster>-<vnode>-0`, controlled by the StatefulSet `<cluster>-<vnode>` and in the
     cluster's platform namespace. Labels alone are not enough: a tenant's pod can carry them, but
     no tenant may create pods in a platform namespace."""
-    if (pod.metadata.labels or {}).get(vnodes.APP_LABEL) != vnodes.APP:
+    if (metadata_of(pod).labels or {}).get(vnodes.APP_LABEL) != vnodes.APP:
         return None
     return _identity(pod, vnodes.pod_name, controller=vnodes.statefulset_name)
 
@@ -123,7 +131,7 @@ def vnode_of(pod: client.V1Pod) -> BookingKey | None:
 def placeholder_of(pod: client.V1Pod) -> BookingKey | None:
     """(cluster uid, vNode) when the pod is the scheduler's placeholder of that vNode: named for it,
     labelled as one, in the cluster's platform namespace."""
-    if (pod.metadata.labels or {}).get(vnodes.COMPONENT_LABEL) != vnodes.PLACEHOLDER_COMPONENT:
+    if (metadata_of(pod).labels or {}).get(vnodes.COMPONENT_LABEL) != vnodes.PLACEHOLDER_COMPONENT:
         return None
     return _identity(pod, vnodes.placeholder_name, controller=None)
 
@@ -137,35 +145,37 @@ def _identity(
     """(uid, vNode) from the pod's labels, if its name is `expected_name(cluster, vNode)`, it is in
     the platform namespace of the cluster its labels name, and (`controller` given) its controller is
     the StatefulSet `controller(cluster, vNode)`."""
-    labels = pod.metadata.labels or {}
+    metadata = metadata_of(pod)
+    labels = metadata.labels or {}
     cluster = labels.get(vnodes.CLUSTER_LABEL)
     vnode = labels.get(vnodes.VNODE_LABEL)
     uid = labels.get(vnodes.CLUSTER_UID_LABEL)
     tenant_namespace = labels.get(vnodes.TENANT_NAMESPACE_LABEL)
     if not cluster or not vnode or not uid or not tenant_namespace:
         return None
-    if pod.metadata.name != expected_name(cluster, vnode):
+    if metadata.name != expected_name(cluster, vnode):
         return None
-    if pod.metadata.namespace != vnodes.platform_namespace(tenant_namespace, cluster):
+    if metadata.namespace != vnodes.platform_namespace(tenant_namespace, cluster):
         return None
     if controller is None:
         return uid, vnode
-    owner = next((o for o in pod.metadata.owner_references or () if o.controller), None)
+    owner = next((o for o in metadata.owner_references or () if o.controller), None)
     if owner is None or owner.kind != "StatefulSet" or owner.name != controller(cluster, vnode):
         return None
     return uid, vnode
 
 
 def pod_usage(pod: client.V1Pod) -> PodUsage | None:
-    if not pod.spec.node_name or (pod.status is not None and pod.status.phase in ("Succeeded", "Failed")):
+    node = _spec(pod).node_name
+    if not node or (pod.status is not None and pod.status.phase in ("Succeeded", "Failed")):
         return None
     if placeholder := placeholder_of(pod):
-        return PodUsage(pod.spec.node_name, pod_requests(pod), placeholder, placeholder=True)
-    return PodUsage(pod.spec.node_name, pod_requests(pod), vnode_of(pod))
+        return PodUsage(node, pod_requests(pod), placeholder, placeholder=True)
+    return PodUsage(node, pod_requests(pod), vnode_of(pod))
 
 
 def _pod_key(pod: client.V1Pod) -> str:
-    return f"{pod.metadata.namespace}/{pod.metadata.name}"
+    return f"{namespace_of(pod)}/{name_of(pod)}"
 
 
 class KubeInventory:

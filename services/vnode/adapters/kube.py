@@ -14,7 +14,7 @@ from kubernetes.aio.client import ApiClient
 from kubernetes.aio.client.exceptions import ApiException
 
 from libs.events import PermanentError, Reason
-from libs.kube import not_found, read_vk8s, vnodes
+from libs.kube import metadata_of, name_of, not_found, read_vk8s, vnodes
 from libs.kube.vnodes import RETAINED_VOLUMES_ANNOTATION, TENANT_NAMESPACE_LABEL
 from services.vnode import logic
 from services.vnode.adapters.metrics import VNodeMetrics
@@ -73,11 +73,11 @@ class VNodeObjects:
         listing = await self._apps.list_namespaced_stateful_set(namespace, label_selector=VNODE_SELECTOR)
         current = []
         for item in listing.items:
-            labels = item.metadata.labels or {}
+            labels = metadata_of(item).labels or {}
             claims = self._api.sanitize_for_serialization(item.spec.volume_claim_templates or [])
             current.append(
                 logic.CurrentStatefulSet(
-                    name=item.metadata.name,
+                    name=name_of(item),
                     cluster=labels.get(vnodes.CLUSTER_LABEL),
                     vnode=labels.get(vnodes.VNODE_LABEL),
                     uid=labels.get(vnodes.CLUSTER_UID_LABEL),
@@ -180,7 +180,7 @@ class VNodeObjects:
                     await self.delete(kind, namespace, item.metadata.name)
                 remaining.append(f"{kind}/{item.metadata.name}")
         pods = await self._core.list_namespaced_pod(namespace, label_selector=logic.deleted_pods_selector(uid))
-        remaining += [f"Pod/{pod.metadata.name}" for pod in pods.items]
+        remaining += [f"Pod/{name_of(pod)}" for pod in pods.items]
         return remaining
 
     async def mark_volumes_retained(self, namespace: str, uid: str) -> None:
@@ -192,7 +192,7 @@ class VNodeObjects:
             if not_found(error):
                 return
             raise
-        if (found.metadata.labels or {}).get(vnodes.CLUSTER_UID_LABEL) != uid:
+        if (metadata_of(found).labels or {}).get(vnodes.CLUSTER_UID_LABEL) != uid:
             return
         patch = {"metadata": {"annotations": {RETAINED_VOLUMES_ANNOTATION: "true"}}}
         await self._core.patch_namespace(namespace, patch)
@@ -203,7 +203,7 @@ class VNodeObjects:
         pods = await self._core.list_namespaced_pod(namespace, label_selector=selector)
         problems = []
         for pod in pods.items:
-            status = pod.status
+            status = pod.status or client.V1PodStatus()  # none reported yet: no phase, no containers
             reasons = [
                 state.waiting.reason
                 for state in [c.state for c in (status.container_statuses or [])]
@@ -211,7 +211,7 @@ class VNodeObjects:
             ]
             if status.phase != "Running" or reasons:
                 detail = f" ({', '.join(reasons)})" if reasons else ""
-                problems.append(f"{pod.metadata.name}: {status.phase}{detail}")
+                problems.append(f"{name_of(pod)}: {status.phase}{detail}")
         return problems
 
 

@@ -9,6 +9,7 @@ from typing import Any
 import nats
 import pytest
 from nats.js import JetStreamContext
+from nats.js.api import ConsumerInfo
 from nats.js.kv import KeyValue
 from prometheus_client import CollectorRegistry
 
@@ -142,7 +143,7 @@ async def test_an_accepted_handled_after_the_delete_chain_claims_nothing_and_fai
     await publish(js, accepted("team-z", "late", "uid-z"), scheduled("team-z", "late", uid="uid-z"))
 
     async def handled() -> bool:
-        info = await js.consumer_info(STREAM_NAME, "ipmanager")
+        info: ConsumerInfo = await js.consumer_info(STREAM_NAME, "ipmanager")
         return info.num_pending == 0 and info.num_ack_pending == 0
 
     async with asyncio.timeout(30):

@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from ipaddress import IPv4Address
+from typing import Any
 
 import aiohttp
 import pytest
@@ -63,7 +64,7 @@ async def wired(js: JetStreamContext) -> AsyncIterator[Wired]:
     await server.stop()
 
 
-async def get(url: str, token: str | None = TOKEN) -> tuple[int, dict]:
+async def get(url: str, token: str | None = TOKEN) -> tuple[int, dict[str, Any]]:
     headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
     async with aiohttp.ClientSession() as session, session.get(url, headers=headers) as response:
         return response.status, await response.json()

@@ -50,11 +50,11 @@ async def test_a_patch_that_lands_after_a_newer_one_is_put_right(store: ClusterS
     newest = t.ips_allocated()
     writer = LandingOrderWriter()
     metrics = ProjectorMetrics(CollectorRegistry())
-    projector = ProjectorHandlers(store=store, writer=writer, metrics=metrics, confirm_attempts=1)  # type: ignore[arg-type]
+    projector = ProjectorHandlers(store=store, writer=writer, metrics=metrics, confirm_attempts=1)
     await projector.handle(older[0])
 
     async def a_newer_event_handled_meanwhile() -> None:
-        await ProjectorHandlers(store=store, writer=writer, metrics=metrics).handle(newest)  # type: ignore[arg-type]
+        await ProjectorHandlers(store=store, writer=writer, metrics=metrics).handle(newest)
 
     writer.before_landing = a_newer_event_handled_meanwhile
     # The stale patch lands last; with its one confirmation spent, the handler must not ack.

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from kubernetes.aio import client
@@ -26,7 +26,7 @@ from vk8s.testbed.fixtures import delete_namespace
 
 async def vk8s(api: client.ApiClient, namespace: str, name: str) -> dict[str, Any]:
     body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": KIND, "metadata": {"name": name}, "spec": spec_document()}
-    return await client.CustomObjectsApi(api).create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
+    return cast(dict[str, Any], await client.CustomObjectsApi(api).create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body))
 
 
 async def bystander_pod(api: client.ApiClient, namespace: str, labels: dict[str, str]) -> None:
@@ -35,7 +35,7 @@ async def bystander_pod(api: client.ApiClient, namespace: str, labels: dict[str,
         "metadata": {"name": "bystander", "labels": labels},
         "spec": {"nodeName": "no-such-node", "containers": [{"name": "vnode", "image": "registry.invalid/x:1"}]},
     }
-    await client.CoreV1Api(api).create_namespaced_pod(namespace, body)
+    await client.CoreV1Api(api).create_namespaced_pod(namespace, cast(client.V1Pod, body))  # a dict body is sent as it is
 
 
 async def events_of(js: JetStreamContext, cluster_id: str) -> list[Envelope[Any]]:

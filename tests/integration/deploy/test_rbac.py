@@ -6,6 +6,7 @@ A few real requests confirm that the reviews and the apiserver agree."""
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -48,7 +49,7 @@ async def allowed(
     api: client.ApiClient, access: Access, namespace: str | None, release: Release
 ) -> tuple[bool, str]:
     resource, _, subresource = access.resource.partition("/")
-    attributes = {"verb": access.verb, "group": access.group, "resource": resource}
+    attributes: dict[str, str | None] = {"verb": access.verb, "group": access.group, "resource": resource}
     if subresource:
         attributes["subresource"] = subresource
     if access.name:
@@ -201,7 +202,7 @@ async def test_the_admission_policy_holds_the_gateway_to_platform_namespaces(
                 ),
             }
             for what, attempt in refusals.items():
-                error = await eventually(lambda attempt=attempt: denied(attempt), f"the gateway refused to {what}")
+                error = await eventually(functools.partial(denied, attempt), f"the gateway refused to {what}")
                 assert error.status == 403, what
                 assert "platform namespaces only" in str(error.body), what
             await core.delete_namespace(platform_namespace, dry_run="All")
@@ -248,7 +249,7 @@ async def test_platform_reviews_match_real_requests(
 async def test_only_the_charts_own_roles_are_bound(release: Release, kube_api: client.ApiClient) -> None:
     rbac = client.RbacAuthorizationV1Api(kube_api)
     accounts = {release.service_account(service) for service in SERVICES}
-    bindings = [
+    bindings: list[client.V1ClusterRoleBinding | client.V1RoleBinding] = [
         *(await rbac.list_cluster_role_binding()).items,
         *(await rbac.list_role_binding_for_all_namespaces()).items,
     ]

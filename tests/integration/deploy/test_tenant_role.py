@@ -9,7 +9,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import yaml
@@ -64,7 +64,7 @@ async def vnode_objects(kube_api: client.ApiClient, namespace: str) -> AsyncIter
     bootstrap writes them (the platform's, and the tenant's copy)."""
     body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": KIND, "metadata": {"name": "c"}, "spec": spec_document()}
     custom = client.CustomObjectsApi(kube_api)
-    vk8s = await custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
+    vk8s = cast(dict[str, Any], await custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body))
     platform = await make_platform_namespace(kube_api, vk8s)
     labels = {**cluster_labels(namespace, "c", vk8s["metadata"]["uid"]), "vnode": "master"}
     statefulset = {
@@ -103,8 +103,8 @@ async def test_a_tenant_manages_its_vk8s_objects_in_its_namespace_only(
     custom = client.CustomObjectsApi(as_tenant)
     body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": KIND, "metadata": {"name": "mine"}, "spec": spec_document()}
 
-    created = await custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
-    read = await custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "mine")
+    created = cast(dict[str, Any], await custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body))
+    read = cast(dict[str, Any], await custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "mine"))
     assert read["metadata"]["uid"] == created["metadata"]["uid"]
     await custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "mine")
     with pytest.raises(ApiException) as elsewhere:

@@ -10,7 +10,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import structlog
@@ -70,26 +70,30 @@ class Cluster:
     async def apply(self, spec: dict[str, Any] | None = None, **metadata: Any) -> dict[str, Any]:
         """Creates the object, as `kubectl apply` of a new one does; an existing one is left as it is."""
         try:
-            return await self.custom.create_namespaced_custom_object(
+            created = await self.custom.create_namespaced_custom_object(
                 GROUP, VERSION, self.namespace, PLURAL, self.manifest(spec, **metadata)
             )
+            return cast(dict[str, Any], created)
         except ApiException as error:
             if error.status != 409:
                 raise
-            return await self.get()
+            existing = await self.get()
+            assert existing is not None, f"{self.name} existed (409) but is gone"
+            return existing
 
     async def get(self) -> dict[str, Any] | None:
         try:
-            return await self.custom.get_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, self.name)
+            return cast(dict[str, Any], await self.custom.get_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, self.name))
         except ApiException as error:
             if error.status == 404:
                 return None
             raise
 
     async def patch(self, patch: dict[str, Any]) -> dict[str, Any]:
-        return await self.custom.patch_namespaced_custom_object(
+        patched = await self.custom.patch_namespaced_custom_object(
             GROUP, VERSION, self.namespace, PLURAL, self.name, patch, _content_type="application/merge-patch+json"
         )
+        return cast(dict[str, Any], patched)
 
     async def delete(self) -> None:
         await self.custom.delete_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, self.name)
@@ -139,7 +143,7 @@ async def cluster(kube_api: client.ApiClient, js: JetStreamContext, namespace: s
     yield Cluster(kube_api, js, namespace)
     # Nothing serves cluster.deleted once the test ends: let the namespace's deletion finish.
     custom = client.CustomObjectsApi(kube_api)
-    listing = await custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)
+    listing = cast(dict[str, Any], await custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL))
     for item in listing["items"]:
         await delete_namespace(kube_api, platform_namespace(namespace, item["metadata"]["name"]))
         with contextlib.suppress(ApiException):
@@ -448,7 +452,7 @@ async def test_plain_password_moves_into_a_secret_and_never_into_events_or_logs(
     assert (reference.name, reference.key) == (f"{NAME}-kubeflow-user", "password")
     secret = await cluster.core.read_namespaced_secret(reference.name, cluster.namespace)
     assert base64.b64decode(secret.data["password"]).decode() == PASSWORD
-    [owner] = secret.metadata.owner_references
+    [owner] = secret.metadata.owner_references or []
     assert (owner.kind, owner.uid) == ("Vk8s", created["metadata"]["uid"])
     # A new password in the spec replaces the one in the Secret.
     with structlog.testing.capture_logs() as more_logs:

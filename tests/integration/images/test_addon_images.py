@@ -14,6 +14,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -33,7 +34,7 @@ def node(name: str, pod_cidr: str | None, ip: str) -> dict[str, object]:
     return {"metadata": {"name": name}, "spec": spec, "status": {"addresses": [{"type": "InternalIP", "address": ip}]}}
 
 
-NODES = {
+NODES: dict[str, Any] = {
     "kind": "NodeList",
     "items": [
         node("vnode-0", "100.64.0.0/24", "10.250.0.2"),

@@ -15,7 +15,7 @@ import uuid
 from collections.abc import AsyncIterator
 from ipaddress import IPv4Address
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from kubernetes.aio import client
@@ -54,17 +54,15 @@ async def create_vnode_pod(
     api: client.ApiClient, namespace: str, name: str, selector: str, address: IPv4Address
 ) -> None:
     labels = dict(pair.split("=") for pair in selector.split(","))
-    await client.CoreV1Api(api).create_namespaced_pod(
-        namespace,
-        {
-            "metadata": {
-                "name": name,
-                "labels": {**labels, "vnode": name.removesuffix("-0")},
-                "annotations": {CALICO_IP_ADDRS_ANNOTATION: json.dumps([str(address)])},
-            },
-            "spec": {"containers": [{"name": "node", "image": "ghcr.io/vk8s/kink:v1.29"}]},
+    body = {
+        "metadata": {
+            "name": name,
+            "labels": {**labels, "vnode": name.removesuffix("-0")},
+            "annotations": {CALICO_IP_ADDRS_ANNOTATION: json.dumps([str(address)])},
         },
-    )
+        "spec": {"containers": [{"name": "node", "image": "ghcr.io/vk8s/kink:v1.29"}]},
+    }
+    await client.CoreV1Api(api).create_namespaced_pod(namespace, cast(client.V1Pod, body))  # a dict body is sent as it is
 
 
 async def delete_pod(api: client.ApiClient, namespace: str, name: str) -> None:

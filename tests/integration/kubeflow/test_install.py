@@ -9,7 +9,7 @@ import random
 import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import bcrypt
 import pytest
@@ -68,9 +68,8 @@ async def make_cluster(kube_api: client.ApiClient, namespace: str) -> AsyncItera
                 "ports": [{"name": "kubeflow", "port": node_port, "targetPort": node_port}],
             },
         }  # fmt: skip
-        created = await client.CustomObjectsApi(kube_api).create_namespaced_custom_object(
-            GROUP, VERSION, namespace, PLURAL, body
-        )
+        custom = client.CustomObjectsApi(kube_api)
+        created = cast(dict[str, Any], await custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body))
         platform = await make_platform_namespace(kube_api, created)
         made.append(platform)
         metadata = created["metadata"]
@@ -148,7 +147,7 @@ async def test_installs_the_release_creates_the_user_and_reports_ready(
     [entry] = yaml.safe_load(dex.data["config.yaml"])["staticPasswords"]
     assert entry["email"] == "Kf.User@example.com"
     assert bcrypt.checkpw(b"kf-pass-1", entry["hash"].encode())
-    profile = await client.CustomObjectsApi(kube_api).get_cluster_custom_object("kubeflow.org", "v1", "profiles", "kf-user")
+    profile = cast(dict[str, Any], await client.CustomObjectsApi(kube_api).get_cluster_custom_object("kubeflow.org", "v1", "profiles", "kf-user"))
     assert profile["spec"]["owner"]["name"] == "Kf.User@example.com"
     ui = await core.read_namespaced_service("vk8s-kubeflow-ui", "istio-system")
     assert ui.spec.type == "NodePort" and ui.spec.ports[0].node_port == node_port
@@ -273,5 +272,5 @@ async def test_an_event_naming_another_secret_is_refused_and_nothing_is_installe
 
 
 async def cluster_uid(api: client.ApiClient, namespace: str) -> str:
-    obj = await client.CustomObjectsApi(api).get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "team-kf")
+    obj = cast(dict[str, Any], await client.CustomObjectsApi(api).get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "team-kf"))
     return str(obj["metadata"]["uid"])

@@ -15,6 +15,7 @@ from kubernetes.aio import client, config
 from kubernetes.aio.client.exceptions import ApiException
 from kubernetes.aio.stream import WsApiClient
 
+from libs.kube import name_of
 from tests.support.pods import running_pod
 from tests.support.wait import eventually
 from vk8s.testbed.config import FAKE_NODE_ANNOTATION, GPU_RESOURCE
@@ -134,7 +135,7 @@ async def inner_nodes(kubeconfig: Path) -> dict[str, client.V1Node]:
     api = await config.new_client_from_config(config_file=str(kubeconfig), persist_config=False)
     async with api:
         nodes = await client.CoreV1Api(api).list_node()
-    return {node.metadata.name: node for node in nodes.items}
+    return {name_of(node): node for node in nodes.items}
 
 
 async def test_vnode_lifecycle_builds_a_real_inner_cluster(
@@ -209,7 +210,7 @@ async def test_vnode_lifecycle_builds_a_real_inner_cluster(
     assert "already joined" in rejoin
     assert sorted(nodes) == ["c1-master-0", "c1-worker-0"]
     assert nodes["c1-worker-0"].status.allocatable["cpu"] == "2"
-    assert GPU_RESOURCE not in nodes["c1-worker-0"].status.allocatable
+    assert GPU_RESOURCE not in (nodes["c1-worker-0"].status.allocatable or {})
 
     # pause/resume, grown in place: the pod goes (its processes with it), a new one with two GPUs
     # gets the same volume's sandbox; the started kubelet reports its Node's new resources.

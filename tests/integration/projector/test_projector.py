@@ -6,7 +6,7 @@ from __future__ import annotations
 import random
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 import pytest
@@ -52,7 +52,7 @@ async def create_vk8s(api: client.ApiClient, namespace: str, name: str) -> dict[
         "metadata": {"name": name},
         "spec": spec_document(gpus=1, workers=1),
     }
-    return await client.CustomObjectsApi(api).create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
+    return cast(dict[str, Any], await client.CustomObjectsApi(api).create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body))
 
 
 async def publish(js: JetStreamContext, events: Sequence[tuple[Envelope[Any], str]]) -> None:
@@ -74,7 +74,7 @@ async def acked(service: Service) -> float:
 
 
 async def status_of(api: client.ApiClient, namespace: str, name: str) -> dict[str, Any]:
-    current = await client.CustomObjectsApi(api).get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+    current = cast(dict[str, Any], await client.CustomObjectsApi(api).get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name))
     return current.get("status", {})
 
 

@@ -10,6 +10,7 @@ import aiohttp
 import pytest
 from kubernetes.aio import client
 
+from libs.kube import name_of
 from tests.integration.conftest import REAL_FLEET
 from tests.integration.test_testbed import exec_in, pod_manifest
 from tests.support.pods import running_pod
@@ -31,8 +32,8 @@ async def test_real_nodes_register_as_gpu_hosts(real_api: client.ApiClient, real
     assert fleet is not None
     nodes = (await client.CoreV1Api(real_api).list_node()).items
 
-    assert sorted(node.metadata.name for node in nodes) == fleet.node_names()
-    for index, node in enumerate(sorted(nodes, key=lambda n: n.metadata.name)):
+    assert sorted(name_of(node) for node in nodes) == fleet.node_names()
+    for index, node in enumerate(sorted(nodes, key=name_of)):
         assert node.status.node_info.container_runtime_version.startswith("containerd://")
         # Capacity the device plugin advertised, not a number written into the Node.
         assert node.status.allocatable[GPU_RESOURCE] == str(fleet.gpus_per_node)
@@ -119,8 +120,10 @@ async def test_pods_on_different_nodes_reach_each_other(real_api: client.ApiClie
     await core.create_namespaced_pod(real_namespace, toolbox_pod("right", "gpu-node-1"))
     await running_pod(core, real_namespace, "left")
     right = await running_pod(core, real_namespace, "right")
+    right_ip = right.status.pod_ip
+    assert right_ip is not None, "a running pod has an IP"
 
-    output = await exec_in(real_api, real_namespace, "left", ["ping", "-c", "1", "-W", "5", right.status.pod_ip])
+    output = await exec_in(real_api, real_namespace, "left", ["ping", "-c", "1", "-W", "5", right_ip])
 
     assert "1 packets received" in output
 

@@ -10,6 +10,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import pytest
 from kubernetes.aio import client
@@ -92,7 +93,7 @@ async def start_with_a_gpu_pod(layout: StateLayout) -> None:
     api = await new_api_client(Path(ready.kubeconfig))
     async with api:
         namespace = await create_namespace(api)
-        await client.CoreV1Api(api).create_namespaced_pod(namespace, toolbox_pod("gpu", "gpu-node-0", gpus=1))
+        await client.CoreV1Api(api).create_namespaced_pod(namespace, cast(client.V1Pod, toolbox_pod("gpu", "gpu-node-0", gpus=1)))
         await running_pod(client.CoreV1Api(api), namespace, "gpu")
 
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import aiohttp
 import pytest
@@ -184,7 +185,7 @@ async def platforms(kube_api: client.ApiClient) -> AsyncIterator[Platforms]:
             "metadata": {"name": name},
             "spec": spec.model_dump(mode="json", by_alias=True, exclude_none=True),
         }
-        created = await client.CustomObjectsApi(kube_api).create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
+        created = cast(dict[str, Any], await client.CustomObjectsApi(kube_api).create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body))
         accepted = cluster(namespace, name, gpus, pool, uid=created["metadata"]["uid"])
         metadata = {"namespace": namespace, "name": name, "uid": accepted.data.uid}
         made.append(await make_platform_namespace(kube_api, {"metadata": metadata}))
@@ -294,11 +295,13 @@ async def test_two_clusters_race_for_the_last_gpus_and_the_loser_is_placed_once_
 
         await asyncio.gather(publisher.publish(a), publisher.publish(b))
 
+        def answer(cluster_id: str) -> list[Envelope[Any]]:
+            return recorder.of(ClusterScheduled.subject, cluster_id) or recorder.of(ClusterUnschedulable.subject, cluster_id)
+
         answers = {}
         for event in (a, b):
             answers[event.cluster_id] = await eventually(
-                lambda e=event: recorder.of(ClusterScheduled.subject, e.cluster_id)
-                or recorder.of(ClusterUnschedulable.subject, e.cluster_id),
+                functools.partial(answer, event.cluster_id),
                 f"an answer for {event.cluster_id}",
             )
         kinds = sorted(events[0].type for events in answers.values())

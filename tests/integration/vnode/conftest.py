@@ -8,7 +8,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from kubernetes.aio import client
@@ -19,7 +19,7 @@ from nats.js import JetStreamContext
 
 from libs.api.models import Vk8sSpec
 from libs.events import REGISTRY, Envelope, Payload, Publisher, utc_now
-from libs.kube import GROUP, KIND, PLURAL, VERSION
+from libs.kube import GROUP, KIND, PLURAL, VERSION, name_of
 from libs.kube.vnodes import platform_namespace
 from libs.runtime import Service
 from services.vnode.__main__ import wired
@@ -35,9 +35,10 @@ async def gpu_hosts(kube_api: client.ApiClient) -> list[str]:
     key, value = FAKE_NODE_ANNOTATION
     nodes = (await client.CoreV1Api(kube_api).list_node()).items
     hosts = sorted(
-        node.metadata.name
+        name_of(node)
         for node in nodes
-        if (node.metadata.annotations or {}).get(key) == value and GPU_RESOURCE in (node.status.capacity or {})
+        if node.metadata and node.status
+        and (node.metadata.annotations or {}).get(key) == value and GPU_RESOURCE in (node.status.capacity or {})
     )
     if len(hosts) < 2:
         pytest.skip("needs two simulated GPU nodes (the local testbed)")
@@ -111,7 +112,7 @@ async def vk8s_object(
             "spec": json.loads(spec.model_dump_json(by_alias=True, exclude_none=True)),
         }
         created.append(name)
-        obj = await custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
+        obj = cast(dict[str, Any], await custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body))
         await make_platform_namespace(kube_api, obj)
         return obj
 

@@ -24,7 +24,7 @@ from libs.events.catalog import (
     ClusterVNodesReady,
     VNodePlacement,
 )
-from libs.kube import GROUP, PLURAL, VERSION
+from libs.kube import GROUP, PLURAL, VERSION, name_of
 from libs.kube.vnodes import RETAINED_VOLUMES_ANNOTATION, cluster_labels, platform_namespace
 from libs.runtime import Service
 from services.vnode.logic import RETAIN_VOLUMES_ANNOTATION
@@ -176,7 +176,7 @@ async def test_allocated_cluster_gets_running_vnodes_on_the_chosen_hosts(
     claims = await core.list_namespaced_persistent_volume_claim(
         cluster.platform_namespace, label_selector="clusterName=team-a"
     )
-    assert sorted(c.metadata.name for c in claims.items) == [
+    assert sorted(name_of(c) for c in claims.items) == [
         "node-state-team-a-master-0",
         "node-state-team-a-worker-0-0",
     ]
@@ -227,7 +227,7 @@ async def test_label_changes_reach_the_statefulsets(
     await cluster.update(labels={"team": "nlp"})
 
     async def label_removed() -> bool:
-        return "tier" not in (await statefulset(kube_api, cluster, "master")).metadata.labels
+        return "tier" not in ((await statefulset(kube_api, cluster, "master")).metadata.labels or {})
 
     await eventually(label_removed, "the removed label to go from the StatefulSets")
     again = (await core.read_namespaced_service("team-a-ports", cluster.platform_namespace)).spec
@@ -353,7 +353,7 @@ async def test_a_redelivered_delete_keeps_retained_volumes(
         listing = await core.list_namespaced_persistent_volume_claim(
             cluster.platform_namespace, label_selector=selector
         )
-        return sorted(claim.metadata.name for claim in listing.items)
+        return sorted(name_of(claim) for claim in listing.items)
 
     kept = await eventually(lambda: _nonempty(claims()), "the vNodes' volume claims")
     await custom.delete_namespaced_custom_object(GROUP, VERSION, cluster.namespace, PLURAL, cluster.name)
@@ -427,7 +427,7 @@ async def test_a_forged_delete_request_for_a_live_cluster_deletes_nothing(
     apps, core = client.AppsV1Api(kube_api), client.CoreV1Api(kube_api)
     selector = "clusterName=team-a"
     listed = await apps.list_namespaced_stateful_set(cluster.platform_namespace, label_selector=selector)
-    before = sorted(s.metadata.name for s in listed.items)
+    before = sorted(name_of(s) for s in listed.items)
 
     # The Vk8s object is not being deleted: the event alone must not remove anything.
     await cluster.bus.publish(ClusterDeleteRequested(uid=cluster.uid), cluster.cluster_id)
@@ -435,7 +435,7 @@ async def test_a_forged_delete_request_for_a_live_cluster_deletes_nothing(
         await cluster.bus.next("cluster.vnodes.deleted", timeout=5)
 
     after = (await apps.list_namespaced_stateful_set(cluster.platform_namespace, label_selector=selector)).items
-    assert sorted(s.metadata.name for s in after) == before == ["team-a-master", "team-a-worker-0"]
+    assert sorted(name_of(s) for s in after) == before == ["team-a-master", "team-a-worker-0"]
     assert all(s.metadata.deletion_timestamp is None for s in after)
     listing = await core.list_namespaced_persistent_volume_claim(cluster.platform_namespace, label_selector=selector)
     claims = listing.items

@@ -29,8 +29,8 @@ def write(tmp_path: Path, name: str, *documents: object) -> str:
 
 def invalid_document() -> dict[str, object]:
     document = valid_document()
-    document["spec"]["nodes"][1]["resources"]["requests"] = {"nvidia.com/gpu": 1}  # type: ignore[index]
-    document["spec"]["kubeflow"]["version"] = "v1.4.0"  # type: ignore[index]
+    document["spec"]["nodes"][1]["resources"]["requests"] = {"nvidia.com/gpu": 1}
+    document["spec"]["kubeflow"]["version"] = "v1.4.0"
     return document
 
 
@@ -39,7 +39,7 @@ def test_seed_samples_are_valid_with_warnings_on_stderr() -> None:
     assert result.exit_code == 0, result.output
     assert result.stdout == ""
     warnings = result.stderr.splitlines()
-    assert [LINE.match(line)["file"] for line in warnings] == [  # type: ignore[index]
+    assert [match["file"] if (match := LINE.match(line)) else line for line in warnings] == [
         str(EXAMPLES / "sample3.yaml"), str(EXAMPLES / "sample4.yaml"),
     ]
     assert all(": spec.nodes[0].kubeflow.password: warning: " in line for line in warnings)
@@ -67,9 +67,10 @@ def test_documents_are_numbered_in_multi_document_files(tmp_path: Path) -> None:
     path = write(tmp_path, "many.yaml", valid_document(), invalid_document())
     result = run("-f", path)
     assert result.exit_code == 1
-    lines = [LINE.match(line) for line in result.stdout.splitlines()]
-    assert lines and all(lines)
-    assert {(match["file"], match["doc"]) for match in lines} == {(path, "2")}  # type: ignore[index]
+    matches = [LINE.match(line) for line in result.stdout.splitlines()]
+    lines = [match for match in matches if match is not None]
+    assert lines and len(lines) == len(matches)
+    assert {(match["file"], match["doc"]) for match in lines} == {(path, "2")}
 
 
 def test_one_invalid_file_among_valid_ones_fails(tmp_path: Path) -> None:

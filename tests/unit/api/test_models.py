@@ -16,7 +16,6 @@ from libs.api import validate_document
 from libs.api.models import (
     PHASE_HISTORY_LIMIT,
     Condition,
-    NodeImageCatalog,
     NodeRole,
     Phase,
     SecretKeyRef,
@@ -24,6 +23,7 @@ from libs.api.models import (
     Vk8sSpec,
     Vk8sStatus,
 )
+from libs.api.versions import NodeImageCatalog
 from tests.unit.api.conftest import SAMPLES, load_sample
 
 T0 = datetime(2023, 10, 27, 9, 34, 27, tzinfo=UTC)

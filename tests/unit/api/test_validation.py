@@ -76,6 +76,11 @@ def add_worker(doc: Doc, **fields: Any) -> None:
     doc["spec"]["nodes"].append({"name": f"w{len(doc['spec']['nodes'])}", "role": "worker", **fields})
 
 
+def add_workers(doc: Doc, count: int) -> None:
+    for _ in range(count):
+        add_worker(doc)
+
+
 ERRORS: list[Any] = [
     # nodes: one master, first, unique names, known roles, DNS-1123 names
     pytest.param(lambda d: node(d, 0).update(role="worker"), "spec.nodes", "no master node", id="no-master"),
@@ -246,7 +251,7 @@ ERRORS: list[Any] = [
     pytest.param(on(None, ["kink:v1.36", "kink:v1.35"]), "spec.nodes[1].image", "same Kubernetes minor",
                  id="images-disagree"),
     pytest.param(on(None, "kink:v1.10"), "spec.nodes[0].image", "Kubernetes 1.10 has no node image", id="image-unknown"),
-    pytest.param(lambda d: [add_worker(d) for _ in range(63)], "spec.nodes", "65 items; at most 64 allowed",
+    pytest.param(lambda d: add_workers(d, 63), "spec.nodes", "65 items; at most 64 allowed",
                  id="too-many-vnodes"),
     # node images come from the allowed repositories only (default: the catalog's)
     pytest.param(on(None, "evil.example.com/kink:v1.36"), "spec.nodes[0].image",
@@ -403,7 +408,7 @@ def test_host_networks_must_not_overlap(document: Doc) -> None:
     assert validate_document(document, host_cidrs=["192.168.0.0/16"]).ok
 
 
-def catalog(*rows: dict[str, Any], kubeflow: tuple[dict[str, Any], ...] = ()) -> CompatibilityMatrix:
+def catalog(*rows: dict[str, Any] | str, kubeflow: tuple[dict[str, Any], ...] = ()) -> CompatibilityMatrix:
     return CompatibilityMatrix.model_validate({"kubernetes": list(rows), "kubeflow": list(kubeflow)})
 
 

@@ -14,7 +14,7 @@ from vk8s.testbed import lifecycle
 NETWORK = logic.ClusterNetwork("10.200.0.2", "90.244.0.0/16", "90.96.0.0/12")
 
 
-def config(version: str, *, schedulable: bool = True) -> list[dict]:
+def config(version: str, *, schedulable: bool = True) -> list[dict[str, Any]]:
     text = logic.kubeadm_init_config(
         kubeadm_version=version, node_name="master", network=NETWORK, cluster_name="team-a", schedulable_master=schedulable
     )
@@ -82,12 +82,12 @@ def test_real_kubeadm_validates_the_generated_config(version: str, tmp_path: Pat
     assert "podSubnet" in refused.stderr or "90.244.0.0/99" in refused.stderr
 
 
-def containers(document: dict) -> list[dict]:
+def containers(document: dict[str, Any]) -> list[dict[str, Any]]:
     spec = document["spec"]["template"]["spec"] if "template" in document.get("spec", {}) else document["spec"]
     return spec.get("initContainers", []) + spec["containers"]
 
 
-def workloads(manifest: str) -> list[dict]:
+def workloads(manifest: str) -> list[dict[str, Any]]:
     """The pod-making objects of a manifest, with the helper pod that local-path's ConfigMap holds."""
     found = []
     for document in yaml.safe_load_all(manifest):

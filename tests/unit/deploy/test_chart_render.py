@@ -257,7 +257,7 @@ def test_the_vnode_service_gets_the_ports_service_type() -> None:
     assert env["VK8S_VNODE_PORTS_SERVICE_TYPE"]["value"] == "LoadBalancer"
 
 
-SETTINGS_CASES = ({}, TENANTS, {"rbac": {"tenantNamespaces": ["team-a"]}}, {"nats": {"auth": {"type": "creds"}}})
+SETTINGS_CASES: tuple[Manifest, ...] = ({}, TENANTS, {"rbac": {"tenantNamespaces": ["team-a"]}}, {"nats": {"auth": {"type": "creds"}}})
 
 
 @pytest.fixture(scope="module")

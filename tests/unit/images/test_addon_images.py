@@ -14,13 +14,16 @@ import subprocess
 import sys
 import tarfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
 from services.bootstrap import logic
+from tests.support.archives import file_in
 from vk8s.images import builders
 from vk8s.images.errors import ImageBuildError
+from vk8s.images.sources import go_env
 
 VERSIONS = ["1.15", "1.20", "1.28", "v1.36.3"]
 
@@ -81,9 +84,18 @@ def manifest_images(version: str) -> set[str]:
 @pytest.mark.parametrize("version", VERSIONS)
 def test_every_image_of_the_manifests_is_one_a_builder_makes(version: str, monkeypatch: pytest.MonkeyPatch) -> None:
     built: list[str] = []
+
+    def image(ref: str) -> Path:
+        built.append(ref)
+        return Path(f"/{ref}.tar")
+
+    def toolbox_image() -> tuple[str, Path]:
+        built.append("toolbox")
+        return "", Path("/toolbox.tar")
+
     for name in ("netd_image", "gpu_plugin_image", "local_path_provisioner_image"):
-        monkeypatch.setattr(builders, name, lambda ref: built.append(ref) or Path(f"/{ref}.tar"))
-    monkeypatch.setattr(builders, "toolbox_image", lambda: built.append("toolbox") or ("", Path("/toolbox.tar")))
+        monkeypatch.setattr(builders, name, image)
+    monkeypatch.setattr(builders, "toolbox_image", toolbox_image)
     monkeypatch.setattr(builders, "toolbox_ref", lambda: logic.TOOLBOX_IMAGE)
 
     archives = builders.addon_images_for(version)
@@ -99,16 +111,14 @@ def test_a_stale_pin_or_an_unknown_image_is_refused() -> None:
         builders.build_addon_image("docker.io/flannel/flannel:v0.26.7")
 
 
-def archive_parts(archive: Path) -> tuple[list[dict[str, tarfile.TarInfo]], dict[str, object]]:
+def archive_parts(archive: Path) -> tuple[list[dict[str, tarfile.TarInfo]], dict[str, Any]]:
     """Each layer's entries and the image config."""
     with tarfile.open(archive) as layout:
 
         def blob(digest: str) -> bytes:
-            member = layout.extractfile(f"blobs/sha256/{digest.removeprefix('sha256:')}")
-            assert member is not None
-            return member.read()
+            return file_in(layout, f"blobs/sha256/{digest.removeprefix('sha256:')}")
 
-        index = json.loads(layout.extractfile("index.json").read())  # type: ignore[union-attr]
+        index = json.loads(file_in(layout, "index.json"))
         assert index["manifests"][0]["annotations"]["io.containerd.image.name"]
         manifest = json.loads(blob(index["manifests"][0]["digest"]))
         config = json.loads(blob(manifest["config"]["digest"]))
@@ -124,9 +134,9 @@ def fake_go_build(monkeypatch: pytest.MonkeyPatch) -> list[tuple[list[str], Path
     recorded: list[tuple[list[str], Path | None]] = []
 
     def run(argv: list[object], cwd: Path | None = None, env: object = None) -> str:
-        argv = [str(arg) for arg in argv]
-        recorded.append((argv, cwd))
-        Path(argv[argv.index("-o") + 1]).write_bytes(b"\x7fELF fake")
+        args = [str(arg) for arg in argv]
+        recorded.append((args, cwd))
+        Path(args[args.index("-o") + 1]).write_bytes(b"\x7fELF fake")
         return ""
 
     monkeypatch.setattr(builders, "run", run)
@@ -138,7 +148,12 @@ def test_the_netd_image_is_the_script_on_its_debian_base(tmp_path: Path, monkeyp
     with tarfile.open(base, "w") as tar:
         tar.addfile(tarfile.TarInfo("etc/debian_version"), io.BytesIO(b""))
     asked: list[tuple[str, ...]] = []
-    monkeypatch.setattr(builders, "debian_rootfs", lambda packages: asked.append(tuple(packages)) or base)
+
+    def debian_rootfs(packages: tuple[str, ...]) -> Path:
+        asked.append(tuple(packages))
+        return base
+
+    monkeypatch.setattr(builders, "debian_rootfs", debian_rootfs)
 
     archive = builders.build_addon_image(logic.NETD_IMAGE)
 
@@ -180,7 +195,7 @@ def test_the_provisioner_is_built_from_its_module_at_the_pinned_version(monkeypa
 def test_the_provisioner_module_builds_without_cgo() -> None:
     go_mod = (builders.LOCAL_PATH_DIR / "go.mod").read_text()
     assert f"require {builders.LOCAL_PATH_MODULE} v" in go_mod
-    assert builders.go_env()["CGO_ENABLED"] == "0"
+    assert go_env()["CGO_ENABLED"] == "0"
 
 
 # vk8s-netd itself.

@@ -8,9 +8,11 @@ import re
 import stat
 import tarfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from tests.support.archives import file_in
 from tests.unit.images.support import kubeadm_script, script
 from vk8s.images import builders, sources
 from vk8s.images.errors import ImageBuildError
@@ -40,20 +42,14 @@ def bin_dir(tmp_path: Path) -> Path:
     return directory
 
 
-def read_member(layout: tarfile.TarFile, name: str) -> bytes:
-    member = layout.extractfile(name)
-    assert member is not None, name
-    return member.read()
-
-
-def layer_and_config(archive: Path) -> tuple[dict[str, tarfile.TarInfo], dict[str, object]]:
+def layer_and_config(archive: Path) -> tuple[dict[str, tarfile.TarInfo], dict[str, Any]]:
     """The single layer's entries and the config of a one-layer archive."""
     with tarfile.open(archive) as layout:
 
         def blob(digest: str) -> bytes:
-            return read_member(layout, f"blobs/sha256/{digest.removeprefix('sha256:')}")
+            return file_in(layout, f"blobs/sha256/{digest.removeprefix('sha256:')}")
 
-        manifest = json.loads(blob(json.loads(read_member(layout, "index.json"))["manifests"][0]["digest"]))
+        manifest = json.loads(blob(json.loads(file_in(layout, "index.json"))["manifests"][0]["digest"]))
         config = json.loads(blob(manifest["config"]["digest"]))
         (layer,) = [blob(entry["digest"]) for entry in manifest["layers"]]
     with tarfile.open(fileobj=io.BytesIO(layer)) as tar:
@@ -165,7 +161,12 @@ def etcd_source(tmp_path: Path, says: str) -> Path:
 def test_etcd_3_4_is_the_single_module_kubernetes_pinned(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     asked: list[tuple[str, str]] = []
     source = etcd_source(tmp_path, "3.4.13")
-    monkeypatch.setattr(builders, "go_module_source", lambda module, version: asked.append((module, version)) or source)
+
+    def go_module_source(module: str, version: str) -> Path:
+        asked.append((module, version))
+        return source
+
+    monkeypatch.setattr(builders, "go_module_source", go_module_source)
 
     module_dir, module, version = builders._etcd_module("v3.4.13")
 
@@ -200,4 +201,4 @@ def test_coredns_is_built_at_the_release_its_tag_names(ref: str, release: str, m
     _, config = layer_and_config(builders.coredns_image(ref))
 
     assert built == [("github.com/coredns/coredns", release)]
-    assert config["config"]["Labels"]["io.vk8s.built-from"].startswith(f"github.com/coredns/coredns {release} built from source")  # type: ignore[index]
+    assert config["config"]["Labels"]["io.vk8s.built-from"].startswith(f"github.com/coredns/coredns {release} built from source")

@@ -9,10 +9,12 @@ import subprocess
 import sys
 import tarfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from libs.api.versions import NodeImageCatalog, VersionError
+from tests.support.archives import file_in
 from tests.unit.images.support import kubeadm_script, script
 from vk8s.images import kink
 from vk8s.images.errors import ImageBuildError
@@ -76,18 +78,16 @@ def image_archive(tmp_path: Path, ref: str) -> Path:
     return out
 
 
-def read_layout(archive: Path) -> tuple[dict, dict, list[tarfile.TarFile]]:
+def read_layout(archive: Path) -> tuple[dict[str, Any], dict[str, Any], list[tarfile.TarFile]]:
     """(index, config, layers) of an OCI archive; the layers are opened from a copy in memory."""
     import io
 
     with tarfile.open(archive) as tar:
 
         def blob(digest: str) -> bytes:
-            member = tar.extractfile(f"blobs/sha256/{digest.removeprefix('sha256:')}")
-            assert member is not None
-            return member.read()
+            return file_in(tar, f"blobs/sha256/{digest.removeprefix('sha256:')}")
 
-        index = json.loads(tar.extractfile("index.json").read())  # type: ignore[union-attr]
+        index = json.loads(file_in(tar, "index.json"))
         manifest = json.loads(blob(index["manifests"][0]["digest"]))
         config = json.loads(blob(manifest["config"]["digest"]))
         # The caller reads the layers after this returns; they live in memory, nothing to close.
@@ -166,7 +166,7 @@ def test_the_image_is_the_base_plus_the_node(tmp_path: Path, bin_dir: Path, base
     for unit in ("kubelet.service", "kubelet.service.d/10-kubeadm.conf", "kubelet.service.d/20-vk8s-preload.conf"):
         assert f"etc/systemd/system/{unit}" in members
 
-    containerd = node.extractfile("etc/containerd/config.toml").read().decode()  # type: ignore[union-attr]
+    containerd = file_in(node, "etc/containerd/config.toml").decode()
     assert f'sandbox_image = "{PAUSE}"' in containerd
     for setting in (
         "SystemdCgroup = false",
@@ -177,11 +177,11 @@ def test_the_image_is_the_base_plus_the_node(tmp_path: Path, bin_dir: Path, base
     ):
         assert setting in containerd
 
-    listing = node.extractfile("var/lib/vk8s/images/images.list").read().decode()  # type: ignore[union-attr]
+    listing = file_in(node, "var/lib/vk8s/images/images.list").decode()
     lines = [line.split("\t") for line in listing.splitlines()]
     assert [ref for _, ref in lines] == sorted(preload)
     for file, ref in lines:
-        assert node.extractfile(f"var/lib/vk8s/images/{file}").read() == preload[ref].read_bytes()  # type: ignore[union-attr]
+        assert file_in(node, f"var/lib/vk8s/images/{file}") == preload[ref].read_bytes()
 
     record = kink.read_build_record(archive)
     assert record.ref == "ghcr.io/vk8s/kink:v1.36"
@@ -214,9 +214,9 @@ def test_a_second_build_is_the_cached_one(
 
 def layer_digests(archive: Path) -> list[str]:
     with tarfile.open(archive) as tar:
-        index = json.loads(tar.extractfile("index.json").read())  # type: ignore[union-attr]
+        index = json.loads(file_in(tar, "index.json"))
         digest = index["manifests"][0]["digest"].removeprefix("sha256:")
-        manifest = json.loads(tar.extractfile(f"blobs/sha256/{digest}").read())  # type: ignore[union-attr]
+        manifest = json.loads(file_in(tar, f"blobs/sha256/{digest}"))
     return [layer["digest"] for layer in manifest["layers"]]
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from ipaddress import IPv4Address, IPv4Network, ip_network
+from typing import Any
 
 import pytest
 
@@ -23,7 +24,7 @@ from services.ipmanager.logic import (
     plan_vnode_addresses,
     pool_usages,
 )
-from services.ipmanager.records import ClusterRecord, IpClaim, NetworkTable
+from services.ipmanager.records import ClusterRecord, IpClaim, NetworkClaim, NetworkTable
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 LAYOUT = NetworkLayout(
@@ -39,7 +40,7 @@ LAYOUT = NetworkLayout(
 POOL = AddressPool(IPv4Network("10.250.0.0/24"))
 
 
-def claim(table: NetworkTable, uid: str, request: NetworkRequest | None = None, generation: int = 1, **kw):
+def claim(table: NetworkTable, uid: str, request: NetworkRequest | None = None, generation: int = 1, **kw: Any) -> NetworkClaim:
     return claim_network(
         table, uid=uid, cluster_id=kw.get("cluster_id", f"team/{uid}"), generation=generation,
         request=request if request is not None else NetworkRequest(), layout=kw.get("layout", LAYOUT), now=NOW,
@@ -47,7 +48,7 @@ def claim(table: NetworkTable, uid: str, request: NetworkRequest | None = None, 
 
 
 def request(pod: str | None = None, service: str | None = None) -> NetworkRequest:
-    return NetworkRequest(pod and ip_network(pod), service and ip_network(service))
+    return NetworkRequest(ip_network(pod) if pod else None, ip_network(service) if service else None)
 
 
 def ip_claim(uid: str, vnode: str, age_s: float = 0) -> IpClaim:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from ipaddress import ip_network
+from typing import Any
 
 import pytest
 from pydantic import ValidationError
@@ -15,7 +16,7 @@ def test_networks_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     settings = IpManagerSettings()
     assert settings.host_node_cidrs == (ip_network("192.168.0.0/16"), ip_network("10.10.0.0/16"))
     assert settings.host_pod_cidrs == (ip_network("10.42.0.0/16"), ip_network("fd00:42::/56"))
-    reserved = {r.what: [] for r in settings.network_layout().reserved}
+    reserved: dict[str, list[str]] = {r.what: [] for r in settings.network_layout().reserved}
     for r in settings.network_layout().reserved:
         reserved[r.what].append(str(r.network))
     assert reserved["the vNode IP pool"] == ["10.43.0.0/24"]
@@ -30,6 +31,6 @@ def test_networks_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
         ({"service_cidr_pool": "10.0.0.0/8", "service_cidr_prefix": 28}, "more than 65536 /28 blocks"),
     ],
 )
-def test_pools_are_checked(fields: dict[str, object], message: str) -> None:
+def test_pools_are_checked(fields: dict[str, Any], message: str) -> None:
     with pytest.raises(ValidationError, match=message):
         IpManagerSettings(**fields)

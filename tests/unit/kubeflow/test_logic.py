@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import bcrypt
 import pytest
@@ -14,7 +15,7 @@ from services.kubeflow.settings import ManifestSource, ManifestSources
 BUNDLE = Path(__file__).resolve().parents[3] / "deploy/kubeflow/minimal"
 
 
-def objects() -> list[dict]:
+def objects() -> list[dict[str, Any]]:
     return [d for p in sorted(BUNDLE.glob("*.yaml")) for d in yaml.safe_load_all(p.read_text()) if d]
 
 
@@ -34,7 +35,7 @@ def test_workloads_are_the_release_deployments() -> None:
     assert len(logic.workloads(objects())) == 7
 
 
-def deployment(available: str, replicas: int = 1, ready: int = 1) -> dict:
+def deployment(available: str, replicas: int = 1, ready: int = 1) -> dict[str, Any]:
     return {
         "spec": {"replicas": replicas},
         "status": {"availableReplicas": ready, "conditions": [{"type": "Available", "status": available}]},
@@ -58,7 +59,8 @@ def test_dex_user_replaces_the_entry_for_the_same_email_only() -> None:
     updated = logic.dex_config_with_user(config, email="a@example.com", password_hash=hashed, user_id=logic.user_id("a@example.com"))
     entries = yaml.safe_load(updated)["staticPasswords"]
     assert [e["email"] for e in entries] == ["other@example.com", "a@example.com"]
-    assert bcrypt.checkpw(b"s3cret", logic.current_hash(updated, "a@example.com").encode())
+    current = logic.current_hash(updated, "a@example.com")
+    assert current is not None and bcrypt.checkpw(b"s3cret", current.encode())
     assert "s3cret" not in updated
 
 
@@ -84,8 +86,9 @@ def test_a_manifest_source_is_exactly_one_kind() -> None:
     sources = ManifestSources.model_validate(
         {"releases": {"v1.9.0": {"git": {"url": "https://example.com/m.git", "ref": "v1.9.0"}}}, "default": {"directory": "/m"}}
     )
-    assert sources.for_release("v1.9.0").git.path == "example"
-    assert sources.for_release("v1.3.0").directory == Path("/m")
+    released, default = sources.for_release("v1.9.0"), sources.for_release("v1.3.0")
+    assert released is not None and released.git is not None and released.git.path == "example"
+    assert default is not None and default.directory == Path("/m")
 
 
 def test_unavailable_deployments_are_named_with_what_their_pods_say() -> None:

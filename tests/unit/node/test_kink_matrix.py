@@ -45,11 +45,14 @@ def test_required_minors_have_builds() -> None:
     assert set(builds()) >= REQUIRED
 
 
+MINORS: list[str] = sorted(builds(), key=kubernetes_sort_key)
+
+
 def test_every_build_is_a_known_minor() -> None:
     assert set(builds()) <= set(default_matrix().known_kubernetes())
 
 
-@pytest.mark.parametrize("minor", sorted(builds(), key=kubernetes_sort_key))
+@pytest.mark.parametrize("minor", MINORS)
 def test_build_is_fully_pinned(minor: str) -> None:
     build = builds()[minor]
     assert set(build) == set(PINNED) | set(CHECKSUMS)
@@ -61,7 +64,7 @@ def test_build_is_fully_pinned(minor: str) -> None:
     assert build["CRICTL_VERSION"].rsplit(".", 1)[0] == minor
 
 
-@pytest.mark.parametrize("minor", sorted(builds(), key=kubernetes_sort_key))
+@pytest.mark.parametrize("minor", MINORS)
 def test_containerd_speaks_the_kubelets_cri(minor: str) -> None:
     containerd_major = int(builds()[minor]["CONTAINERD_VERSION"].split(".")[0])
     minor_number = int(minor.split(".")[1])

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from libs.api.models import Vk8sSpec
 from services.scheduler.logic import (
@@ -55,10 +55,10 @@ def vnode(
     memory_gi: int = 16,
     model: str | None = None,
     tolerations: tuple[Toleration, ...] = (),
-    role: str = "worker",
+    role: Literal["master", "worker"] = "worker",
 ) -> VNodeRequest:
     resources = Resources(gpus, cpu * 1000, memory_gi * GI, 1)
-    return VNodeRequest(name, role, resources, model, tolerations)  # type: ignore[arg-type]
+    return VNodeRequest(name, role, resources, model, tolerations)
 
 
 def gang(

@@ -139,9 +139,7 @@ def gpu_pod(
     namespace: str = PLATFORM_NAMESPACE,
 ) -> client.V1Pod:
     pod = v1_pod([container(limits={"nvidia.com/gpu": "4"})], labels=labels)
-    pod.metadata.name = name
-    pod.metadata.namespace = namespace
-    pod.metadata.owner_references = owners
+    pod.metadata = client.V1ObjectMeta(name=name, namespace=namespace, labels=labels, owner_references=owners)
     return pod
 
 

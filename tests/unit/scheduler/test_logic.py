@@ -32,9 +32,26 @@ from tests.unit.scheduler.support import GI, gang, host, inventory, node_spec, s
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 
 
-def hosts_of(decision: Placement | Unschedulable) -> dict[str, str]:
+def placed(decision: Placement | Unschedulable) -> Placement:
     assert isinstance(decision, Placement), decision
-    return {a.vnode.name: a.host for a in decision.assignments}
+    return decision
+
+
+def hosts_of(decision: Placement | Unschedulable) -> dict[str, str]:
+    return {a.vnode.name: a.host for a in placed(decision).assignments}
+
+
+def free(inv: Inventory, node: str) -> Resources:
+    """What is free on a node the inventory knows."""
+    resources = inv.free(node)
+    assert resources is not None, f"{node} is not in the inventory"
+    return resources
+
+
+def zone_of(inv: Inventory, node: str) -> str:
+    host_node = inv.node(node)
+    assert host_node is not None and host_node.zone is not None, f"{node}: not in the inventory or in no zone"
+    return host_node.zone
 
 
 def booked(inv: Inventory, node: str, gpus: int, *, uid: str = "other", vnode: str = "w", cpu: int = 0) -> None:
@@ -86,14 +103,14 @@ def test_best_fit_agrees_with_a_brute_force_search() -> None:
         fitting = [
             n.name
             for n in inv.nodes()
-            if inv.free(n.name).covers(need.resources) and need.gpu_model in (None, n.gpu_model)
+            if free(inv, n.name).covers(need.resources) and need.gpu_model in (None, n.gpu_model)
         ]
         if not fitting:
             assert isinstance(decision, Unschedulable)
             continue
         chosen = hosts_of(decision)["w"]
         assert chosen in fitting
-        assert inv.free(chosen).gpus == min(inv.free(n).gpus for n in fitting)
+        assert free(inv, chosen).gpus == min(free(inv, n).gpus for n in fitting)
 
 
 def test_cpu_only_vnodes_prefer_nodes_without_gpus_then_gpu_nodes_with_their_gpus_taken() -> None:
@@ -238,7 +255,7 @@ def test_spread_puts_each_vnode_in_the_zone_with_the_fewest_of_the_cluster() -> 
     spread = hosts_of(place(gang(*(vnode(f"w{i}", 2) for i in range(6)), spread=True), inv))
     packed = hosts_of(place(gang(*(vnode(f"w{i}", 2) for i in range(3))), inv))
 
-    zones = [inv.node(h).zone for h in spread.values()]
+    zones = [zone_of(inv, h) for h in spread.values()]
     assert sorted(zones) == ["a", "a", "b", "b", "c", "c"]
     assert len(set(packed.values())) == 1
 
@@ -333,21 +350,21 @@ def test_every_pod_on_a_node_takes_its_requests() -> None:
     inv = inventory(host("n1"))
     inv.upsert_pod("other/trainer", PodUsage("n1", Resources(6, 1000, GI, 1)))
 
-    assert inv.free("n1").gpus == 2
+    assert free(inv, "n1").gpus == 2
     assert inv.upsert_pod("other/trainer", None) is True
-    assert inv.free("n1").gpus == 8
+    assert free(inv, "n1").gpus == 8
 
 
 def test_a_booking_stops_counting_once_its_vnode_pod_is_bound_to_the_node() -> None:
     inv = inventory(host("n1"), host("n2"))
     mine = Booking("uid-a", "team/a", "worker-1", Resources(4, 4000, 16 * GI, 1))
     inv.set_bookings("n1", {mine.key: mine})
-    assert inv.free("n1").gpus == 4
+    assert free(inv, "n1").gpus == 4
     assert inv.reserved("n1").gpus == 4
 
     inv.upsert_pod("team/worker-1-0", PodUsage("n1", Resources(4, 4000, 16 * GI, 1), ("uid-a", "worker-1")))
 
-    assert inv.free("n1").gpus == 4  # counted once, as the pod
+    assert free(inv, "n1").gpus == 4  # counted once, as the pod
     assert inv.reserved("n1").gpus == 0
     assert inv.in_use("n1").gpus == 4
     assert inv.vnode_hosts("uid-a") == {"worker-1": "n1"}
@@ -355,7 +372,7 @@ def test_a_booking_stops_counting_once_its_vnode_pod_is_bound_to_the_node() -> N
     # A pod of the same vNode name in another cluster covers nothing.
     inv.upsert_pod("x/worker-1-0", PodUsage("n2", Resources(4, 0, 0, 1), ("uid-x", "worker-1")))
     inv.set_bookings("n2", {("uid-b", "worker-1"): Booking("uid-b", "team/b", "worker-1", Resources(2, 0, 0, 1))})
-    assert inv.free("n2").gpus == 2
+    assert free(inv, "n2").gpus == 2
 
     # The pod goes away (restarted): the booking holds the GPUs for it again.
     inv.upsert_pod("team/worker-1-0", None)
@@ -368,7 +385,7 @@ def test_a_vnode_grown_in_place_books_what_its_running_pod_does_not_take() -> No
     small = Booking("uid-a", "team/a", "w1", Resources(2, 4000, 16 * GI, 1))
     inv.set_bookings("n1", {small.key: small})
     inv.upsert_pod("team/a-w1-0", PodUsage("n1", Resources(2, 4000, 16 * GI, 1), ("uid-a", "w1")))
-    assert inv.free("n1").gpus == 6
+    assert free(inv, "n1").gpus == 6
 
     # Grown to 8 GPUs on the same host: the 2-GPU pod still runs, the booking holds the other 6.
     request, _ = plan("team/a", "uid-a", spec(node_spec("w1", 8)), None, inv)
@@ -377,7 +394,7 @@ def test_a_vnode_grown_in_place_books_what_its_running_pod_does_not_take() -> No
     assert inv.admits("n1", {grown.key: grown}, "uid-a")
     inv.set_bookings("n1", {grown.key: grown})
 
-    assert inv.free("n1").gpus == 0
+    assert free(inv, "n1").gpus == 0
     assert inv.reserved("n1").gpus == 6
     # Nothing else fits on the node until the grown vNode is gone (was: 6 more GPUs promised).
     assert isinstance(place(gang(vnode("x", 6), cluster_id="team/b", uid="uid-b"), inv), Unschedulable)
@@ -386,7 +403,7 @@ def test_a_vnode_grown_in_place_books_what_its_running_pod_does_not_take() -> No
 
     # The StatefulSet rolls: the 8-GPU pod replaces the 2-GPU one, still 8 in all.
     inv.upsert_pod("team/a-w1-0", PodUsage("n1", Resources(8, 4000, 16 * GI, 1), ("uid-a", "w1")))
-    assert inv.free("n1").gpus == 0 and inv.reserved("n1").gpus == 0
+    assert free(inv, "n1").gpus == 0 and inv.reserved("n1").gpus == 0
 
 
 def test_a_pod_of_an_earlier_cluster_of_the_same_name_covers_nothing() -> None:
@@ -396,7 +413,7 @@ def test_a_pod_of_an_earlier_cluster_of_the_same_name_covers_nothing() -> None:
     new = Booking("uid-new", "team/a", "w1", Resources(4, 0, 0, 1))
     inv.set_bookings("n1", {new.key: new})
 
-    assert inv.free("n1").gpus == 0
+    assert free(inv, "n1").gpus == 0
     assert inv.vnode_hosts("uid-new") == {}
     request, _ = plan("team/a", "uid-new", spec(node_spec("w1", 4)), None, inv)
     assert request.preferred == {}
@@ -408,7 +425,7 @@ def test_a_pod_covers_no_more_of_its_booking_than_it_takes() -> None:
     inv.set_bookings("n1", {booking.key: booking})
     inv.upsert_pod("team/a-w1-0", PodUsage("n1", Resources(1, 0, 0, 1), ("uid-a", "w1")))
 
-    assert inv.free("n1").gpus == 0
+    assert free(inv, "n1").gpus == 0
     assert inv.reserved("n1").gpus == 7
 
 
@@ -443,7 +460,7 @@ def test_the_index_follows_every_change() -> None:
         if node.cordoned:
             assert indexed is None
         else:
-            assert indexed is not None and indexed[1] == inv.free(node.name).gpus
+            assert indexed is not None and indexed[1] == free(inv, node.name).gpus
             assert node.name in inv._groups[indexed[0]].buckets[indexed[1]]
 
 
@@ -469,7 +486,7 @@ def reservation(cluster: Reservation | None = None, **changes: object) -> Reserv
         1,
         spec(node_spec("master", role="master"), node_spec("w1", 2)),
         (),
-        place(gang(vnode("master", role="master"), vnode("w1", 2)), inventory(host("n1"))),  # type: ignore[arg-type]
+        placed(place(gang(vnode("master", role="master"), vnode("w1", 2)), inventory(host("n1")))),
         now=NOW,
         asked_at=NOW,
         hold=timedelta(minutes=15),
@@ -542,7 +559,8 @@ def test_a_hold_expires_and_leaves_only_what_was_confirmed() -> None:
 
     partly = held.confirm(["w1"])
     assert partly.state is ReservationState.HELD
-    assert [v.vnode for v in partly.without_unconfirmed().vnodes] == ["w1"]
+    confirmed = partly.without_unconfirmed()
+    assert confirmed is not None and [v.vnode for v in confirmed.vnodes] == ["w1"]
     assert held.without_unconfirmed() is None
 
     confirmed = partly.confirm(["master"])
@@ -561,7 +579,7 @@ def test_a_vnode_whose_pod_runs_on_a_full_node_is_placed_there_again() -> None:
     inv = inventory(host("home"), host("empty"))
     inv.upsert_pod("team/w1-0", PodUsage("home", Resources(8, 4000, 16 * GI, 1), ("uid-a", "w1")))
     inv.upsert_pod("team/w2-0", PodUsage("home", Resources(0, 4000, 16 * GI, 1), ("uid-a", "w2")))
-    assert inv.free("home").gpus == 0
+    assert free(inv, "home").gpus == 0
 
     request, _ = plan("team/a", "uid-a", spec(node_spec("w1", 8), node_spec("w2")), None, inv)
     hosts = hosts_of(place(request, inv))
@@ -584,7 +602,8 @@ def pending(cluster_id: str, waited_s: float) -> PendingCluster:
 def test_the_head_of_the_queue_is_the_oldest_once_it_waited_past_the_bound() -> None:
     queue = [pending("team/b", 700), pending("team/a", 900), pending("team/c", 60)]
 
-    assert head_of_queue(queue, NOW, timedelta(minutes=10)).cluster_id == "team/a"  # type: ignore[union-attr]
+    head = head_of_queue(queue, NOW, timedelta(minutes=10))
+    assert head is not None and head.cluster_id == "team/a"
     assert head_of_queue(queue, NOW, timedelta(minutes=20)) is None
     assert head_of_queue([], NOW, timedelta(0)) is None
 
@@ -619,16 +638,16 @@ def test_a_placeholder_covers_its_booking_and_counts_as_reserved_not_in_use() ->
     inv.set_bookings("n1", {mine.key: mine})
     inv.upsert_pod("team/a-w1-hold", PodUsage("n1", Resources(4, 0, 0, 1), ("uid-a", "w1"), placeholder=True))
 
-    assert inv.free("n1").gpus == 4
+    assert free(inv, "n1").gpus == 4
     assert (inv.in_use("n1").gpus, inv.reserved("n1").gpus) == (0, 4)
     assert inv.vnode_hosts("uid-a") == {}  # a placeholder is not the vNode's pod
     assert inv.unbooked_placeholders() == {}
 
     # The vNode pod arrives beside it: counted both until the placeholder goes (never less).
     inv.upsert_pod("team/a-w1-0", PodUsage("n1", Resources(4, 0, 0, 1), ("uid-a", "w1")))
-    assert inv.free("n1").gpus == 0 and inv.vnode_hosts("uid-a") == {"w1": "n1"}
+    assert free(inv, "n1").gpus == 0 and inv.vnode_hosts("uid-a") == {"w1": "n1"}
     inv.upsert_pod("team/a-w1-hold", None)
-    assert inv.free("n1").gpus == 4 and (inv.in_use("n1").gpus, inv.reserved("n1").gpus) == (4, 0)
+    assert free(inv, "n1").gpus == 4 and (inv.in_use("n1").gpus, inv.reserved("n1").gpus) == (4, 0)
 
     # A placeholder whose booking is gone (a crash between the two) is found.
     inv.upsert_pod("team/b-w1-hold", PodUsage("n1", Resources(2, 0, 0, 1), ("uid-b", "w1"), placeholder=True))

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from libs.events import PermanentError, TransientError
+from libs.kube import vnodes
 from libs.kube.vnodes import MAX_STATEFULSET_NAME, platform_namespace
 from services.vnode import logic
 from services.vnode.settings import VNodeSettings
@@ -26,11 +27,11 @@ def master_statefulset(rec: logic.ClusterRecord | None = None) -> dict[str, Any]
 
 
 def test_names_are_unique_per_cluster_and_bounded() -> None:
-    assert logic.statefulset_name("team-a", "master") == "team-a-master"
-    assert logic.pod_name("team-a", "master") == "team-a-master-0"
-    long = logic.statefulset_name("c" * 40, "worker-with-a-long-name")
+    assert vnodes.statefulset_name("team-a", "master") == "team-a-master"
+    assert vnodes.pod_name("team-a", "master") == "team-a-master-0"
+    long = vnodes.statefulset_name("c" * 40, "worker-with-a-long-name")
     assert len(long) == MAX_STATEFULSET_NAME
-    assert long != logic.statefulset_name("c" * 40, "worker-with-a-long-nam")
+    assert long != vnodes.statefulset_name("c" * 40, "worker-with-a-long-nam")
     assert logic.headless_service_name("team-a") == "team-a-vnodes"
     assert logic.headless_service_name("7team") == "vk8s-7team-vnodes"  # Services must start with a letter
     assert len(logic.access_name("a" * 63)) == 63
