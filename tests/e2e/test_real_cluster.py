@@ -4,20 +4,27 @@ names, reach each other across vNodes, and see exactly their vNode's GPU; delete
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
+import signal
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import nats
 import pytest
 import yaml
 from kubernetes.aio import client
 
 from libs.api.versions import default_matrix
+from libs.events import REGISTRY
+from libs.events.catalog import VNodeSetupProgressed
 from libs.kube import GROUP, VERSION
 from libs.kube.vnodes import platform_namespace
 from tests.e2e.conftest import eventually, run, vk8s_object
+from tests.e2e.test_chaos import service_process
 from tests.e2e.test_lifecycle import all_gone, assert_no_allocation, running, statefulsets
 from tests.support.cli import cli_env
 from tests.support.real_tier import require_real_tier
@@ -345,3 +352,60 @@ async def test_pause_resume_keeps_the_inner_node_and_a_new_worker_joins(
     assert inner_nodes()[f"{name}-master"] == before[f"{name}-master"]
     deleted = run(["vk8s", "delete", name, "-n", tenant, "--wait", "--timeout", "300"], real_env)
     assert deleted.returncode == 0, deleted.stdout + deleted.stderr
+
+
+async def test_bootstrap_killed_during_kubeadm_init_resumes_to_a_running_cluster(
+    real_host: client.ApiClient, tenant: str, real_env: dict[str, str], real_product: tuple[stack.StackLayout, stack.StackInfo], tmp_path: Path
+) -> None:
+    """The chaos scenario on real vNodes: the bootstrap service is SIGKILLed while `kubeadm init`
+    runs on the master (its keeper starts it again). The redelivered work resumes without failing the
+    cluster: the master's control plane comes up (the init is not made twice), the worker joins, and
+    the cluster runs the version asked for."""
+    _, info = real_product
+    name = "chaos"
+    cluster_id = f"{tenant}/{name}"
+    master = f"{name}-master"
+    nc = await nats.connect(info.nats_url, user="projector", password=info.service_nats_passwords["projector"])
+    setup = await nc.jetstream().subscribe(VNodeSetupProgressed.subject, ordered_consumer=True)
+    seen: list[VNodeSetupProgressed] = []
+
+    async def master_step(step: str, status: str) -> bool:
+        with contextlib.suppress(nats.errors.TimeoutError):
+            while True:
+                event = REGISTRY.decode(VNodeSetupProgressed.subject, (await setup.next_msg(timeout=1)).data)
+                if event.cluster_id == cluster_id:
+                    seen.append(event.data)
+        return any((e.vnode, e.step, e.status) == (master, step, status) for e in seen)
+
+    try:
+        applied = run(["kubectl", "apply", "-f", "-"], real_env, stdin=cluster_manifest(name, tenant, DEFAULT_MINOR))
+        assert applied.returncode == 0, applied.stderr
+        await eventually(lambda: master_step("kubeadm-init", "Running"), "kubeadm init to start on the master", timeout=600)
+        await asyncio.sleep(3)  # well into init: it takes tens of seconds here
+        assert not await master_step("kubeadm-init", "Success"), "killed while kubeadm init runs"
+        os.kill(service_process(info.service_pids["bootstrap"]), signal.SIGKILL)
+
+        obj = await running(real_host, tenant, name, timeout=600)
+        # The restarted stage reads the node's state: an init under way or done (admin.conf is
+        # written early) is started and waited for under the node's lock, not made again.
+        await master_step("kubeadm-init", "Success")
+        assert {e.step for e in seen if (e.vnode, e.status) == (master, "Success")} & {"kubeadm-init", "start"}, seen
+    finally:
+        await setup.unsubscribe()
+        await nc.drain()
+
+    history = [entry["phase"] for entry in obj["status"]["conditions"]]
+    assert "Failed" not in history, history
+    kubernetes = next(c for c in obj["status"]["readiness"] if c["type"] == "KubernetesReady")
+    assert kubernetes["message"] == f"Kubernetes v{VERSION_ASKED} on 2 nodes", kubernetes
+    kubeconfig = tmp_path / "chaos.kubeconfig"
+    assert run(["vk8s", "kubeconfig", name, "-n", tenant, "-o", str(kubeconfig)], real_env).returncode == 0
+    nodes = json.loads(inner(kubeconfig, real_env, "get", "nodes", "-o", "json"))["items"]
+    ready = {n["metadata"]["name"] for n in nodes for c in n["status"]["conditions"] if c["type"] == "Ready" and c["status"] == "True"}
+    assert ready == {master, f"{name}-worker"}
+    assert json.loads(inner(kubeconfig, real_env, "get", "--raw", "/version"))["gitVersion"] == f"v{VERSION_ASKED}"
+
+    deleted = run(["vk8s", "delete", name, "-n", tenant, "--wait", "--timeout", "300"], real_env)
+    assert deleted.returncode == 0, deleted.stdout + deleted.stderr
+    await all_gone(real_host, tenant, name)
+    assert_no_allocation(info, tenant, name)
