@@ -25,7 +25,12 @@ async def wired(settings: GatewaySettings, *, configure_logs: bool = True) -> As
         Service(TOPOLOGY.service, settings, configure_logs=configure_logs) as service,
     ):
         handlers = GatewayHandlers(
-            objects=ClusterObjects(api, platform_bindings=settings.platform_bindings),
+            objects=ClusterObjects(
+                api,
+                platform_bindings=settings.platform_bindings,
+                tenant_bindings=settings.tenant_bindings,
+                reserved_namespaces=settings.reserved_namespaces,
+            ),
             ledger=Ledger(await ensure_kv(service.js, settings.kv_bucket)),
             publisher=service.publisher.only(ANNOUNCER),
             metrics=GatewayMetrics(service.metrics_registry),

@@ -84,7 +84,7 @@ class GatewayHandlers:
             body = logic.object_for_request(cause)
             problems = logic.request_problems(
                 request, self._settings.host_cidrs, self._settings.namespace, self._settings.image_policy
-            ) or await self._reference_problems(request, body)
+            ) or await self._reference_problems(request)
             if not problems:
                 # Over quota, nothing is created (taken below, against the object made or found).
                 existing = await self._objects.get(request.namespace, request.name)
@@ -135,16 +135,17 @@ class GatewayHandlers:
             await self._announce(plan.event, live, accepted=True, resync=False)
         return self._answered(source, plan)
 
-    async def _reference_problems(self, request: ClusterRequested, body: dict[str, Any]) -> tuple[str, ...]:
-        """Checked before the object is made: a request naming what is not there is rejected at once."""
-        namespace_exists = await self._objects.namespace_exists(body)
+    async def _reference_problems(self, request: ClusterRequested) -> tuple[str, ...]:
+        """Checked before the object is made: a request naming what is not there (or a namespace that is
+        not a tenant's) is rejected at once."""
+        namespace_problem = await self._objects.prepare_tenant_namespace(request.namespace)
         reference = logic.password_reference(request)
         secret_keys = (
             await self._objects.secret_keys(request.namespace, reference.name)
-            if namespace_exists and reference is not None
+            if namespace_problem is None and reference is not None
             else None
         )
-        return logic.reference_problems(request, namespace_exists=namespace_exists, secret_keys=secret_keys)
+        return logic.reference_problems(request, namespace_problem=namespace_problem, secret_keys=secret_keys)
 
     def _answered(self, source: str, plan: logic.RequestPlan) -> list[Envelope[Any]]:
         self._metrics.requests.labels(source, plan.verdict.value).inc()
@@ -284,6 +285,10 @@ class GatewayHandlers:
                 await self._gone(metadata["uid"], resync=resync)
                 return
             obj = current
+        if problem := await self._objects.prepare_tenant_namespace(metadata["namespace"]):
+            # Nothing is done there, nor can be said there: the services have no rights in it.
+            log.warning("Not serving Vk8s", problem=problem)
+            return
         if not obj["metadata"].get("deletionTimestamp"):
             ensured, added = await self._objects.ensure_finalizer(obj)
             if ensured is None:

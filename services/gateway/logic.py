@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -34,7 +34,7 @@ from libs.events.catalog import (
     ClusterUpdated,
 )
 from libs.kube import FINALIZER
-from libs.kube.vnodes import cluster_labels
+from libs.kube.vnodes import CLUSTER_UID_LABEL, cluster_labels
 
 PAUSED_ANNOTATION = "vk8s-resource-stopped"
 REQUEST_ID_ANNOTATION = f"{GROUP}/request-id"
@@ -417,13 +417,30 @@ def as_request_problems(problems: Iterable[Problem]) -> tuple[str, ...]:
     return tuple(str(Problem(_request_path(problem.path), problem.message)) for problem in problems)
 
 
+def tenant_namespace_problem(namespace: str, labels: Mapping[str, str] | None, reserved: Collection[str]) -> str | None:
+    """Why no virtual cluster is made in `namespace` (its labels; None when there is no such
+    namespace): one of the host's own (`reserved`), or a cluster's platform namespace. The gateway
+    binds the services' tenant roles only in a namespace this finds nothing against."""
+    if namespace in reserved:
+        return f"namespace {namespace!r} is reserved for the host cluster; virtual clusters are made in tenant namespaces"
+    if labels is None:
+        return f"namespace {namespace!r} does not exist; create it first"
+    if CLUSTER_UID_LABEL in labels:
+        return (
+            f"namespace {namespace!r} is the platform namespace of a virtual cluster; "
+            "virtual clusters are made in tenant namespaces"
+        )
+    return None
+
+
 def reference_problems(
-    request: ClusterRequested, *, namespace_exists: bool, secret_keys: set[str] | None
+    request: ClusterRequested, *, namespace_problem: str | None, secret_keys: set[str] | None
 ) -> tuple[str, ...]:
-    """What a request names that is not there: its namespace, or the Secret (and key) holding the
-    Kubeflow password (`secret_keys` is None when that Secret does not exist)."""
-    if not namespace_exists:
-        return (f"data.namespace: namespace {request.namespace!r} does not exist; create it first",)
+    """What a request names that is not there or not for it: its namespace (`namespace_problem`, from
+    tenant_namespace_problem), or the Secret (and key) holding the Kubeflow password (`secret_keys`
+    is None when that Secret does not exist)."""
+    if namespace_problem is not None:
+        return (f"data.namespace: {namespace_problem}",)
     reference = password_reference(request)
     if reference is None:
         return ()

@@ -9,12 +9,12 @@ from libs.api.images import ImagePolicy
 from libs.runtime import ServiceSettings
 
 
-class PlatformBinding(BaseModel):
-    """A service's rights in a platform namespace: its ServiceAccount bound there to this ClusterRole."""
+class ServiceBinding(BaseModel):
+    """A service's rights in a namespace the gateway prepares: its ServiceAccount bound there to this ClusterRole."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    role: str = Field(min_length=1, description="ClusterRole holding the service's rules for a platform namespace.")
+    role: str = Field(min_length=1, description="ClusterRole holding the service's rules for such a namespace.")
     service_account: str = Field(min_length=1)
     namespace: str = Field(min_length=1, description="The ServiceAccount's namespace.")
 
@@ -38,10 +38,19 @@ class GatewaySettings(ServiceSettings):
         default_factory=ImagePolicy,
         description="Repositories a node image named in a spec must come from, and whether it needs a digest.",
     )
-    platform_bindings: tuple[PlatformBinding, ...] = Field(
+    platform_bindings: tuple[ServiceBinding, ...] = Field(
         default=(),
         description="RoleBindings made in each platform namespace the gateway creates (the chart's platform roles); "
         "they go with the namespace.",
+    )
+    tenant_bindings: tuple[ServiceBinding, ...] = Field(
+        default=(),
+        description="RoleBindings made in each namespace a Vk8s is served in, before the gateway acts there (the chart's "
+        "tenant roles, when it binds them nowhere itself); they stay as long as the namespace.",
+    )
+    reserved_namespaces: tuple[str, ...] = Field(
+        default=("kube-system", "kube-public", "kube-node-lease"),
+        description="Namespaces no virtual cluster is made in (the host's own; the chart adds its release namespace).",
     )
     max_clusters_per_namespace: int | None = Field(
         default=20, ge=1, description="Clusters the pipeline may hold per namespace; None: no limit."

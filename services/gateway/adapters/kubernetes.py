@@ -1,14 +1,17 @@
-"""Vk8s objects and their cleanup finalizer, the Secret holding a plain Kubeflow password, and the
-warning Events users see in `kubectl describe`. Every write is idempotent: deterministic names,
+"""Vk8s objects and their cleanup finalizer, the Secret holding a plain Kubeflow password, the
+warning Events users see in `kubectl describe`, and the namespaces the services act in (tenant and
+platform ones, with the services' RoleBindings). Every write is idempotent: deterministic names,
 create-or-get, and resourceVersion preconditions on patches."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
 import re
-from collections.abc import AsyncIterator, Mapping
+import time
+from collections.abc import AsyncIterator, Collection, Mapping
 from datetime import datetime
 from typing import Any, cast
 
@@ -36,12 +39,14 @@ from libs.kube import (
 from libs.kube.objects import API_VERSION, owner_reference
 from libs.kube.vnodes import RETAINED_VOLUMES_ANNOTATION, platform_namespace_body
 from services.gateway import logic
-from services.gateway.settings import PlatformBinding
+from services.gateway.settings import ServiceBinding
 
 log = structlog.get_logger(__name__)
 
 COMPONENT = "vk8s-gateway"
 MERGE_PATCH = "application/merge-patch+json"
+TENANT_RECHECK_S = 300.0
+BINDING_WAIT_TRIES, BINDING_WAIT_S = 50, 0.1
 Object = dict[str, Any]
 
 
@@ -51,13 +56,24 @@ class ContendedObject(Exception):
 
 class ClusterObjects:
     def __init__(
-        self, api: client.ApiClient, *, platform_bindings: tuple[PlatformBinding, ...] = (), cas_attempts: int = 5
+        self,
+        api: client.ApiClient,
+        *,
+        platform_bindings: tuple[ServiceBinding, ...] = (),
+        tenant_bindings: tuple[ServiceBinding, ...] = (),
+        reserved_namespaces: Collection[str] = (),
+        cas_attempts: int = 5,
     ):
         self._custom = client.CustomObjectsApi(api)
         self._core = client.CoreV1Api(api)
         self._rbac = client.RbacAuthorizationV1Api(api)
+        self._authorization = client.AuthorizationV1Api(api)
         self._platform_bindings = platform_bindings
+        self._tenant_bindings = tenant_bindings
+        self._reserved_namespaces = frozenset(reserved_namespaces)
         self._cas_attempts = cas_attempts
+        # Tenant namespaces found ready, until when (monotonic) that is taken as still true.
+        self._tenant_ready_until: dict[str, float] = {}
 
     def watch(self, namespace: str | None, *, timeout_s: int) -> AsyncIterator[WatchEvent]:
         """Every Vk8s (of `namespace`, else of all): a list (SYNC events), then changes; again after
@@ -82,19 +98,38 @@ class ClusterObjects:
 
         return await create_or_get(create, get)
 
-    async def namespace_exists(self, body: Object) -> bool:
-        """Whether the object's namespace exists, asked as the apiserver would answer creating it
-        (a dry run), so no right to read namespaces is needed."""
-        namespace = body["metadata"]["namespace"]
+    async def prepare_tenant_namespace(self, namespace: str) -> str | None:
+        """Why no virtual cluster is made in `namespace` (logic.tenant_namespace_problem), else None once
+        the services' tenant roles are bound there (create-or-get). A namespace found ready is looked at
+        again after TENANT_RECHECK_S, so a binding deleted by hand comes back."""
+        if self._tenant_ready_until.get(namespace, 0.0) > time.monotonic():
+            return None
         try:
-            await self._custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body, dry_run="All")
+            labels = metadata_of(await self._core.read_namespace(namespace)).labels or {}
         except ApiException as error:
-            if conflict(error):
-                return True  # the object exists, so its namespace does
-            if not_found(error) and _status_details_kind(error) == "namespaces":
-                return False
-            raise
-        return True
+            if not not_found(error):
+                raise
+            labels = None
+        if problem := logic.tenant_namespace_problem(namespace, labels, self._reserved_namespaces):
+            return problem
+        made = [await self._ensure_role_binding(namespace, binding) for binding in self._tenant_bindings]
+        if any(made):
+            await self._until_bound(namespace)
+        self._tenant_ready_until[namespace] = time.monotonic() + TENANT_RECHECK_S
+        return None
+
+    async def _until_bound(self, namespace: str) -> None:
+        """Waits (a bounded while) until the apiserver's authorizer applies the bindings just made: the
+        gateway acts in the namespace right after. A late one only costs a retry of what was refused."""
+        review = client.V1SelfSubjectAccessReview.model_validate(
+            {"spec": {"resourceAttributes": {"namespace": namespace, "verb": "patch", "group": GROUP, "resource": PLURAL}}}
+        )
+        for _ in range(BINDING_WAIT_TRIES):
+            answer = await self._authorization.create_self_subject_access_review(review)
+            if answer.status is not None and answer.status.allowed:
+                return
+            await asyncio.sleep(BINDING_WAIT_S)
+        log.warning("Tenant roles bound, but not applied yet", tenant_namespace=namespace)
 
     async def secret_keys(self, namespace: str, name: str) -> set[str] | None:
         """The keys of a Secret, None when there is no such Secret."""
@@ -141,8 +176,9 @@ class ClusterObjects:
         for binding in self._platform_bindings:
             await self._ensure_role_binding(platform_namespace, binding)
 
-    async def _ensure_role_binding(self, namespace: str, binding: PlatformBinding) -> None:
-        """The service's ClusterRole bound in the namespace (named after the role; create-or-get)."""
+    async def _ensure_role_binding(self, namespace: str, binding: ServiceBinding) -> bool:
+        """The service's ClusterRole bound in the namespace (named after the role; create-or-get); says
+        whether this call made the binding."""
         body = client.V1RoleBinding.model_validate(
             {
                 "metadata": {"name": binding.role, "namespace": namespace, "labels": {"app.kubernetes.io/managed-by": COMPONENT}},
@@ -150,10 +186,11 @@ class ClusterObjects:
                 "subjects": [{"kind": "ServiceAccount", "name": binding.service_account, "namespace": binding.namespace}],
             }
         )
-        await create_or_get(
+        _, created = await create_or_get(
             lambda: self._rbac.create_namespaced_role_binding(namespace, body),
             lambda: self._rbac.read_namespaced_role_binding(binding.role, namespace),
         )
+        return created
 
     async def delete_platform_namespace(self, namespace: str, name: str, uid: str) -> str | None:
         """Deletes the cluster's platform namespace (only one labelled with this uid). Returns what
@@ -324,12 +361,6 @@ def _status(error: ApiException) -> dict[str, Any]:
     except (TypeError, ValueError):
         return {}
     return status if isinstance(status, dict) else {}
-
-
-def _status_details_kind(error: ApiException) -> str | None:
-    """`details.kind` of the Status an apiserver error carries (e.g. "namespaces" for a missing namespace)."""
-    details = _status(error).get("details")
-    return details.get("kind") if isinstance(details, dict) else None
 
 
 def describe_failure(error: Exception) -> tuple[str, str]:

@@ -37,11 +37,11 @@ from services.gateway.adapters.ledger import Ledger
 from services.gateway.adapters.metrics import GatewayMetrics
 from services.gateway.handlers import GatewayHandlers
 from services.gateway.logic import PAUSED_ANNOTATION, REQUEST_ID_ANNOTATION
-from services.gateway.settings import GatewaySettings, PlatformBinding
+from services.gateway.settings import GatewaySettings, ServiceBinding
 from tests.support.events import NOW, spec_document
 from tests.support.services import running
 from tests.support.wait import eventually
-from vk8s.testbed.fixtures import delete_namespace
+from vk8s.testbed.fixtures import create_namespace, delete_namespace
 
 NAME = "team-a"
 PASSWORD = "n0t-in-any-event"
@@ -395,7 +395,7 @@ async def test_a_platform_namespace_without_the_services_bindings_gets_them_unle
 ) -> None:
     """As after an upgrade: a platform namespace made before the gateway bound roles gets the bindings
     (idempotently); one labelled for another cluster gets none; a missing one is no error."""
-    binding = PlatformBinding(role="view", service_account="probe", namespace=namespace)
+    binding = ServiceBinding(role="view", service_account="probe", namespace=namespace)
     objects = ClusterObjects(kube_api, platform_bindings=(binding,))
     core, rbac = client.CoreV1Api(kube_api), client.RbacAuthorizationV1Api(kube_api)
     uid, name, foreign = str(uuid.uuid4()), f"c-{uuid.uuid4().hex[:8]}", f"c-{uuid.uuid4().hex[:8]}"
@@ -587,7 +587,7 @@ async def handler(
     test's objects are touched)."""
     serving_all = settings.model_copy(update={"namespace": None})
     yield GatewayHandlers(
-        objects=ClusterObjects(kube_api),
+        objects=ClusterObjects(kube_api, reserved_namespaces=serving_all.reserved_namespaces),
         ledger=Ledger(await ensure_kv(js, serving_all.kv_bucket)),
         publisher=Publisher(js),
         metrics=GatewayMetrics(CollectorRegistry()),
@@ -611,6 +611,29 @@ async def test_request_for_a_namespace_that_does_not_exist_is_rejected_naming_it
     assert await rejected_at_once(handler, envelope) == [
         f"data.namespace: namespace '{missing}' does not exist; create it first"
     ]
+
+
+async def test_request_for_a_reserved_or_platform_namespace_is_rejected_and_makes_nothing(
+    handler: GatewayHandlers, kube_api: client.ApiClient, namespace: str
+) -> None:
+    """Hostile input: a requester allowed every namespace still gets no cluster in the host's own namespaces nor
+    in another cluster's platform namespace (where its vNodes and credentials are)."""
+    core = client.CoreV1Api(kube_api)
+    platform = await create_namespace(kube_api, prefix="vk8s-platform-like-")
+    try:
+        await core.patch_namespace(platform, {"metadata": {"labels": {CLUSTER_UID_LABEL: str(uuid.uuid4())}}})
+        for target, problem in (
+            ("kube-system", "namespace 'kube-system' is reserved for the host cluster"),
+            (platform, f"namespace '{platform}' is the platform namespace of a virtual cluster"),
+        ):
+            request = ClusterRequested.model_validate({"name": NAME, "namespace": target, "spec": spec_document()})
+            envelope = Envelope.new(request, cluster_id=f"{target}/{NAME}", now=NOW, event_id=f"into-{target}")
+            [found] = await rejected_at_once(handler, envelope)
+            assert found.startswith(f"data.namespace: {problem}"), found
+            listed = await client.CustomObjectsApi(kube_api).list_namespaced_custom_object(GROUP, VERSION, target, PLURAL)
+            assert listed["items"] == [], target
+    finally:
+        await delete_namespace(kube_api, platform)
 
 
 async def test_request_naming_a_password_secret_that_does_not_exist_is_rejected_naming_it(

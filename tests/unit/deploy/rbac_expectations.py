@@ -42,8 +42,17 @@ def _all(verbs: str, resource: str, group: str = "", scope: Scope = "tenant") ->
 PLATFORM_SERVICES = ("scheduler", "vnode", "bootstrap", "kubeflow")
 
 
+# Services with rights in tenant namespaces: the gateway binds their tenant roles there (rbac.tenantNamespaces
+# empty, the default; else the chart binds them in the listed namespaces).
+TENANT_SERVICES = ("gateway", "scheduler", "vnode", "bootstrap", "kubeflow", "projector")
+
+
 def platform_role(service: str) -> str:
     return f"{{prefix}}{service}-platform"
+
+
+def tenant_role(service: str) -> str:
+    return f"{{prefix}}{service}-tenant"
 
 
 def also_for_tenants(service: str, access: Access) -> bool:
@@ -56,14 +65,19 @@ def also_for_tenants(service: str, access: Access) -> bool:
     )
 
 
+# The gateway's, when rbac.tenantNamespaces is empty (else the chart binds the tenant roles itself).
+TENANT_ROLE_BINDS = tuple(Access("bind", "clusterroles", RBAC, "cluster", tenant_role(service)) for service in TENANT_SERVICES)
+
 NEEDED: dict[str, tuple[Access, ...]] = {
     # services/gateway/adapters/kubernetes.py
     "gateway": (
         *_all("get list watch", "vk8s", VK8S, "cluster"),
         *_all("get create delete", "namespaces", scope="cluster"),
-        # RoleBindings of the services' platform roles in each platform namespace it creates.
+        # RoleBindings of the services' platform roles in each platform namespace it creates, and of their
+        # tenant roles in each namespace it serves a Vk8s in.
         *_all("get create", "rolebindings", RBAC, "cluster"),
         *(Access("bind", "clusterroles", RBAC, "cluster", platform_role(service)) for service in PLATFORM_SERVICES),
+        *TENANT_ROLE_BINDS,
         *_all("create patch", "vk8s", VK8S),
         *_all("get create patch", "secrets"),
         Access("create", "events"),
@@ -125,7 +139,7 @@ _NOBODY: tuple[Access, ...] = (
 
 REFUSED: dict[str, tuple[Access, ...]] = {
     "gateway": (
-        # Only the platform roles: no other role, nor a ClusterRoleBinding.
+        # Only the platform and tenant roles: no other role, nor a ClusterRoleBinding.
         Access("bind", "clusterroles", RBAC, "cluster", "cluster-admin"),
         Access("bind", "clusterroles", RBAC, "cluster", "admin"),
         Access("bind", "clusterroles", RBAC, "cluster", "{prefix}scheduler-cluster"),

@@ -8,7 +8,15 @@ import pytest
 
 from services.topology import NAMES as SERVICES
 from tests.unit.deploy.helm import Manifest, by_component, of_kind, render
-from tests.unit.deploy.rbac_expectations import NEEDED, PLATFORM_SERVICES, REFUSED, Access, platform_role
+from tests.unit.deploy.rbac_expectations import (
+    NEEDED,
+    PLATFORM_SERVICES,
+    REFUSED,
+    TENANT_SERVICES,
+    Access,
+    platform_role,
+    tenant_role,
+)
 
 TENANTS = ["team-a", "team-b"]
 ROLE_PREFIX = "vk8s-system-vk8s-"  # <release namespace>-<fullname>- of helm.render
@@ -65,14 +73,14 @@ def test_refused_accesses_are_not_granted(manifests: list[Manifest], service: st
 
 
 def test_nothing_broad_or_escalating(manifests: list[Manifest], tenant_manifests: list[Manifest]) -> None:
-    for rendered in (manifests, tenant_manifests):
+    for rendered, bound_by_the_gateway in ((manifests, platform_roles() | tenant_roles()), (tenant_manifests, platform_roles())):
         for role in of_kind(rendered, "ClusterRole") + of_kind(rendered, "Role"):
             for rule in role["rules"]:
                 assert "*" not in rule["apiGroups"] and "*" not in rule["resources"], role["metadata"]["name"]
                 dangerous = DANGEROUS_VERBS & set(rule["verbs"])
-                if dangerous == {"bind"}:  # the gateway's, of the platform roles only
+                if dangerous == {"bind"}:  # the gateway's, of the roles it binds only
                     assert role["metadata"]["name"] == f"{ROLE_PREFIX}gateway-cluster"
-                    assert set(rule["resourceNames"]) == platform_roles()
+                    assert set(rule["resourceNames"]) == bound_by_the_gateway
                 else:
                     assert not dangerous, role["metadata"]["name"]
                 assert "resourceNames" not in rule or rule["resourceNames"]
@@ -87,6 +95,15 @@ def platform_roles() -> set[str]:
     return {platform_role(service).format(prefix=ROLE_PREFIX) for service in PLATFORM_SERVICES}
 
 
+def tenant_roles() -> set[str]:
+    return {tenant_role(service).format(prefix=ROLE_PREFIX) for service in TENANT_SERVICES}
+
+
+def gateway_env(rendered: list[Manifest]) -> dict[str, str | None]:
+    gateway = by_component(rendered, "Deployment")["gateway"]
+    return {e["name"]: e.get("value") for e in gateway["spec"]["template"]["spec"]["containers"][0]["env"]}
+
+
 @pytest.mark.parametrize("values", [{}, {"rbac": {"tenantNamespaces": TENANTS}}])
 def test_platform_roles_are_bound_only_by_the_gateway(values: dict[str, object]) -> None:
     """The chart binds no platform role; the gateway is told each role with its ServiceAccount."""
@@ -95,19 +112,35 @@ def test_platform_roles_are_bound_only_by_the_gateway(values: dict[str, object])
     assert roles == platform_roles()
     bindings = of_kind(rendered, "ClusterRoleBinding") + of_kind(rendered, "RoleBinding")
     assert not {b["roleRef"]["name"] for b in bindings} & roles
-    gateway = by_component(rendered, "Deployment")["gateway"]
-    env = {e["name"]: e.get("value") for e in gateway["spec"]["template"]["spec"]["containers"][0]["env"]}
-    told = json.loads(env["VK8S_GATEWAY_PLATFORM_BINDINGS"])
+    told = json.loads(gateway_env(rendered)["VK8S_GATEWAY_PLATFORM_BINDINGS"] or "")
     assert {(b["role"], b["service_account"], b["namespace"]) for b in told} == {
         (platform_role(service).format(prefix=ROLE_PREFIX), f"vk8s-{service}", "vk8s-system")
         for service in PLATFORM_SERVICES
     }
 
 
-def test_a_disabled_service_gets_no_platform_role() -> None:
+def test_by_default_tenant_roles_are_bound_only_by_the_gateway(manifests: list[Manifest]) -> None:
+    """rbac.tenantNamespaces empty: no tenant right anywhere until the gateway binds a service's tenant role
+    in a namespace it serves a Vk8s in, never in a reserved one (the host's, the release's)."""
+    roles = {r["metadata"]["name"] for r in of_kind(manifests, "ClusterRole") if r["metadata"]["name"].startswith(ROLE_PREFIX)}
+    assert tenant_roles() <= roles
+    bound = {b["roleRef"]["name"] for b in of_kind(manifests, "ClusterRoleBinding") + of_kind(manifests, "RoleBinding")}
+    assert not bound & tenant_roles()
+    env = gateway_env(manifests)
+    told = json.loads(env["VK8S_GATEWAY_TENANT_BINDINGS"] or "")
+    assert {(b["role"], b["service_account"], b["namespace"]) for b in told} == {
+        (tenant_role(service).format(prefix=ROLE_PREFIX), f"vk8s-{service}", "vk8s-system") for service in TENANT_SERVICES
+    }
+    assert json.loads(env["VK8S_GATEWAY_RESERVED_NAMESPACES"] or "") == [
+        "kube-system", "kube-public", "kube-node-lease", "vk8s-system"
+    ]
+
+
+def test_a_disabled_service_gets_no_role_the_gateway_binds() -> None:
     rendered = render({"services": {"bootstrap": {"enabled": False}}})
-    roles = {r["metadata"]["name"] for r in of_kind(rendered, "ClusterRole") if r["metadata"]["name"].endswith("-platform")}
-    assert roles == platform_roles() - {f"{ROLE_PREFIX}bootstrap-platform"}
+    names = {r["metadata"]["name"] for r in of_kind(rendered, "ClusterRole")}
+    roles = {name for name in names if name.endswith(("-platform", "-tenant")) and name.startswith(ROLE_PREFIX)}
+    assert roles == (platform_roles() | tenant_roles()) - {f"{ROLE_PREFIX}bootstrap-platform", f"{ROLE_PREFIX}bootstrap-tenant"}
     gateway = next(r for r in of_kind(rendered, "ClusterRole") if r["metadata"]["name"] == f"{ROLE_PREFIX}gateway-cluster")
     (bind,) = [rule for rule in gateway["rules"] if "bind" in rule["verbs"]]
     assert set(bind["resourceNames"]) == roles
@@ -136,6 +169,7 @@ def test_tenant_namespaces_scope_the_tenant_grants(tenant_manifests: list[Manife
     }
     assert not any(b["roleRef"]["name"].endswith("-platform") for b in tenant_bindings)
     assert {b["roleRef"]["name"] for b in tenant_bindings} == tenant_roles
+    assert json.loads(gateway_env(tenant_manifests)["VK8S_GATEWAY_TENANT_BINDINGS"] or "") == []
 
 
 def test_owner_reference_enforcement_adds_finalizer_updates_for_what_a_vk8s_owns() -> None:

@@ -485,3 +485,20 @@ def test_only_the_namespace_labelled_as_this_clusters_is_its_platform_namespace(
     assert logic.foreign_platform_namespace(other_uid, "team-a", "demo", UID) == f"{CLUSTER_UID_LABEL}=another"
     # The same uid under another tenant's name is not it either.
     assert logic.foreign_platform_namespace(own, "team-b", "demo", UID) == f"{TENANT_NAMESPACE_LABEL}=team-a"
+
+
+def test_a_tenant_namespace_is_neither_reserved_nor_missing_nor_a_platform_namespace() -> None:
+    reserved = ("kube-system", "vk8s-system")
+    assert logic.tenant_namespace_problem("team-a", {"team": "a"}, reserved) is None
+    assert logic.tenant_namespace_problem("team-a", {}, reserved) is None
+    assert logic.tenant_namespace_problem("vk8s-system", {}, reserved) == (
+        "namespace 'vk8s-system' is reserved for the host cluster; virtual clusters are made in tenant namespaces"
+    )
+    # Reserved whether or not it exists; a missing one is said to be missing.
+    assert "reserved" in (logic.tenant_namespace_problem("kube-system", None, reserved) or "")
+    assert logic.tenant_namespace_problem("gone", None, reserved) == "namespace 'gone' does not exist; create it first"
+    platform = logic.tenant_namespace_problem("vk8s-team-a-demo-1a2b", cluster_labels("team-a", "demo", UID), reserved)
+    assert platform == (
+        "namespace 'vk8s-team-a-demo-1a2b' is the platform namespace of a virtual cluster; "
+        "virtual clusters are made in tenant namespaces"
+    )

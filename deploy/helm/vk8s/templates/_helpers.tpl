@@ -74,17 +74,28 @@ helm.sh/chart: {{ printf "%s-%s" .root.Chart.Name .root.Chart.Version | replace 
 
 {{/* The platform ClusterRoles (templates/rbac.yaml) and the ServiceAccount each is for: the gateway binds them in
 every platform namespace it creates. A JSON list of {role, service_account, namespace}. */}}
-{{- define "vk8s.platformBindings" -}}
-{{- $permissions := include "vk8s.rbacPermissions" . | fromYaml -}}
+{{/* The RoleBindings the gateway makes, as a JSON list of {role, service_account, namespace}, for `scope`:
+"platform" (in each platform namespace it creates) or "tenant" (in each namespace it serves a Vk8s in, when
+rbac.tenantNamespaces is empty; else the chart binds the tenant roles in the listed namespaces, and this is []). */}}
+{{- define "vk8s.gatewayBindings" -}}
+{{- $root := .root -}}
+{{- $permissions := include "vk8s.rbacPermissions" $root | fromYaml -}}
 {{- $bindings := list -}}
-{{- range $name := splitList "," (include "vk8s.enabledServices" $) -}}
-{{- if (index $permissions $name).platform -}}
-{{- $serviceName := include "vk8s.serviceName" (dict "root" $ "service" $name) -}}
-{{- $role := printf "%s-%s-platform" $.Release.Namespace $serviceName -}}
-{{- $bindings = append $bindings (dict "role" $role "service_account" $serviceName "namespace" $.Release.Namespace) -}}
+{{- if or (eq .scope "platform") (not $root.Values.rbac.tenantNamespaces) -}}
+{{- range $name := splitList "," (include "vk8s.enabledServices" $root) -}}
+{{- if index (index $permissions $name) $.scope -}}
+{{- $serviceName := include "vk8s.serviceName" (dict "root" $root "service" $name) -}}
+{{- $role := printf "%s-%s-%s" $root.Release.Namespace $serviceName $.scope -}}
+{{- $bindings = append $bindings (dict "role" $role "service_account" $serviceName "namespace" $root.Release.Namespace) -}}
+{{- end -}}
 {{- end -}}
 {{- end -}}
 {{- toJson $bindings -}}
+{{- end -}}
+
+{{/* Namespaces no virtual cluster is made in: rbac.reservedNamespaces and the release's own. */}}
+{{- define "vk8s.reservedNamespaces" -}}
+{{- append .Values.rbac.reservedNamespaces .Release.Namespace | uniq | toJson -}}
 {{- end -}}
 
 {{/* The host apiserver as NetworkPolicyPeers: an ipBlock per address of the `kubernetes` Service's endpoints
