@@ -32,6 +32,7 @@ from libs.kube import (
     conflict,
     create_or_get,
     metadata_of,
+    name_of,
     not_found,
     read_vk8s,
     watch_objects,
@@ -153,10 +154,8 @@ class ClusterObjects:
         )
         if created:
             log.info("Created platform namespace", platform_namespace=name)
-        if logic.foreign_platform_namespace(metadata_of(found).labels, metadata["namespace"], metadata["name"], metadata["uid"]):
+        if not await self._bind_platform_roles(found, metadata["namespace"], metadata["name"], metadata["uid"]):
             return None
-        for binding in self._platform_bindings:
-            await self._ensure_role_binding(name, binding)
         return name
 
     async def ensure_platform_bindings(self, namespace: str, name: str, uid: str) -> None:
@@ -170,11 +169,18 @@ class ClusterObjects:
             if not_found(error):
                 return
             raise
+        if metadata_of(found).deletion_timestamp is None:
+            await self._bind_platform_roles(found, namespace, name, uid)
+
+    async def _bind_platform_roles(self, found: client.V1Namespace, namespace: str, name: str, uid: str) -> bool:
+        """The services' platform roles bound in `found` if it is the cluster's platform namespace (its labels
+        say so); says whether it is."""
         metadata = metadata_of(found)
-        if metadata.deletion_timestamp is not None or logic.foreign_platform_namespace(metadata.labels, namespace, name, uid):
-            return
+        if logic.foreign_platform_namespace(metadata.labels, namespace, name, uid):
+            return False
         for binding in self._platform_bindings:
-            await self._ensure_role_binding(platform_namespace, binding)
+            await self._ensure_role_binding(name_of(found), binding)
+        return True
 
     async def _ensure_role_binding(self, namespace: str, binding: ServiceBinding) -> bool:
         """The service's ClusterRole bound in the namespace (named after the role; create-or-get); says
