@@ -12,7 +12,6 @@ import uuid
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any, cast
 
 import nats
@@ -20,11 +19,10 @@ from kubernetes.aio import client
 from nats.aio.client import Client as NATS
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
-from nats.js import api as js_api
 
 from libs.api import Vk8s, kubeflow_user_secret_name
 from libs.events import REGISTRY, Envelope, InvalidEvent, cluster_id_of, utc_now
-from libs.events.catalog import ClusterRequested, request_subject
+from libs.events.catalog import ClusterRequested, feed_event_type, feed_subject, request_subject, requester_inbox
 from libs.kube import GROUP, PLURAL, VERSION, kube_client, not_found, read_vk8s
 from libs.kube.objects import owner_reference
 from vk8s.local.stack import StackInfo, StackLayout, read_info
@@ -60,10 +58,15 @@ class Endpoints:
 
 @asynccontextmanager
 async def connected(endpoints: Endpoints) -> AsyncIterator[tuple[NATS, client.ApiClient]]:
-    credentials = {"user": endpoints.nats_user, "password": endpoints.nats_password} if endpoints.nats_user else {}
-    nc = await nats.connect(
-        endpoints.nats_url, name="vk8s-cli", connect_timeout=5, max_reconnect_attempts=3, **credentials
-    )
+    options: dict[str, Any] = {}
+    if endpoints.nats_user:
+        # A requester gets its replies on an inbox of its own (its NATS permissions allow no other).
+        options = {
+            "user": endpoints.nats_user,
+            "password": endpoints.nats_password,
+            "inbox_prefix": requester_inbox(endpoints.nats_user),
+        }
+    nc = await nats.connect(endpoints.nats_url, name="vk8s-cli", connect_timeout=5, max_reconnect_attempts=3, **options)
     api = await kube_client(endpoints.kubeconfig)
     try:
         yield nc, api
@@ -135,32 +138,24 @@ async def publish_request(nc: NATS, vk8s: Vk8s) -> Envelope[ClusterRequested]:
     return envelope
 
 
-async def follow(
-    nc: NATS, cluster_id: str, *, since_s: float = 0, live: asyncio.Event | None = None
-) -> AsyncGenerator[Envelope[Any]]:
-    """The cluster's events as they arrive (and those of the last `since_s` seconds). `live` is set
-    once the subscription is in place: every event stored after that is delivered."""
-    js = nc.jetstream()
-    if since_s:
-        start = time.time() - since_s
-        config = js_api.ConsumerConfig(
-            deliver_policy=js_api.DeliverPolicy.BY_START_TIME,
-            opt_start_time=datetime.fromtimestamp(start, UTC),
-        )
-    else:
-        config = js_api.ConsumerConfig(deliver_policy=js_api.DeliverPolicy.NEW)
-    # Returns once the server created the consumer; the flush makes sure it has our interest too.
-    sub = await js.subscribe("cluster.>", ordered_consumer=True, config=config)
-    await nc.flush()
+async def follow(nc: NATS, cluster_id: str, *, live: asyncio.Event | None = None) -> AsyncGenerator[Envelope[Any]]:
+    """The cluster's events as the projector relays them once handled (the requesters' feed: core NATS,
+    scoped to their namespaces; they may not read the stream). `live` is set once the subscription is
+    in place: every event relayed after that is delivered. An event relayed twice (a redelivery) is
+    given once."""
+    sub = await nc.subscribe(feed_subject(cluster_id))
+    await nc.flush()  # the server has our interest
     if live is not None:
         live.set()
+    seen: set[str] = set()
     try:
         async for msg in sub.messages:
             try:
-                envelope = REGISTRY.decode(msg.subject, msg.data)
+                envelope = REGISTRY.decode(feed_event_type(msg.subject), msg.data)
             except InvalidEvent:
                 continue
-            if envelope.cluster_id == cluster_id:
+            if envelope.cluster_id == cluster_id and envelope.id not in seen:
+                seen.add(envelope.id)
                 yield envelope
     finally:
         await sub.unsubscribe()

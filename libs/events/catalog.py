@@ -295,3 +295,28 @@ REQUEST_SUBJECT = "vk8s.requests"
 
 def request_subject(namespace: str) -> str:
     return f"{REQUEST_SUBJECT}.{namespace}"
+
+
+# Requesters do not read the stream either (it holds every tenant's events): the projector relays each
+# event it has folded on FEED_SUBJECT.<namespace>.<name>.<type> (core NATS), which their permissions
+# scope to their namespaces as well. Their replies come on an inbox of their own, INBOX_PREFIX.<user>,
+# so that no requester can subscribe to another's replies, nor to the services' (`_INBOX.>`).
+FEED_SUBJECT = "vk8s.feed"
+INBOX_PREFIX = "vk8s.inbox"
+_FEED_TOKENS = FEED_SUBJECT.count(".") + 3  # then the event type, itself dotted
+
+
+def feed_subject(cluster_id: str, event_type: str = ">") -> str:
+    """Where events of cluster `<namespace>/<name>` (both DNS labels: no dots) are relayed: those of
+    `event_type`, or (the default) a subscription to all of them."""
+    namespace, name = cluster_id.split("/", 1)
+    return f"{FEED_SUBJECT}.{namespace}.{name}.{event_type}"
+
+
+def feed_event_type(subject: str) -> str:
+    """The event type a feed subject carries."""
+    return subject.split(".", _FEED_TOKENS)[-1]
+
+
+def requester_inbox(user: str) -> str:
+    return f"{INBOX_PREFIX}.{user}"

@@ -1,14 +1,15 @@
 """NATS users and their permissions, generated from what each service's topology declares.
 
 A service may publish only the events it emits (`ServiceTopology.emits`), the acks of its own durable
-consumer and the keys of its own KV bucket. A requester publishes no event: it may ask the gateway
-on `vk8s.requests.<namespace>` for the namespaces of its scope only (and read the stream, for
-`vk8s create --wait`). Every user may use the JetStream API (`$JS.API.>`) but for what no
-service does (`_JETSTREAM_DENIED`): deleting or purging a stream or one of its messages. A
-service may in addition not touch another service's durable consumer (create, change, pull
-from, delete) nor another service's KV bucket (its stream, messages or watches). A requester may
-neither create nor change a stream, nor pull from, take over or delete a service's durable
-consumer, nor read a KV bucket directly.
+consumer and the keys of its own KV bucket. Every service may use the JetStream API (`$JS.API.>`) but
+for what no service does (`_JETSTREAM_DENIED`): deleting or purging a stream or one of its messages. A
+service may in addition not touch another service's durable consumer (create, change, pull from,
+delete) nor another service's KV bucket (its stream, messages or watches).
+
+A requester publishes no event and uses no JetStream: it may ask the gateway on
+`vk8s.requests.<namespace>` and follow the projector's relay of the events on
+`vk8s.feed.<namespace>.<name>.<type>`, for the namespaces of its scope only, and gets its replies on an inbox
+of its own (`vk8s.inbox.<user>`): it cannot read the stream, a KV bucket, or anyone else's replies.
 """
 
 from __future__ import annotations
@@ -17,26 +18,16 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from libs.events.broker import STREAM_NAME
-from libs.events.catalog import REQUEST_SUBJECT, request_subject
+from libs.events.catalog import FEED_SUBJECT, INBOX_PREFIX, REQUEST_SUBJECT, request_subject, requester_inbox
 from libs.events.topology import ServiceTopology
 
 REQUESTER = "requester"
+# The services' replies (JetStream API answers, pulled messages); requesters have inboxes of their own.
 _REPLIES = ("_INBOX.>",)
 # Flow control and heartbeats of push consumers (KV watches, ordered consumers) answer on $JS.FC.
 _JETSTREAM_API = ("$JS.API.>", "$JS.FC.>")
 # No service deletes or purges a stream (or a message of one): nobody may.
 _JETSTREAM_DENIED = ("$JS.API.STREAM.DELETE.>", "$JS.API.STREAM.PURGE.>", "$JS.API.STREAM.MSG.DELETE.>")
-# A requester reads the stream with an ordered (ephemeral) consumer only.
-_REQUESTER_DENIED = (
-    "$JS.API.STREAM.CREATE.>",
-    "$JS.API.STREAM.UPDATE.>",
-    f"$JS.API.CONSUMER.DURABLE.CREATE.{STREAM_NAME}.>",
-    f"$JS.API.CONSUMER.MSG.NEXT.{STREAM_NAME}.>",
-    f"$JS.API.CONSUMER.DELETE.{STREAM_NAME}.>",
-    # (no message is read by sequence or subject: that is how a KV bucket is read)
-    "$JS.API.DIRECT.GET.>",
-    "$JS.API.STREAM.MSG.GET.>",
-)
 
 
 def _durable_api(durable: str) -> list[str]:
@@ -75,17 +66,19 @@ def service_permissions(topology: ServiceTopology, others: Iterable[ServiceTopol
         publish += [f"$KV.{topology.kv_bucket}.>", f"$JS.ACK.KV_{topology.kv_bucket}.>"]
     subscribe = list(_REPLIES)
     if topology.service == "gateway":
-        # It answers the requests: on the requesters' reply subjects.
-        publish += list(_REPLIES)
+        # It answers the requests: on the requesters' inboxes.
+        publish.append(f"{INBOX_PREFIX}.>")
         subscribe.append(f"{REQUEST_SUBJECT}.*")
+    if topology.relays_feed:
+        publish.append(f"{FEED_SUBJECT}.>")
     return {"publish": {"allow": publish, "deny": denied}, "subscribe": {"allow": subscribe}}
 
 
-def requester_permissions(namespaces: Sequence[str]) -> dict[str, Any]:
-    """May ask for clusters in `namespaces` only (`*`: in every namespace)."""
+def requester_permissions(user: str, namespaces: Sequence[str]) -> dict[str, Any]:
+    """May ask for clusters, and follow their events, in `namespaces` only (`*`: in every namespace)."""
     asks = [request_subject(namespace) for namespace in namespaces]
-    denied = [*_JETSTREAM_DENIED, *_REQUESTER_DENIED]
-    return {"publish": {"allow": [*asks, *_JETSTREAM_API], "deny": denied}, "subscribe": {"allow": list(_REPLIES)}}
+    feeds = [f"{FEED_SUBJECT}.{namespace}.>" for namespace in namespaces]
+    return {"publish": {"allow": asks}, "subscribe": {"allow": [f"{requester_inbox(user)}.>", *feeds]}}
 
 
 def nats_authorization(
@@ -100,7 +93,7 @@ def nats_authorization(
         for topology, password in services
     ]
     users += [
-        {"user": user, "password": password, "permissions": requester_permissions(namespaces)}
+        {"user": user, "password": password, "permissions": requester_permissions(user, namespaces)}
         for user, (password, namespaces) in requesters.items()
     ]
     return {"authorization": {"users": users}}

@@ -81,6 +81,8 @@ class ServiceTopology:
     kv_bucket: str | None = None
     """Its KV bucket by default (a deployment that renames it must grant the new name)."""
     answers_invalid_requests: bool = True
+    relays_feed: bool = False
+    """Whether it relays the events it handles on the requesters' feed (FEED_SUBJECT, core NATS)."""
 
     @property
     def consumes(self) -> tuple[str, ...]:
@@ -116,6 +118,7 @@ def declare(
     publishers: Iterable[Publishes] = (),
     kv_bucket: str | None = None,
     answers_invalid_requests: bool = True,
+    relays_feed: bool = False,
 ) -> ServiceTopology:
     """The topology of `service` from the `@subscriber` methods of its handlers class, in the order
     they are defined there."""
@@ -135,6 +138,7 @@ def declare(
         publishers=tuple(publishers),
         kv_bucket=kv_bucket,
         answers_invalid_requests=answers_invalid_requests,
+        relays_feed=relays_feed,
     )
 
 

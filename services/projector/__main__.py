@@ -9,6 +9,7 @@ from datetime import timedelta
 from libs.events import ensure_kv
 from libs.kube import kube_client
 from libs.runtime import Service, serve
+from services.projector.adapters.feed import EventFeed
 from services.projector.adapters.http import ReadApi
 from services.projector.adapters.metrics import ProjectorMetrics
 from services.projector.adapters.read_model import ClusterStore, ClusterView
@@ -30,8 +31,13 @@ async def wired(settings: ProjectorSettings, *, configure_logs: bool = True) -> 
         store = ClusterStore(kv, attempts=settings.cas_attempts, on_conflict=metrics.kv_conflicts.inc)
         view = ClusterView(kv, on_change=metrics.set_phases)
         read_api.serve(store, view)
+        assert service.nc is not None
         handlers = ProjectorHandlers(
-            store=store, writer=StatusWriter(api), metrics=metrics, confirm_attempts=settings.status_confirm_attempts
+            store=store,
+            writer=StatusWriter(api),
+            feed=EventFeed(service.nc),
+            metrics=metrics,
+            confirm_attempts=settings.status_confirm_attempts,
         )
         service.consume(TOPOLOGY, handlers, durable=settings.durable)
         service.add_task("cluster-view", view.run)

@@ -10,6 +10,7 @@ from typing import Any
 import structlog
 
 from libs.events import EVENTS, UNKNOWN_CLUSTER_ID, Envelope, TransientError, declare, subscriber, utc_now
+from services.projector.adapters.feed import EventFeed
 from services.projector.adapters.metrics import REPATCHED, ProjectorMetrics
 from services.projector.adapters.read_model import ClusterRecord, ClusterStore
 from services.projector.adapters.status import StatusWrites, Written
@@ -24,12 +25,14 @@ class ProjectorHandlers:
         *,
         store: ClusterStore,
         writer: StatusWrites,
+        feed: EventFeed,
         metrics: ProjectorMetrics,
         confirm_attempts: int = 5,
         clock: Callable[[], datetime] = utc_now,
     ):
         self._store = store
         self._writer = writer
+        self._feed = feed
         self._metrics = metrics
         self._confirm_attempts = confirm_attempts
         self._clock = clock
@@ -43,6 +46,7 @@ class ProjectorHandlers:
         self._metrics.observe(change, envelope)
         # Written even when nothing changed: the last attempt may have failed after the KV write.
         await self._write_status(change.after, change.revision)
+        await self._feed.relay(envelope)
         log.debug("Projected event", applied=change.applied, phase=change.after.status.get("phase"))
         return ()
 
@@ -84,4 +88,5 @@ TOPOLOGY = declare(
     ProjectorHandlers,
     kv_bucket=ProjectorSettings.model_fields["kv_bucket"].default,
     answers_invalid_requests=False,
+    relays_feed=True,
 )

@@ -14,13 +14,14 @@ import pytest
 from nats.aio.client import Client as NATS
 from nats.errors import TimeoutError as NatsTimeoutError
 
-from libs.events import STREAM_NAME, Envelope, StreamSettings, ensure_consumer, ensure_kv, ensure_stream
+from libs.events import REGISTRY, STREAM_NAME, Envelope, StreamSettings, ensure_consumer, ensure_kv, ensure_stream
 from libs.events.broker import ConsumerSettings
-from libs.events.catalog import EVENTS
+from libs.events.catalog import EVENTS, feed_event_type, feed_subject, requester_inbox
 from libs.events.permissions import REQUESTER, nats_authorization
 from libs.runtime import ServiceSettings
 from libs.runtime.service import connect_nats, nats_password
 from services.gateway.adapters.requests import RequestIntake
+from services.projector.adapters.feed import EventFeed
 from services.topology import BY_NAME, SERVICES
 from tests.support.events import NOW, cluster_requested
 from vk8s.local.nats_server import LocalNatsServer
@@ -51,7 +52,9 @@ async def connect(server: LocalNatsServer) -> AsyncIterator[Connect]:
         async def collect(error: Exception) -> None:
             errors.append(error)
 
-        client = await nats.connect(server.url, user=user, password=USERS[user], error_cb=collect)
+        # A requester gets its replies on its own inbox, as the CLI asks for (vk8s.client.connected).
+        inbox = {"inbox_prefix": requester_inbox(user)} if user == REQUESTER else {}
+        client = await nats.connect(server.url, user=user, password=USERS[user], error_cb=collect, **inbox)
         clients.append(client)
         return client, errors
 
@@ -183,8 +186,8 @@ async def test_a_service_keeps_its_consumer_and_bucket_and_touches_no_others(con
     }), errors
 
 
-@pytest.mark.parametrize("user", [*sorted(t.service for t in SERVICES), REQUESTER])
-async def test_nobody_deletes_or_purges_the_stream(connect: Connect, user: str) -> None:
+@pytest.mark.parametrize("user", sorted(t.service for t in SERVICES))
+async def test_no_service_deletes_or_purges_the_stream(connect: Connect, user: str) -> None:
     client, errors = await connect(user)
     js = client.jetstream(timeout=1)
     before = (await js.stream_info(STREAM_NAME)).state.messages
@@ -201,31 +204,60 @@ async def test_nobody_deletes_or_purges_the_stream(connect: Connect, user: str) 
     ]
 
 
-async def test_a_requester_takes_no_service_consumer_and_reads_no_bucket(connect: Connect) -> None:
+async def test_a_requester_follows_its_namespaces_feed_and_reads_nothing_else(connect: Connect) -> None:
+    """It gets the projector's relay of its namespaces' events, and no JetStream: neither the stream (every
+    tenant's events), nor a service's consumer or bucket, nor anyone else's replies (`_INBOX.>`)."""
     gateway, _ = await connect("gateway")
     durable = ConsumerSettings(durable="gateway", filter_subjects=BY_NAME["gateway"].consumes)
     await ensure_consumer(gateway.jetstream(), STREAM_NAME, durable)
     bucket_name = BY_NAME["gateway"].kv_bucket or ""
-    bucket = await ensure_kv(gateway.jetstream(), bucket_name)
-    await bucket.put("key", b"value")
+    await (await ensure_kv(gateway.jetstream(), bucket_name)).put("key", b"value")
+    projector, _ = await connect("projector")
     client, errors = await connect(REQUESTER)
+    own, theirs = (
+        Envelope.new(cluster_requested(name).model_copy(update={"namespace": namespace}), cluster_id=f"{namespace}/{name}", now=NOW)
+        for namespace, name in (("team-a", "mine"), ("team-b", "theirs"))
+    )
+
+    followed = await client.subscribe(feed_subject(own.cluster_id))
+    for subject in (feed_subject(theirs.cluster_id), "_INBOX.>", f"{requester_inbox('someone-else')}.>"):
+        await client.subscribe(subject)
+    await client.flush()
+    for event in (own, theirs):
+        await EventFeed(projector).relay(event)
+    msg = await followed.next_msg(timeout=5)
+    assert REGISTRY.decode(feed_event_type(msg.subject), msg.data) == own
+
     js = client.jetstream(timeout=1)
 
-    with pytest.raises(NatsTimeoutError):
-        await (await js.pull_subscribe_bind("gateway", STREAM_NAME)).fetch(1, timeout=1)
-    with pytest.raises(NatsTimeoutError):
-        await js.delete_consumer(STREAM_NAME, "gateway")
-    with pytest.raises(NatsTimeoutError):
-        await js.get_last_msg(f"KV_{bucket_name}", f"$KV.{bucket_name}.key", direct=True)
+    async def pull_from_the_gateways_consumer() -> object:
+        return await (await js.pull_subscribe_bind("gateway", STREAM_NAME)).fetch(1, timeout=1)
+
+    attempts: list[Callable[[], Awaitable[object]]] = [
+        lambda: js.subscribe("cluster.>", ordered_consumer=True),
+        lambda: js.stream_info(STREAM_NAME),
+        pull_from_the_gateways_consumer,
+        lambda: js.delete_consumer(STREAM_NAME, "gateway"),
+        lambda: js.get_last_msg(f"KV_{bucket_name}", f"$KV.{bucket_name}.key", direct=True),
+    ]
+    for attempt in attempts:
+        with pytest.raises(NatsTimeoutError):
+            await attempt()
     await asyncio.sleep(0.2)
 
     assert (await gateway.jetstream().consumer_info(STREAM_NAME, "gateway")).name == "gateway"
-    denied = sorted(str(error).split('"')[1] for error in errors)
-    assert denied == sorted({
-        f"$js.api.consumer.msg.next.{STREAM_NAME.lower()}.gateway",
-        f"$js.api.consumer.delete.{STREAM_NAME.lower()}.gateway",
-        f"$js.api.direct.get.kv_{bucket_name}.$kv.{bucket_name}.key",
-    }), errors
+    # (the server lower-cases the subject in its message)
+    denied = {(str(error).split(" to ")[0].rsplit(" ", 1)[1], str(error).split('"')[1]) for error in errors}
+    assert denied == {
+        ("subscription", "_inbox.>"),
+        ("subscription", f"{requester_inbox('someone-else')}.>"),
+        ("subscription", feed_subject(theirs.cluster_id)),
+        ("publish", "$js.api.stream.names"),  # (looking up the stream of cluster.>)
+        ("publish", f"$js.api.stream.info.{STREAM_NAME.lower()}"),
+        ("publish", f"$js.api.consumer.msg.next.{STREAM_NAME.lower()}.gateway"),
+        ("publish", f"$js.api.consumer.delete.{STREAM_NAME.lower()}.gateway"),
+        ("publish", f"$js.api.direct.get.kv_{bucket_name}.$kv.{bucket_name}.key"),
+    }, errors
 
 
 async def test_a_service_connects_with_its_password_read_from_a_file(server: LocalNatsServer, tmp_path: Path) -> None:

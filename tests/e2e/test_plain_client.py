@@ -18,7 +18,6 @@ import pytest
 from kubernetes.aio import client
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from libs.events import STREAM_NAME
 from tests.e2e.conftest import ROOT
@@ -89,30 +88,45 @@ async def publish(nc: NATS, document: Document) -> None:
 
 
 async def watch(nc: NATS, record: Callable[[Msg], Any]) -> Any:
-    """The stream's new events (a requester reads them through JetStream, not core subscriptions)."""
-    sub = await nc.jetstream().subscribe(
-        "cluster.>", ordered_consumer=True, cb=record, config=ConsumerConfig(deliver_policy=DeliverPolicy.NEW)
-    )
+    """The events of the requester's namespaces, as docs/events.md says: the projector's feed (core NATS;
+    a requester may not read the stream). An event may be relayed twice: each id is recorded once."""
+    seen: set[str] = set()
+
+    async def once(msg: Msg) -> None:
+        event_id = json.loads(msg.data).get("id")
+        if event_id not in seen:
+            seen.add(event_id)
+            await record(msg)
+
+    sub = await nc.subscribe("vk8s.feed.*.>", cb=once)  # (this stack's requester may ask in every namespace)
     await nc.flush()
     return sub
 
 
-async def settled(nc: NATS, durables: tuple[str, ...] = ("gateway", "projector")) -> None:
-    """Every service that reads requests has settled every message it was given."""
-    js = nc.jetstream()
-    for _ in range(600):
-        infos = [await js.consumer_info(STREAM_NAME, durable) for durable in durables]
-        if all(info.num_pending == 0 and info.num_ack_pending == 0 for info in infos):
-            await nc.flush()
-            return
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"consumers did not settle: {infos}")
+async def settled(info: stack.StackInfo, durables: tuple[str, ...] = ("gateway", "projector")) -> None:
+    """Every service that reads requests has settled every message it was given (asked as each service:
+    only it may read its consumer)."""
+    for durable in durables:
+        nc = await nats.connect(info.nats_url, user=durable, password=info.service_nats_passwords[durable])
+        try:
+            for _ in range(600):
+                consumer = await nc.jetstream().consumer_info(STREAM_NAME, durable)
+                if consumer.num_pending == 0 and consumer.num_ack_pending == 0:
+                    break
+                await asyncio.sleep(0.1)
+            else:
+                raise AssertionError(f"{durable} did not settle: {consumer}")
+        finally:
+            await nc.drain()
 
 
 @pytest.fixture
 async def plain_client(product: tuple[stack.StackLayout, stack.StackInfo]) -> Any:
+    """As docs/events.md tells a requester to connect: its user, and replies on its own inbox."""
     info = product[1]
-    nc = await nats.connect(info.nats_url, user=info.nats_user, password=info.nats_password)
+    nc = await nats.connect(
+        info.nats_url, user=info.nats_user, password=info.nats_password, inbox_prefix=f"vk8s.inbox.{info.nats_user}"
+    )
     yield nc
     await nc.drain()
 
@@ -131,7 +145,13 @@ def test_every_bad_request_checked_here_is_documented() -> None:
 
 @pytest.mark.parametrize(("case", "change", "expected"), BAD_REQUESTS, ids=[case for case, _, _ in BAD_REQUESTS])
 async def test_a_documented_bad_request_gets_one_rejection_naming_the_field(
-    plain_client: NATS, namespace: str, secret_of_the_example: None, case: str, change: Callable[[Document], None], expected: str
+    plain_client: NATS,
+    product: tuple[stack.StackLayout, stack.StackInfo],
+    namespace: str,
+    secret_of_the_example: None,
+    case: str,
+    change: Callable[[Document], None],
+    expected: str,
 ) -> None:
     document = request_in(namespace, case)
     change(document)
@@ -149,7 +169,8 @@ async def test_a_documented_bad_request_gets_one_rejection_naming_the_field(
             if answers:
                 break
             await asyncio.sleep(0.1)
-        await settled(plain_client)
+        await settled(product[1])
+        await plain_client.flush()
     finally:
         await sub.unsubscribe()
     assert [answer["type"] for answer in answers] == ["cluster.rejected"], answers

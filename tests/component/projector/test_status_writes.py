@@ -3,15 +3,15 @@ late: the status left on the object is always the newest fold, whatever order pa
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import pytest
-from nats.js import JetStreamContext
+from nats.aio.client import Client as NATS
 from prometheus_client import CollectorRegistry
 
-from libs.events import Envelope, TransientError, ensure_kv
+from libs.events import Envelope, TransientError
+from services.projector.adapters.feed import EventFeed
 from services.projector.adapters.metrics import ProjectorMetrics
 from services.projector.adapters.read_model import ClusterStore
 from services.projector.adapters.status import Written
@@ -37,24 +37,18 @@ class LandingOrderWriter:
         return Written.PATCHED, ""
 
 
-@pytest.fixture
-async def store(js: JetStreamContext) -> AsyncIterator[ClusterStore]:
-    bucket = f"vk8s-clusters-test-{uuid.uuid4().hex[:8]}"
-    yield ClusterStore(await ensure_kv(js, bucket))
-    await js.delete_key_value(bucket)
-
-
-async def test_a_patch_that_lands_after_a_newer_one_is_put_right(store: ClusterStore) -> None:
+async def test_a_patch_that_lands_after_a_newer_one_is_put_right(store: ClusterStore, nc: NATS) -> None:
     t = Timeline()
     older: list[Envelope[Any]] = [t.accepted(), t.scheduled()]
     newest = t.ips_allocated()
     writer = LandingOrderWriter()
     metrics = ProjectorMetrics(CollectorRegistry())
-    projector = ProjectorHandlers(store=store, writer=writer, metrics=metrics, confirm_attempts=1)
+    feed = EventFeed(nc)
+    projector = ProjectorHandlers(store=store, writer=writer, feed=feed, metrics=metrics, confirm_attempts=1)
     await projector.handle(older[0])
 
     async def a_newer_event_handled_meanwhile() -> None:
-        await ProjectorHandlers(store=store, writer=writer, metrics=metrics).handle(newest)
+        await ProjectorHandlers(store=store, writer=writer, feed=feed, metrics=metrics).handle(newest)
 
     writer.before_landing = a_newer_event_handled_meanwhile
     # The stale patch lands last; with its one confirmation spent, the handler must not ack.

@@ -114,17 +114,20 @@ def test_a_service_may_publish_no_event_it_does_not_emit(service: str) -> None:
     assert [subject for subject in allowed if subject.startswith("$KV.")] == own_bucket
 
 
-def test_a_requester_publishes_no_event_and_asks_in_its_namespaces_only() -> None:
-    block = nats_authorization([(BY_NAME["gateway"], "g")], {REQUESTER: ("r", ("team-a", "team-b"))})
+def test_a_requester_asks_and_follows_in_its_namespaces_only_with_no_jetstream() -> None:
+    block = nats_authorization(
+        [(BY_NAME["gateway"], "g"), (BY_NAME["projector"], "p")], {REQUESTER: ("r", ("team-a", "team-b"))}
+    )
     users = block["authorization"]["users"]
-    assert [(user["user"], user["password"]) for user in users] == [("gateway", "g"), (REQUESTER, "r")]
-    requester = users[1]["permissions"]["publish"]["allow"]
-    assert not [subject for subject in requester if subject.startswith(("cluster.", "$KV.", ">"))]
-    assert [subject for subject in requester if subject.startswith("vk8s.")] == [
-        "vk8s.requests.team-a", "vk8s.requests.team-b",
-    ]  # fmt: skip
-    gateway = users[0]["permissions"]
-    assert "vk8s.requests.*" in gateway["subscribe"]["allow"] and "_INBOX.>" in gateway["publish"]["allow"]
+    assert [(user["user"], user["password"]) for user in users] == [("gateway", "g"), ("projector", "p"), (REQUESTER, "r")]
+    assert users[2]["permissions"] == {
+        "publish": {"allow": ["vk8s.requests.team-a", "vk8s.requests.team-b"]},
+        "subscribe": {"allow": [f"vk8s.inbox.{REQUESTER}.>", "vk8s.feed.team-a.>", "vk8s.feed.team-b.>"]},
+    }
+    gateway, projector = users[0]["permissions"], users[1]["permissions"]
+    # The gateway answers on the requesters' inboxes; the projector alone relays the feed.
+    assert "vk8s.requests.*" in gateway["subscribe"]["allow"] and "vk8s.inbox.>" in gateway["publish"]["allow"]
+    assert "vk8s.feed.>" in projector["publish"]["allow"] and "vk8s.feed.>" not in gateway["publish"]["allow"]
 
 
 def test_a_declaration_is_read_from_the_marked_methods_in_their_order() -> None:
