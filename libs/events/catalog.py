@@ -320,3 +320,9 @@ def feed_event_type(subject: str) -> str:
 
 def requester_inbox(user: str) -> str:
     return f"{INBOX_PREFIX}.{user}"
+
+
+def service_inbox(service: str) -> str:
+    """A service's replies (JetStream API answers, the messages it pulls) come on an inbox of its own, so
+    that no other service may subscribe to them."""
+    return f"_INBOX.{service}"

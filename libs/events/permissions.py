@@ -4,7 +4,8 @@ A service may publish only the events it emits (`ServiceTopology.emits`), the ac
 consumer and the keys of its own KV bucket. Every service may use the JetStream API (`$JS.API.>`) but
 for what no service does (`_JETSTREAM_DENIED`): deleting or purging a stream or one of its messages. A
 service may in addition not touch another service's durable consumer (create, change, pull from,
-delete) nor another service's KV bucket (its stream, messages or watches).
+delete) nor another service's KV bucket (its stream, messages or watches), and it gets its replies on
+an inbox of its own (`_INBOX.<service>`), so it cannot read what another service pulls.
 
 A requester publishes no event and uses no JetStream: it may ask the gateway on
 `vk8s.requests.<namespace>` and follow the projector's relay of the events on
@@ -18,12 +19,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from libs.events.broker import STREAM_NAME
-from libs.events.catalog import FEED_SUBJECT, INBOX_PREFIX, REQUEST_SUBJECT, request_subject, requester_inbox
+from libs.events.catalog import FEED_SUBJECT, INBOX_PREFIX, REQUEST_SUBJECT, request_subject, requester_inbox, service_inbox
 from libs.events.topology import ServiceTopology
 
 REQUESTER = "requester"
-# The services' replies (JetStream API answers, pulled messages); requesters have inboxes of their own.
-_REPLIES = ("_INBOX.>",)
 # Flow control and heartbeats of push consumers (KV watches, ordered consumers) answer on $JS.FC.
 _JETSTREAM_API = ("$JS.API.>", "$JS.FC.>")
 # No service deletes or purges a stream (or a message of one): nobody may.
@@ -64,7 +63,7 @@ def service_permissions(topology: ServiceTopology, others: Iterable[ServiceTopol
     publish = [*topology.emits, *_JETSTREAM_API, f"$JS.ACK.{STREAM_NAME}.{topology.service}.>"]
     if topology.kv_bucket is not None:
         publish += [f"$KV.{topology.kv_bucket}.>", f"$JS.ACK.KV_{topology.kv_bucket}.>"]
-    subscribe = list(_REPLIES)
+    subscribe = [f"{service_inbox(topology.service)}.>"]
     if topology.service == "gateway":
         # It answers the requests: on the requesters' inboxes.
         publish.append(f"{INBOX_PREFIX}.>")

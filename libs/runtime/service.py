@@ -28,6 +28,7 @@ from libs.events import (
     ensure_stream,
     routes,
 )
+from libs.events.catalog import service_inbox
 from libs.runtime.http import OperatorServer
 from libs.runtime.logging import configure_logging
 from libs.runtime.settings import ServiceSettings
@@ -36,7 +37,13 @@ BackgroundTask = Callable[[], Awaitable[None]]
 
 
 async def connect_nats(settings: ServiceSettings, *, name: str) -> NATS:
-    options: dict[str, Any] = {"name": f"vk8s-{name}", "max_reconnect_attempts": -1, "connect_timeout": 5}
+    # Its replies on an inbox of its own: its NATS permissions allow no other (libs.events.permissions).
+    options: dict[str, Any] = {
+        "name": f"vk8s-{name}",
+        "max_reconnect_attempts": -1,
+        "connect_timeout": 5,
+        "inbox_prefix": service_inbox(name),
+    }
     if settings.nats_creds_file:
         options["user_credentials"] = settings.nats_creds_file
     if settings.nats_user:

@@ -16,7 +16,7 @@ from nats.errors import TimeoutError as NatsTimeoutError
 
 from libs.events import REGISTRY, STREAM_NAME, Envelope, StreamSettings, ensure_consumer, ensure_kv, ensure_stream
 from libs.events.broker import ConsumerSettings
-from libs.events.catalog import EVENTS, feed_event_type, feed_subject, requester_inbox
+from libs.events.catalog import EVENTS, feed_event_type, feed_subject, requester_inbox, service_inbox
 from libs.events.permissions import REQUESTER, nats_authorization
 from libs.runtime import ServiceSettings
 from libs.runtime.service import connect_nats, nats_password
@@ -52,9 +52,9 @@ async def connect(server: LocalNatsServer) -> AsyncIterator[Connect]:
         async def collect(error: Exception) -> None:
             errors.append(error)
 
-        # A requester gets its replies on its own inbox, as the CLI asks for (vk8s.client.connected).
-        inbox = {"inbox_prefix": requester_inbox(user)} if user == REQUESTER else {}
-        client = await nats.connect(server.url, user=user, password=USERS[user], error_cb=collect, **inbox)
+        # Each gets its replies on its own inbox, as connect_nats and the CLI (vk8s.client.connected) ask for.
+        inbox = requester_inbox(user) if user == REQUESTER else service_inbox(user)
+        client = await nats.connect(server.url, user=user, password=USERS[user], error_cb=collect, inbox_prefix=inbox)
         clients.append(client)
         return client, errors
 
@@ -170,6 +170,10 @@ async def test_a_service_keeps_its_consumer_and_bucket_and_touches_no_others(con
             await attempt()
     with pytest.raises(NatsTimeoutError):
         await (await js.pull_subscribe_bind(other.service, STREAM_NAME)).fetch(1, timeout=1)
+    # What the other service pulls comes on its inbox: neither that nor every inbox may be listened to.
+    for inbox in ("_INBOX.>", f"{service_inbox(other.service)}.>"):
+        await client.subscribe(inbox)
+    await client.flush()
     await asyncio.sleep(0.2)
 
     info = await owner.jetstream().consumer_info(STREAM_NAME, other.service)
@@ -183,6 +187,8 @@ async def test_a_service_keeps_its_consumer_and_bucket_and_touches_no_others(con
         f"$js.api.consumer.delete.{stream}.{other.service}",
         f"$js.api.consumer.create.{stream}.{other.service}",
         f"$js.api.consumer.msg.next.{stream}.{other.service}",
+        "_inbox.>",
+        f"{service_inbox(other.service).lower()}.>",
     }), errors
 
 

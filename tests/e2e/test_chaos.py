@@ -15,7 +15,6 @@ import signal
 from collections import Counter
 from pathlib import Path
 
-import nats
 import pytest
 from kubernetes.aio import client
 from nats.js.api import DeliverPolicy
@@ -27,6 +26,7 @@ from services.topology import NAMES, SERVICES
 from tests.e2e.conftest import eventually, phase_of, run, vk8s_object
 from tests.e2e.test_lifecycle import all_gone, assert_no_allocation, http_json, manifest, statefulsets
 from tests.support.apiserver_faults import FAULTS, ApiserverFaultProxy
+from tests.support.nats import connect_as_service
 from vk8s.local import stack
 from vk8s.local.keeper import RESTART_EVENT
 
@@ -71,8 +71,7 @@ async def deliver_again(info: stack.StackInfo, cluster_ids: set[str]) -> Counter
     that emits it would: no NATS user may publish every event."""
     emitter = {subject: topology.service for topology in reversed(SERVICES) for subject in topology.emits}
     clients = {
-        name: await nats.connect(info.nats_url, user=name, password=password)
-        for name, password in info.service_nats_passwords.items()
+        name: await connect_as_service(info, name) for name in info.service_nats_passwords
     }
     js = clients["projector"].jetstream()
     delivered: Counter[str] = Counter()
@@ -142,7 +141,7 @@ async def kv_leftovers(info: stack.StackInfo, namespace: str, deleted: dict[str,
     marks = {mark for name, uid in deleted.items() for mark in (uid, f"{namespace}/{name}", f"{namespace}.{name}")}
     left = []
     for service, bucket in BUCKETS.items():
-        nc = await nats.connect(info.nats_url, user=service, password=info.service_nats_passwords[service])
+        nc = await connect_as_service(info, service)
         try:
             kv = await nc.jetstream().key_value(bucket)
             try:
@@ -298,7 +297,7 @@ async def delete_at_stages(
 ) -> dict[str, str]:
     """Deletes each cluster of DELETED_AT_STAGE when its stage's event is stored (read as the
     projector, from the stream's end on); returns, by name, the event that triggered it."""
-    nc = await nats.connect(info.nats_url, user="projector", password=info.service_nats_passwords["projector"])
+    nc = await connect_as_service(info, "projector")
     triggered: dict[str, str] = {}
     try:
         sub = await nc.jetstream().subscribe("cluster.>", ordered_consumer=True, deliver_policy=DeliverPolicy.NEW)

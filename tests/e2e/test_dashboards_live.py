@@ -24,12 +24,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
 
-import nats
 import pytest
 import yaml
 from kubernetes.aio import client
 
 from libs.kube import GROUP, PLURAL, VERSION
+from tests.support.nats import connect_as_service
 from tests.unit.deploy.referenced_metrics import DASHBOARDS_DIR, RULE_FILES, dashboard_expressions, rule_expressions
 from vk8s.local import stack
 from vk8s.testbed.config import FleetSpec
@@ -210,9 +210,7 @@ async def test_one_given_up_message_fires_messages_given_up(
 ) -> None:
     """An undecodable cluster.vnodes.ready is terminated as invalid by each stage that reads it."""
     # As the stage that emits cluster.vnodes.ready: no other NATS user may publish it.
-    client = await nats.connect(
-        running_stack.nats_url, user="vnode", password=running_stack.service_nats_passwords["vnode"]
-    )
+    client = await connect_as_service(running_stack, "vnode")
     try:
         await client.jetstream().publish(
             "cluster.vnodes.ready", b"not an event", headers={"Nats-Msg-Id": f"given-up-{uuid.uuid4()}"}

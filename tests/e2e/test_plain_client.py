@@ -21,6 +21,7 @@ from nats.aio.msg import Msg
 
 from libs.events import STREAM_NAME
 from tests.e2e.conftest import ROOT
+from tests.support.nats import connect_as_service
 from vk8s.local import stack
 
 EVENTS_DOC = ROOT / "docs" / "events.md"
@@ -107,7 +108,7 @@ async def settled(info: stack.StackInfo, durables: tuple[str, ...] = ("gateway",
     """Every service that reads requests has settled every message it was given (asked as each service:
     only it may read its consumer)."""
     for durable in durables:
-        nc = await nats.connect(info.nats_url, user=durable, password=info.service_nats_passwords[durable])
+        nc = await connect_as_service(info, durable)
         try:
             for _ in range(600):
                 consumer = await nc.jetstream().consumer_info(STREAM_NAME, durable)

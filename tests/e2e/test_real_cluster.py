@@ -27,6 +27,7 @@ from tests.e2e.conftest import eventually, run, vk8s_object
 from tests.e2e.test_chaos import service_process
 from tests.e2e.test_lifecycle import all_gone, assert_no_allocation, running, statefulsets
 from tests.support.cli import cli_env
+from tests.support.nats import connect_as_service
 from tests.support.real_tier import require_real_tier
 from vk8s.images.builders import toolbox_ref
 from vk8s.local import stack
@@ -365,7 +366,7 @@ async def test_bootstrap_killed_during_kubeadm_init_resumes_to_a_running_cluster
     name = "chaos"
     cluster_id = f"{tenant}/{name}"
     master = f"{name}-master"
-    nc = await nats.connect(info.nats_url, user="projector", password=info.service_nats_passwords["projector"])
+    nc = await connect_as_service(info, "projector")
     setup = await nc.jetstream().subscribe(VNodeSetupProgressed.subject, ordered_consumer=True)
     seen: list[VNodeSetupProgressed] = []
 

@@ -10,9 +10,13 @@ import shutil
 import subprocess
 from collections.abc import Iterator
 
+import nats
 import pytest
+from nats.aio.client import Client as NATS
 
+from libs.events.catalog import service_inbox
 from vk8s.local.nats_server import LocalNatsServer
+from vk8s.local.stack import StackInfo
 
 
 def docker_engine_available() -> bool:
@@ -39,3 +43,10 @@ def nats_server_url() -> Iterator[str]:
         return
     with LocalNatsServer() as server:
         yield server.url
+
+
+async def connect_as_service(info: StackInfo, service: str) -> NATS:
+    """A connection to the stack's NATS as `service` would make it: its user, and its own inbox."""
+    return await nats.connect(
+        info.nats_url, user=service, password=info.service_nats_passwords[service], inbox_prefix=service_inbox(service)
+    )

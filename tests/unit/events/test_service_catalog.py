@@ -112,6 +112,9 @@ def test_a_service_may_publish_no_event_it_does_not_emit(service: str) -> None:
     assert not any(subject.startswith(("cluster.>", "cluster.*", ">")) for subject in allowed)
     own_bucket = [f"$KV.{declared.kv_bucket}.>"] if declared.kv_bucket else []
     assert [subject for subject in allowed if subject.startswith("$KV.")] == own_bucket
+    # Its replies on its own inbox only; the gateway also takes the requests.
+    listens = service_permissions(declared)["subscribe"]["allow"]
+    assert listens == [f"_INBOX.{service}.>", *(["vk8s.requests.*"] if service == "gateway" else [])]
 
 
 def test_a_requester_asks_and_follows_in_its_namespaces_only_with_no_jetstream() -> None:
