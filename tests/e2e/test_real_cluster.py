@@ -370,12 +370,16 @@ async def test_bootstrap_killed_during_kubeadm_init_resumes_to_a_running_cluster
     setup = await nc.jetstream().subscribe(VNodeSetupProgressed.subject, ordered_consumer=True)
     seen: list[VNodeSetupProgressed] = []
 
-    async def master_step(step: str, status: str) -> bool:
+    async def drain_setup_events() -> None:
+        """Every setup event stored so far (of this cluster) into `seen`."""
         with contextlib.suppress(nats.errors.TimeoutError):
             while True:
                 event = REGISTRY.decode(VNodeSetupProgressed.subject, (await setup.next_msg(timeout=1)).data)
                 if event.cluster_id == cluster_id:
                     seen.append(event.data)
+
+    async def master_step(step: str, status: str) -> bool:
+        await drain_setup_events()
         return any((e.vnode, e.step, e.status) == (master, step, status) for e in seen)
 
     try:
@@ -389,7 +393,7 @@ async def test_bootstrap_killed_during_kubeadm_init_resumes_to_a_running_cluster
         obj = await running(real_host, tenant, name, timeout=600)
         # The restarted stage reads the node's state: an init under way or done (admin.conf is
         # written early) is started and waited for under the node's lock, not made again.
-        await master_step("kubeadm-init", "Success")
+        await drain_setup_events()
         assert {e.step for e in seen if (e.vnode, e.status) == (master, "Success")} & {"kubeadm-init", "start"}, seen
     finally:
         await setup.unsubscribe()
