@@ -80,6 +80,21 @@ def requester_permissions(user: str, namespaces: Sequence[str]) -> dict[str, Any
     return {"publish": {"allow": asks}, "subscribe": {"allow": [f"{requester_inbox(user)}.>", *feeds]}}
 
 
+# What the chart's template replaces in the requester's permissions: its user, and each of its namespaces
+# (a subject naming the namespace becomes one per namespace, in place).
+CHART_USER, CHART_NAMESPACE = "{user}", "{namespace}"
+
+
+def chart_permissions(services: Sequence[ServiceTopology]) -> dict[str, Any]:
+    """What the Helm chart renders its NATS users from (deploy/helm/vk8s/files/nats-permissions.json):
+    each service's permissions, and a requester's with CHART_USER and CHART_NAMESPACE standing for its
+    user and namespaces, which the chart fills in as `requester_permissions` would."""
+    return {
+        "services": {topology.service: service_permissions(topology, services) for topology in services},
+        "requester": requester_permissions(CHART_USER, (CHART_NAMESPACE,)),
+    }
+
+
 def nats_authorization(
     services: Iterable[tuple[ServiceTopology, str]], requesters: Mapping[str, tuple[str, Sequence[str]]]
 ) -> dict[str, Any]:
