@@ -12,7 +12,7 @@ import pytest
 from nats.aio.client import Client as NATS
 from nats.errors import TimeoutError as NatsTimeoutError
 
-from libs.events import REGISTRY, STREAM_NAME, Envelope, ensure_consumer, ensure_kv
+from libs.events import REGISTRY, STREAM_NAME, STREAM_OWNER, Envelope, StreamSettings, ensure_consumer, ensure_kv, ensure_stream
 from libs.events.broker import ConsumerSettings
 from libs.events.catalog import EVENTS, feed_event_type, feed_subject, requester_inbox, service_inbox
 from libs.events.permissions import REQUESTER, nats_authorization
@@ -241,3 +241,26 @@ async def test_a_service_connects_with_its_password_read_from_a_file(server: Loc
         await connect_nats(missing, name="vnode")
     with pytest.raises(ValueError, match="nats_password and nats_password_file: give one"):
         ServiceSettings(nats_password="x", nats_password_file=str(secret))
+
+
+@pytest.mark.parametrize("service", sorted(t.service for t in SERVICES if t.service != STREAM_OWNER))
+async def test_only_the_owner_creates_or_changes_the_event_stream(connect: Connect, service: str) -> None:
+    """Every other service is refused changing it (it only waits for it: libs.runtime.Service)."""
+    client, errors = await connect(service)
+    js = client.jetstream(timeout=1)
+    before = (await js.stream_info(STREAM_NAME)).config.duplicate_window
+
+    with pytest.raises(NatsTimeoutError):
+        await ensure_stream(js, StreamSettings(duplicate_window_s=7))
+    await asyncio.sleep(0.2)
+
+    assert refused_subjects(errors) == [f"$js.api.stream.update.{STREAM_NAME.lower()}"]
+    assert (await js.stream_info(STREAM_NAME)).config.duplicate_window == before
+    # Its own KV bucket, a stream too, it still makes.
+    if BY_NAME[service].kv_bucket:
+        await ensure_kv(js, BY_NAME[service].kv_bucket or "")
+    owner, owner_errors = await connect(STREAM_OWNER)
+    changed = await ensure_stream(owner.jetstream(timeout=1), StreamSettings(duplicate_window_s=7))
+    assert changed.config.duplicate_window == 7
+    await ensure_stream(owner.jetstream(timeout=1), StreamSettings())
+    assert not owner_errors
