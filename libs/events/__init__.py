@@ -3,12 +3,14 @@
 from libs.events.broker import (
     MAX_EVENT_BYTES,
     STREAM_NAME,
+    STREAM_OWNER,
     ConsumerSettings,
     Publisher,
     StreamSettings,
     ensure_consumer,
     ensure_kv,
     ensure_stream,
+    wait_for_stream,
 )
 from libs.events.catalog import EVENTS, REGISTRY, UNKNOWN_CLUSTER_ID
 from libs.events.consumer import Backoff, Consumer, utc_now
@@ -33,6 +35,7 @@ __all__ = [
     "MAX_EVENT_BYTES",
     "REGISTRY",
     "STREAM_NAME",
+    "STREAM_OWNER",
     "UNKNOWN_CLUSTER_ID",
     "Backoff",
     "Consumer",
@@ -64,4 +67,5 @@ __all__ = [
     "start_at_zero",
     "subscriber",
     "utc_now",
+    "wait_for_stream",
 ]

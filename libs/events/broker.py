@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +21,10 @@ from libs.events.topology import Publishes
 log = structlog.get_logger(__name__)
 
 STREAM_NAME = "VK8S"
+# The one service that creates the event stream and sets its configuration (the entry of the pipeline,
+# the first to publish); the NATS permissions of every other service refuse them, and those only wait
+# for the stream at start (`wait_for_stream`).
+STREAM_OWNER = "gateway"
 STREAM_SUBJECTS = ("cluster.>",)
 # The largest event the stream stores; JetStream refuses a larger one at publish, so a hostile
 # publisher cannot hand every consumer a huge payload. Far above any legitimate event.
@@ -50,7 +55,8 @@ class ConsumerSettings:
 
 
 async def ensure_stream(js: JetStreamContext, settings: StreamSettings) -> js_api.StreamInfo:
-    """Creates the event stream, or updates it to these settings; safe to call from every service."""
+    """Creates the event stream, or updates it to these settings: the owner's (STREAM_OWNER) start;
+    idempotent, so each of its replicas may call it."""
     config = js_api.StreamConfig(
         name=settings.name,
         subjects=list(settings.subjects),
@@ -70,6 +76,19 @@ async def ensure_stream(js: JetStreamContext, settings: StreamSettings) -> js_ap
             # Another service created it between our look-up and create: fall through to update.
             await js.stream_info(settings.name)
     return await js.update_stream(config)
+
+
+async def wait_for_stream(js: JetStreamContext, name: str = STREAM_NAME, *, interval_s: float = 1.0) -> js_api.StreamInfo:
+    """The stream's info once it exists (a service other than its owner never creates or changes it)."""
+    logged = False
+    while True:
+        try:
+            return await js.stream_info(name)
+        except NotFoundError:
+            if not logged:
+                log.info("Waiting for the event stream; its owner creates it", stream=name, owner=STREAM_OWNER)
+                logged = True
+            await asyncio.sleep(interval_s)
 
 
 async def ensure_consumer(

@@ -5,7 +5,8 @@ consumer and the keys of its own KV bucket. Every service may use the JetStream 
 for what no service does (`_JETSTREAM_DENIED`): deleting or purging a stream or one of its messages. A
 service may in addition not touch another service's durable consumer (create, change, pull from,
 delete) nor another service's KV bucket (its stream, messages or watches), and it gets its replies on
-an inbox of its own (`_INBOX.<service>`), so it cannot read what another service pulls.
+an inbox of its own (`_INBOX.<service>`), so it cannot read what another service pulls. Only the
+stream's owner (`STREAM_OWNER`) may create the event stream or change its configuration.
 
 A requester publishes no event and uses no JetStream: it may ask the gateway on
 `vk8s.requests.<namespace>` and follow the projector's relay of the events on
@@ -18,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from libs.events.broker import STREAM_NAME
+from libs.events.broker import STREAM_NAME, STREAM_OWNER
 from libs.events.catalog import FEED_SUBJECT, INBOX_PREFIX, REQUEST_SUBJECT, request_subject, requester_inbox, service_inbox
 from libs.events.topology import ServiceTopology
 
@@ -27,6 +28,8 @@ REQUESTER = "requester"
 _JETSTREAM_API = ("$JS.API.>", "$JS.FC.>")
 # No service deletes or purges a stream (or a message of one): nobody may.
 _JETSTREAM_DENIED = ("$JS.API.STREAM.DELETE.>", "$JS.API.STREAM.PURGE.>", "$JS.API.STREAM.MSG.DELETE.>")
+# Only STREAM_OWNER creates the event stream or changes its configuration.
+_STREAM_CHANGES = (f"$JS.API.STREAM.CREATE.{STREAM_NAME}", f"$JS.API.STREAM.UPDATE.{STREAM_NAME}")
 
 
 def _durable_api(durable: str) -> list[str]:
@@ -55,6 +58,8 @@ def _bucket_api(bucket: str) -> list[str]:
 def service_permissions(topology: ServiceTopology, others: Iterable[ServiceTopology] = ()) -> dict[str, Any]:
     """`others`: the other services, whose durable consumers and KV buckets it may not touch."""
     denied = list(_JETSTREAM_DENIED)
+    if topology.service != STREAM_OWNER:
+        denied += _STREAM_CHANGES
     for other in others:
         if other.service != topology.service:
             denied += _durable_api(other.service)
@@ -78,6 +83,21 @@ def requester_permissions(user: str, namespaces: Sequence[str]) -> dict[str, Any
     asks = [request_subject(namespace) for namespace in namespaces]
     feeds = [f"{FEED_SUBJECT}.{namespace}.>" for namespace in namespaces]
     return {"publish": {"allow": asks}, "subscribe": {"allow": [f"{requester_inbox(user)}.>", *feeds]}}
+
+
+# What the chart's template replaces in the requester's permissions: its user, and each of its namespaces
+# (a subject naming the namespace becomes one per namespace, in place).
+CHART_USER, CHART_NAMESPACE = "{user}", "{namespace}"
+
+
+def chart_permissions(services: Sequence[ServiceTopology]) -> dict[str, Any]:
+    """What the Helm chart renders its NATS users from (deploy/helm/vk8s/files/nats-permissions.json):
+    each service's permissions, and a requester's with CHART_USER and CHART_NAMESPACE standing for its
+    user and namespaces, which the chart fills in as `requester_permissions` would."""
+    return {
+        "services": {topology.service: service_permissions(topology, services) for topology in services},
+        "requester": requester_permissions(CHART_USER, (CHART_NAMESPACE,)),
+    }
 
 
 def nats_authorization(

@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector,
 
 from libs.events import (
     REGISTRY,
+    STREAM_OWNER,
     Backoff,
     Consumer,
     ConsumerSettings,
@@ -27,6 +28,7 @@ from libs.events import (
     StreamSettings,
     ensure_stream,
     routes,
+    wait_for_stream,
 )
 from libs.events.catalog import service_inbox
 from libs.runtime.http import OperatorServer
@@ -110,10 +112,11 @@ class Service:
     async def __aenter__(self) -> Service:
         self.nc = await connect_nats(self.settings, name=self.name)
         self._js = self.nc.jetstream()
-        await ensure_stream(
-            self._js,
-            StreamSettings(duplicate_window_s=self.settings.duplicate_window_s, replicas=self.settings.stream_replicas),
-        )
+        if self.name == STREAM_OWNER:
+            await ensure_stream(
+                self._js,
+                StreamSettings(duplicate_window_s=self.settings.duplicate_window_s, replicas=self.settings.stream_replicas),
+            )
         self._publisher = Publisher(self._js, self.event_metrics)
         self.http.add_readiness_check("nats", lambda: self.nc is not None and self.nc.is_connected)
         return self
@@ -162,6 +165,13 @@ class Service:
         """Serves the operator endpoints (routes added before this are served too), then starts
         the consumers and background tasks."""
         await self.http.start()
+        if self.name != STREAM_OWNER:
+            # Only its owner creates the stream: not ready (and consuming nothing) until it exists.
+            stream_found = asyncio.Event()
+            self.http.add_readiness_check("stream", stream_found.is_set)
+            if not await self._stream_exists_before_stop():
+                return
+            stream_found.set()
         for consumer in self._consumers:
             await consumer.start()
         for name, task in self._tasks:
@@ -169,6 +179,19 @@ class Service:
         if self._consumers:
             self._running.append(asyncio.create_task(self._observe_lag(), name="consumer-lag"))
         self.log.info("Started service", port=self.http.port, consumers=len(self._consumers), tasks=len(self._tasks))
+
+    async def _stream_exists_before_stop(self) -> bool:
+        """Waits for the event stream: True once it exists, False when the service is stopped first."""
+        found = asyncio.ensure_future(wait_for_stream(self.js))
+        stopped = asyncio.ensure_future(self._stop.wait())
+        done, pending = await asyncio.wait({found, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        if found in done:
+            found.result()  # a look-up that failed otherwise than "not found" fails the start
+            return True
+        return False
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()

@@ -4,26 +4,24 @@ nats-server of the test's own: a service publishes what it emits and nothing els
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
-import nats
 import pytest
 from nats.aio.client import Client as NATS
 from nats.errors import TimeoutError as NatsTimeoutError
 
-from libs.events import REGISTRY, STREAM_NAME, Envelope, StreamSettings, ensure_consumer, ensure_kv, ensure_stream
+from libs.events import REGISTRY, STREAM_NAME, STREAM_OWNER, Envelope, StreamSettings, ensure_consumer, ensure_kv, ensure_stream
 from libs.events.broker import ConsumerSettings
 from libs.events.catalog import EVENTS, feed_event_type, feed_subject, requester_inbox, service_inbox
 from libs.events.permissions import REQUESTER, nats_authorization
 from libs.runtime import ServiceSettings
 from libs.runtime.service import connect_nats, nats_password
-from services.gateway.adapters.requests import RequestIntake
 from services.projector.adapters.feed import EventFeed
 from services.topology import BY_NAME, SERVICES
 from tests.support.events import NOW, cluster_requested
+from tests.support.identities import Connect, answering_gateway, ask, refused_subjects, stored, users_with_stream
 from vk8s.local.nats_server import LocalNatsServer
 
 SERVICE_PASSWORDS = {topology.service: f"{topology.service}-password" for topology in SERVICES}
@@ -38,41 +36,10 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalNatsServer
         yield running
 
 
-# Connects as a user: the client and the errors the server sent it (its permission violations).
-Connect = Callable[[str], Awaitable[tuple[NATS, list[Exception]]]]
-
-
 @pytest.fixture
 async def connect(server: LocalNatsServer) -> AsyncIterator[Connect]:
-    clients: list[NATS] = []
-
-    async def as_user(user: str) -> tuple[NATS, list[Exception]]:
-        errors: list[Exception] = []
-
-        async def collect(error: Exception) -> None:
-            errors.append(error)
-
-        # Each gets its replies on its own inbox, as connect_nats and the CLI (vk8s.client.connected) ask for.
-        inbox = requester_inbox(user) if user == REQUESTER else service_inbox(user)
-        client = await nats.connect(server.url, user=user, password=USERS[user], error_cb=collect, inbox_prefix=inbox)
-        clients.append(client)
-        return client, errors
-
-    admin, _ = await as_user("gateway")
-    await ensure_stream(admin.jetstream(), StreamSettings())
-    yield as_user
-    for client in clients:
-        await client.close()
-
-
-async def stored(client: NATS, subject: str) -> bool:
-    """Publishes one event of `subject` with JetStream; True when the stream acknowledged it."""
-    payload = Envelope.new(cluster_requested(), cluster_id="default/team-a", now=NOW).to_json()
-    try:
-        await client.jetstream().publish(subject, payload, timeout=0.5)
-    except NatsTimeoutError:
-        return False  # the server dropped it: no stream ever saw it
-    return True
+    async with users_with_stream(server.url, USERS) as as_user:
+        yield as_user
 
 
 @pytest.mark.parametrize("service", sorted(BY_NAME))
@@ -85,13 +52,8 @@ async def test_a_service_publishes_what_it_emits_and_nothing_else(connect: Conne
         await client.publish(subject, b"{}")
     await client.flush()
     await asyncio.sleep(0.2)
-    refused = {str(error).split('"')[1] for error in errors}
+    refused = set(refused_subjects(errors))
     assert refused == {event.subject for event in EVENTS} - emits
-
-
-def ask(namespace: str, *, payload_namespace: str | None = None, event_id: str = "ask-1") -> bytes:
-    request = cluster_requested().model_copy(update={"namespace": payload_namespace or namespace})
-    return Envelope.new(request, cluster_id=f"{request.namespace}/team-a", now=NOW, event_id=event_id).to_json()
 
 
 async def requests_in_stream(client: NATS) -> list[str]:
@@ -109,10 +71,7 @@ async def requests_in_stream(client: NATS) -> list[str]:
 
 
 async def test_a_scoped_requester_asks_in_its_namespaces_only_and_publishes_no_event(connect: Connect) -> None:
-    gateway, _ = await connect("gateway")
-    intake = asyncio.create_task(RequestIntake(gateway).run())
-    try:
-        await asyncio.sleep(0.2)
+    async with answering_gateway(connect) as gateway:
         requester, errors = await connect(REQUESTER)
 
         reply = await requester.request("vk8s.requests.team-a", ask("team-a", event_id="ask-1"), timeout=5)
@@ -136,10 +95,6 @@ async def test_a_scoped_requester_asks_in_its_namespaces_only_and_publishes_no_e
         ]
         # (other tests of this server's stream published requests of their own)
         assert [event_id for event_id in await requests_in_stream(gateway) if event_id.startswith("ask-")] == ["ask-1"]
-    finally:
-        intake.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await intake
 
 
 @pytest.mark.parametrize("service", sorted(t.service for t in SERVICES if t.kv_bucket))
@@ -180,7 +135,7 @@ async def test_a_service_keeps_its_consumer_and_bucket_and_touches_no_others(con
     assert list(info.config.filter_subjects or ()) == list(other.consumes)
     stream = STREAM_NAME.lower()
     # (the server lower-cases the subject in its message)
-    assert sorted(str(error).split('"')[1] for error in errors) == sorted({
+    assert sorted(refused_subjects(errors)) == sorted({
         f"$js.api.direct.get.kv_{bucket}.$kv.{bucket}.key",
         f"$js.api.stream.info.kv_{bucket}",
         f"$kv.{bucket}.key",
@@ -286,3 +241,26 @@ async def test_a_service_connects_with_its_password_read_from_a_file(server: Loc
         await connect_nats(missing, name="vnode")
     with pytest.raises(ValueError, match="nats_password and nats_password_file: give one"):
         ServiceSettings(nats_password="x", nats_password_file=str(secret))
+
+
+@pytest.mark.parametrize("service", sorted(t.service for t in SERVICES if t.service != STREAM_OWNER))
+async def test_only_the_owner_creates_or_changes_the_event_stream(connect: Connect, service: str) -> None:
+    """Every other service is refused changing it (it only waits for it: libs.runtime.Service)."""
+    client, errors = await connect(service)
+    js = client.jetstream(timeout=1)
+    before = (await js.stream_info(STREAM_NAME)).config.duplicate_window
+
+    with pytest.raises(NatsTimeoutError):
+        await ensure_stream(js, StreamSettings(duplicate_window_s=7))
+    await asyncio.sleep(0.2)
+
+    assert refused_subjects(errors) == [f"$js.api.stream.update.{STREAM_NAME.lower()}"]
+    assert (await js.stream_info(STREAM_NAME)).config.duplicate_window == before
+    # Its own KV bucket, a stream too, it still makes.
+    if BY_NAME[service].kv_bucket:
+        await ensure_kv(js, BY_NAME[service].kv_bucket or "")
+    owner, owner_errors = await connect(STREAM_OWNER)
+    changed = await ensure_stream(owner.jetstream(timeout=1), StreamSettings(duplicate_window_s=7))
+    assert changed.config.duplicate_window == 7
+    await ensure_stream(owner.jetstream(timeout=1), StreamSettings())
+    assert not owner_errors

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, TypeVar
 
+from libs.events import StreamSettings, ensure_stream
 from libs.runtime import Service, ServiceSettings
 
 S = TypeVar("S", bound=ServiceSettings)
@@ -14,8 +15,10 @@ S = TypeVar("S", bound=ServiceSettings)
 
 @contextlib.asynccontextmanager
 async def running(wired: contextlib.AbstractAsyncContextManager[Service]) -> AsyncIterator[Service]:
-    """A service's `wired(settings)`, started; leaving the block runs the service's shutdown."""
+    """A service's `wired(settings)`, started, once the event stream is made as the gateway (its one
+    owner) makes it: the other services wait for it; leaving the block runs the service's shutdown."""
     async with wired as service:
+        await ensure_stream(service.js, StreamSettings())
         await service.start()
         yield service
 

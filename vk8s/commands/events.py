@@ -8,6 +8,8 @@ from pathlib import Path
 import click
 
 from libs.events import REGISTRY
+from libs.events.permissions import chart_permissions
+from services.topology import SERVICES
 
 
 @click.group("events")
@@ -40,3 +42,10 @@ def schema(subject: str | None, out_dir: Path | None) -> None:
         click.echo(f"wrote {len(schemas)} schemas to {out_dir}")
         return
     click.echo(json.dumps(schemas[subject] if subject else schemas, indent=2, sort_keys=True))
+
+
+@events_command.command("permissions")
+def permissions() -> None:
+    """Print the NATS permissions of every service and of a requester, which the Helm chart renders its
+    users from: `vk8s events permissions > deploy/helm/vk8s/files/nats-permissions.json` (a test checks)."""
+    click.echo(json.dumps(chart_permissions(SERVICES), indent=2, sort_keys=True))

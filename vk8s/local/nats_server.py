@@ -9,6 +9,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -33,11 +34,15 @@ class LocalNatsServer:
         *,
         port: int = -1,
         log_file: Path | None = None,
-        authorization: dict[str, Any] | None = None,
+        authorization: dict[str, Any] | str | None = None,
+        environment: Mapping[str, str] | None = None,
     ):
-        """`authorization`: users and permissions (libs.events.permissions); None: no authentication."""
+        """`authorization`: users and permissions (libs.events.permissions), or nats-server config text
+        (which may include files of `store_dir`); None: no authentication. `environment`: variables the
+        server reads besides this process's (a config's `$VARIABLES`)."""
         self._own_dir = store_dir is None
         self._authorization = authorization
+        self._environment = dict(environment or {})
         self.store_dir = Path(store_dir or tempfile.mkdtemp(prefix="vk8s-nats-"))
         self._port = port
         self._log_file = log_file or self.store_dir / "nats-server.log"
@@ -71,7 +76,8 @@ class LocalNatsServer:
             path = self.store_dir / CONFIG_FILE
             path.touch(mode=0o600)
             path.chmod(0o600)
-            path.write_text(json.dumps(self._authorization, indent=2))
+            text = self._authorization
+            path.write_text(text if isinstance(text, str) else json.dumps(text, indent=2))
             config = ["--config", str(path)]
         log = self._log_file.open("ab")
         self._process = subprocess.Popen(
@@ -88,6 +94,7 @@ class LocalNatsServer:
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
+            env={**os.environ, **self._environment},
             # Its own process group: `vk8s up --detach` leaves it running, `vk8s down` stops it.
             start_new_session=True,
         )

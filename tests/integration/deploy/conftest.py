@@ -7,6 +7,7 @@ import base64
 import socket
 import subprocess
 import urllib.parse
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,10 +17,13 @@ import pytest
 import yaml
 from kubernetes.aio import client
 
+from services.topology import NAMES
 from tests.unit.deploy.helm import CHART_DIR, helm_binary, set_args
 from vk8s.testbed.fixtures import create_namespace, delete_namespace
 
 NATS_SECRET = "vk8s-nats"
+# Each service's password (nats.auth.type serviceUsers, the default), and a shared user's.
+NATS_SECRET_DATA = {**{f"{service}-password": f"{service}-{uuid.uuid4().hex}" for service in NAMES}, "user": "vk8s", "password": "shared"}
 
 
 @dataclass(frozen=True)
@@ -57,8 +61,8 @@ async def create_nats_secret(api: client.ApiClient, namespace: str) -> None:
         {
             "metadata": {"name": NATS_SECRET},
             "data": {
-                key: base64.b64encode(value).decode()
-                for key, value in {"user": b"vk8s", "password": b"not-used-here"}.items()
+                key: base64.b64encode(value.encode()).decode()
+                for key, value in NATS_SECRET_DATA.items()
             },
         },
     )

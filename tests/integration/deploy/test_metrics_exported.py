@@ -1,9 +1,9 @@
 """A dashboard must not chart, and an alert must not watch, a metric nobody exports.
 
 Each service runs as its container would (`python -m services.<name>`, the environment of the installed
-release's Deployment, its NATS credentials from the Secret), against a NATS server requiring those
-credentials and the test cluster as the service's own account (a TokenRequest token, so the chart's RBAC
-is what it gets). Once /readyz answers 200 its /metrics is scraped. Metrics of other exporters are allowed
+release's Deployment, its NATS credentials from the Secret), against a NATS server running the release's
+per-service NATS users, and the test cluster as the service's own account (a TokenRequest token, so the
+chart's RBAC is what it gets). Once /readyz answers 200 its /metrics is scraped. Metrics of other exporters are allowed
 only through referenced_metrics.EXTERNAL_METRICS, each entry saying where it comes from.
 """
 
@@ -28,12 +28,11 @@ import yaml
 from kubernetes.aio import client
 
 from services.topology import NAMES as SERVICES
-from tests.integration.deploy.conftest import NATS_SECRET, Release, run_helm, service_account_kubeconfig
+from tests.integration.deploy.conftest import NATS_SECRET, NATS_SECRET_DATA, Release, run_helm, service_account_kubeconfig
 from tests.unit.deploy.referenced_metrics import EXTERNAL_METRICS, exposition_names, our_metrics
-from vk8s.local.nats_server import nats_server_binary
+from vk8s.local.nats_server import LocalNatsServer
 from vk8s.testbed.config import REPO_ROOT
 
-NATS_USER, NATS_PASSWORD = "vk8s", "not-used-here"  # what conftest.create_nats_secret stores
 # Seven interpreters importing the Kubernetes client at once are slow on a busy CI machine.
 READY_TIMEOUT_S = 180.0
 
@@ -58,31 +57,16 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def nats_with_password(directory: Path) -> Iterator[str]:
-    """nats-server with JetStream that refuses clients without the chart's credentials."""
-    port = free_port()
-    log = (directory / "nats-server.log").open("wb")
-    process = subprocess.Popen(
-        [
-            nats_server_binary(), "--jetstream", "--store_dir", str(directory / "jetstream"), "--addr", "127.0.0.1",
-            "--port", str(port), "--user", NATS_USER, "--pass", NATS_PASSWORD,
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 15
-        while True:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                break
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"nats-server did not start; see {directory / 'nats-server.log'}")
-            time.sleep(0.05)
-        yield f"nats://127.0.0.1:{port}"
-    finally:
-        process.terminate()
-        process.wait(timeout=15)
-        log.close()
+def nats_with_the_charts_users(directory: Path, users: dict[str, Any]) -> Iterator[str]:
+    """nats-server with JetStream running the release's NATS users (its nats-users ConfigMap, included as
+    an operator's NATS servers would), their passwords the variables it reads from the Secret."""
+    store = directory / "nats"
+    store.mkdir()
+    (store / "users.conf").write_text(users["data"]["users.conf"])
+    environment = {f"VK8S_NATS_{service.upper()}_PASSWORD": NATS_SECRET_DATA[f"{service}-password"] for service in SERVICES}
+    config = 'authorization {\n  include "users.conf"\n}\n'
+    with LocalNatsServer(store, authorization=config, environment=environment) as server:
+        yield server.url
 
 
 def container_env(deployment: dict[str, Any], secrets: dict[str, dict[str, str]], files: Path) -> dict[str, str]:
@@ -189,15 +173,18 @@ async def scraped(
         for d in yaml.safe_load_all(manifest)
         if d and d["kind"] == "Deployment"
     }
-    # The NATS Secret as conftest made it; the read APIs' token Secret the chart made.
+    # The NATS Secret as conftest made it; the read APIs' token Secret and the NATS users the chart made.
     (read_api,) = [
         d for d in yaml.safe_load_all(manifest) if d and d["kind"] == "Secret" and d["metadata"]["name"].endswith("-read-api")
     ]
+    (users,) = [
+        d for d in yaml.safe_load_all(manifest) if d and d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("-nats-users")
+    ]
     secrets = {
-        NATS_SECRET: {"user": NATS_USER, "password": NATS_PASSWORD},
+        NATS_SECRET: NATS_SECRET_DATA,
         read_api["metadata"]["name"]: {"token": base64.b64decode(read_api["data"]["token"]).decode()},
     }
-    with nats_with_password(scratch) as nats_url:
+    with nats_with_the_charts_users(scratch, users) as nats_url:
         started = []
         for service in SERVICES:
             deployment = deployments.get(service)

@@ -23,7 +23,7 @@ from kubernetes.aio.client.exceptions import ApiException
 from nats.js import JetStreamContext
 from prometheus_client import CollectorRegistry
 
-from libs.events import ensure_kv
+from libs.events import StreamSettings, ensure_kv, ensure_stream
 from services.ipmanager.adapters.kv import KvStore
 from services.ipmanager.adapters.metrics import IpManagerMetrics
 from services.ipmanager.adapters.pods import CALICO_IP_ADDRS_ANNOTATION, VNodePods
@@ -87,13 +87,14 @@ def free_port() -> int:
 
 @pytest.fixture
 async def restarted_ipmanager(
-    nats_url: str, settings: IpManagerSettings, tmp_path: Path
+    nats_url: str, js: JetStreamContext, settings: IpManagerSettings, tmp_path: Path
 ) -> AsyncIterator[Any]:
     """Starts `python -m services.ipmanager` on demand; yields a getter for its HTTP endpoints."""
     processes: list[asyncio.subprocess.Process] = []
     port = free_port()
 
     async def start() -> None:
+        await ensure_stream(js, StreamSettings())  # as the gateway, its one owner, makes it
         env = {
             **os.environ,
             "VK8S_IPMANAGER_NATS_URL": nats_url,

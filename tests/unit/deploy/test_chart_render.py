@@ -115,10 +115,8 @@ def test_hard_anti_affinity_requires_distinct_nodes() -> None:
     assert list(terms) == ["requiredDuringSchedulingIgnoredDuringExecution"]
 
 
-def test_nats_credentials_come_from_the_secret_the_password_as_a_mounted_file(
-    default_manifests: list[Manifest],
-) -> None:
-    for name, deployment in by_component(default_manifests, "Deployment").items():
+def test_a_shared_nats_user_comes_from_the_secret_the_password_as_a_mounted_file() -> None:
+    for name, deployment in by_component(render({"nats": {"auth": {"type": "userPassword"}}}), "Deployment").items():
         env = env_of(deployment)
         prefix = f"VK8S_{name.upper()}_"
         assert env[f"{prefix}NATS_URL"]["value"].startswith("nats://")
@@ -257,7 +255,10 @@ def test_the_vnode_service_gets_the_ports_service_type() -> None:
     assert env["VK8S_VNODE_PORTS_SERVICE_TYPE"]["value"] == "LoadBalancer"
 
 
-SETTINGS_CASES: tuple[Manifest, ...] = ({}, TENANTS, {"rbac": {"tenantNamespaces": ["team-a"]}}, {"nats": {"auth": {"type": "creds"}}})
+SETTINGS_CASES: tuple[Manifest, ...] = (
+    {}, TENANTS, {"rbac": {"tenantNamespaces": ["team-a"]}}, {"nats": {"auth": {"type": "creds"}}},
+    {"nats": {"auth": {"type": "userPassword"}}},
+)  # fmt: skip
 
 
 @pytest.fixture(scope="module")

@@ -26,6 +26,15 @@ def test_default_values_match_the_schema() -> None:
         ({"nats": {"auth": {"type": "none"}}}, "/nats/auth/type"),
         ({"nats": {"url": "http://nats:4222"}}, "/nats/url"),
         ({"nats": {"streamReplicas": 0}}, "/nats/streamReplicas"),
+        ({"nats": {"auth": {"servicePasswordKey": "password"}}}, "/nats/auth/servicePasswordKey"),
+        ({"nats": {"requesters": [{"user": "CI", "namespaces": ["team-a"]}]}}, "/nats/requesters/0/user"),
+        ({"nats": {"requesters": [{"user": "ci", "namespaces": ["team-a.>"]}]}}, "/nats/requesters/0/namespaces/0"),
+        ({"nats": {"requesters": [{"user": "ci", "namespaces": []}]}}, "/nats/requesters/0/namespaces"),
+        ({"nats": {"requesters": [{"user": "gateway", "namespaces": ["team-a"]}]}}, 'user "gateway" is taken'),
+        (
+            {"nats": {"requesters": [{"user": "ci", "namespaces": ["a"]}, {"user": "ci", "namespaces": ["b"]}]}},
+            'user "ci" is taken',
+        ),
         ({"services": {"scheduler": {"replicas": 0}}}, "/services/scheduler/replicas"),
         (
             {"services": {"vnode": {"resources": {"requests": {"cpu": "lots"}}}}},

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from libs.events import EVENTS, Publishes, declare, subscriber
+from libs.events import EVENTS, STREAM_NAME, STREAM_OWNER, Publishes, declare, subscriber
 from libs.events.catalog import ClusterAccepted, ClusterFailed, ClusterReady, ClusterRequested, ClusterScheduled
 from libs.events.permissions import REQUESTER, nats_authorization, service_permissions
 from services import topology
@@ -115,6 +115,13 @@ def test_a_service_may_publish_no_event_it_does_not_emit(service: str) -> None:
     # Its replies on its own inbox only; the gateway also takes the requests.
     listens = service_permissions(declared)["subscribe"]["allow"]
     assert listens == [f"_INBOX.{service}.>", *(["vk8s.requests.*"] if service == "gateway" else [])]
+
+
+@pytest.mark.parametrize("service", sorted(BY_NAME))
+def test_only_the_stream_owner_may_create_or_change_the_event_stream(service: str) -> None:
+    denied = service_permissions(BY_NAME[service])["publish"]["deny"]
+    changes = [f"$JS.API.STREAM.CREATE.{STREAM_NAME}", f"$JS.API.STREAM.UPDATE.{STREAM_NAME}"]
+    assert all((change in denied) is (service != STREAM_OWNER) for change in changes), denied
 
 
 def test_a_requester_asks_and_follows_in_its_namespaces_only_with_no_jetstream() -> None:

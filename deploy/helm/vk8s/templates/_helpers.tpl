@@ -115,3 +115,8 @@ to ask, so they need networkPolicy.egress.kubeApi.to set. */}}
 {{- end -}}
 {{- toYaml $peers -}}
 {{- end -}}
+
+{{/* The nats-server variable holding NATS user <user>'s password: $VK8S_NATS_<USER>_PASSWORD (- as _). */}}
+{{- define "vk8s.natsPasswordVariable" -}}
+{{- printf "$VK8S_NATS_%s_PASSWORD" (. | upper | replace "-" "_") -}}
+{{- end -}}
