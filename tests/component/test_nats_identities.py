@@ -22,6 +22,7 @@ from services.projector.adapters.feed import EventFeed
 from services.topology import BY_NAME, SERVICES
 from tests.support.events import NOW, cluster_requested
 from tests.support.identities import Connect, answering_gateway, ask, refused_subjects, stored, users_with_stream
+from tests.support.wait import eventually
 from vk8s.local.nats_server import LocalNatsServer
 
 SERVICE_PASSWORDS = {topology.service: f"{topology.service}-password" for topology in SERVICES}
@@ -186,7 +187,7 @@ async def test_a_requester_follows_its_namespaces_feed_and_reads_nothing_else(co
     await client.flush()
     for event in (own, theirs):
         await EventFeed(projector).relay(event)
-    msg = await followed.next_msg(timeout=5)
+    msg = await followed.next_msg(timeout=30)
     assert REGISTRY.decode(feed_event_type(msg.subject), msg.data) == own
 
     js = client.jetstream(timeout=1)
@@ -204,12 +205,14 @@ async def test_a_requester_follows_its_namespaces_feed_and_reads_nothing_else(co
     for attempt in attempts:
         with pytest.raises(NatsTimeoutError):
             await attempt()
-    await asyncio.sleep(0.2)
 
     assert (await gateway.jetstream().consumer_info(STREAM_NAME, "gateway")).name == "gateway"
-    # (the server lower-cases the subject in its message)
-    denied = {(str(error).split(" to ")[0].rsplit(" ", 1)[1], str(error).split('"')[1]) for error in errors}
-    assert denied == {
+
+    def denied() -> set[tuple[str, str]]:
+        """(kind, subject) of each violation the server reported (it lower-cases the subject)."""
+        return {(str(error).split(" to ")[0].rsplit(" ", 1)[1], str(error).split('"')[1]) for error in errors}
+
+    expected = {
         ("subscription", "_inbox.>"),
         ("subscription", f"{requester_inbox('someone-else')}.>"),
         ("subscription", feed_subject(theirs.cluster_id)),
@@ -218,7 +221,10 @@ async def test_a_requester_follows_its_namespaces_feed_and_reads_nothing_else(co
         ("publish", f"$js.api.consumer.msg.next.{STREAM_NAME.lower()}.gateway"),
         ("publish", f"$js.api.consumer.delete.{STREAM_NAME.lower()}.gateway"),
         ("publish", f"$js.api.direct.get.kv_{bucket_name}.$kv.{bucket_name}.key"),
-    }, errors
+    }
+    # (each report travels on its own; a loaded machine may deliver the last after the attempt's timeout)
+    await eventually(denied, "every violation reported", timeout=10, done=lambda found: found >= expected)
+    assert denied() == expected, errors
 
 
 async def test_a_service_connects_with_its_password_read_from_a_file(server: LocalNatsServer, tmp_path: Path) -> None:
