@@ -80,9 +80,16 @@ class Service:
     """One running service. Use as `async with Service(...) as service:`, register consumers and
     tasks, then `await service.run()` until SIGTERM/SIGINT (or `service.stop()`)."""
 
-    def __init__(self, name: str, settings: ServiceSettings, *, configure_logs: bool = True):
+    def __init__(
+        self, name: str, settings: ServiceSettings, *, stream: StreamSettings | None = None, configure_logs: bool = True
+    ):
+        """`stream`: the event stream's configuration, given by its owner (STREAM_OWNER) alone, which creates the
+        stream or brings it to that configuration at start; without it, the service waits for the stream."""
+        if stream is not None and name != STREAM_OWNER:
+            raise ValueError(f"stream: only {STREAM_OWNER!r} creates or configures the event stream, not {name!r}")
         self.name = name
         self.settings = settings
+        self._stream = stream
         if configure_logs:
             configure_logging(settings.log_level, settings.log_format, service=name)
         self.log = structlog.get_logger(name).bind(service=name)
@@ -112,11 +119,8 @@ class Service:
     async def __aenter__(self) -> Service:
         self.nc = await connect_nats(self.settings, name=self.name)
         self._js = self.nc.jetstream()
-        if self.name == STREAM_OWNER:
-            await ensure_stream(
-                self._js,
-                StreamSettings(duplicate_window_s=self.settings.duplicate_window_s, replicas=self.settings.stream_replicas),
-            )
+        if self._stream is not None:
+            await ensure_stream(self._js, self._stream)
         self._publisher = Publisher(self._js, self.event_metrics)
         self.http.add_readiness_check("nats", lambda: self.nc is not None and self.nc.is_connected)
         return self
@@ -165,7 +169,7 @@ class Service:
         """Serves the operator endpoints (routes added before this are served too), then starts
         the consumers and background tasks."""
         await self.http.start()
-        if self.name != STREAM_OWNER:
+        if self._stream is None:
             # Only its owner creates the stream: not ready (and consuming nothing) until it exists.
             stream_found = asyncio.Event()
             self.http.add_readiness_check("stream", stream_found.is_set)

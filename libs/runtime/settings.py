@@ -32,8 +32,6 @@ class ServiceSettings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "json", "console"] = "auto"
 
-    stream_replicas: int = Field(default=1, ge=1, le=5)
-    duplicate_window_s: float = Field(default=120.0, gt=0)
     consumer_concurrency: int = Field(default=4, ge=1, le=64)
     consumer_prefetch: int = Field(
         default=0,
@@ -54,3 +52,16 @@ class ServiceSettings(BaseSettings):
         if self.nats_password is not None and self.nats_password_file is not None:
             raise ValueError("nats_password and nats_password_file: give one of them, not both")
         return self
+
+
+# A NATS KV bucket's name (the service subclass gives its default).
+BucketName = Annotated[str, Field(pattern=r"^[a-zA-Z0-9_-]+$")]
+
+
+class BucketOwnerSettings(ServiceSettings):
+    """Settings of a service that keeps its state in a NATS KV bucket of its own (`kv_bucket`)."""
+
+    kv_bucket: BucketName
+    kv_replicas: int = Field(
+        default=1, ge=1, le=5, description="Replicas of the KV bucket, fixed when it is created (an existing one stays)."
+    )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator
 
-from libs.events import ensure_kv
+from libs.events import StreamSettings, ensure_kv
 from libs.kube import kube_client
 from libs.runtime import Service, serve
 from services.gateway.adapters.kubernetes import ClusterObjects
@@ -22,7 +22,12 @@ async def wired(settings: GatewaySettings, *, configure_logs: bool = True) -> As
     # The API client is closed last, after the service has stopped the tasks using it.
     async with (
         await kube_client(settings.kubeconfig) as api,
-        Service(TOPOLOGY.service, settings, configure_logs=configure_logs) as service,
+        Service(
+            TOPOLOGY.service,
+            settings,
+            stream=StreamSettings(duplicate_window_s=settings.duplicate_window_s, replicas=settings.stream_replicas),
+            configure_logs=configure_logs,
+        ) as service,
     ):
         handlers = GatewayHandlers(
             objects=ClusterObjects(
@@ -31,7 +36,7 @@ async def wired(settings: GatewaySettings, *, configure_logs: bool = True) -> As
                 tenant_bindings=settings.tenant_bindings,
                 reserved_namespaces=settings.reserved_namespaces,
             ),
-            ledger=Ledger(await ensure_kv(service.js, settings.kv_bucket)),
+            ledger=Ledger(await ensure_kv(service.js, settings.kv_bucket, replicas=settings.kv_replicas)),
             publisher=service.publisher.only(ANNOUNCER),
             metrics=GatewayMetrics(service.metrics_registry),
             settings=settings,

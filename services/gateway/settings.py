@@ -6,7 +6,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import SettingsConfigDict
 
 from libs.api.images import ImagePolicy
-from libs.runtime import ServiceSettings
+from libs.runtime import BucketName, BucketOwnerSettings
 
 
 class ServiceBinding(BaseModel):
@@ -19,7 +19,7 @@ class ServiceBinding(BaseModel):
     namespace: str = Field(min_length=1, description="The ServiceAccount's namespace.")
 
 
-class GatewaySettings(ServiceSettings):
+class GatewaySettings(BucketOwnerSettings):
     model_config = SettingsConfigDict(env_prefix="VK8S_GATEWAY_", extra="ignore", frozen=True)
 
     kubeconfig: str | None = Field(
@@ -28,8 +28,13 @@ class GatewaySettings(ServiceSettings):
     namespace: str | None = Field(
         default=None, description="Serve the Vk8s objects of this namespace only; default every namespace."
     )
-    kv_bucket: str = Field(
+    kv_bucket: BucketName = Field(
         default="vk8s-gateway", description="NATS KV bucket of what the gateway published per cluster uid."
+    )
+    # The gateway owns the event stream (libs.events.STREAM_OWNER): these configure it.
+    stream_replicas: int = Field(default=1, ge=1, le=5, description="Replicas of the event stream.")
+    duplicate_window_s: float = Field(
+        default=120.0, gt=0, description="How long the event stream remembers a Nats-Msg-Id to drop its repeat."
     )
     host_cidrs: tuple[str, ...] = Field(
         default=(), description="The host cluster's pod and service networks; inner clusters must not overlap them."

@@ -13,7 +13,7 @@ from typing import Annotated, Any
 from pydantic import Field, IPvAnyNetwork, field_validator, model_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
-from libs.runtime import ReadApiToken, ServiceSettings
+from libs.runtime import BucketName, BucketOwnerSettings, ReadApiToken
 from services.ipmanager.logic import AddressPool, CidrPool, NetworkLayout, Reserved
 
 # Pools are walked block by block (and address by address), so keep them to 2^16 entries.
@@ -22,11 +22,10 @@ MAX_POOL_ENTRIES = 1 << 16
 Networks = Annotated[tuple[IPvAnyNetwork, ...], NoDecode]
 
 
-class IpManagerSettings(ServiceSettings):
+class IpManagerSettings(BucketOwnerSettings):
     model_config = SettingsConfigDict(env_prefix="VK8S_IPMANAGER_", extra="ignore", frozen=True)
 
-    kv_bucket: str = Field(default="vk8s-ipmanager", pattern=r"^[a-zA-Z0-9_-]+$")
-    kv_replicas: int = Field(default=1, ge=1, le=5)
+    kv_bucket: BucketName = "vk8s-ipmanager"
 
     vnode_ip_pool: IPv4Network = Field(
         default=IPv4Network("10.250.0.0/22"),

@@ -5,17 +5,16 @@ from __future__ import annotations
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from libs.runtime import ReadApiToken, ServiceSettings
+from libs.runtime import BucketName, BucketOwnerSettings, ReadApiToken
 
 
-class ProjectorSettings(ServiceSettings):
+class ProjectorSettings(BucketOwnerSettings):
     model_config = SettingsConfigDict(env_prefix="VK8S_PROJECTOR_", extra="ignore", frozen=True)
 
     kubeconfig: str | None = Field(default=None, description="Kubeconfig path; in-cluster service account when unset.")
     read_api_token: ReadApiToken = None
     durable: str = "projector"
-    kv_bucket: str = "vk8s-clusters"
-    kv_replicas: int = Field(default=1, ge=1, le=5)
+    kv_bucket: BucketName = "vk8s-clusters"
     cas_attempts: int = Field(default=20, ge=1, description="Read-model writes tried per event before a retry later.")
     status_confirm_attempts: int = Field(default=5, ge=1)
     # Projection errors are not cluster failures: when retries run out the consumer wrapper

@@ -5,10 +5,10 @@ from __future__ import annotations
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from libs.runtime import ServiceSettings
+from libs.runtime import BucketName, BucketOwnerSettings
 
 
-class SchedulerSettings(ServiceSettings):
+class SchedulerSettings(BucketOwnerSettings):
     model_config = SettingsConfigDict(env_prefix="VK8S_SCHEDULER_", extra="ignore", frozen=True)
 
     kubeconfig: str | None = Field(default=None, description="None: $KUBECONFIG, else the in-cluster account.")
@@ -18,8 +18,7 @@ class SchedulerSettings(ServiceSettings):
         "empty: every node.",
     )
 
-    kv_bucket: str = Field(default="vk8s-scheduler", pattern=r"^[a-zA-Z0-9_-]+$")
-    kv_replicas: int = Field(default=1, ge=1, le=5)
+    kv_bucket: BucketName = "vk8s-scheduler"
 
     hold_s: float = Field(
         default=900.0,

@@ -24,7 +24,7 @@ async def wired(settings: VNodeSettings, *, configure_logs: bool = True) -> Asyn
         Service(TOPOLOGY.service, settings, configure_logs=configure_logs) as service,
     ):
         metrics = VNodeMetrics(service.metrics_registry)
-        store = RecordStore(await ensure_kv(service.js, settings.kv_bucket))
+        store = RecordStore(await ensure_kv(service.js, settings.kv_bucket, replicas=settings.kv_replicas))
         kube = VNodeObjects(api, metrics, ip_annotation=settings.ip_annotation)
         tracker = RolloutTracker(
             kube=kube,

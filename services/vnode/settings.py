@@ -11,16 +11,16 @@ from libs.api.images import ImagePolicy
 from libs.api.models import Quantity
 from libs.api.versions import NodeImageCatalog
 from libs.events import Backoff
-from libs.runtime import ServiceSettings
+from libs.runtime import BucketName, BucketOwnerSettings
 
 AbsolutePath = Annotated[str, StringConstraints(pattern=r"^/")]
 
 
-class VNodeSettings(ServiceSettings):
+class VNodeSettings(BucketOwnerSettings):
     model_config = SettingsConfigDict(env_prefix="VK8S_VNODE_", extra="ignore", frozen=True)
 
     kubeconfig: str | None = Field(default=None, description="Host cluster kubeconfig; in-cluster account when unset.")
-    kv_bucket: str = "vk8s-vnode"
+    kv_bucket: BucketName = "vk8s-vnode"
 
     image_catalog: NodeImageCatalog = Field(
         default_factory=NodeImageCatalog, description="vNode image per Kubernetes minor, for nodes without an image."

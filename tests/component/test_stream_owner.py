@@ -60,3 +60,13 @@ async def test_a_service_stopped_while_waiting_for_the_stream_stops(nats_url: st
         await eventually(lambda: service.http.port is not None, "the operator endpoints", 10)
         service.stop()
         await asyncio.wait_for(starting, timeout=5)
+
+
+async def test_the_owner_makes_the_stream_with_its_settings_and_no_other_service_may(nats_url: str, nc: NATS) -> None:
+    with pytest.raises(ValueError, match=f"stream: only '{STREAM_OWNER}' creates or configures the event stream"):
+        Service(DURABLE, ServiceSettings(nats_url=nats_url), stream=StreamSettings(), configure_logs=False)
+
+    settings = ServiceSettings(nats_url=nats_url, http_port=0)
+    async with Service(STREAM_OWNER, settings, stream=StreamSettings(duplicate_window_s=42), configure_logs=False):
+        info = await nc.jetstream().stream_info(STREAM_NAME)
+        assert info.config.duplicate_window == 42

@@ -11,8 +11,10 @@ import pytest
 import yaml
 
 from libs.api.images import ImagePolicy
+from libs.events import STREAM_OWNER
 from libs.runtime import ServiceSettings
 from services.gateway.settings import GatewaySettings
+from services.topology import BY_NAME
 from services.topology import NAMES as SERVICES
 from services.vnode.settings import VNodeSettings
 from tests.unit.deploy.helm import (
@@ -132,12 +134,12 @@ def test_a_shared_nats_user_comes_from_the_secret_the_password_as_a_mounted_file
         assert mounts["nats-password"] == {"name": "nats-password", "mountPath": "/etc/vk8s/nats-password", "readOnly": True}
 
 
-def test_kv_buckets_are_replicated_like_the_stream(default_manifests: list[Manifest]) -> None:
+def test_the_stream_owner_and_every_kv_bucket_get_the_stream_replicas(default_manifests: list[Manifest]) -> None:
+    """The gateway alone configures the stream; every service with a KV bucket replicates it like the stream."""
     for name, deployment in by_component(default_manifests, "Deployment").items():
         env = env_of(deployment)
-        assert env[f"VK8S_{name.upper()}_STREAM_REPLICAS"]["value"] == "3"
-        if name in ("scheduler", "ipmanager", "projector"):
-            assert env[f"VK8S_{name.upper()}_KV_REPLICAS"]["value"] == "3"
+        assert (env.get(f"VK8S_{name.upper()}_STREAM_REPLICAS") or {}).get("value") == ("3" if name == STREAM_OWNER else None)
+        assert (env.get(f"VK8S_{name.upper()}_KV_REPLICAS") or {}).get("value") == ("3" if BY_NAME[name].kv_bucket else None)
 
 
 def test_nats_creds_file_is_mounted_from_the_secret() -> None:
