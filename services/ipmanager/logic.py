@@ -327,7 +327,8 @@ def plan_reconcile(
     orphans: list[Orphan] = []
     for (uid, vnode), addresses in sorted(by_owner.items()):
         addresses.sort()
-        network = table.clusters.get(uid)
+        # A tombstoned cluster is being released (or was): its index is deleted, never repaired.
+        network = None if uid in table.released else table.clusters.get(uid)
         if network is None:
             abandoned: list[tuple[IPv4Address, OrphanReason]] = [(a, "ClusterGone") for a in addresses]
         else:

@@ -145,6 +145,12 @@ class Reconciler:
             except RevisionConflict:
                 log.info("Cluster index changed while repairing it; leaving it to the next round", uid=uid)
                 continue
+            if uid in (await self._store.networks()).released:
+                # Released since this round's look (the tombstone goes first): its release may have deleted
+                # the index before this write put it back.
+                await self._store.delete_cluster_record(uid)
+                log.info("Cluster released while repairing its index; removed the index again", uid=uid)
+                continue
             repaired += len(fixes)
             self._metrics.index_repairs.inc(len(fixes))
             log.warning(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from ipaddress import IPv4Address, IPv4Network, ip_network
 
@@ -15,7 +15,7 @@ from nats.js.kv import KeyValue
 from prometheus_client import CollectorRegistry
 
 from libs.events import ensure_kv
-from services.ipmanager.adapters.kv import KvStore
+from services.ipmanager.adapters.kv import KvStore, Versioned
 from services.ipmanager.adapters.metrics import IpManagerMetrics
 from services.ipmanager.allocator import Allocator, NetworkNotClaimed, StaleAllocation
 from services.ipmanager.logic import ClusterReleased, NetworkRequest, PoolExhausted
@@ -114,6 +114,14 @@ async def test_an_intent_another_cluster_took_meanwhile_is_replaced(kv: KeyValue
     assert claims[contested].uid == "u2" and claims[addresses["master"]].owned_by("u1", "master")
 
 
+def reconciler_without_pods(store: KvStore) -> Reconciler:
+    settings = IpManagerSettings()
+    return Reconciler(
+        store, None, layout=settings.network_layout(), pool=settings.address_pool(),
+        metrics=IpManagerMetrics(CollectorRegistry()), grace_s=0, interval_s=60,
+    )  # fmt: skip
+
+
 async def test_the_reconcile_repairs_an_index_missing_a_claim(kv: KeyValue) -> None:
     allocator, store = allocator_for(kv), KvStore(kv)
     await allocator.claim_network(uid="u1", cluster_id="ns/c1", generation=1, request=NetworkRequest())
@@ -121,12 +129,7 @@ async def test_the_reconcile_repairs_an_index_missing_a_claim(kv: KeyValue) -> N
     # The address was claimed, then the index entry naming it was lost.
     await store.create_ip_claim(claimed, IpClaim(uid="u1", cluster_id="ns/c1", vnode="master", claimed_at=NOW))
 
-    settings = IpManagerSettings()
-    reconciler = Reconciler(
-        store, None, layout=settings.network_layout(), pool=settings.address_pool(),
-        metrics=IpManagerMetrics(CollectorRegistry()), grace_s=0, interval_s=60,
-    )  # fmt: skip
-    report = await reconciler.reconcile()
+    report = await reconciler_without_pods(store).reconcile()
     assert report.repaired == 1 and report.orphans == () and not report.pods_checked
     record = await store.cluster_record("u1")
     assert record is not None and record.value.vnodes == {"master": claimed}
@@ -134,6 +137,31 @@ async def test_the_reconcile_repairs_an_index_missing_a_claim(kv: KeyValue) -> N
     _, addresses = await allocator.allocate_vnode_ips("ns/c1", 1, ["master", "worker-0"])
     assert addresses["master"] == claimed
     assert len(await claims_in(kv)) == 2
+
+
+class ReleasedWhileReconciling(KvStore):
+    """The bucket as the reconcile sees it when the cluster's whole release runs after it has read the
+    claims and the network table, and before it reads the cluster indexes."""
+
+    def __init__(self, kv: KeyValue, release: Callable[[], Awaitable[object]]):
+        super().__init__(kv)
+        self._release = release
+
+    async def cluster_records(self) -> dict[str, Versioned[ClusterRecord]]:
+        await self._release()
+        return await super().cluster_records()
+
+
+async def test_a_cluster_released_while_the_reconcile_repairs_its_index_keeps_no_index(kv: KeyValue) -> None:
+    allocator, store = allocator_for(kv), KvStore(kv)
+    await allocator.claim_network(uid="u1", cluster_id="ns/c1", generation=1, request=NetworkRequest())
+    claimed = IPv4Address("10.250.2.9")
+    await store.create_ip_claim(claimed, IpClaim(uid="u1", cluster_id="ns/c1", vnode="master", claimed_at=NOW))
+
+    report = await reconciler_without_pods(ReleasedWhileReconciling(kv, lambda: allocator.release("u1"))).reconcile()
+    assert report.repaired == 0
+    assert await store.cluster_record("u1") is None
+    assert await claims_in(kv) == {}
 
 
 async def test_the_next_retry_adopts_a_claim_made_before_its_index_entry(kv: KeyValue) -> None:

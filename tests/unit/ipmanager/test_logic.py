@@ -260,6 +260,16 @@ class TestPlanReconcile:
         )  # fmt: skip
         assert [(o.address, o.reason, o.due) for o in plan.orphans] == [(self.A, "ClusterGone", True)]
 
+    def test_a_cluster_being_released_is_not_repaired(self) -> None:
+        """Tombstoned, its network not yet removed: the release is deleting its index."""
+        releasing = self.table("u1").with_tombstone("u1", NOW, NOW - timedelta(days=1))
+        plan = plan_reconcile(
+            claims={self.A: ip_claim("u1", "master")}, table=releasing, records={},
+            pod_addresses=set(), now=NOW, grace_s=900,
+        )  # fmt: skip
+        assert plan.repairs == ()
+        assert [(o.address, o.reason, o.due) for o in plan.orphans] == [(self.A, "ClusterGone", True)]
+
     def test_nothing_is_orphaned_without_pod_information(self) -> None:
         plan = plan_reconcile(
             claims={self.A: ip_claim("gone", "master", age_s=600)}, table=NetworkTable(), records={},
